@@ -1,0 +1,112 @@
+//! `connector`: the desktop connector's command line. Parses, sets up logging, dispatches.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use connector::extract::{self, ExtractError, ExtractOptions};
+use connector::schema::SourceSchema;
+use connector::source::{Secret, SourceConfig};
+
+/// Gets data out of Sage 50 Accounts into a local staging store, and on to the cloud.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull every Sage table the connector needs through ODBC into a DuckDB staging store.
+    Extract {
+        /// ODBC connection string, e.g. "Driver={Sage Line 50 v32};DIR=C:\...\ACCDATA".
+        #[arg(long)]
+        odbc: String,
+        /// The DuckDB staging file to (re)create; the old one stays until the new one is whole.
+        #[arg(long)]
+        staging: PathBuf,
+        /// Sage user name (added to the connection string as UID).
+        #[arg(long)]
+        user: Option<String>,
+        /// Name of the environment variable holding the Sage password (never pass it as a flag).
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// Source schema file (default: the embedded schemas/sage50-source.toml).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// After each table, ask the source for COUNT(*) and fail if it differs.
+        #[arg(long)]
+        verify_counts: bool,
+    },
+    /// Bulk-fetch every table and discard the rows: the driver's speed limit (benchmarks).
+    #[command(hide = true)]
+    Drain {
+        /// ODBC connection string.
+        #[arg(long)]
+        odbc: String,
+    },
+}
+
+fn main() -> ExitCode {
+    connector::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "The command failed.");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Extract { odbc, staging, user, password_env, schema, verify_counts } => {
+            let password = match password_env {
+                Some(var) => Some(Secret::new(
+                    std::env::var(&var).map_err(|_| ExtractError::PasswordEnvMissing { var: var.clone() })?,
+                )),
+                None => None,
+            };
+            let source = SourceConfig::new(&odbc, user, password);
+            let schema = match schema {
+                Some(path) => SourceSchema::load(&path)?,
+                None => SourceSchema::embedded(),
+            };
+            let report = extract::extract(&ExtractOptions {
+                source: &source,
+                staging: &staging,
+                schema: &schema,
+                verify_counts,
+                progress: std::io::stderr().is_terminal(),
+            })?;
+            println!("{:<16} {:>10} {:>9} {:>12}", "table", "rows", "seconds", "rows/s");
+            for t in &report.tables {
+                if t.skipped {
+                    println!("{:<16} {:>10} {:>9} {:>12}", t.name, "skipped", "-", "-");
+                } else {
+                    let rate = t.rows as f64 / t.seconds.max(1e-9);
+                    println!("{:<16} {:>10} {:>9.3} {:>12.0}", t.name, t.rows, t.seconds, rate);
+                }
+            }
+            println!(
+                "{} rows in {:.2}s into {} (generation {})",
+                report.total_rows(),
+                report.seconds,
+                staging.display(),
+                report.generation
+            );
+            Ok(())
+        }
+        Command::Drain { odbc } => {
+            let source = SourceConfig::new(&odbc, None, None);
+            let started = std::time::Instant::now();
+            let rows = extract::drain(&source, &SourceSchema::embedded())?;
+            println!("{rows} rows drained in {:.3}s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! Transactions of a simulated company, generated in date order with real bookkeeping.
+//!
+//! Amounts are integer pence here; they become Sage's DOUBLEs only when written. Every
+//! header posts balanced double entry ([`journal_lines`]); allocations ([`Usage`]) always pay
+//! an earlier document of the same account, so outstanding amounts never go negative.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::company::{
+    self, BANKS, CREDITORS, DEBTORS, DISCOUNT_ALLOWED, DISCOUNT_TAKEN, EXPENSE_NOMINALS,
+    JOURNAL_NOMINALS, SALES_NOMINALS, TAX_CODES, TAX_T9, VAT_PURCHASES, VAT_SALES,
+};
+
+/// Sage transaction types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum TxType {
+    SI, SC, SR, SA, SD, SP, PI, PC, PP, PA, PD, PR, BP, BR, CP, CR, VP, VR, JD, JC,
+}
+
+impl TxType {
+    /// The two-letter code Sage stores in TYPE.
+    pub fn code(self) -> &'static str {
+        use TxType::*;
+        match self {
+            SI => "SI", SC => "SC", SR => "SR", SA => "SA", SD => "SD", SP => "SP",
+            PI => "PI", PC => "PC", PP => "PP", PA => "PA", PD => "PD", PR => "PR",
+            BP => "BP", BR => "BR", CP => "CP", CR => "CR", VP => "VP", VR => "VR",
+            JD => "JD", JC => "JC",
+        }
+    }
+
+    /// +1 when the type raises the customer's or supplier's balance owed, -1 when it lowers
+    /// it, 0 for bank and journal types (no ledger account).
+    pub fn ledger_sign(self) -> i64 {
+        use TxType::*;
+        match self {
+            SI | SP | PI | PR => 1,
+            SC | SR | SA | SD | PC | PP | PA | PD => -1,
+            _ => 0,
+        }
+    }
+
+    /// Whether the account is a customer (sales ledger).
+    pub fn is_sales(self) -> bool {
+        matches!(self, TxType::SI | TxType::SC | TxType::SR | TxType::SA | TxType::SD | TxType::SP)
+    }
+
+    /// Whether the account is a supplier (purchase ledger).
+    pub fn is_purchase(self) -> bool {
+        matches!(self, TxType::PI | TxType::PC | TxType::PP | TxType::PA | TxType::PD | TxType::PR)
+    }
+}
+
+/// What a header's ACCOUNT_REF points at.
+#[derive(Debug, Clone, Copy)]
+pub enum Account {
+    /// Index into the customers.
+    Customer(u32),
+    /// Index into the suppliers.
+    Supplier(u32),
+    /// Index into [`BANKS`].
+    Bank(u8),
+    /// Journals carry no account.
+    None,
+}
+
+/// One AUDIT_HEADER row.
+pub struct Header {
+    /// Type of the first split.
+    pub ty: TxType,
+    /// Header date.
+    pub date: i32,
+    /// The account.
+    pub account: Account,
+    /// Bank nominal for bank-side types, as an index into [`BANKS`].
+    pub bank: Option<u8>,
+    /// Invoice or cheque reference number (0 = empty).
+    pub inv_ref: u32,
+    /// First split number.
+    pub first_split: u32,
+    /// Number of splits.
+    pub split_count: u32,
+    /// Index into [`company::CURRENCIES`].
+    pub currency: u8,
+    /// Deleted in Sage (kept with DELETED_FLAG, excluded from balances).
+    pub deleted: bool,
+    /// Day of the last change (allocation), for DATE_AMENDED and RECORD_MODIFY_DATE.
+    pub amended: i32,
+    /// Payment terms in days.
+    pub due_days: i16,
+}
+
+/// One AUDIT_SPLIT row.
+pub struct Split {
+    /// Header number (1-based).
+    pub header: u32,
+    /// The split's own type (journals mix JD and JC).
+    pub ty: TxType,
+    /// The split's own date (may differ from the header's).
+    pub date: i32,
+    /// Nominal code.
+    pub nominal: &'static str,
+    /// Index into [`TAX_CODES`].
+    pub tax_code: u8,
+    /// Department number.
+    pub dept: u8,
+    /// Project id (0 = none).
+    pub project: u16,
+    /// Net, pence (always positive; the type says the direction).
+    pub net: i64,
+    /// VAT, pence.
+    pub tax: i64,
+    /// Allocated so far, pence.
+    pub paid: i64,
+}
+
+impl Split {
+    /// Net plus VAT.
+    pub fn gross(&self) -> i64 {
+        self.net + self.tax
+    }
+}
+
+/// One AUDIT_USAGE row: `amount` of payer split `split` allocated to split `crossref`.
+pub struct Usage {
+    /// The paying (or crediting) split.
+    pub split: u32,
+    /// The split it pays.
+    pub crossref: u32,
+    /// Type of the paying split.
+    pub ty: TxType,
+    /// Allocation date (its own).
+    pub date: i32,
+    /// Amount in base currency, pence.
+    pub amount: i64,
+}
+
+/// All transactions of a company.
+#[derive(Default)]
+pub struct Ledger {
+    /// Headers; header number = index + 1.
+    pub headers: Vec<Header>,
+    /// Splits; split number = index + 1.
+    pub splits: Vec<Split>,
+    /// Allocations; usage number = index + 1.
+    pub usages: Vec<Usage>,
+}
+
+/// Limits of a generation run.
+pub struct Size {
+    /// Stop after this many headers.
+    pub headers: u64,
+    /// Or after this many splits, whichever comes first.
+    pub splits: u64,
+    /// Days covered, ending at the end of the current financial year.
+    pub span_days: i32,
+    /// Number of customers and suppliers.
+    pub customers: usize,
+    /// Number of suppliers.
+    pub suppliers: usize,
+    /// Number of projects.
+    pub projects: u16,
+}
+
+/// An open document awaiting allocation: (header number, first split, split count).
+type Open = (u32, u32, u32);
+
+struct Books<'a> {
+    rng: &'a mut ChaCha8Rng,
+    ledger: Ledger,
+    customer_currency: &'a [u8],
+    supplier_currency: &'a [u8],
+    customer_due: &'a [i16],
+    supplier_due: &'a [i16],
+    /// Per customer: open invoices, open credits (SC, SA, part-allocated SR).
+    open_sales: Vec<Vec<Open>>,
+    open_sales_credits: Vec<Vec<Open>>,
+    open_bills: Vec<Vec<Open>>,
+    open_bill_credits: Vec<Vec<Open>>,
+    next_ref: u32,
+    projects: u16,
+}
+
+/// Generates the transactions of a company in date order.
+pub fn generate(
+    rng: &mut ChaCha8Rng,
+    size: &Size,
+    customer_currency: &[u8],
+    supplier_currency: &[u8],
+    customer_due: &[i16],
+    supplier_due: &[i16],
+) -> Ledger {
+    use TxType::*;
+    // Relative frequencies, roughly those of a small UK trading company.
+    const MIX: &[(TxType, u32)] = &[
+        (SI, 300), (SC, 25), (SR, 220), (SA, 15), (SD, 10), (SP, 6),
+        (PI, 160), (PC, 12), (PP, 110), (PA, 8), (PD, 5), (PR, 4),
+        (BP, 40), (BR, 18), (CP, 12), (CR, 5), (VP, 12), (VR, 3), (JD, 12), (JC, 6),
+    ];
+    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+    let reserve = size.headers.min(1 << 24) as usize;
+    let mut books = Books {
+        rng,
+        ledger: Ledger {
+            headers: Vec::with_capacity(reserve),
+            splits: Vec::with_capacity(reserve * 2),
+            usages: Vec::with_capacity(reserve),
+        },
+        customer_currency,
+        supplier_currency,
+        customer_due,
+        supplier_due,
+        open_sales: vec![Vec::new(); customer_currency.len()],
+        open_sales_credits: vec![Vec::new(); customer_currency.len()],
+        open_bills: vec![Vec::new(); supplier_currency.len()],
+        open_bill_credits: vec![Vec::new(); supplier_currency.len()],
+        next_ref: 10_000,
+        projects: size.projects,
+    };
+    let start = -size.span_days;
+    let mut i: u64 = 0;
+    while i < size.headers && (books.ledger.splits.len() as u64) < size.splits {
+        let date = start + ((i as i128 * size.span_days as i128) / size.headers as i128) as i32;
+        let mut pick = books.rng.random_range(0..total);
+        let mut ty = SI;
+        for (t, w) in MIX {
+            if pick < *w {
+                ty = *t;
+                break;
+            }
+            pick -= w;
+        }
+        books.transaction(ty, date.min(-1));
+        i += 1;
+    }
+    books.ledger
+}
+
+impl Books<'_> {
+    fn customer(&mut self) -> u32 {
+        skewed(self.rng, self.customer_currency.len())
+    }
+
+    fn supplier(&mut self) -> u32 {
+        skewed(self.rng, self.supplier_currency.len())
+    }
+
+    fn amount(&mut self, min_pence: i64, max_pence: i64) -> i64 {
+        // Log-uniform-ish: many small amounts, some large ones.
+        let scale = self.rng.random_range(0..3);
+        let hi = (max_pence / [100, 10, 1][scale]).max(min_pence + 1);
+        self.rng.random_range(min_pence..hi)
+    }
+
+    fn tax_code(&mut self) -> u8 {
+        [1, 1, 1, 1, 1, 1, 0, 2, 3][self.rng.random_range(0..9)]
+    }
+
+    fn bank(&mut self) -> u8 {
+        if self.rng.random_bool(0.85) { 0 } else { 1 }
+    }
+
+    fn project(&mut self) -> u16 {
+        if self.projects > 0 && self.rng.random_bool(0.2) {
+            self.rng.random_range(1..=self.projects)
+        } else {
+            0
+        }
+    }
+
+    fn new_ref(&mut self) -> u32 {
+        self.next_ref += 1;
+        self.next_ref
+    }
+
+    /// Starts a header; splits are pushed after it.
+    fn header(&mut self, ty: TxType, date: i32, account: Account, bank: Option<u8>) -> u32 {
+        let (currency, due_days) = match account {
+            Account::Customer(c) => (
+                self.customer_currency[c as usize],
+                self.customer_due[c as usize],
+            ),
+            Account::Supplier(s) => (
+                self.supplier_currency[s as usize],
+                self.supplier_due[s as usize],
+            ),
+            _ => (0, 0),
+        };
+        let inv_ref = match ty {
+            TxType::JD | TxType::JC => 0,
+            _ => self.new_ref(),
+        };
+        self.ledger.headers.push(Header {
+            ty,
+            date,
+            account,
+            bank,
+            inv_ref,
+            first_split: self.ledger.splits.len() as u32 + 1,
+            split_count: 0,
+            currency,
+            deleted: false,
+            amended: date,
+            due_days,
+        });
+        self.ledger.headers.len() as u32
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn split(&mut self, header: u32, ty: TxType, date: i32, nominal: &'static str, tax_code: u8, net: i64) -> u32 {
+        let rate = TAX_CODES[tax_code as usize].rate_bp;
+        let tax = round_div(net * rate, 10_000);
+        let dept = self.rng.random_range(0..company::DEPARTMENTS.len() as u8);
+        let project = self.project();
+        self.ledger.splits.push(Split {
+            header,
+            ty,
+            date,
+            nominal,
+            tax_code,
+            dept,
+            project,
+            net,
+            tax,
+            paid: 0,
+        });
+        self.ledger.headers[header as usize - 1].split_count += 1;
+        self.ledger.splits.len() as u32
+    }
+
+    /// Marks a fresh, unallocated transaction deleted, at Sage's usual rate.
+    fn maybe_delete(&mut self, header: u32) -> bool {
+        let deleted = self.rng.random_bool(0.01);
+        self.ledger.headers[header as usize - 1].deleted = deleted;
+        deleted
+    }
+
+    fn outstanding(&self, split: u32) -> i64 {
+        let s = &self.ledger.splits[split as usize - 1];
+        s.gross() - s.paid
+    }
+
+    fn doc_outstanding(&self, doc: Open) -> i64 {
+        (doc.1..doc.1 + doc.2).map(|s| self.outstanding(s)).sum()
+    }
+
+    /// Allocates up to `amount` of payer split `payer` to the splits of `doc`, in order, and
+    /// returns what was allocated.
+    fn allocate(&mut self, payer: u32, doc: Open, amount: i64, date: i32) -> i64 {
+        let mut left = amount.min(self.outstanding(payer));
+        let mut done = 0;
+        for target in doc.1..doc.1 + doc.2 {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(self.outstanding(target));
+            if take <= 0 {
+                continue;
+            }
+            let ty = self.ledger.splits[payer as usize - 1].ty;
+            self.ledger.usages.push(Usage { split: payer, crossref: target, ty, date, amount: take });
+            self.ledger.splits[payer as usize - 1].paid += take;
+            self.ledger.splits[target as usize - 1].paid += take;
+            let payer_header = self.ledger.splits[payer as usize - 1].header as usize - 1;
+            let h = &mut self.ledger.headers[payer_header];
+            h.amended = h.amended.max(date);
+            let h = &mut self.ledger.headers[doc.0 as usize - 1];
+            h.amended = h.amended.max(date);
+            left -= take;
+            done += take;
+        }
+        done
+    }
+
+    fn transaction(&mut self, ty: TxType, date: i32) {
+        use TxType::*;
+        match ty {
+            SI | PI => self.invoice(ty, date),
+            SC | PC => self.credit_note(ty, date),
+            SR | PP => self.payment(ty, date),
+            SA | PA => self.on_account(ty, date),
+            SD | PD => self.discount(ty, date),
+            SP | PR => self.refund(ty, date),
+            BP | BR | CP | CR | VP | VR => self.bank_entry(ty, date),
+            JD => self.journal(date),
+            JC => self.transfer(date),
+        }
+    }
+
+    fn invoice(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SI;
+        let account = if sales { Account::Customer(self.customer()) } else { Account::Supplier(self.supplier()) };
+        let h = self.header(ty, date, account, None);
+        let lines = [1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 8][self.rng.random_range(0..12)];
+        // About 3% of documents have splits on different dates (Sage allows it).
+        let spread = lines > 1 && self.rng.random_bool(0.03);
+        for j in 0..lines {
+            let nominal = if sales {
+                SALES_NOMINALS[self.rng.random_range(0..SALES_NOMINALS.len())]
+            } else {
+                EXPENSE_NOMINALS[self.rng.random_range(0..EXPENSE_NOMINALS.len())]
+            };
+            let tax = self.tax_code();
+            let net = self.amount(100, 1_000_000);
+            let d = if spread && j > 0 { date + self.rng.random_range(1..20) * j } else { date };
+            self.split(h, ty, d.min(-1), nominal, tax, net);
+        }
+        if self.maybe_delete(h) {
+            return;
+        }
+        let doc = self.doc(h);
+        match account {
+            Account::Customer(c) => self.open_sales[c as usize].push(doc),
+            Account::Supplier(s) => self.open_bills[s as usize].push(doc),
+            _ => {}
+        }
+    }
+
+    fn doc(&self, h: u32) -> Open {
+        let header = &self.ledger.headers[h as usize - 1];
+        (h, header.first_split, header.split_count)
+    }
+
+    fn credit_note(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SC;
+        let (account, idx) = if sales {
+            let c = self.customer();
+            (Account::Customer(c), c as usize)
+        } else {
+            let s = self.supplier();
+            (Account::Supplier(s), s as usize)
+        };
+        let h = self.header(ty, date, account, None);
+        let nominal = if sales { SALES_NOMINALS[0] } else { EXPENSE_NOMINALS[0] };
+        let tax = self.tax_code();
+        let net = self.amount(100, 100_000);
+        let split = self.split(h, ty, date, nominal, tax, net);
+        let open = if sales { &self.open_sales[idx] } else { &self.open_bills[idx] };
+        // Most credit notes are allocated to an invoice of the same account at once.
+        if let Some(&doc) = open.first()
+            && self.rng.random_bool(0.6)
+        {
+            self.allocate(split, doc, i64::MAX, date);
+            self.prune(sales, idx);
+        }
+        if self.outstanding(split) > 0 {
+            let doc = self.doc(h);
+            if sales { self.open_sales_credits[idx].push(doc) } else { self.open_bill_credits[idx].push(doc) }
+        }
+    }
+
+    /// Drops fully paid documents from the account's open list.
+    fn prune(&mut self, sales: bool, idx: usize) {
+        let open = if sales { std::mem::take(&mut self.open_sales[idx]) } else { std::mem::take(&mut self.open_bills[idx]) };
+        let kept: Vec<Open> = open.into_iter().filter(|d| self.doc_outstanding(*d) > 0).collect();
+        if sales { self.open_sales[idx] = kept } else { self.open_bills[idx] = kept }
+    }
+
+    fn payment(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SR;
+        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
+        let open_count = if sales { self.open_sales[idx].len() } else { self.open_bills[idx].len() };
+        if open_count == 0 {
+            return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
+        }
+        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let bank = self.bank();
+        let h = self.header(ty, date, account, Some(bank));
+        let pays = open_count.min([1, 1, 1, 2, 2, 3, 4][self.rng.random_range(0..7)]);
+        // Some receipts are allocated to their invoices on different days.
+        let staggered = pays > 1 && self.rng.random_bool(0.15);
+        for k in 0..pays {
+            let doc = if sales { self.open_sales[idx][k] } else { self.open_bills[idx][k] };
+            let due = self.doc_outstanding(doc);
+            let last = k + 1 == pays;
+            let (gross, alloc) = match self.rng.random_range(0..100) {
+                // Part payment of the invoice.
+                0..=9 if last => {
+                    let part = (due / 2).max(1);
+                    (part, part)
+                }
+                // Overpayment: the remainder stays on the receipt, part-allocated.
+                10..=15 if last => (due + self.amount(100, 50_000), due),
+                _ => (due, due),
+            };
+            let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, gross);
+            let when = if staggered { date + k as i32 * self.rng.random_range(1..15) } else { date };
+            self.allocate(split, doc, alloc, when.min(-1));
+        }
+        self.prune(sales, idx);
+        if self.doc_outstanding(self.doc(h)) > 0 {
+            let doc = self.doc(h);
+            if sales { self.open_sales_credits[idx].push(doc) } else { self.open_bill_credits[idx].push(doc) }
+        }
+    }
+
+    fn on_account(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SA;
+        let idx = if sales { self.customer() } else { self.supplier() };
+        let account = if sales { Account::Customer(idx) } else { Account::Supplier(idx) };
+        let bank = self.bank();
+        let h = self.header(ty, date, account, Some(bank));
+        let net = self.amount(1_000, 500_000);
+        self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, net);
+        if self.maybe_delete(h) {
+            return;
+        }
+        let doc = self.doc(h);
+        if sales { self.open_sales_credits[idx as usize].push(doc) } else { self.open_bill_credits[idx as usize].push(doc) }
+    }
+
+    fn discount(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SD;
+        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
+        let open = if sales { &self.open_sales[idx] } else { &self.open_bills[idx] };
+        let Some(&doc) = open.first() else { return self.invoice(if sales { TxType::SI } else { TxType::PI }, date) };
+        let due = self.doc_outstanding(doc);
+        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let h = self.header(ty, date, account, None);
+        let nominal = if sales { DISCOUNT_ALLOWED } else { DISCOUNT_TAKEN };
+        let split = self.split(h, ty, date, nominal, TAX_T9, (due / 40).max(1));
+        self.allocate(split, doc, i64::MAX, date);
+        self.prune(sales, idx);
+    }
+
+    fn refund(&mut self, ty: TxType, date: i32) {
+        let sales = ty == TxType::SP;
+        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
+        let credits = if sales { &self.open_sales_credits[idx] } else { &self.open_bill_credits[idx] };
+        let Some(pos) = credits.iter().position(|d| self.doc_outstanding(*d) > 0) else {
+            return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
+        };
+        let doc = credits[pos];
+        let due = self.doc_outstanding(doc);
+        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let bank = self.bank();
+        let h = self.header(ty, date, account, Some(bank));
+        let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, due);
+        self.allocate(split, doc, due, date);
+        let credits = if sales { &mut self.open_sales_credits[idx] } else { &mut self.open_bill_credits[idx] };
+        credits.remove(pos);
+    }
+
+    fn bank_entry(&mut self, ty: TxType, date: i32) {
+        use TxType::*;
+        let bank = match ty {
+            BP | BR => self.bank(),
+            CP | CR => 2,
+            _ => 3,
+        };
+        let receipt = matches!(ty, BR | CR | VR);
+        let h = self.header(ty, date, Account::Bank(bank), Some(bank));
+        let lines = [1, 1, 1, 2, 3][self.rng.random_range(0..5)];
+        for _ in 0..lines {
+            let nominal = if receipt {
+                SALES_NOMINALS[3]
+            } else {
+                EXPENSE_NOMINALS[self.rng.random_range(0..EXPENSE_NOMINALS.len())]
+            };
+            let tax = self.tax_code();
+            let net = self.amount(100, 200_000);
+            self.split(h, ty, date, nominal, tax, net);
+        }
+        self.maybe_delete(h);
+    }
+
+    /// A journal: JD and JC lines under one header, balanced.
+    fn journal(&mut self, date: i32) {
+        let h = self.header(TxType::JD, date, Account::None, None);
+        let debits = self.rng.random_range(1..4);
+        let mut total = 0;
+        for _ in 0..debits {
+            let net = self.amount(100, 500_000);
+            total += net;
+            let n = JOURNAL_NOMINALS[self.rng.random_range(0..JOURNAL_NOMINALS.len())];
+            self.split(h, TxType::JD, date, n, TAX_T9, net);
+        }
+        let credits = self.rng.random_range(1..3);
+        let mut left = total;
+        for k in 0..credits {
+            let net = if k + 1 == credits { left } else { self.rng.random_range(1..=left.max(2) - 1).min(left) };
+            if net <= 0 {
+                continue;
+            }
+            left -= net;
+            let n = JOURNAL_NOMINALS[self.rng.random_range(0..JOURNAL_NOMINALS.len())];
+            self.split(h, TxType::JC, date, n, TAX_T9, net);
+        }
+        self.maybe_delete(h);
+    }
+
+    /// A bank transfer: JC out of one bank, JD into another, one header.
+    fn transfer(&mut self, date: i32) {
+        let from = self.rng.random_range(0..2u8);
+        let to = 1 - from;
+        let h = self.header(TxType::JC, date, Account::None, Some(from));
+        let amount = self.amount(1_000, 2_000_000);
+        self.split(h, TxType::JC, date, BANKS[from as usize].code, TAX_T9, amount);
+        self.split(h, TxType::JD, date, BANKS[to as usize].code, TAX_T9, amount);
+    }
+}
+
+/// Picks an index in `0..n`, favouring low indices (a few big customers, a long tail).
+fn skewed(rng: &mut ChaCha8Rng, n: usize) -> u32 {
+    let u: f64 = rng.random();
+    ((u * u * n as f64) as usize).min(n - 1) as u32
+}
+
+/// Integer division rounding half away from zero.
+pub fn round_div(n: i64, d: i64) -> i64 {
+    let q = n / d;
+    let r = n % d;
+    if 2 * r.abs() >= d.abs() { q + n.signum() * d.signum() } else { q }
+}
+
+/// The balanced AUDIT_JOURNAL lines of one split: (nominal code, signed pence, tax code).
+/// Debits are positive, credits negative; `bank` is the header's bank nominal. The lines of
+/// every split sum to zero except for journals, whose JD and JC splits balance across the
+/// header. Unused slots have an empty nominal and zero amount.
+pub fn journal_lines(split: &Split, bank: &'static str) -> [(&'static str, i64); 3] {
+    use TxType::*;
+    let (net, tax, gross) = (split.net, split.tax, split.gross());
+    match split.ty {
+        SI => [(split.nominal, -net), (VAT_SALES, -tax), (DEBTORS, gross)],
+        SC => [(split.nominal, net), (VAT_SALES, tax), (DEBTORS, -gross)],
+        SR | SA => [(split.nominal, gross), ("", 0), (DEBTORS, -gross)],
+        SD => [(split.nominal, net), (VAT_SALES, tax), (DEBTORS, -gross)],
+        SP => [(DEBTORS, gross), ("", 0), (split.nominal, -gross)],
+        PI => [(split.nominal, net), (VAT_PURCHASES, tax), (CREDITORS, -gross)],
+        PC => [(split.nominal, -net), (VAT_PURCHASES, -tax), (CREDITORS, gross)],
+        PP | PA => [(CREDITORS, gross), ("", 0), (split.nominal, -gross)],
+        PD => [(CREDITORS, gross), (VAT_PURCHASES, -tax), (split.nominal, -net)],
+        PR => [(split.nominal, gross), ("", 0), (CREDITORS, -gross)],
+        BP | CP | VP => [(split.nominal, net), (VAT_PURCHASES, tax), (bank, -gross)],
+        BR | CR | VR => [(split.nominal, -net), (VAT_SALES, -tax), (bank, gross)],
+        JD => [(split.nominal, net), ("", 0), ("", 0)],
+        JC => [(split.nominal, -net), ("", 0), ("", 0)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_div_rounds_half_away_from_zero() {
+        assert_eq!(round_div(25, 10), 3);
+        assert_eq!(round_div(-25, 10), -3);
+        assert_eq!(round_div(24, 10), 2);
+        assert_eq!(round_div(1999 * 2000, 10_000), 400);
+    }
+}

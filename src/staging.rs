@@ -1,0 +1,229 @@
+//! The DuckDB staging store: one raw table per Sage table, replaced whole or not at all.
+//!
+//! Takes Arrow record batches per table and produces `FILE.duckdb`. Guarantees: a new
+//! generation is built in `FILE.duckdb.building` and renamed over `FILE.duckdb` only after
+//! every table arrived and DuckDB checkpointed it; a failure or a kill at any point leaves the
+//! previous generation untouched. The tables `_connector_generation` and `_connector_tables`
+//! record when and from what the generation was made.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use duckdb::Connection;
+
+use crate::extract::ExtractError;
+
+/// Metadata table: one row describing the generation.
+pub const GENERATION_TABLE: &str = "_connector_generation";
+/// Metadata table: one row per source table.
+pub const TABLES_TABLE: &str = "_connector_tables";
+/// Suffix of the generation being built.
+const BUILDING_SUFFIX: &str = "building";
+
+/// What was staged for one table.
+#[derive(Debug, Clone)]
+pub struct StagedTable {
+    /// Sage table name (= staging table name).
+    pub name: String,
+    /// Rows loaded.
+    pub rows: u64,
+    /// Seconds from the query to the last row loaded.
+    pub seconds: f64,
+    /// Skipped because the source lacks this optional table.
+    pub skipped: bool,
+    /// Optional columns the source lacks (staged as NULL).
+    pub missing_columns: Vec<String>,
+}
+
+/// A staging generation under construction.
+pub struct Builder {
+    target: PathBuf,
+    building: PathBuf,
+    conn: Connection,
+}
+
+fn staging_err(path: &Path) -> impl Fn(duckdb::Error) -> ExtractError + '_ {
+    move |e| ExtractError::Staging { path: path.to_owned(), detail: e.to_string() }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExtractError + '_ {
+    move |e| ExtractError::Staging { path: path.to_owned(), detail: e.to_string() }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), ExtractError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Quotes an identifier for DuckDB.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The DuckDB type for an Arrow type as staged (timestamps are normalised to microseconds).
+fn duckdb_type(dt: &DataType) -> String {
+    match dt {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INTEGER".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::UInt8 => "UTINYINT".into(),
+        DataType::UInt16 => "USMALLINT".into(),
+        DataType::UInt32 => "UINTEGER".into(),
+        DataType::UInt64 => "UBIGINT".into(),
+        DataType::Float32 => "REAL".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Timestamp(_, _) => "TIMESTAMP".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Binary | DataType::LargeBinary => "BLOB".into(),
+        _ => "VARCHAR".into(),
+    }
+}
+
+/// The staged form of a source schema: timestamps as microseconds without zone.
+pub fn staged_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(_, _) => {
+                Field::new(f.name(), DataType::Timestamp(TimeUnit::Microsecond, None), f.is_nullable())
+            }
+            DataType::Date64 => Field::new(f.name(), DataType::Date32, f.is_nullable()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Casts a fetched batch to its staged schema.
+pub fn to_staged(batch: RecordBatch, staged: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().as_ref() == staged.as_ref() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(staged.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(staged.clone(), columns)
+}
+
+impl Builder {
+    /// Starts a new generation of the staging store at `target`.
+    pub fn begin(target: &Path) -> Result<Self, ExtractError> {
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(target))?;
+        }
+        let building = sibling(target, BUILDING_SUFFIX);
+        remove_if_exists(&building)?;
+        remove_if_exists(&sibling(&building, "wal"))?;
+        let conn = Connection::open(&building).map_err(staging_err(target))?;
+        // Bounded memory: DuckDB spills to the file rather than growing without limit.
+        conn.execute_batch("SET memory_limit = '256MB'; SET threads = 2; SET preserve_insertion_order = true;")
+            .map_err(staging_err(target))?;
+        Ok(Builder { target: target.to_owned(), building, conn })
+    }
+
+    /// Creates a staging table for `schema`.
+    pub fn create_table(&self, name: &str, schema: &Schema) -> Result<(), ExtractError> {
+        let mut cols: Vec<String> =
+            schema.fields().iter().map(|f| format!("{} {}", ident(f.name()), duckdb_type(f.data_type()))).collect();
+        if cols.is_empty() {
+            cols.push(format!("{} INTEGER", ident("_empty")));
+        }
+        let ddl = format!("CREATE TABLE {} ({})", ident(name), cols.join(", "));
+        self.conn.execute_batch(&ddl).map_err(staging_err(&self.target))
+    }
+
+    /// Adds the columns the source lacked, after loading, so they read as NULL.
+    pub fn add_missing_columns(&self, name: &str, missing: &[(String, String)]) -> Result<(), ExtractError> {
+        for (column, ty) in missing {
+            let sql = format!("ALTER TABLE {} ADD COLUMN {} {}", ident(name), ident(column), ty);
+            self.conn.execute_batch(&sql).map_err(staging_err(&self.target))?;
+        }
+        Ok(())
+    }
+
+    /// An appender for a created table.
+    pub fn appender(&self, name: &str) -> Result<duckdb::Appender<'_>, ExtractError> {
+        self.conn.appender(name).map_err(staging_err(&self.target))
+    }
+
+    /// The path of the store being replaced, for errors.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Rows in a staged table, counted by DuckDB.
+    pub fn count(&self, name: &str) -> Result<u64, ExtractError> {
+        let n: i64 = self
+            .conn
+            .query_row(&format!("SELECT COUNT(*) FROM {}", ident(name)), [], |r| r.get(0))
+            .map_err(staging_err(&self.target))?;
+        Ok(n as u64)
+    }
+
+    /// Records metadata, checkpoints, and swaps the new generation in place of the old one.
+    pub fn commit(self, tables: &[StagedTable], source: &str) -> Result<String, ExtractError> {
+        let target = self.target.clone();
+        let err = staging_err(&target);
+        let generation = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
+        self.conn
+            .execute_batch(&format!(
+                "CREATE TABLE {GENERATION_TABLE} (generation VARCHAR, extracted_at TIMESTAMP, source VARCHAR, connector_version VARCHAR);
+                 CREATE TABLE {TABLES_TABLE} (table_name VARCHAR, row_count BIGINT, seconds DOUBLE, skipped BOOLEAN, missing_columns VARCHAR);"
+            ))
+            .map_err(&err)?;
+        self.conn
+            .execute(
+                &format!("INSERT INTO {GENERATION_TABLE} VALUES (?, now()::TIMESTAMP, ?, ?)"),
+                duckdb::params![generation, source, env!("CARGO_PKG_VERSION")],
+            )
+            .map_err(&err)?;
+        for t in tables {
+            self.conn
+                .execute(
+                    &format!("INSERT INTO {TABLES_TABLE} VALUES (?, ?, ?, ?, ?)"),
+                    duckdb::params![t.name, t.rows as i64, t.seconds, t.skipped, t.missing_columns.join(",")],
+                )
+                .map_err(&err)?;
+        }
+        self.conn.execute_batch("CHECKPOINT").map_err(&err)?;
+        drop(err);
+        let Builder { building, conn, .. } = self;
+        conn.close().map_err(|(_, e)| staging_err(&target)(e))?;
+        std::fs::File::open(&building).and_then(|f| f.sync_all()).map_err(io_err(&target))?;
+        // A write-ahead log left by the old generation must not be replayed onto the new one:
+        // fold it into the old file first (opening and closing DuckDB checkpoints it).
+        let old_wal = sibling(&target, "wal");
+        if old_wal.exists() {
+            Connection::open(&target).and_then(|c| c.close().map_err(|(_, e)| e)).map_err(staging_err(&target))?;
+            remove_if_exists(&old_wal)?;
+        }
+        std::fs::rename(&building, &target).map_err(io_err(&target))?;
+        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Make the rename itself durable (a no-op where directories cannot be opened).
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(generation)
+    }
+}
