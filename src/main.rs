@@ -64,11 +64,20 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Extract { odbc, staging, user, password_env, schema, verify_counts } => {
+        Command::Extract {
+            odbc,
+            staging,
+            user,
+            password_env,
+            schema,
+            verify_counts,
+        } => {
             let password = match password_env {
-                Some(var) => Some(Secret::new(
-                    std::env::var(&var).map_err(|_| ExtractError::PasswordEnvMissing { var: var.clone() })?,
-                )),
+                Some(var) => {
+                    Some(Secret::new(std::env::var(&var).map_err(|_| {
+                        ExtractError::PasswordEnvMissing { var: var.clone() }
+                    })?))
+                }
                 None => None,
             };
             let source = SourceConfig::new(&odbc, user, password);
@@ -83,13 +92,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 verify_counts,
                 progress: std::io::stderr().is_terminal(),
             })?;
-            println!("{:<16} {:>10} {:>9} {:>12}", "table", "rows", "seconds", "rows/s");
+            println!(
+                "{:<16} {:>10} {:>9} {:>12}",
+                "table", "rows", "seconds", "rows/s"
+            );
             for t in &report.tables {
                 if t.skipped {
                     println!("{:<16} {:>10} {:>9} {:>12}", t.name, "skipped", "-", "-");
                 } else {
                     let rate = t.rows as f64 / t.seconds.max(1e-9);
-                    println!("{:<16} {:>10} {:>9.3} {:>12.0}", t.name, t.rows, t.seconds, rate);
+                    println!(
+                        "{:<16} {:>10} {:>9.3} {:>12.0}",
+                        t.name, t.rows, t.seconds, rate
+                    );
                 }
             }
             println!(
@@ -105,7 +120,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let source = SourceConfig::new(&odbc, None, None);
             let started = std::time::Instant::now();
             let rows = extract::drain(&source, &SourceSchema::embedded())?;
-            println!("{rows} rows drained in {:.3}s", started.elapsed().as_secs_f64());
+            println!(
+                "{rows} rows drained in {:.3}s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
     }

@@ -118,7 +118,9 @@ pub struct Table {
 impl Table {
     /// The column with this name, if expected.
     pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+        self.columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -138,8 +140,11 @@ pub struct SourceSchema {
 impl SourceSchema {
     /// The schema compiled into the binary.
     pub fn embedded() -> Self {
-        Self::parse(EMBEDDED_SOURCE_SCHEMA, "schemas/sage50-source.toml (embedded)")
-            .expect("the embedded source schema is validated by the test suite")
+        Self::parse(
+            EMBEDDED_SOURCE_SCHEMA,
+            "schemas/sage50-source.toml (embedded)",
+        )
+        .expect("the embedded source schema is validated by the test suite")
     }
 
     /// Reads and validates a schema file.
@@ -198,7 +203,9 @@ impl SourceSchema {
 
     /// The table with this name.
     pub fn table(&self, name: &str) -> Option<&Table> {
-        self.tables.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+        self.tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -209,7 +216,12 @@ mod tests {
     #[test]
     fn embedded_schema_is_valid_and_lists_the_core_tables() {
         let schema = SourceSchema::embedded();
-        for name in ["AUDIT_HEADER", "AUDIT_SPLIT", "AUDIT_JOURNAL", "NOMINAL_LEDGER"] {
+        for name in [
+            "AUDIT_HEADER",
+            "AUDIT_SPLIT",
+            "AUDIT_JOURNAL",
+            "NOMINAL_LEDGER",
+        ] {
             assert!(schema.table(name).is_some_and(|t| t.required), "{name}");
         }
     }

@@ -50,14 +50,23 @@ const SECRET_KEYS: &[&str] = &["PWD", "PASSWORD"];
 impl SourceConfig {
     /// A source from a connection string and optional credentials (appended as UID/PWD).
     pub fn new(connection_string: &str, user: Option<String>, password: Option<Secret>) -> Self {
-        SourceConfig { connection_string: Secret::new(connection_string.to_owned()), user, password }
+        SourceConfig {
+            connection_string: Secret::new(connection_string.to_owned()),
+            user,
+            password,
+        }
     }
 
     /// The user name, from `--user` or the connection string's UID.
     pub fn user(&self) -> String {
         self.user
             .clone()
-            .or_else(|| attribute(self.connection_string.expose(), &["UID", "USER", "USERNAME"]))
+            .or_else(|| {
+                attribute(
+                    self.connection_string.expose(),
+                    &["UID", "USER", "USERNAME"],
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -66,9 +75,12 @@ impl SourceConfig {
         attribute(self.connection_string.expose(), &["DRIVER"])
     }
 
-    /// The data path: Sage's `DIR=`, or `Database=`/`DBQ=` for file-based drivers.
+    /// The data path: Sage's `DIR=`, or `Database=`/`DBQ=` for file-based drivers (only when it
+    /// looks like a path: a server database's `Database=` is a name).
     pub fn data_path(&self) -> Option<PathBuf> {
-        attribute(self.connection_string.expose(), &["DIR", "DATABASE", "DBQ"]).map(PathBuf::from)
+        attribute(self.connection_string.expose(), &["DIR", "DATABASE", "DBQ"])
+            .filter(|p| p.contains('/') || p.contains('\\'))
+            .map(PathBuf::from)
     }
 
     /// The connection string with secrets replaced by `***`, for logs.
@@ -94,10 +106,17 @@ impl SourceConfig {
 
     /// The full string handed to the driver manager, with driver-specific defaults added.
     fn driver_string(&self) -> String {
-        let mut s = self.connection_string.expose().trim().trim_end_matches(';').to_owned();
+        let mut s = self
+            .connection_string
+            .expose()
+            .trim()
+            .trim_end_matches(';')
+            .to_owned();
         // The SQLite3 driver materialises whole result sets unless told to step through rows;
         // that would break the connector's bounded-memory promise on large tables.
-        if self.driver().is_some_and(|d| d.to_ascii_lowercase().contains("sqlite"))
+        if self
+            .driver()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("sqlite"))
             && attribute(&s, &["STEPAPI"]).is_none()
         {
             s.push_str(";StepAPI=1");
@@ -115,7 +134,11 @@ impl SourceConfig {
     pub fn connect<'e>(&self, env: &'e Environment) -> Result<Connection<'e>, ExtractError> {
         if let Some(path) = self.data_path() {
             // A file-based source names its file: the folder holding it must exist.
-            let folder = if path.extension().is_some() { path.parent().map(PathBuf::from) } else { Some(path.clone()) };
+            let folder = if path.extension().is_some() {
+                path.parent().map(PathBuf::from)
+            } else {
+                Some(path.clone())
+            };
             if let Some(folder) = folder
                 && !folder.as_os_str().is_empty()
                 && !folder.exists()
@@ -124,7 +147,15 @@ impl SourceConfig {
             }
         }
         env.connect_with_connection_string(&self.driver_string(), ConnectionOptions::default())
-            .map_err(|e| self.classify(&e))
+            .map_err(|e| {
+                match self.data_path() {
+                    // File-based drivers fail vaguely ("connect failed") on a missing file.
+                    Some(path) if path.extension().is_some() && !path.exists() => {
+                        ExtractError::DataFolderNotFound { path }
+                    }
+                    _ => self.classify(&e),
+                }
+            })
     }
 
     /// Turns a driver error into the error a Sage user can act on.
@@ -133,8 +164,15 @@ impl SourceConfig {
         let detail = self.redact(&message);
         let lower = detail.to_ascii_lowercase();
         let driver = self.driver().unwrap_or_else(|| "(none given)".to_owned());
-        if state == "IM002" || lower.contains("can't open lib") || lower.contains("driver not found") {
-            return ExtractError::DriverNotInstalled { driver, bits: usize::BITS as usize, detail };
+        if state == "IM002"
+            || lower.contains("can't open lib")
+            || lower.contains("driver not found")
+        {
+            return ExtractError::DriverNotInstalled {
+                driver,
+                bits: usize::BITS as usize,
+                detail,
+            };
         }
         if state.starts_with("28")
             || lower.contains("password authentication failed")
@@ -142,7 +180,10 @@ impl SourceConfig {
             || lower.contains("invalid password")
             || lower.contains("login failed")
         {
-            return ExtractError::CredentialsRejected { user: self.user(), detail };
+            return ExtractError::CredentialsRejected {
+                user: self.user(),
+                detail,
+            };
         }
         if lower.contains("database is locked")
             || lower.contains("already in use")
@@ -151,8 +192,11 @@ impl SourceConfig {
         {
             return ExtractError::DatasetLocked { detail };
         }
-        if lower.contains("unable to open database") || lower.contains("cannot be found") || lower.contains("not found") {
-            let path = self.data_path().unwrap_or_default();
+        if let Some(path) = self.data_path()
+            && (lower.contains("unable to open database")
+                || lower.contains("cannot be found")
+                || lower.contains("not found"))
+        {
             return ExtractError::DataFolderNotFound { path };
         }
         ExtractError::Connect { detail }
@@ -162,7 +206,9 @@ impl SourceConfig {
 /// SQLSTATE and message of an ODBC error.
 pub fn diagnostic(error: &odbc_api::Error) -> (String, String) {
     match error {
-        odbc_api::Error::Diagnostics { record, .. } => (record.state.as_str().to_owned(), record.to_string()),
+        odbc_api::Error::Diagnostics { record, .. } => {
+            (record.state.as_str().to_owned(), record.to_string())
+        }
         other => (String::new(), other.to_string()),
     }
 }
@@ -170,9 +216,13 @@ pub fn diagnostic(error: &odbc_api::Error) -> (String, String) {
 /// The value of the first of `keys` present in a connection string (case-insensitive keys,
 /// `{braced}` values unwrapped).
 fn attribute(connection_string: &str, keys: &[&str]) -> Option<String> {
-    split_attributes(connection_string).into_iter().find_map(|(k, v)| {
-        keys.iter().any(|key| k.eq_ignore_ascii_case(key)).then_some(v)
-    })
+    split_attributes(connection_string)
+        .into_iter()
+        .find_map(|(k, v)| {
+            keys.iter()
+                .any(|key| k.eq_ignore_ascii_case(key))
+                .then_some(v)
+        })
 }
 
 fn split_attributes(s: &str) -> Vec<(String, String)> {
@@ -205,7 +255,10 @@ mod tests {
     #[test]
     fn attributes_are_read_case_insensitively_and_unbraced() {
         let s = "Driver={Sage Line 50 v32};DIR=C:\\Data\\ACCDATA;uid=MANAGER;Pwd={se;cret}";
-        assert_eq!(attribute(s, &["DRIVER"]).as_deref(), Some("Sage Line 50 v32"));
+        assert_eq!(
+            attribute(s, &["DRIVER"]).as_deref(),
+            Some("Sage Line 50 v32")
+        );
         assert_eq!(attribute(s, &["DIR"]).as_deref(), Some("C:\\Data\\ACCDATA"));
         assert_eq!(attribute(s, &["UID"]).as_deref(), Some("MANAGER"));
         assert_eq!(attribute(s, &["PWD"]).as_deref(), Some("se;cret"));
@@ -213,9 +266,16 @@ mod tests {
 
     #[test]
     fn redact_removes_passwords_from_the_string_and_the_flag() {
-        let cfg = SourceConfig::new("Driver=X;PWD=hunter2", None, Some(Secret::new("s3cr3t".into())));
+        let cfg = SourceConfig::new(
+            "Driver=X;PWD=hunter2",
+            None,
+            Some(Secret::new("s3cr3t".into())),
+        );
         let shown = cfg.redact("login as bob with hunter2 and s3cr3t failed");
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
         assert!(!cfg.display().contains("hunter2"));
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
     }
@@ -224,7 +284,11 @@ mod tests {
     fn sqlite_sources_stream_rows() {
         let cfg = SourceConfig::new("Driver={SQLite3};Database=/x/SAGE50.DB", None, None);
         assert!(cfg.driver_string().ends_with(";StepAPI=1"));
-        let cfg = SourceConfig::new("Driver={SQLite3};Database=/x/SAGE50.DB;StepAPI=0", None, None);
+        let cfg = SourceConfig::new(
+            "Driver={SQLite3};Database=/x/SAGE50.DB;StepAPI=0",
+            None,
+            None,
+        );
         assert!(!cfg.driver_string().contains("StepAPI=1"));
     }
 }

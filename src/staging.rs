@@ -46,11 +46,17 @@ pub struct Builder {
 }
 
 fn staging_err(path: &Path) -> impl Fn(duckdb::Error) -> ExtractError + '_ {
-    move |e| ExtractError::Staging { path: path.to_owned(), detail: e.to_string() }
+    move |e| ExtractError::Staging {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExtractError + '_ {
-    move |e| ExtractError::Staging { path: path.to_owned(), detail: e.to_string() }
+    move |e| ExtractError::Staging {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -101,9 +107,11 @@ pub fn staged_schema(schema: &Schema) -> SchemaRef {
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::Timestamp(_, _) => {
-                Field::new(f.name(), DataType::Timestamp(TimeUnit::Microsecond, None), f.is_nullable())
-            }
+            DataType::Timestamp(_, _) => Field::new(
+                f.name(),
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                f.is_nullable(),
+            ),
             DataType::Date64 => Field::new(f.name(), DataType::Date32, f.is_nullable()),
             _ => f.as_ref().clone(),
         })
@@ -112,7 +120,10 @@ pub fn staged_schema(schema: &Schema) -> SchemaRef {
 }
 
 /// Casts a fetched batch to its staged schema.
-pub fn to_staged(batch: RecordBatch, staged: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub fn to_staged(
+    batch: RecordBatch,
+    staged: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     if batch.schema().as_ref() == staged.as_ref() {
         return Ok(batch);
     }
@@ -120,7 +131,13 @@ pub fn to_staged(batch: RecordBatch, staged: &SchemaRef) -> Result<RecordBatch, 
         .columns()
         .iter()
         .zip(staged.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(staged.clone(), columns)
 }
@@ -136,27 +153,49 @@ impl Builder {
         remove_if_exists(&sibling(&building, "wal"))?;
         let conn = Connection::open(&building).map_err(staging_err(target))?;
         // Bounded memory: DuckDB spills to the file rather than growing without limit.
-        conn.execute_batch("SET memory_limit = '256MB'; SET threads = 2; SET preserve_insertion_order = true;")
-            .map_err(staging_err(target))?;
-        Ok(Builder { target: target.to_owned(), building, conn })
+        conn.execute_batch(
+            "SET memory_limit = '256MB'; SET threads = 2; SET preserve_insertion_order = true;",
+        )
+        .map_err(staging_err(target))?;
+        Ok(Builder {
+            target: target.to_owned(),
+            building,
+            conn,
+        })
     }
 
     /// Creates a staging table for `schema`.
     pub fn create_table(&self, name: &str, schema: &Schema) -> Result<(), ExtractError> {
-        let mut cols: Vec<String> =
-            schema.fields().iter().map(|f| format!("{} {}", ident(f.name()), duckdb_type(f.data_type()))).collect();
+        let mut cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", ident(f.name()), duckdb_type(f.data_type())))
+            .collect();
         if cols.is_empty() {
             cols.push(format!("{} INTEGER", ident("_empty")));
         }
         let ddl = format!("CREATE TABLE {} ({})", ident(name), cols.join(", "));
-        self.conn.execute_batch(&ddl).map_err(staging_err(&self.target))
+        self.conn
+            .execute_batch(&ddl)
+            .map_err(staging_err(&self.target))
     }
 
     /// Adds the columns the source lacked, after loading, so they read as NULL.
-    pub fn add_missing_columns(&self, name: &str, missing: &[(String, String)]) -> Result<(), ExtractError> {
+    pub fn add_missing_columns(
+        &self,
+        name: &str,
+        missing: &[(String, String)],
+    ) -> Result<(), ExtractError> {
         for (column, ty) in missing {
-            let sql = format!("ALTER TABLE {} ADD COLUMN {} {}", ident(name), ident(column), ty);
-            self.conn.execute_batch(&sql).map_err(staging_err(&self.target))?;
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                ident(name),
+                ident(column),
+                ty
+            );
+            self.conn
+                .execute_batch(&sql)
+                .map_err(staging_err(&self.target))?;
         }
         Ok(())
     }
@@ -175,9 +214,20 @@ impl Builder {
     pub fn count(&self, name: &str) -> Result<u64, ExtractError> {
         let n: i64 = self
             .conn
-            .query_row(&format!("SELECT COUNT(*) FROM {}", ident(name)), [], |r| r.get(0))
+            .query_row(&format!("SELECT COUNT(*) FROM {}", ident(name)), [], |r| {
+                r.get(0)
+            })
             .map_err(staging_err(&self.target))?;
         Ok(n as u64)
+    }
+
+    /// Gives up on this generation: closes it and deletes its files. The previous generation
+    /// was never touched.
+    pub fn abandon(self) {
+        let Builder { building, conn, .. } = self;
+        drop(conn);
+        let _ = std::fs::remove_file(sibling(&building, "wal"));
+        let _ = std::fs::remove_file(&building);
     }
 
     /// Records metadata, checkpoints, and swaps the new generation in place of the old one.
@@ -201,7 +251,13 @@ impl Builder {
             self.conn
                 .execute(
                     &format!("INSERT INTO {TABLES_TABLE} VALUES (?, ?, ?, ?, ?)"),
-                    duckdb::params![t.name, t.rows as i64, t.seconds, t.skipped, t.missing_columns.join(",")],
+                    duckdb::params![
+                        t.name,
+                        t.rows as i64,
+                        t.seconds,
+                        t.skipped,
+                        t.missing_columns.join(",")
+                    ],
                 )
                 .map_err(&err)?;
         }
@@ -209,12 +265,16 @@ impl Builder {
         drop(err);
         let Builder { building, conn, .. } = self;
         conn.close().map_err(|(_, e)| staging_err(&target)(e))?;
-        std::fs::File::open(&building).and_then(|f| f.sync_all()).map_err(io_err(&target))?;
+        std::fs::File::open(&building)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&target))?;
         // A write-ahead log left by the old generation must not be replayed onto the new one:
         // fold it into the old file first (opening and closing DuckDB checkpoints it).
         let old_wal = sibling(&target, "wal");
         if old_wal.exists() {
-            Connection::open(&target).and_then(|c| c.close().map_err(|(_, e)| e)).map_err(staging_err(&target))?;
+            Connection::open(&target)
+                .and_then(|c| c.close().map_err(|(_, e)| e))
+                .map_err(staging_err(&target))?;
             remove_if_exists(&old_wal)?;
         }
         std::fs::rename(&building, &target).map_err(io_err(&target))?;

@@ -5,8 +5,13 @@ use tracing_subscriber::EnvFilter;
 
 /// Sets up `tracing` (level from `RUST_LOG`, default `info`) writing to standard error.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,arrow_odbc=warn,odbc_api=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,arrow_odbc=warn,odbc_api=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// A spinner counting rows of one table; hidden unless `enabled` and stderr is a terminal.
@@ -16,8 +21,10 @@ pub fn table_progress(table: &str, enabled: bool) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix:<16} {human_pos:>12} rows  {per_sec:>14}  {elapsed}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} {prefix:<16} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
+        )
+        .expect("valid template"),
     );
     bar.set_prefix(table.to_owned());
     bar.enable_steady_tick(std::time::Duration::from_millis(120));

@@ -51,7 +51,11 @@ fn main() -> ExitCode {
                 for (table, rows) in &summary.counts {
                     eprintln!("{table:<16} {rows:>10}");
                 }
-                eprintln!("written in {:.1}s: {}", started.elapsed().as_secs_f64(), summary.database.display());
+                eprintln!(
+                    "written in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    summary.database.display()
+                );
             }
             println!("{}", summary.connection_string);
             ExitCode::SUCCESS

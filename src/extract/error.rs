@@ -50,7 +50,9 @@ pub enum ExtractError {
         detail: String,
     },
     /// The password environment variable named by --password-env is not set.
-    #[error("environment variable {var} (named by --password-env) is not set: set it to the Sage password")]
+    #[error(
+        "environment variable {var} (named by --password-env) is not set: set it to the Sage password"
+    )]
     PasswordEnvMissing {
         /// The variable.
         var: String,
@@ -65,7 +67,9 @@ pub enum ExtractError {
         table: String,
     },
     /// A required column is absent from a table.
-    #[error("table {table} has no column {column}, which the connector requires (schemas/sage50-source.toml)")]
+    #[error(
+        "table {table} has no column {column}, which the connector requires (schemas/sage50-source.toml)"
+    )]
     ColumnMissing {
         /// The table.
         table: String,
@@ -73,7 +77,9 @@ pub enum ExtractError {
         column: String,
     },
     /// A column reports a type the connector cannot read as expected.
-    #[error("table {table} column {column}: the driver reports {found}, expected {expected} (schemas/sage50-source.toml)")]
+    #[error(
+        "table {table} column {column}: the driver reports {found}, expected {expected} (schemas/sage50-source.toml)"
+    )]
     ColumnType {
         /// The table.
         table: String,

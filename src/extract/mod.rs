@@ -77,10 +77,20 @@ struct Plan<'s> {
 }
 
 enum Message {
-    Begin { index: usize, schema: SchemaRef, missing: Vec<(String, String)> },
-    Skip { index: usize },
+    Begin {
+        index: usize,
+        schema: SchemaRef,
+        missing: Vec<(String, String)>,
+    },
+    Skip {
+        index: usize,
+    },
     Batch(RecordBatch),
-    End { index: usize, rows: u64, source_rows: Option<u64> },
+    End {
+        index: usize,
+        rows: u64,
+        source_rows: Option<u64>,
+    },
 }
 
 /// Extracts every table into a new staging generation.
@@ -90,18 +100,32 @@ pub fn extract(options: &ExtractOptions<'_>) -> Result<ExtractReport, ExtractErr
     info!(source = %source.display(), staging = %options.staging.display(), "Starting extraction.");
     let builder = Builder::begin(options.staging)?;
     let (tx, rx) = bounded::<Message>(CHANNEL_BATCHES);
-    let tables = std::thread::scope(|scope| {
+    let tables = match std::thread::scope(|scope| {
         let fetcher = scope.spawn(|| fetch_all(source, options.schema, options.verify_counts, tx));
         let loaded = load_all(&builder, options, rx);
         let fetched = fetcher.join().unwrap_or_else(|_| {
-            Err(ExtractError::Connect { detail: "the ODBC fetch thread panicked".to_owned() })
+            Err(ExtractError::Connect {
+                detail: "the ODBC fetch thread panicked".to_owned(),
+            })
         });
-        // A fetch error is the cause; a load error after it is only its consequence.
+        // A loader failure makes the fetcher stop with a mere "loading stopped": report the
+        // loader's own error first. A fetch failure ends the loader's input cleanly.
+        let tables = loaded?;
         fetched?;
-        loaded
-    })?;
+        Ok(tables)
+    }) {
+        Ok(tables) => tables,
+        Err(e) => {
+            builder.abandon();
+            return Err(e);
+        }
+    };
     let generation = builder.commit(&tables, &source.display())?;
-    let report = ExtractReport { tables, generation, seconds: started.elapsed().as_secs_f64() };
+    let report = ExtractReport {
+        tables,
+        generation,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     info!(
         generation = %report.generation,
         rows = report.total_rows(),
@@ -118,7 +142,9 @@ pub fn drain(source: &SourceConfig, schema: &SourceSchema) -> Result<u64, Extrac
     let conn = source.connect(&env)?;
     let mut rows = 0u64;
     for table in &schema.tables {
-        let Some(plan) = plan_table(&conn, source, table)? else { continue };
+        let Some(plan) = plan_table(&conn, source, table)? else {
+            continue;
+        };
         let mut on_batch = |batch: RecordBatch| {
             rows += batch.num_rows() as u64;
             Ok(())
@@ -137,7 +163,9 @@ fn fetch_all(
     let env = Environment::new().map_err(|e| source.classify(&e))?;
     let conn = source.connect(&env)?;
     // Sending fails only when the loader gave up; its own error is then reported.
-    let closed = || ExtractError::Connect { detail: "loading into staging stopped".to_owned() };
+    let closed = || ExtractError::Connect {
+        detail: "loading into staging stopped".to_owned(),
+    };
     for (index, table) in schema.tables.iter().enumerate() {
         let Some(plan) = plan_table(&conn, source, table)? else {
             tx.send(Message::Skip { index }).map_err(|_| closed())?;
@@ -148,34 +176,75 @@ fn fetch_all(
             &conn,
             source,
             &plan,
-            &mut |schema| tx.send(Message::Begin { index, schema, missing: missing.clone() }).map_err(|_| closed()),
+            &mut |schema| {
+                tx.send(Message::Begin {
+                    index,
+                    schema,
+                    missing: missing.clone(),
+                })
+                .map_err(|_| closed())
+            },
             &mut |batch| tx.send(Message::Batch(batch)).map_err(|_| closed()),
         )?;
-        let source_rows = if verify_counts { Some(count_rows(&conn, source, table)?) } else { None };
-        tx.send(Message::End { index, rows, source_rows }).map_err(|_| closed())?;
+        let source_rows = if verify_counts {
+            Some(count_rows(&conn, source, table)?)
+        } else {
+            None
+        };
+        tx.send(Message::End {
+            index,
+            rows,
+            source_rows,
+        })
+        .map_err(|_| closed())?;
     }
     Ok(())
 }
 
-fn load_all(builder: &Builder, options: &ExtractOptions<'_>, rx: Receiver<Message>) -> Result<Vec<StagedTable>, ExtractError> {
+fn load_all(
+    builder: &Builder,
+    options: &ExtractOptions<'_>,
+    rx: Receiver<Message>,
+) -> Result<Vec<StagedTable>, ExtractError> {
     let mut staged: Vec<StagedTable> = Vec::new();
-    let mut current: Option<(usize, duckdb::Appender<'_>, SchemaRef, Instant, indicatif::ProgressBar, u64)> = None;
-    let staging_err = |detail: String| ExtractError::Staging { path: builder.target().to_owned(), detail };
+    type Current<'b> = (
+        usize,
+        duckdb::Appender<'b>,
+        SchemaRef,
+        Instant,
+        indicatif::ProgressBar,
+        u64,
+        Vec<(String, String)>,
+    );
+    let mut current: Option<Current<'_>> = None;
+    let staging_err = |detail: String| ExtractError::Staging {
+        path: builder.target().to_owned(),
+        detail,
+    };
     for message in rx {
         match message {
             Message::Skip { index } => {
                 let table = &options.schema.tables[index];
                 warn!(table = %table.name, "Optional table is missing from this Sage version and was skipped.");
-                staged.push(StagedTable { name: table.name.clone(), rows: 0, seconds: 0.0, skipped: true, missing_columns: vec![] });
+                staged.push(StagedTable {
+                    name: table.name.clone(),
+                    rows: 0,
+                    seconds: 0.0,
+                    skipped: true,
+                    missing_columns: vec![],
+                });
             }
-            Message::Begin { index, schema, missing } => {
+            Message::Begin {
+                index,
+                schema,
+                missing,
+            } => {
                 let table = &options.schema.tables[index];
                 let staged_schema = staging::staged_schema(&schema);
                 builder.create_table(&table.name, &staged_schema)?;
                 for (column, _) in &missing {
                     warn!(table = %table.name, column = %column, "Optional column is missing from this Sage version; it is staged as NULL.");
                 }
-                builder.add_missing_columns(&table.name, &missing)?;
                 let appender = builder.appender(&table.name)?;
                 let bar = crate::telemetry::table_progress(&table.name, options.progress);
                 staged.push(StagedTable {
@@ -183,31 +252,57 @@ fn load_all(builder: &Builder, options: &ExtractOptions<'_>, rx: Receiver<Messag
                     rows: 0,
                     seconds: 0.0,
                     skipped: false,
-                    missing_columns: missing.into_iter().map(|(c, _)| c).collect(),
+                    missing_columns: missing.iter().map(|(c, _)| c.clone()).collect(),
                 });
-                current = Some((index, appender, staged_schema, Instant::now(), bar, 0));
+                let missing_ddl = missing;
+                current = Some((
+                    index,
+                    appender,
+                    staged_schema,
+                    Instant::now(),
+                    bar,
+                    0,
+                    missing_ddl,
+                ));
             }
             Message::Batch(batch) => {
-                let Some((index, appender, schema, _, bar, rows)) = current.as_mut() else { continue };
+                let Some((index, appender, schema, _, bar, rows, _)) = current.as_mut() else {
+                    continue;
+                };
                 let n = batch.num_rows() as u64;
                 let table = &options.schema.tables[*index].name;
                 let batch = staging::to_staged(batch, schema)
                     .map_err(|e| staging_err(format!("table {table}: converting a batch: {e}")))?;
-                appender
-                    .append_record_batch(batch)
-                    .map_err(|e| staging_err(format!("table {table}: appending rows after row {rows}: {e}")))?;
+                appender.append_record_batch(batch).map_err(|e| {
+                    staging_err(format!(
+                        "table {table}: appending rows after row {rows}: {e}"
+                    ))
+                })?;
                 *rows += n;
                 bar.set_position(*rows);
             }
-            Message::End { index, rows, source_rows } => {
-                let Some((_, mut appender, _, started, bar, loaded)) = current.take() else { continue };
+            Message::End {
+                index,
+                rows,
+                source_rows,
+            } => {
+                let Some((_, mut appender, _, started, bar, loaded, missing)) = current.take()
+                else {
+                    continue;
+                };
                 let table = &options.schema.tables[index].name;
-                appender.flush().map_err(|e| staging_err(format!("table {table}: {e}")))?;
+                appender
+                    .flush()
+                    .map_err(|e| staging_err(format!("table {table}: {e}")))?;
                 drop(appender);
+                // Columns this Sage version lacks read as NULL, so later SQL sees one shape.
+                builder.add_missing_columns(table, &missing)?;
                 bar.finish_and_clear();
                 let counted = builder.count(table)?;
                 if counted != rows || loaded != rows {
-                    return Err(staging_err(format!("table {table}: fetched {rows} rows but staged {counted}")));
+                    return Err(staging_err(format!(
+                        "table {table}: fetched {rows} rows but staged {counted}"
+                    )));
                 }
                 if let Some(source_rows) = source_rows
                     && source_rows != rows
@@ -239,25 +334,48 @@ fn load_all(builder: &Builder, options: &ExtractOptions<'_>, rx: Receiver<Messag
 }
 
 /// Checks a table against the driver's catalogue. `None`: an optional table that is absent.
-fn plan_table<'s>(conn: &Connection<'_>, source: &SourceConfig, table: &'s Table) -> Result<Option<Plan<'s>>, ExtractError> {
+fn plan_table<'s>(
+    conn: &Connection<'_>,
+    source: &SourceConfig,
+    table: &'s Table,
+) -> Result<Option<Plan<'s>>, ExtractError> {
     let mut found: Vec<(String, i16, String)> = Vec::new();
-    let rows = conn.columns("", "", &table.name, "").map_err(|e| source.classify(&e))?;
+    let rows = conn
+        .columns("", "", &table.name, "")
+        .map_err(|e| source.classify(&e))?;
     for row in rows {
         let row = row.map_err(|e| source.classify(&e))?;
-        let name = row.column_name.as_str().ok().flatten().unwrap_or_default().to_owned();
-        let type_name = row.type_name.as_str().ok().flatten().unwrap_or_default().to_owned();
+        let name = row
+            .column_name
+            .as_str()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned();
+        let type_name = row
+            .type_name
+            .as_str()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_owned();
         found.push((name, row.data_type, type_name));
     }
     if found.is_empty() {
         if table.required {
-            return Err(ExtractError::TableMissing { table: table.name.clone() });
+            return Err(ExtractError::TableMissing {
+                table: table.name.clone(),
+            });
         }
         return Ok(None);
     }
     let mut present = Vec::new();
     let mut missing = Vec::new();
     for column in &table.columns {
-        match found.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(&column.name)) {
+        match found
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(&column.name))
+        {
             Some((_, data_type, type_name)) => {
                 if !type_fits(column.ty, *data_type) {
                     return Err(ExtractError::ColumnType {
@@ -270,12 +388,19 @@ fn plan_table<'s>(conn: &Connection<'_>, source: &SourceConfig, table: &'s Table
                 present.push(column.name.clone());
             }
             None if column.required => {
-                return Err(ExtractError::ColumnMissing { table: table.name.clone(), column: column.name.clone() });
+                return Err(ExtractError::ColumnMissing {
+                    table: table.name.clone(),
+                    column: column.name.clone(),
+                });
             }
             None => missing.push((column.name.clone(), column.ddl_type())),
         }
     }
-    Ok(Some(Plan { table, present, missing }))
+    Ok(Some(Plan {
+        table,
+        present,
+        missing,
+    }))
 }
 
 /// Whether an ODBC SQL data type can be read as the expected column type.
@@ -304,8 +429,17 @@ fn fetch_table(
     // Plain `SELECT cols FROM TABLE`: the one form every Sage driver version accepts.
     let query = format!("SELECT {} FROM {name}", plan.present.join(", "));
     let fetch_err = |rows_before: u64, detail: String| {
-        let column = plan.present.iter().find(|c| detail.contains(c.as_str())).cloned();
-        ExtractError::Fetch { table: name.clone(), column, rows_before, detail: source.redact(&detail) }
+        let column = plan
+            .present
+            .iter()
+            .find(|c| detail.contains(c.as_str()))
+            .cloned();
+        ExtractError::Fetch {
+            table: name.clone(),
+            column,
+            rows_before,
+            detail: source.redact(&detail),
+        }
     };
     let cursor = conn
         .execute(&query, (), None)
@@ -322,21 +456,40 @@ fn fetch_table(
     begin(reader.schema())?;
     let mut rows = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| fetch_err(rows, e.to_string()))?;
+        let batch = batch.map_err(|e| {
+            let mut detail = e.to_string();
+            if detail.contains("truncation") {
+                detail.push_str(
+                    " (a text value is longer than the column length the driver declares)",
+                );
+            }
+            fetch_err(rows, detail)
+        })?;
         rows += batch.num_rows() as u64;
         on_batch(batch)?;
     }
     Ok(rows)
 }
 
-fn count_rows(conn: &Connection<'_>, source: &SourceConfig, table: &Table) -> Result<u64, ExtractError> {
-    let err = |detail: String| ExtractError::Fetch { table: table.name.clone(), column: None, rows_before: 0, detail };
+fn count_rows(
+    conn: &Connection<'_>,
+    source: &SourceConfig,
+    table: &Table,
+) -> Result<u64, ExtractError> {
+    let err = |detail: String| ExtractError::Fetch {
+        table: table.name.clone(),
+        column: None,
+        rows_before: 0,
+        detail,
+    };
     let mut cursor = conn
         .execute(&format!("SELECT COUNT(*) FROM {}", table.name), (), None)
         .map_err(|e| err(source.redact(&e.to_string())))?
         .ok_or_else(|| err("COUNT(*) returned no result".to_owned()))?;
     let mut n: i64 = 0;
-    if let Some(mut row) = odbc_api::Cursor::next_row(&mut cursor).map_err(|e| err(e.to_string()))? {
+    if let Some(mut row) =
+        odbc_api::Cursor::next_row(&mut cursor).map_err(|e| err(e.to_string()))?
+    {
         row.get_data(1, &mut n).map_err(|e| err(e.to_string()))?;
     }
     Ok(n as u64)

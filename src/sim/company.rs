@@ -29,44 +29,168 @@ pub struct Nominal {
 
 /// The standard UK chart of accounts the simulator posts to.
 pub const NOMINALS: &[Nominal] = &[
-    Nominal { code: "0010", name: "Freehold Property", account_type: 0 },
-    Nominal { code: "0030", name: "Office Equipment", account_type: 0 },
-    Nominal { code: "1001", name: "Stock", account_type: 0 },
-    Nominal { code: "1100", name: "Debtors Control Account", account_type: 2 },
-    Nominal { code: "1200", name: "Bank Current Account", account_type: 1 },
-    Nominal { code: "1210", name: "Bank Deposit Account", account_type: 1 },
-    Nominal { code: "1230", name: "Petty Cash", account_type: 1 },
-    Nominal { code: "1240", name: "Company Credit Card", account_type: 1 },
-    Nominal { code: "2100", name: "Creditors Control Account", account_type: 2 },
-    Nominal { code: "2200", name: "Sales Tax Control Account", account_type: 2 },
-    Nominal { code: "2201", name: "Purchase Tax Control Account", account_type: 2 },
-    Nominal { code: "2210", name: "P.A.Y.E.", account_type: 0 },
-    Nominal { code: "3000", name: "Capital", account_type: 0 },
-    Nominal { code: "3200", name: "Profit and Loss Account", account_type: 0 },
-    Nominal { code: "4000", name: "Sales Type A", account_type: 0 },
-    Nominal { code: "4001", name: "Sales Type B", account_type: 0 },
-    Nominal { code: "4002", name: "Sales – Café Services", account_type: 0 },
-    Nominal { code: "4009", name: "Discounts Allowed", account_type: 0 },
-    Nominal { code: "4900", name: "Miscellaneous Income", account_type: 0 },
-    Nominal { code: "5000", name: "Materials Purchased", account_type: 0 },
-    Nominal { code: "5001", name: "Materials Imported", account_type: 0 },
-    Nominal { code: "5009", name: "Discounts Taken", account_type: 0 },
-    Nominal { code: "7000", name: "Gross Wages", account_type: 0 },
-    Nominal { code: "7100", name: "Rent", account_type: 0 },
-    Nominal { code: "7200", name: "Electricity", account_type: 0 },
-    Nominal { code: "7500", name: "Office Stationery", account_type: 0 },
-    Nominal { code: "7502", name: "Telephone", account_type: 0 },
-    Nominal { code: "7900", name: "Bank Charges and Interest", account_type: 0 },
-    Nominal { code: "8200", name: "Donations", account_type: 0 },
-    Nominal { code: "9998", name: "Suspense Account", account_type: 0 },
+    Nominal {
+        code: "0010",
+        name: "Freehold Property",
+        account_type: 0,
+    },
+    Nominal {
+        code: "0030",
+        name: "Office Equipment",
+        account_type: 0,
+    },
+    Nominal {
+        code: "1001",
+        name: "Stock",
+        account_type: 0,
+    },
+    Nominal {
+        code: "1100",
+        name: "Debtors Control Account",
+        account_type: 2,
+    },
+    Nominal {
+        code: "1200",
+        name: "Bank Current Account",
+        account_type: 1,
+    },
+    Nominal {
+        code: "1210",
+        name: "Bank Deposit Account",
+        account_type: 1,
+    },
+    Nominal {
+        code: "1230",
+        name: "Petty Cash",
+        account_type: 1,
+    },
+    Nominal {
+        code: "1240",
+        name: "Company Credit Card",
+        account_type: 1,
+    },
+    Nominal {
+        code: "2100",
+        name: "Creditors Control Account",
+        account_type: 2,
+    },
+    Nominal {
+        code: "2200",
+        name: "Sales Tax Control Account",
+        account_type: 2,
+    },
+    Nominal {
+        code: "2201",
+        name: "Purchase Tax Control Account",
+        account_type: 2,
+    },
+    Nominal {
+        code: "2210",
+        name: "P.A.Y.E.",
+        account_type: 0,
+    },
+    Nominal {
+        code: "3000",
+        name: "Capital",
+        account_type: 0,
+    },
+    Nominal {
+        code: "3200",
+        name: "Profit and Loss Account",
+        account_type: 0,
+    },
+    Nominal {
+        code: "4000",
+        name: "Sales Type A",
+        account_type: 0,
+    },
+    Nominal {
+        code: "4001",
+        name: "Sales Type B",
+        account_type: 0,
+    },
+    Nominal {
+        code: "4002",
+        name: "Sales – Café Services",
+        account_type: 0,
+    },
+    Nominal {
+        code: "4009",
+        name: "Discounts Allowed",
+        account_type: 0,
+    },
+    Nominal {
+        code: "4900",
+        name: "Miscellaneous Income",
+        account_type: 0,
+    },
+    Nominal {
+        code: "5000",
+        name: "Materials Purchased",
+        account_type: 0,
+    },
+    Nominal {
+        code: "5001",
+        name: "Materials Imported",
+        account_type: 0,
+    },
+    Nominal {
+        code: "5009",
+        name: "Discounts Taken",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7000",
+        name: "Gross Wages",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7100",
+        name: "Rent",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7200",
+        name: "Electricity",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7500",
+        name: "Office Stationery",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7502",
+        name: "Telephone",
+        account_type: 0,
+    },
+    Nominal {
+        code: "7900",
+        name: "Bank Charges and Interest",
+        account_type: 0,
+    },
+    Nominal {
+        code: "8200",
+        name: "Donations",
+        account_type: 0,
+    },
+    Nominal {
+        code: "9998",
+        name: "Suspense Account",
+        account_type: 0,
+    },
 ];
 
 /// Nominals that sales splits post to.
 pub const SALES_NOMINALS: &[&str] = &["4000", "4001", "4002", "4900"];
 /// Nominals that purchase and bank-payment splits post to.
-pub const EXPENSE_NOMINALS: &[&str] = &["5000", "5001", "7100", "7200", "7500", "7502", "7900", "0030"];
+pub const EXPENSE_NOMINALS: &[&str] = &[
+    "5000", "5001", "7100", "7200", "7500", "7502", "7900", "0030",
+];
 /// Nominals that journals post to.
-pub const JOURNAL_NOMINALS: &[&str] = &["0030", "1001", "2210", "3000", "7000", "7100", "7900", "8200", "9998"];
+pub const JOURNAL_NOMINALS: &[&str] = &[
+    "0030", "1001", "2210", "3000", "7000", "7100", "7900", "8200", "9998",
+];
 
 /// One bank account; its code is its nominal code.
 pub struct Bank {
@@ -80,10 +204,26 @@ pub struct Bank {
 
 /// The company's bank accounts.
 pub const BANKS: &[Bank] = &[
-    Bank { code: "1200", name: "Bank Current Account", bank_type: 0 },
-    Bank { code: "1210", name: "Bank Deposit Account", bank_type: 0 },
-    Bank { code: "1230", name: "Petty Cash", bank_type: 1 },
-    Bank { code: "1240", name: "Company Credit Card", bank_type: 2 },
+    Bank {
+        code: "1200",
+        name: "Bank Current Account",
+        bank_type: 0,
+    },
+    Bank {
+        code: "1210",
+        name: "Bank Deposit Account",
+        bank_type: 0,
+    },
+    Bank {
+        code: "1230",
+        name: "Petty Cash",
+        bank_type: 1,
+    },
+    Bank {
+        code: "1240",
+        name: "Company Credit Card",
+        bank_type: 2,
+    },
 ];
 
 /// One VAT code.
@@ -100,11 +240,36 @@ pub struct TaxCode {
 
 /// VAT codes (index 1 = standard rate, the common case).
 pub const TAX_CODES: &[TaxCode] = &[
-    TaxCode { code: "T0", id: 0, description: "Zero rated", rate_bp: 0 },
-    TaxCode { code: "T1", id: 1, description: "Standard rate", rate_bp: 2000 },
-    TaxCode { code: "T2", id: 2, description: "Exempt", rate_bp: 0 },
-    TaxCode { code: "T5", id: 5, description: "Lower rate", rate_bp: 500 },
-    TaxCode { code: "T9", id: 9, description: "Transactions not involving VAT", rate_bp: 0 },
+    TaxCode {
+        code: "T0",
+        id: 0,
+        description: "Zero rated",
+        rate_bp: 0,
+    },
+    TaxCode {
+        code: "T1",
+        id: 1,
+        description: "Standard rate",
+        rate_bp: 2000,
+    },
+    TaxCode {
+        code: "T2",
+        id: 2,
+        description: "Exempt",
+        rate_bp: 0,
+    },
+    TaxCode {
+        code: "T5",
+        id: 5,
+        description: "Lower rate",
+        rate_bp: 500,
+    },
+    TaxCode {
+        code: "T9",
+        id: 9,
+        description: "Transactions not involving VAT",
+        rate_bp: 0,
+    },
 ];
 /// Index of T9 in [`TAX_CODES`].
 pub const TAX_T9: u8 = 4;
@@ -125,14 +290,37 @@ pub struct Currency {
 
 /// Currencies (index 0 is the base currency).
 pub const CURRENCIES: &[Currency] = &[
-    Currency { number: 1, code: "GBP", name: "Pound Sterling", symbol: "£", rate_e4: 10000 },
-    Currency { number: 2, code: "EUR", name: "Euro", symbol: "€", rate_e4: 11637 },
-    Currency { number: 3, code: "USD", name: "US Dollar", symbol: "$", rate_e4: 12710 },
+    Currency {
+        number: 1,
+        code: "GBP",
+        name: "Pound Sterling",
+        symbol: "£",
+        rate_e4: 10000,
+    },
+    Currency {
+        number: 2,
+        code: "EUR",
+        name: "Euro",
+        symbol: "€",
+        rate_e4: 11637,
+    },
+    Currency {
+        number: 3,
+        code: "USD",
+        name: "US Dollar",
+        symbol: "$",
+        rate_e4: 12710,
+    },
 ];
 
 /// Departments (number, name).
-pub const DEPARTMENTS: &[(i16, &str)] =
-    &[(0, "Default"), (1, "Sales"), (2, "Operations"), (3, "Café & Bar"), (4, "Administración")];
+pub const DEPARTMENTS: &[(i16, &str)] = &[
+    (0, "Default"),
+    (1, "Sales"),
+    (2, "Operations"),
+    (3, "Café & Bar"),
+    (4, "Administración"),
+];
 
 /// A customer or supplier.
 pub struct Party {
@@ -161,25 +349,91 @@ pub struct Party {
 }
 
 const NAME_STEMS: &[&str] = &[
-    "Harbour", "Crane", "Café Olé", "Muñoz", "Zoë's", "Brontë", "Northern", "Fjörd", "Élan",
-    "Ashworth", "Blackthorn", "Castleford", "Dunmore", "Evergreen", "Foxley", "Glenbrook",
-    "Hartley", "Ironbridge", "Juniper", "Kingsley", "Lochside", "Millbrook", "Newhaven",
-    "Oakridge", "Pennine", "Queensway", "Riverside", "Saltaire", "Thistle", "Upland",
-    "Valley", "Westgate", "Yardley", "Señor Peña", "Crème", "Ångström", "Łódź", "O'Brien",
+    "Harbour",
+    "Crane",
+    "Café Olé",
+    "Muñoz",
+    "Zoë's",
+    "Brontë",
+    "Northern",
+    "Fjörd",
+    "Élan",
+    "Ashworth",
+    "Blackthorn",
+    "Castleford",
+    "Dunmore",
+    "Evergreen",
+    "Foxley",
+    "Glenbrook",
+    "Hartley",
+    "Ironbridge",
+    "Juniper",
+    "Kingsley",
+    "Lochside",
+    "Millbrook",
+    "Newhaven",
+    "Oakridge",
+    "Pennine",
+    "Queensway",
+    "Riverside",
+    "Saltaire",
+    "Thistle",
+    "Upland",
+    "Valley",
+    "Westgate",
+    "Yardley",
+    "Señor Peña",
+    "Crème",
+    "Ångström",
+    "Łódź",
+    "O'Brien",
 ];
 const NAME_SUFFIXES: &[&str] = &[
-    "Ltd", "Trading Ltd", "& Sons", "plc", "Holdings", "S.L.", "GmbH", "Partners",
-    "Supplies", "Bakery", "Engineering", "Consultancy", "Florists", "Motors",
+    "Ltd",
+    "Trading Ltd",
+    "& Sons",
+    "plc",
+    "Holdings",
+    "S.L.",
+    "GmbH",
+    "Partners",
+    "Supplies",
+    "Bakery",
+    "Engineering",
+    "Consultancy",
+    "Florists",
+    "Motors",
 ];
-const FIRST_NAMES: &[&str] =
-    &["Anne", "José", "Chloë", "Siân", "Oliver", "Amélie", "Raj", "Zofia", "Tom", "Noël"];
-const LAST_NAMES: &[&str] =
-    &["Smith", "García", "Ó Briain", "Jones", "Müller", "Patel", "Kowalski", "Núñez"];
-const TOWNS: &[&str] =
-    &["Leeds", "Newcastle upon Tyne", "Cardiff", "Belfast", "Edinburgh", "Bristol", "Norwich"];
+const FIRST_NAMES: &[&str] = &[
+    "Anne", "José", "Chloë", "Siân", "Oliver", "Amélie", "Raj", "Zofia", "Tom", "Noël",
+];
+const LAST_NAMES: &[&str] = &[
+    "Smith",
+    "García",
+    "Ó Briain",
+    "Jones",
+    "Müller",
+    "Patel",
+    "Kowalski",
+    "Núñez",
+];
+const TOWNS: &[&str] = &[
+    "Leeds",
+    "Newcastle upon Tyne",
+    "Cardiff",
+    "Belfast",
+    "Edinburgh",
+    "Bristol",
+    "Norwich",
+];
 
 /// Makes `count` parties with unique references, deterministic for the RNG state.
-pub fn parties(rng: &mut ChaCha8Rng, count: usize, foreign_share: f64, span_days: i32) -> Vec<Party> {
+pub fn parties(
+    rng: &mut ChaCha8Rng,
+    count: usize,
+    foreign_share: f64,
+    span_days: i32,
+) -> Vec<Party> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let stem = NAME_STEMS[rng.random_range(0..NAME_STEMS.len())];
@@ -196,7 +450,11 @@ pub fn parties(rng: &mut ChaCha8Rng, count: usize, foreign_share: f64, span_days
         } else {
             format!("{stem} {suffix}")
         };
-        let currency = if rng.random_bool(foreign_share) { rng.random_range(1..3) } else { 0 };
+        let currency = if rng.random_bool(foreign_share) {
+            rng.random_range(1..3)
+        } else {
+            0
+        };
         let first = FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())];
         let last = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
         let email = if rng.random_bool(0.7) {
@@ -233,8 +491,15 @@ pub fn town(i: usize) -> &'static str {
 
 /// Stock items: (code, description, nominal, price in pence, tax code index).
 pub fn stock(rng: &mut ChaCha8Rng, count: usize) -> Vec<(String, String, &'static str, i64, u8)> {
-    const THINGS: &[&str] =
-        &["Widget", "Gâteau box", "Cable 3m", "Desk lamp", "Paper A4 (ream)", "Piñata", "Toner"];
+    const THINGS: &[&str] = &[
+        "Widget",
+        "Gâteau box",
+        "Cable 3m",
+        "Desk lamp",
+        "Paper A4 (ream)",
+        "Piñata",
+        "Toner",
+    ];
     (0..count)
         .map(|i| {
             let thing = THINGS[i % THINGS.len()];

@@ -16,7 +16,26 @@ use super::company::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum TxType {
-    SI, SC, SR, SA, SD, SP, PI, PC, PP, PA, PD, PR, BP, BR, CP, CR, VP, VR, JD, JC,
+    SI,
+    SC,
+    SR,
+    SA,
+    SD,
+    SP,
+    PI,
+    PC,
+    PP,
+    PA,
+    PD,
+    PR,
+    BP,
+    BR,
+    CP,
+    CR,
+    VP,
+    VR,
+    JD,
+    JC,
 }
 
 impl TxType {
@@ -24,10 +43,26 @@ impl TxType {
     pub fn code(self) -> &'static str {
         use TxType::*;
         match self {
-            SI => "SI", SC => "SC", SR => "SR", SA => "SA", SD => "SD", SP => "SP",
-            PI => "PI", PC => "PC", PP => "PP", PA => "PA", PD => "PD", PR => "PR",
-            BP => "BP", BR => "BR", CP => "CP", CR => "CR", VP => "VP", VR => "VR",
-            JD => "JD", JC => "JC",
+            SI => "SI",
+            SC => "SC",
+            SR => "SR",
+            SA => "SA",
+            SD => "SD",
+            SP => "SP",
+            PI => "PI",
+            PC => "PC",
+            PP => "PP",
+            PA => "PA",
+            PD => "PD",
+            PR => "PR",
+            BP => "BP",
+            BR => "BR",
+            CP => "CP",
+            CR => "CR",
+            VP => "VP",
+            VR => "VR",
+            JD => "JD",
+            JC => "JC",
         }
     }
 
@@ -44,12 +79,18 @@ impl TxType {
 
     /// Whether the account is a customer (sales ledger).
     pub fn is_sales(self) -> bool {
-        matches!(self, TxType::SI | TxType::SC | TxType::SR | TxType::SA | TxType::SD | TxType::SP)
+        matches!(
+            self,
+            TxType::SI | TxType::SC | TxType::SR | TxType::SA | TxType::SD | TxType::SP
+        )
     }
 
     /// Whether the account is a supplier (purchase ledger).
     pub fn is_purchase(self) -> bool {
-        matches!(self, TxType::PI | TxType::PC | TxType::PP | TxType::PA | TxType::PD | TxType::PR)
+        matches!(
+            self,
+            TxType::PI | TxType::PC | TxType::PP | TxType::PA | TxType::PD | TxType::PR
+        )
     }
 }
 
@@ -195,9 +236,26 @@ pub fn generate(
     use TxType::*;
     // Relative frequencies, roughly those of a small UK trading company.
     const MIX: &[(TxType, u32)] = &[
-        (SI, 300), (SC, 25), (SR, 220), (SA, 15), (SD, 10), (SP, 6),
-        (PI, 160), (PC, 12), (PP, 110), (PA, 8), (PD, 5), (PR, 4),
-        (BP, 40), (BR, 18), (CP, 12), (CR, 5), (VP, 12), (VR, 3), (JD, 12), (JC, 6),
+        (SI, 300),
+        (SC, 25),
+        (SR, 220),
+        (SA, 15),
+        (SD, 10),
+        (SP, 6),
+        (PI, 160),
+        (PC, 12),
+        (PP, 110),
+        (PA, 8),
+        (PD, 5),
+        (PR, 4),
+        (BP, 40),
+        (BR, 18),
+        (CP, 12),
+        (CR, 5),
+        (VP, 12),
+        (VR, 3),
+        (JD, 12),
+        (JC, 6),
     ];
     let total: u32 = MIX.iter().map(|(_, w)| w).sum();
     let reserve = size.headers.min(1 << 24) as usize;
@@ -309,7 +367,15 @@ impl Books<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn split(&mut self, header: u32, ty: TxType, date: i32, nominal: &'static str, tax_code: u8, net: i64) -> u32 {
+    fn split(
+        &mut self,
+        header: u32,
+        ty: TxType,
+        date: i32,
+        nominal: &'static str,
+        tax_code: u8,
+        net: i64,
+    ) -> u32 {
         let rate = TAX_CODES[tax_code as usize].rate_bp;
         let tax = round_div(net * rate, 10_000);
         let dept = self.rng.random_range(0..company::DEPARTMENTS.len() as u8);
@@ -360,7 +426,13 @@ impl Books<'_> {
                 continue;
             }
             let ty = self.ledger.splits[payer as usize - 1].ty;
-            self.ledger.usages.push(Usage { split: payer, crossref: target, ty, date, amount: take });
+            self.ledger.usages.push(Usage {
+                split: payer,
+                crossref: target,
+                ty,
+                date,
+                amount: take,
+            });
             self.ledger.splits[payer as usize - 1].paid += take;
             self.ledger.splits[target as usize - 1].paid += take;
             let payer_header = self.ledger.splits[payer as usize - 1].header as usize - 1;
@@ -391,7 +463,11 @@ impl Books<'_> {
 
     fn invoice(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SI;
-        let account = if sales { Account::Customer(self.customer()) } else { Account::Supplier(self.supplier()) };
+        let account = if sales {
+            Account::Customer(self.customer())
+        } else {
+            Account::Supplier(self.supplier())
+        };
         let h = self.header(ty, date, account, None);
         let lines = [1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 8][self.rng.random_range(0..12)];
         // About 3% of documents have splits on different dates (Sage allows it).
@@ -404,7 +480,11 @@ impl Books<'_> {
             };
             let tax = self.tax_code();
             let net = self.amount(100, 1_000_000);
-            let d = if spread && j > 0 { date + self.rng.random_range(1..20) * j } else { date };
+            let d = if spread && j > 0 {
+                date + self.rng.random_range(1..20) * j
+            } else {
+                date
+            };
             self.split(h, ty, d.min(-1), nominal, tax, net);
         }
         if self.maybe_delete(h) {
@@ -433,11 +513,19 @@ impl Books<'_> {
             (Account::Supplier(s), s as usize)
         };
         let h = self.header(ty, date, account, None);
-        let nominal = if sales { SALES_NOMINALS[0] } else { EXPENSE_NOMINALS[0] };
+        let nominal = if sales {
+            SALES_NOMINALS[0]
+        } else {
+            EXPENSE_NOMINALS[0]
+        };
         let tax = self.tax_code();
         let net = self.amount(100, 100_000);
         let split = self.split(h, ty, date, nominal, tax, net);
-        let open = if sales { &self.open_sales[idx] } else { &self.open_bills[idx] };
+        let open = if sales {
+            &self.open_sales[idx]
+        } else {
+            &self.open_bills[idx]
+        };
         // Most credit notes are allocated to an invoice of the same account at once.
         if let Some(&doc) = open.first()
             && self.rng.random_bool(0.6)
@@ -447,32 +535,63 @@ impl Books<'_> {
         }
         if self.outstanding(split) > 0 {
             let doc = self.doc(h);
-            if sales { self.open_sales_credits[idx].push(doc) } else { self.open_bill_credits[idx].push(doc) }
+            if sales {
+                self.open_sales_credits[idx].push(doc)
+            } else {
+                self.open_bill_credits[idx].push(doc)
+            }
         }
     }
 
     /// Drops fully paid documents from the account's open list.
     fn prune(&mut self, sales: bool, idx: usize) {
-        let open = if sales { std::mem::take(&mut self.open_sales[idx]) } else { std::mem::take(&mut self.open_bills[idx]) };
-        let kept: Vec<Open> = open.into_iter().filter(|d| self.doc_outstanding(*d) > 0).collect();
-        if sales { self.open_sales[idx] = kept } else { self.open_bills[idx] = kept }
+        let open = if sales {
+            std::mem::take(&mut self.open_sales[idx])
+        } else {
+            std::mem::take(&mut self.open_bills[idx])
+        };
+        let kept: Vec<Open> = open
+            .into_iter()
+            .filter(|d| self.doc_outstanding(*d) > 0)
+            .collect();
+        if sales {
+            self.open_sales[idx] = kept
+        } else {
+            self.open_bills[idx] = kept
+        }
     }
 
     fn payment(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SR;
-        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
-        let open_count = if sales { self.open_sales[idx].len() } else { self.open_bills[idx].len() };
+        let idx = if sales {
+            self.customer() as usize
+        } else {
+            self.supplier() as usize
+        };
+        let open_count = if sales {
+            self.open_sales[idx].len()
+        } else {
+            self.open_bills[idx].len()
+        };
         if open_count == 0 {
             return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
         }
-        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let account = if sales {
+            Account::Customer(idx as u32)
+        } else {
+            Account::Supplier(idx as u32)
+        };
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let pays = open_count.min([1, 1, 1, 2, 2, 3, 4][self.rng.random_range(0..7)]);
         // Some receipts are allocated to their invoices on different days.
         let staggered = pays > 1 && self.rng.random_bool(0.15);
         for k in 0..pays {
-            let doc = if sales { self.open_sales[idx][k] } else { self.open_bills[idx][k] };
+            let doc = if sales {
+                self.open_sales[idx][k]
+            } else {
+                self.open_bills[idx][k]
+            };
             let due = self.doc_outstanding(doc);
             let last = k + 1 == pays;
             let (gross, alloc) = match self.rng.random_range(0..100) {
@@ -486,20 +605,36 @@ impl Books<'_> {
                 _ => (due, due),
             };
             let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, gross);
-            let when = if staggered { date + k as i32 * self.rng.random_range(1..15) } else { date };
+            let when = if staggered {
+                date + k as i32 * self.rng.random_range(1..15)
+            } else {
+                date
+            };
             self.allocate(split, doc, alloc, when.min(-1));
         }
         self.prune(sales, idx);
         if self.doc_outstanding(self.doc(h)) > 0 {
             let doc = self.doc(h);
-            if sales { self.open_sales_credits[idx].push(doc) } else { self.open_bill_credits[idx].push(doc) }
+            if sales {
+                self.open_sales_credits[idx].push(doc)
+            } else {
+                self.open_bill_credits[idx].push(doc)
+            }
         }
     }
 
     fn on_account(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SA;
-        let idx = if sales { self.customer() } else { self.supplier() };
-        let account = if sales { Account::Customer(idx) } else { Account::Supplier(idx) };
+        let idx = if sales {
+            self.customer()
+        } else {
+            self.supplier()
+        };
+        let account = if sales {
+            Account::Customer(idx)
+        } else {
+            Account::Supplier(idx)
+        };
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let net = self.amount(1_000, 500_000);
@@ -508,18 +643,40 @@ impl Books<'_> {
             return;
         }
         let doc = self.doc(h);
-        if sales { self.open_sales_credits[idx as usize].push(doc) } else { self.open_bill_credits[idx as usize].push(doc) }
+        if sales {
+            self.open_sales_credits[idx as usize].push(doc)
+        } else {
+            self.open_bill_credits[idx as usize].push(doc)
+        }
     }
 
     fn discount(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SD;
-        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
-        let open = if sales { &self.open_sales[idx] } else { &self.open_bills[idx] };
-        let Some(&doc) = open.first() else { return self.invoice(if sales { TxType::SI } else { TxType::PI }, date) };
+        let idx = if sales {
+            self.customer() as usize
+        } else {
+            self.supplier() as usize
+        };
+        let open = if sales {
+            &self.open_sales[idx]
+        } else {
+            &self.open_bills[idx]
+        };
+        let Some(&doc) = open.first() else {
+            return self.invoice(if sales { TxType::SI } else { TxType::PI }, date);
+        };
         let due = self.doc_outstanding(doc);
-        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let account = if sales {
+            Account::Customer(idx as u32)
+        } else {
+            Account::Supplier(idx as u32)
+        };
         let h = self.header(ty, date, account, None);
-        let nominal = if sales { DISCOUNT_ALLOWED } else { DISCOUNT_TAKEN };
+        let nominal = if sales {
+            DISCOUNT_ALLOWED
+        } else {
+            DISCOUNT_TAKEN
+        };
         let split = self.split(h, ty, date, nominal, TAX_T9, (due / 40).max(1));
         self.allocate(split, doc, i64::MAX, date);
         self.prune(sales, idx);
@@ -527,19 +684,35 @@ impl Books<'_> {
 
     fn refund(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SP;
-        let idx = if sales { self.customer() as usize } else { self.supplier() as usize };
-        let credits = if sales { &self.open_sales_credits[idx] } else { &self.open_bill_credits[idx] };
+        let idx = if sales {
+            self.customer() as usize
+        } else {
+            self.supplier() as usize
+        };
+        let credits = if sales {
+            &self.open_sales_credits[idx]
+        } else {
+            &self.open_bill_credits[idx]
+        };
         let Some(pos) = credits.iter().position(|d| self.doc_outstanding(*d) > 0) else {
             return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
         };
         let doc = credits[pos];
         let due = self.doc_outstanding(doc);
-        let account = if sales { Account::Customer(idx as u32) } else { Account::Supplier(idx as u32) };
+        let account = if sales {
+            Account::Customer(idx as u32)
+        } else {
+            Account::Supplier(idx as u32)
+        };
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, due);
         self.allocate(split, doc, due, date);
-        let credits = if sales { &mut self.open_sales_credits[idx] } else { &mut self.open_bill_credits[idx] };
+        let credits = if sales {
+            &mut self.open_sales_credits[idx]
+        } else {
+            &mut self.open_bill_credits[idx]
+        };
         credits.remove(pos);
     }
 
@@ -580,7 +753,11 @@ impl Books<'_> {
         let credits = self.rng.random_range(1..3);
         let mut left = total;
         for k in 0..credits {
-            let net = if k + 1 == credits { left } else { self.rng.random_range(1..=left.max(2) - 1).min(left) };
+            let net = if k + 1 == credits {
+                left
+            } else {
+                self.rng.random_range(1..=left.max(2) - 1).min(left)
+            };
             if net <= 0 {
                 continue;
             }
@@ -597,7 +774,14 @@ impl Books<'_> {
         let to = 1 - from;
         let h = self.header(TxType::JC, date, Account::None, Some(from));
         let amount = self.amount(1_000, 2_000_000);
-        self.split(h, TxType::JC, date, BANKS[from as usize].code, TAX_T9, amount);
+        self.split(
+            h,
+            TxType::JC,
+            date,
+            BANKS[from as usize].code,
+            TAX_T9,
+            amount,
+        );
         self.split(h, TxType::JD, date, BANKS[to as usize].code, TAX_T9, amount);
     }
 }
@@ -612,7 +796,11 @@ fn skewed(rng: &mut ChaCha8Rng, n: usize) -> u32 {
 pub fn round_div(n: i64, d: i64) -> i64 {
     let q = n / d;
     let r = n % d;
-    if 2 * r.abs() >= d.abs() { q + n.signum() * d.signum() } else { q }
+    if 2 * r.abs() >= d.abs() {
+        q + n.signum() * d.signum()
+    } else {
+        q
+    }
 }
 
 /// The balanced AUDIT_JOURNAL lines of one split: (nominal code, signed pence, tax code).
@@ -628,10 +816,22 @@ pub fn journal_lines(split: &Split, bank: &'static str) -> [(&'static str, i64);
         SR | SA => [(split.nominal, gross), ("", 0), (DEBTORS, -gross)],
         SD => [(split.nominal, net), (VAT_SALES, tax), (DEBTORS, -gross)],
         SP => [(DEBTORS, gross), ("", 0), (split.nominal, -gross)],
-        PI => [(split.nominal, net), (VAT_PURCHASES, tax), (CREDITORS, -gross)],
-        PC => [(split.nominal, -net), (VAT_PURCHASES, -tax), (CREDITORS, gross)],
+        PI => [
+            (split.nominal, net),
+            (VAT_PURCHASES, tax),
+            (CREDITORS, -gross),
+        ],
+        PC => [
+            (split.nominal, -net),
+            (VAT_PURCHASES, -tax),
+            (CREDITORS, gross),
+        ],
         PP | PA => [(CREDITORS, gross), ("", 0), (split.nominal, -gross)],
-        PD => [(CREDITORS, gross), (VAT_PURCHASES, -tax), (split.nominal, -net)],
+        PD => [
+            (CREDITORS, gross),
+            (VAT_PURCHASES, -tax),
+            (split.nominal, -net),
+        ],
         PR => [(split.nominal, gross), ("", 0), (CREDITORS, -gross)],
         BP | CP | VP => [(split.nominal, net), (VAT_PURCHASES, tax), (bank, -gross)],
         BR | CR | VR => [(split.nominal, -net), (VAT_SALES, -tax), (bank, gross)],

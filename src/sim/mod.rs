@@ -131,8 +131,15 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
     let tmp = database.with_extension("DB.tmp");
     remove_if_exists(&tmp)?;
     let counts = write::write(&tmp, &schema, &company, &ledger)?;
-    std::fs::rename(&tmp, &database).map_err(|source| SimError::Io { path: database.clone(), source })?;
-    Ok(SimSummary { connection_string: connection_string(&database), database, counts })
+    std::fs::rename(&tmp, &database).map_err(|source| SimError::Io {
+        path: database.clone(),
+        source,
+    })?;
+    Ok(SimSummary {
+        connection_string: connection_string(&database),
+        database,
+        counts,
+    })
 }
 
 /// Writes a company from a SQL script of INSERT statements over the schema's tables.
@@ -146,13 +153,23 @@ pub fn from_script(out: &Path, script: &Path) -> Result<SimSummary, SimError> {
     let tmp = database.with_extension("DB.tmp");
     remove_if_exists(&tmp)?;
     let counts = write::write_script(&tmp, &schema, &sql)?;
-    std::fs::rename(&tmp, &database).map_err(|source| SimError::Io { path: database.clone(), source })?;
-    Ok(SimSummary { connection_string: connection_string(&database), database, counts })
+    std::fs::rename(&tmp, &database).map_err(|source| SimError::Io {
+        path: database.clone(),
+        source,
+    })?;
+    Ok(SimSummary {
+        connection_string: connection_string(&database),
+        database,
+        counts,
+    })
 }
 
 fn prepare_folder(out: &Path) -> Result<PathBuf, SimError> {
     let folder = out.join(DATA_FOLDER);
-    std::fs::create_dir_all(&folder).map_err(|source| SimError::Io { path: folder.clone(), source })?;
+    std::fs::create_dir_all(&folder).map_err(|source| SimError::Io {
+        path: folder.clone(),
+        source,
+    })?;
     Ok(folder.join(DATABASE_FILE))
 }
 
@@ -160,6 +177,9 @@ fn remove_if_exists(path: &Path) -> Result<(), SimError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SimError::Io { path: path.to_owned(), source }),
+        Err(source) => Err(SimError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }

@@ -44,7 +44,11 @@ impl Company {
     pub fn new(rng: &mut ChaCha8Rng, seed: u64, transactions: usize) -> Self {
         let customers = (transactions / 40).clamp(8, 20_000);
         let suppliers = (transactions / 120).clamp(5, 8_000);
-        let names = ["Harbour & Crane Trading Ltd", "Café Olé Bistro Ltd", "Muñoz Engineering (UK) Ltd"];
+        let names = [
+            "Harbour & Crane Trading Ltd",
+            "Café Olé Bistro Ltd",
+            "Muñoz Engineering (UK) Ltd",
+        ];
         Company {
             id: format!("{:08X}-{:04X}-SIM", rng.random::<u32>(), seed as u16),
             name: names[(seed % 3) as usize].to_owned(),
@@ -57,7 +61,8 @@ impl Company {
 }
 
 fn day(d: i32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(EPOCH.0, EPOCH.1, EPOCH.2).expect("valid epoch") + Duration::days(d as i64)
+    NaiveDate::from_ymd_opt(EPOCH.0, EPOCH.1, EPOCH.2).expect("valid epoch")
+        + Duration::days(d as i64)
 }
 
 /// Pre-formatted dates, since a large company writes tens of millions of them.
@@ -69,7 +74,9 @@ struct Dates {
 impl Dates {
     fn new() -> Self {
         let first = -SPAN_DAYS - 800;
-        let text = (first..200).map(|d| day(d).format("%Y-%m-%d").to_string()).collect();
+        let text = (first..200)
+            .map(|d| day(d).format("%Y-%m-%d").to_string())
+            .collect();
         Dates { first, text }
     }
     fn get(&self, d: i32) -> &str {
@@ -77,7 +84,13 @@ impl Dates {
     }
     fn stamp(&self, d: i32, seconds: u32) -> String {
         let s = seconds % 36_000 + 8 * 3600;
-        format!("{} {:02}:{:02}:{:02}", self.get(d), s / 3600, s / 60 % 60, s % 60)
+        format!(
+            "{} {:02}:{:02}:{:02}",
+            self.get(d),
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        )
     }
 }
 
@@ -95,9 +108,14 @@ fn open(path: &Path, schema: &SourceSchema) -> Result<Connection, SimError> {
     conn.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=8192;")
         .map_err(sql_err("setting pragmas"))?;
     for table in &schema.tables {
-        let cols: Vec<String> = table.columns.iter().map(|c| format!("\"{}\" {}", c.name, c.ddl_type())).collect();
+        let cols: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" {}", c.name, c.ddl_type()))
+            .collect();
         let ddl = format!("CREATE TABLE \"{}\" ({})", table.name, cols.join(", "));
-        conn.execute(&ddl, []).map_err(sql_err(format!("creating table {}", table.name)))?;
+        conn.execute(&ddl, [])
+            .map_err(sql_err(format!("creating table {}", table.name)))?;
     }
     Ok(conn)
 }
@@ -106,36 +124,82 @@ fn finish(conn: Connection, schema: &SourceSchema) -> Result<Vec<(String, u64)>,
     let mut counts = Vec::new();
     for table in &schema.tables {
         let n: i64 = conn
-            .query_row(&format!("SELECT COUNT(*) FROM \"{}\"", table.name), [], |r| r.get(0))
+            .query_row(
+                &format!("SELECT COUNT(*) FROM \"{}\"", table.name),
+                [],
+                |r| r.get(0),
+            )
             .map_err(sql_err(format!("counting {}", table.name)))?;
         counts.push((table.name.clone(), n as u64));
     }
     // A normal rollback journal, so other processes can lock the file the way Sage users do.
-    conn.execute_batch("PRAGMA journal_mode=DELETE;").map_err(sql_err("resetting journal mode"))?;
-    conn.close().map_err(|(_, e)| sql_err("closing the database")(e))?;
+    conn.execute_batch("PRAGMA journal_mode=DELETE;")
+        .map_err(sql_err("resetting journal mode"))?;
+    conn.close()
+        .map_err(|(_, e)| sql_err("closing the database")(e))?;
     Ok(counts)
 }
 
 /// Runs a script of statements over freshly created tables.
-pub fn write_script(path: &Path, schema: &SourceSchema, sql: &str) -> Result<Vec<(String, u64)>, SimError> {
+pub fn write_script(
+    path: &Path,
+    schema: &SourceSchema,
+    sql: &str,
+) -> Result<Vec<(String, u64)>, SimError> {
     let conn = open(path, schema)?;
-    conn.execute_batch(sql).map_err(sql_err("running the script"))?;
+    conn.execute_batch(sql)
+        .map_err(sql_err("running the script"))?;
     finish(conn, schema)
 }
 
-fn insert<'c>(conn: &'c Connection, table: &str, columns: &[&str]) -> Result<Statement<'c>, SimError> {
+fn insert<'c>(
+    conn: &'c Connection,
+    table: &str,
+    columns: &[&str],
+) -> Result<Statement<'c>, SimError> {
     let quoted: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
     let marks = vec!["?"; columns.len()].join(",");
-    let sql = format!("INSERT INTO \"{table}\" ({}) VALUES ({marks})", quoted.join(","));
-    conn.prepare(&sql).map_err(sql_err(format!("preparing the insert into {table}")))
+    let sql = format!(
+        "INSERT INTO \"{table}\" ({}) VALUES ({marks})",
+        quoted.join(",")
+    );
+    conn.prepare(&sql)
+        .map_err(sql_err(format!("preparing the insert into {table}")))
 }
 
 /// Details text for a split, chosen from its number so it costs no memory.
 fn details(ty: TxType, n: u32) -> &'static str {
-    const SALES: &[&str] = &["Consultancy – March", "Goods as quoted", "Café catering £ fixed fee", "Servicio técnico", "Delivery charge", "Maintenance contract"];
-    const PURCHASES: &[&str] = &["Office supplies", "Électricité bill", "Rent – quarter", "Raw materials", "Señal broadband", "Stationery"];
-    const BANK: &[&str] = &["Payment", "Receipt", "BACS", "Cheque 00123", "Card – Müller GmbH", ""];
-    let pool = if ty.is_sales() { SALES } else if ty.is_purchase() { PURCHASES } else { BANK };
+    const SALES: &[&str] = &[
+        "Consultancy – March",
+        "Goods as quoted",
+        "Café catering £ fixed fee",
+        "Servicio técnico",
+        "Delivery charge",
+        "Maintenance contract",
+    ];
+    const PURCHASES: &[&str] = &[
+        "Office supplies",
+        "Électricité bill",
+        "Rent – quarter",
+        "Raw materials",
+        "Señal broadband",
+        "Stationery",
+    ];
+    const BANK: &[&str] = &[
+        "Payment",
+        "Receipt",
+        "BACS",
+        "Cheque 00123",
+        "Card – Müller GmbH",
+        "",
+    ];
+    let pool = if ty.is_sales() {
+        SALES
+    } else if ty.is_purchase() {
+        PURCHASES
+    } else {
+        BANK
+    };
     pool[(n as usize).wrapping_mul(2_654_435_761) % pool.len()]
 }
 
@@ -154,17 +218,25 @@ fn month_index(d: i32) -> usize {
     }
     let date = day(d);
     let start = day(FY_START);
-    let months = (date.year_ce().1 as i32 - start.year_ce().1 as i32) * 12 + date.month0() as i32 - start.month0() as i32;
+    let months = (date.year_ce().1 as i32 - start.year_ce().1 as i32) * 12 + date.month0() as i32
+        - start.month0() as i32;
     1 + months.clamp(0, 11) as usize
 }
 
 use chrono::Datelike;
 
 /// Writes a generated company.
-pub fn write(path: &Path, schema: &SourceSchema, co: &Company, ledger: &Ledger) -> Result<Vec<(String, u64)>, SimError> {
+pub fn write(
+    path: &Path,
+    schema: &SourceSchema,
+    co: &Company,
+    ledger: &Ledger,
+) -> Result<Vec<(String, u64)>, SimError> {
     let mut conn = open(path, schema)?;
     let dates = Dates::new();
-    let tx = conn.transaction().map_err(sql_err("starting the transaction"))?;
+    let tx = conn
+        .transaction()
+        .map_err(sql_err("starting the transaction"))?;
     let mut bal = Balances {
         customers: vec![0; co.customers.len()],
         suppliers: vec![0; co.suppliers.len()],
@@ -185,40 +257,139 @@ fn account_ref(co: &Company, a: Account) -> &str {
     }
 }
 
-fn write_transactions(tx: &Connection, dates: &Dates, co: &Company, ledger: &Ledger, bal: &mut Balances) -> Result<(), SimError> {
-    let mut ins_header = insert(tx, "AUDIT_HEADER", &[
-        "HEADER_NUMBER", "TRAN_NUMBER", "ITEM_COUNT", "TYPE", "DATE", "ACCOUNT_REF", "BANK_CODE", "INV_REF", "DETAILS",
-        "DUE_DATE", "NET_AMOUNT", "TAX_AMOUNT", "GROSS_AMOUNT", "AMOUNT_PAID", "OUTSTANDING", "CURRENCY", "FOREIGN_RATE",
-        "FOREIGN_GROSS_AMOUNT", "PAID_FLAG", "DELETED_FLAG", "DATE_ENTERED", "DATE_AMENDED", "RECORD_CREATE_DATE", "RECORD_MODIFY_DATE",
-    ])?;
-    let mut ins_split = insert(tx, "AUDIT_SPLIT", &[
-        "SPLIT_NUMBER", "HEADER_NUMBER", "TRAN_NUMBER", "TYPE", "DATE", "ACCOUNT_REF", "NOMINAL_CODE", "DETAILS", "DEPT_NUMBER",
-        "TAX_CODE", "NET_AMOUNT", "TAX_AMOUNT", "GROSS_AMOUNT", "AMOUNT_PAID", "OUTSTANDING", "PAID_FLAG", "DELETED_FLAG",
-        "PROJECT_ID", "RECORD_CREATE_DATE", "RECORD_MODIFY_DATE",
-    ])?;
-    let mut ins_journal = insert(tx, "AUDIT_JOURNAL", &[
-        "TRAN_NUMBER", "HEADER_NUMBER", "SPLIT_NUMBER", "TYPE", "DATE", "ACCOUNT_REF", "NOMINAL_CODE", "AMOUNT", "TAX_CODE",
-        "DEPT_NUMBER", "DELETED_FLAG",
-    ])?;
-    let mut ins_deleted = insert(tx, "DELETED_RECORDS", &["TABLE_ID", "FOREIGN_REF", "DELETION_DATE_TIME"])?;
-    let mut ins_invoice = insert(tx, "INVOICE", &[
-        "INVOICE_NUMBER", "INVOICE_TYPE_CODE", "INVOICE_DATE", "ACCOUNT_REF", "NAME", "INVOICE_NET", "INVOICE_TAX",
-        "INVOICE_GROSS", "POSTED_CODE", "PAYMENT_DUE_DATE", "CURRENCY", "FOREIGN_RATE", "RECORD_MODIFY_DATE",
-    ])?;
-    let mut ins_item = insert(tx, "INVOICE_ITEM", &[
-        "ITEM_NUMBER", "INVOICE_NUMBER", "STOCK_CODE", "DESCRIPTION", "QUANTITY", "UNIT_PRICE", "NOMINAL_CODE", "TAX_CODE",
-        "NET_AMOUNT", "TAX_AMOUNT", "GROSS_AMOUNT",
-    ])?;
+fn write_transactions(
+    tx: &Connection,
+    dates: &Dates,
+    co: &Company,
+    ledger: &Ledger,
+    bal: &mut Balances,
+) -> Result<(), SimError> {
+    let mut ins_header = insert(
+        tx,
+        "AUDIT_HEADER",
+        &[
+            "HEADER_NUMBER",
+            "TRAN_NUMBER",
+            "ITEM_COUNT",
+            "TYPE",
+            "DATE",
+            "ACCOUNT_REF",
+            "BANK_CODE",
+            "INV_REF",
+            "DETAILS",
+            "DUE_DATE",
+            "NET_AMOUNT",
+            "TAX_AMOUNT",
+            "GROSS_AMOUNT",
+            "AMOUNT_PAID",
+            "OUTSTANDING",
+            "CURRENCY",
+            "FOREIGN_RATE",
+            "FOREIGN_GROSS_AMOUNT",
+            "PAID_FLAG",
+            "DELETED_FLAG",
+            "DATE_ENTERED",
+            "DATE_AMENDED",
+            "RECORD_CREATE_DATE",
+            "RECORD_MODIFY_DATE",
+        ],
+    )?;
+    let mut ins_split = insert(
+        tx,
+        "AUDIT_SPLIT",
+        &[
+            "SPLIT_NUMBER",
+            "HEADER_NUMBER",
+            "TRAN_NUMBER",
+            "TYPE",
+            "DATE",
+            "ACCOUNT_REF",
+            "NOMINAL_CODE",
+            "DETAILS",
+            "DEPT_NUMBER",
+            "TAX_CODE",
+            "NET_AMOUNT",
+            "TAX_AMOUNT",
+            "GROSS_AMOUNT",
+            "AMOUNT_PAID",
+            "OUTSTANDING",
+            "PAID_FLAG",
+            "DELETED_FLAG",
+            "PROJECT_ID",
+            "RECORD_CREATE_DATE",
+            "RECORD_MODIFY_DATE",
+        ],
+    )?;
+    let mut ins_journal = insert(
+        tx,
+        "AUDIT_JOURNAL",
+        &[
+            "TRAN_NUMBER",
+            "HEADER_NUMBER",
+            "SPLIT_NUMBER",
+            "TYPE",
+            "DATE",
+            "ACCOUNT_REF",
+            "NOMINAL_CODE",
+            "AMOUNT",
+            "TAX_CODE",
+            "DEPT_NUMBER",
+            "DELETED_FLAG",
+        ],
+    )?;
+    let mut ins_deleted = insert(
+        tx,
+        "DELETED_RECORDS",
+        &["TABLE_ID", "FOREIGN_REF", "DELETION_DATE_TIME"],
+    )?;
+    let mut ins_invoice = insert(
+        tx,
+        "INVOICE",
+        &[
+            "INVOICE_NUMBER",
+            "INVOICE_TYPE_CODE",
+            "INVOICE_DATE",
+            "ACCOUNT_REF",
+            "NAME",
+            "INVOICE_NET",
+            "INVOICE_TAX",
+            "INVOICE_GROSS",
+            "POSTED_CODE",
+            "PAYMENT_DUE_DATE",
+            "CURRENCY",
+            "FOREIGN_RATE",
+            "RECORD_MODIFY_DATE",
+        ],
+    )?;
+    let mut ins_item = insert(
+        tx,
+        "INVOICE_ITEM",
+        &[
+            "ITEM_NUMBER",
+            "INVOICE_NUMBER",
+            "STOCK_CODE",
+            "DESCRIPTION",
+            "QUANTITY",
+            "UNIT_PRICE",
+            "NOMINAL_CODE",
+            "TAX_CODE",
+            "NET_AMOUNT",
+            "TAX_AMOUNT",
+            "GROSS_AMOUNT",
+        ],
+    )?;
     let mut item_number = 0u32;
     let e = |what: &str| sql_err(format!("writing {what}"));
     for (hi, h) in ledger.headers.iter().enumerate() {
         let hn = hi as u32 + 1;
         let acc = account_ref(co, h.account);
         let bank_code = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
-        let splits = &ledger.splits[h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1];
+        let splits = &ledger.splits
+            [h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1];
         let deleted = h.deleted as i16;
         // Sage's header amounts are DOUBLE sums of the split DOUBLEs: keep its float noise.
-        let (mut net, mut tax, mut gross, mut paid, mut outstanding) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        let (mut net, mut tax, mut gross, mut paid, mut outstanding) =
+            (0f64, 0f64, 0f64, 0f64, 0f64);
         for (k, s) in splits.iter().enumerate() {
             let sn = h.first_split + k as u32;
             let (n, t, g, p) = (money(s.net), money(s.tax), money(s.gross()), money(s.paid));
@@ -229,13 +400,34 @@ fn write_transactions(tx: &Connection, dates: &Dates, co: &Company, ledger: &Led
             let out = money(s.gross() - s.paid);
             outstanding += out;
             let flag = if s.gross() == s.paid { "Y" } else { "N" };
-            let project = if s.project == 0 { None } else { Some(s.project as i32) };
+            let project = if s.project == 0 {
+                None
+            } else {
+                Some(s.project as i32)
+            };
             let modify = dates.stamp(h.amended.max(s.date), sn);
             ins_split
                 .execute(params![
-                    sn, hn, sn, s.ty.code(), dates.get(s.date), acc, s.nominal, details(s.ty, sn), s.dept as i16,
-                    TAX_CODES[s.tax_code as usize].code, n, t, g, p, out, flag, deleted, project,
-                    dates.stamp(s.date, sn), modify,
+                    sn,
+                    hn,
+                    sn,
+                    s.ty.code(),
+                    dates.get(s.date),
+                    acc,
+                    s.nominal,
+                    details(s.ty, sn),
+                    s.dept as i16,
+                    TAX_CODES[s.tax_code as usize].code,
+                    n,
+                    t,
+                    g,
+                    p,
+                    out,
+                    flag,
+                    deleted,
+                    project,
+                    dates.stamp(s.date, sn),
+                    modify,
                 ])
                 .map_err(e("AUDIT_SPLIT"))?;
             for (slot, (nominal, amount)) in journal_lines(s, bank_code).into_iter().enumerate() {
@@ -245,8 +437,17 @@ fn write_transactions(tx: &Connection, dates: &Dates, co: &Company, ledger: &Led
                 }
                 ins_journal
                     .execute(params![
-                        sn, hn, sn, s.ty.code(), dates.get(s.date), acc, nominal, money(amount),
-                        TAX_CODES[s.tax_code as usize].code, s.dept as i16, deleted,
+                        sn,
+                        hn,
+                        sn,
+                        s.ty.code(),
+                        dates.get(s.date),
+                        acc,
+                        nominal,
+                        money(amount),
+                        TAX_CODES[s.tax_code as usize].code,
+                        s.dept as i16,
+                        deleted,
                     ])
                     .map_err(e("AUDIT_JOURNAL"))?;
                 if !h.deleted {
@@ -265,30 +466,82 @@ fn write_transactions(tx: &Connection, dates: &Dates, co: &Company, ledger: &Led
         let currency = &CURRENCIES[h.currency as usize];
         let rate = currency.rate_e4 as f64 / 10_000.0;
         let gross_pence: i64 = splits.iter().map(|s| s.gross()).sum();
-        let foreign_gross = money(super::ledger::round_div(gross_pence * currency.rate_e4, 10_000));
-        let flag = if splits.iter().all(|s| s.gross() == s.paid) { "Y" } else { "N" };
-        let inv_ref = if h.inv_ref == 0 { String::new() } else { h.inv_ref.to_string() };
-        let due = if h.ty.ledger_sign() != 0 { h.date + h.due_days as i32 } else { h.date };
+        let foreign_gross = money(super::ledger::round_div(
+            gross_pence * currency.rate_e4,
+            10_000,
+        ));
+        let flag = if splits.iter().all(|s| s.gross() == s.paid) {
+            "Y"
+        } else {
+            "N"
+        };
+        let inv_ref = if h.inv_ref == 0 {
+            String::new()
+        } else {
+            h.inv_ref.to_string()
+        };
+        let due = if h.ty.ledger_sign() != 0 {
+            h.date + h.due_days as i32
+        } else {
+            h.date
+        };
         ins_header
             .execute(params![
-                hn, h.first_split, h.split_count, h.ty.code(), dates.get(h.date), acc, bank_code, inv_ref,
-                details(h.ty, h.first_split), dates.get(due), net, tax, gross, paid, outstanding, currency.number, rate,
-                foreign_gross, flag, deleted, dates.get(h.date), dates.get(h.amended), dates.stamp(h.date, hn),
+                hn,
+                h.first_split,
+                h.split_count,
+                h.ty.code(),
+                dates.get(h.date),
+                acc,
+                bank_code,
+                inv_ref,
+                details(h.ty, h.first_split),
+                dates.get(due),
+                net,
+                tax,
+                gross,
+                paid,
+                outstanding,
+                currency.number,
+                rate,
+                foreign_gross,
+                flag,
+                deleted,
+                dates.get(h.date),
+                dates.get(h.amended),
+                dates.stamp(h.date, hn),
                 dates.stamp(h.amended, hn),
             ])
             .map_err(e("AUDIT_HEADER"))?;
         if h.deleted {
             ins_deleted
-                .execute(params![DELETED_TABLE_AUDIT_HEADER, hn, dates.stamp(h.date + 1, hn)])
+                .execute(params![
+                    DELETED_TABLE_AUDIT_HEADER,
+                    hn,
+                    dates.stamp(h.date + 1, hn)
+                ])
                 .map_err(e("DELETED_RECORDS"))?;
         }
         // About a third of sales documents come from the invoicing module.
-        if matches!(h.ty, TxType::SI | TxType::SC) && !h.deleted && hn % 3 == 0 {
-            let Account::Customer(c) = h.account else { continue };
+        if matches!(h.ty, TxType::SI | TxType::SC) && !h.deleted && hn.is_multiple_of(3) {
+            let Account::Customer(c) = h.account else {
+                continue;
+            };
             ins_invoice
                 .execute(params![
-                    h.inv_ref, if h.ty == TxType::SI { 1 } else { 2 }, dates.get(h.date), acc, co.customers[c as usize].name,
-                    net, tax, gross, 1, dates.get(due), currency.number, rate, dates.stamp(h.date, hn),
+                    h.inv_ref,
+                    if h.ty == TxType::SI { 1 } else { 2 },
+                    dates.get(h.date),
+                    acc,
+                    co.customers[c as usize].name,
+                    net,
+                    tax,
+                    gross,
+                    1,
+                    dates.get(due),
+                    currency.number,
+                    rate,
+                    dates.stamp(h.date, hn),
                 ])
                 .map_err(e("INVOICE"))?;
             for (k, s) in splits.iter().enumerate() {
@@ -302,108 +555,315 @@ fn write_transactions(tx: &Connection, dates: &Dates, co: &Company, ledger: &Led
                 };
                 ins_item
                     .execute(params![
-                        item_number, h.inv_ref, code, desc, qty as f64, money(s.net) / qty as f64, s.nominal,
-                        TAX_CODES[s.tax_code as usize].code, money(s.net), money(s.tax), money(s.gross()),
+                        item_number,
+                        h.inv_ref,
+                        code,
+                        desc,
+                        qty as f64,
+                        money(s.net) / qty as f64,
+                        s.nominal,
+                        TAX_CODES[s.tax_code as usize].code,
+                        money(s.net),
+                        money(s.tax),
+                        money(s.gross()),
                     ])
                     .map_err(e("INVOICE_ITEM"))?;
             }
         }
     }
-    let mut ins_usage = insert(tx, "AUDIT_USAGE", &[
-        "USAGE_NUMBER", "SPLIT_NUMBER", "SPLIT_CROSSREF", "TYPE", "REFERENCE", "DATE", "AMOUNT", "FOREIGN_AMOUNT", "DELETED_FLAG",
-    ])?;
+    let mut ins_usage = insert(
+        tx,
+        "AUDIT_USAGE",
+        &[
+            "USAGE_NUMBER",
+            "SPLIT_NUMBER",
+            "SPLIT_CROSSREF",
+            "TYPE",
+            "REFERENCE",
+            "DATE",
+            "AMOUNT",
+            "FOREIGN_AMOUNT",
+            "DELETED_FLAG",
+        ],
+    )?;
     for (ui, u) in ledger.usages.iter().enumerate() {
         let target = &ledger.splits[u.crossref as usize - 1];
         let header = &ledger.headers[target.header as usize - 1];
         let rate = CURRENCIES[header.currency as usize].rate_e4;
         ins_usage
             .execute(params![
-                ui as u32 + 1, u.split, u.crossref, u.ty.code(), header.inv_ref.to_string(), dates.get(u.date), money(u.amount),
-                money(super::ledger::round_div(u.amount * rate, 10_000)), 0,
+                ui as u32 + 1,
+                u.split,
+                u.crossref,
+                u.ty.code(),
+                header.inv_ref.to_string(),
+                dates.get(u.date),
+                money(u.amount),
+                money(super::ledger::round_div(u.amount * rate, 10_000)),
+                0,
             ])
             .map_err(e("AUDIT_USAGE"))?;
     }
     Ok(())
 }
 
-fn write_masters(tx: &Connection, dates: &Dates, co: &Company, bal: &Balances) -> Result<(), SimError> {
+fn write_masters(
+    tx: &Connection,
+    dates: &Dates,
+    co: &Company,
+    bal: &Balances,
+) -> Result<(), SimError> {
     let e = |what: &str| sql_err(format!("writing {what}"));
-    let mut ins = insert(tx, "COMPANY", &[
-        "COMPANYID", "NAME", "ADDRESS_1", "ADDRESS_2", "ADDRESS_3", "ADDRESS_4", "ADDRESS_5", "VAT_REG_NUMBER",
-        "FINANCIAL_YEAR", "START_MONTH", "COUNTRY_CODE", "BASE_CURRENCY", "PROGRAM_VERSION",
-    ])?;
+    let mut ins = insert(
+        tx,
+        "COMPANY",
+        &[
+            "COMPANYID",
+            "NAME",
+            "ADDRESS_1",
+            "ADDRESS_2",
+            "ADDRESS_3",
+            "ADDRESS_4",
+            "ADDRESS_5",
+            "VAT_REG_NUMBER",
+            "FINANCIAL_YEAR",
+            "START_MONTH",
+            "COUNTRY_CODE",
+            "BASE_CURRENCY",
+            "PROGRAM_VERSION",
+        ],
+    )?;
     ins.execute(params![
-        co.id, co.name, "Unit 4, Tŷ Coch Estate", "Quay Street", "", "Cardiff", "CF10 1AA", "GB123456789",
-        dates.get(FY_START), 4, "GB", "GBP", "32.0.1",
+        co.id,
+        co.name,
+        "Unit 4, Tŷ Coch Estate",
+        "Quay Street",
+        "",
+        "Cardiff",
+        "CF10 1AA",
+        "GB123456789",
+        dates.get(FY_START),
+        4,
+        "GB",
+        "GBP",
+        "32.0.1",
     ])
     .map_err(e("COMPANY"))?;
-    let mut ins = insert(tx, "NOMINAL_LEDGER", &[
-        "ACCOUNT_REF", "NAME", "ACCOUNT_TYPE", "BALANCE", "BALANCE_BF", "BALANCE_MTH1", "BALANCE_MTH2", "BALANCE_MTH3",
-        "BALANCE_MTH4", "BALANCE_MTH5", "BALANCE_MTH6", "BALANCE_MTH7", "BALANCE_MTH8", "BALANCE_MTH9", "BALANCE_MTH10",
-        "BALANCE_MTH11", "BALANCE_MTH12", "CATEGORY", "INACTIVE_FLAG", "RECORD_CREATE_DATE", "RECORD_MODIFY_DATE",
-    ])?;
+    let mut ins = insert(
+        tx,
+        "NOMINAL_LEDGER",
+        &[
+            "ACCOUNT_REF",
+            "NAME",
+            "ACCOUNT_TYPE",
+            "BALANCE",
+            "BALANCE_BF",
+            "BALANCE_MTH1",
+            "BALANCE_MTH2",
+            "BALANCE_MTH3",
+            "BALANCE_MTH4",
+            "BALANCE_MTH5",
+            "BALANCE_MTH6",
+            "BALANCE_MTH7",
+            "BALANCE_MTH8",
+            "BALANCE_MTH9",
+            "BALANCE_MTH10",
+            "BALANCE_MTH11",
+            "BALANCE_MTH12",
+            "CATEGORY",
+            "INACTIVE_FLAG",
+            "RECORD_CREATE_DATE",
+            "RECORD_MODIFY_DATE",
+        ],
+    )?;
     for (i, n) in NOMINALS.iter().enumerate() {
         let b = bal.nominal.get(n.code).copied().unwrap_or([0; 13]);
         let total: i64 = b.iter().sum();
         let m: Vec<f64> = b.iter().map(|p| money(*p)).collect();
         ins.execute(params![
-            n.code, n.name, n.account_type, money(total), m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9],
-            m[10], m[11], m[12], (n.code.as_bytes()[0] - b'0') as i16, 0, dates.stamp(-SPAN_DAYS - 30, i as u32),
+            n.code,
+            n.name,
+            n.account_type,
+            money(total),
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            m[6],
+            m[7],
+            m[8],
+            m[9],
+            m[10],
+            m[11],
+            m[12],
+            (n.code.as_bytes()[0] - b'0') as i16,
+            0,
+            dates.stamp(-SPAN_DAYS - 30, i as u32),
             dates.stamp(-1, i as u32),
         ])
         .map_err(e("NOMINAL_LEDGER"))?;
     }
-    for (table, parties, balances) in
-        [("SALES_LEDGER", &co.customers, &bal.customers), ("PURCHASE_LEDGER", &co.suppliers, &bal.suppliers)]
-    {
-        let mut ins = insert(tx, table, &[
-            "ACCOUNT_REF", "NAME", "ADDRESS_1", "ADDRESS_2", "ADDRESS_3", "ADDRESS_4", "ADDRESS_5", "CONTACT_NAME",
-            "TELEPHONE", "E_MAIL", "VAT_REG_NUMBER", "CURRENCY", "CREDIT_LIMIT", "PAYMENT_DUE_DAYS", "BALANCE",
-            "ACCOUNT_ON_HOLD", "INACTIVE_FLAG", "RECORD_CREATE_DATE", "RECORD_MODIFY_DATE",
-        ])?;
+    for (table, parties, balances) in [
+        ("SALES_LEDGER", &co.customers, &bal.customers),
+        ("PURCHASE_LEDGER", &co.suppliers, &bal.suppliers),
+    ] {
+        let mut ins = insert(
+            tx,
+            table,
+            &[
+                "ACCOUNT_REF",
+                "NAME",
+                "ADDRESS_1",
+                "ADDRESS_2",
+                "ADDRESS_3",
+                "ADDRESS_4",
+                "ADDRESS_5",
+                "CONTACT_NAME",
+                "TELEPHONE",
+                "E_MAIL",
+                "VAT_REG_NUMBER",
+                "CURRENCY",
+                "CREDIT_LIMIT",
+                "PAYMENT_DUE_DAYS",
+                "BALANCE",
+                "ACCOUNT_ON_HOLD",
+                "INACTIVE_FLAG",
+                "RECORD_CREATE_DATE",
+                "RECORD_MODIFY_DATE",
+            ],
+        )?;
         for (i, p) in parties.iter().enumerate() {
             ins.execute(params![
-                p.account_ref, p.name, format!("{} High Street", i + 1), "", "", company::town(i), "", p.contact,
-                format!("01{:09}", i * 7919 % 1_000_000_000), p.email, p.vat, CURRENCIES[p.currency as usize].number,
-                money(p.credit_limit), p.due_days, money(balances[i]), p.on_hold as i16, p.inactive as i16,
-                dates.stamp(p.created.min(-1), i as u32), dates.stamp(p.created.min(-1) + 30, i as u32),
+                p.account_ref,
+                p.name,
+                format!("{} High Street", i + 1),
+                "",
+                "",
+                company::town(i),
+                "",
+                p.contact,
+                format!("01{:09}", i * 7919 % 1_000_000_000),
+                p.email,
+                p.vat,
+                CURRENCIES[p.currency as usize].number,
+                money(p.credit_limit),
+                p.due_days,
+                money(balances[i]),
+                p.on_hold as i16,
+                p.inactive as i16,
+                dates.stamp(p.created.min(-1), i as u32),
+                dates.stamp(p.created.min(-1) + 30, i as u32),
             ])
             .map_err(e(table))?;
         }
     }
-    let mut ins = insert(tx, "BANK", &[
-        "ACCOUNT_REF", "ACCOUNT_NAME", "ACCOUNT_NUMBER", "SORT_CODE", "IBAN", "CURRENCY", "TYPE", "BALANCE",
-    ])?;
+    let mut ins = insert(
+        tx,
+        "BANK",
+        &[
+            "ACCOUNT_REF",
+            "ACCOUNT_NAME",
+            "ACCOUNT_NUMBER",
+            "SORT_CODE",
+            "IBAN",
+            "CURRENCY",
+            "TYPE",
+            "BALANCE",
+        ],
+    )?;
     for (i, b) in BANKS.iter().enumerate() {
         let balance: i64 = bal.nominal.get(b.code).map(|m| m.iter().sum()).unwrap_or(0);
-        let (number, sort) = if b.bank_type == 0 { (format!("{:08}", 41_526_370 + i), "20-45-77") } else { (String::new(), "") };
-        ins.execute(params![b.code, b.name, number, sort, "", 1, b.bank_type, money(balance)]).map_err(e("BANK"))?;
+        let (number, sort) = if b.bank_type == 0 {
+            (format!("{:08}", 41_526_370 + i), "20-45-77")
+        } else {
+            (String::new(), "")
+        };
+        ins.execute(params![
+            b.code,
+            b.name,
+            number,
+            sort,
+            "",
+            1,
+            b.bank_type,
+            money(balance)
+        ])
+        .map_err(e("BANK"))?;
     }
-    let mut ins = insert(tx, "TAX_CODE", &["TAX_CODE_ID", "TAX_CODE", "DESCRIPTION", "TAX_RATE"])?;
+    let mut ins = insert(
+        tx,
+        "TAX_CODE",
+        &["TAX_CODE_ID", "TAX_CODE", "DESCRIPTION", "TAX_RATE"],
+    )?;
     for t in TAX_CODES {
-        ins.execute(params![t.id, t.code, t.description, t.rate_bp as f64 / 100.0]).map_err(e("TAX_CODE"))?;
+        ins.execute(params![
+            t.id,
+            t.code,
+            t.description,
+            t.rate_bp as f64 / 100.0
+        ])
+        .map_err(e("TAX_CODE"))?;
     }
     let mut ins = insert(tx, "DEPARTMENT", &["NUMBER", "NAME"])?;
     for (n, name) in DEPARTMENTS {
         ins.execute(params![n, name]).map_err(e("DEPARTMENT"))?;
     }
-    let mut ins = insert(tx, "PROJECT", &["PROJECT_ID", "REFERENCE", "NAME", "STATUS"])?;
+    let mut ins = insert(
+        tx,
+        "PROJECT",
+        &["PROJECT_ID", "REFERENCE", "NAME", "STATUS"],
+    )?;
     for p in 1..=co.projects {
         let status = if p % 3 == 0 { "Completed" } else { "Active" };
-        ins.execute(params![p, format!("PRJ{p:03}"), format!("Projet n° {p}"), status]).map_err(e("PROJECT"))?;
+        ins.execute(params![
+            p,
+            format!("PRJ{p:03}"),
+            format!("Projet n° {p}"),
+            status
+        ])
+        .map_err(e("PROJECT"))?;
     }
-    let mut ins = insert(tx, "CURRENCY", &["NUMBER", "CODE", "NAME", "SYMBOL", "EXCHANGE_RATE"])?;
+    let mut ins = insert(
+        tx,
+        "CURRENCY",
+        &["NUMBER", "CODE", "NAME", "SYMBOL", "EXCHANGE_RATE"],
+    )?;
     for c in CURRENCIES {
-        ins.execute(params![c.number, c.code, c.name, c.symbol, c.rate_e4 as f64 / 10_000.0]).map_err(e("CURRENCY"))?;
+        ins.execute(params![
+            c.number,
+            c.code,
+            c.name,
+            c.symbol,
+            c.rate_e4 as f64 / 10_000.0
+        ])
+        .map_err(e("CURRENCY"))?;
     }
-    let mut ins = insert(tx, "STOCK", &[
-        "STOCK_CODE", "DESCRIPTION", "NOMINAL_CODE", "SALES_PRICE", "TAX_CODE", "QTY_IN_STOCK", "AVERAGE_COST_PRICE",
-        "RECORD_MODIFY_DATE",
-    ])?;
+    let mut ins = insert(
+        tx,
+        "STOCK",
+        &[
+            "STOCK_CODE",
+            "DESCRIPTION",
+            "NOMINAL_CODE",
+            "SALES_PRICE",
+            "TAX_CODE",
+            "QTY_IN_STOCK",
+            "AVERAGE_COST_PRICE",
+            "RECORD_MODIFY_DATE",
+        ],
+    )?;
     for (i, (code, desc, nominal, price, tax)) in co.stock.iter().enumerate() {
         ins.execute(params![
-            code, desc, nominal, money(*price), TAX_CODES[*tax as usize].code, (i % 40) as f64 + 0.5,
-            money(price * 6 / 10), dates.stamp(-10, i as u32),
+            code,
+            desc,
+            nominal,
+            money(*price),
+            TAX_CODES[*tax as usize].code,
+            (i % 40) as f64 + 0.5,
+            money(price * 6 / 10),
+            dates.stamp(-10, i as u32),
         ])
         .map_err(e("STOCK"))?;
     }
