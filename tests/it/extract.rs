@@ -219,6 +219,7 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
     extract_ok(&company.odbc, &path);
     let before = generation(&path);
     // Kill at several points of a second extraction.
+    let mut killed_mid_way = 0;
     for delay_ms in [30u64, 150, 400] {
         let mut child = Command::new(CONNECTOR)
             .args(["extract", "--odbc", &company.odbc, "--staging"])
@@ -233,6 +234,7 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
         child.kill().unwrap();
         child.wait().unwrap();
         if !finished_already {
+            killed_mid_way += 1;
             assert_eq!(
                 generation(&path),
                 before,
@@ -241,6 +243,10 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
             );
         }
     }
+    assert!(
+        killed_mid_way > 0,
+        "every extraction finished before its kill: use a larger company"
+    );
     extract_ok(&company.odbc, &path);
     assert_ne!(generation(&path), before);
 }
