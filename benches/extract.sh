@@ -53,6 +53,13 @@ for round in $(seq "$ROUNDS"); do
   measure odbc2parquet bash -c "$O2P"
 done
 
+echo "simulator: generation time at 100,000 and 1,000,000 transactions" >&2
+for n in 100000 1000000; do
+  rm -rf "$OUT/sim-$n"
+  measure "sim$n" "$BIN/sage50-sim" --out "$OUT/sim-$n" --seed 3 --transactions "$n"
+  rm -rf "$OUT/sim-$n"
+done
+
 echo "5,000,000-split company: generating (once) and extracting" >&2
 CS5=$(company "$BIG_SPLITS")
 DB5=$OUT/company-$BIG_SPLITS/ACCDATA/SAGE50.DB
@@ -80,4 +87,6 @@ print(f"\n(b) / (a) = {rate['extract'] / rate['drain']:.3f} (target >= 0.9); "
 print(f"(b) peak memory: {peak['extract'] / 1024:.0f} MB on {splits:,} splits, "
       f"{peak['extract5m'] / 1024:.0f} MB on {splits5:,} splits (target < 500 MB, no larger); "
       f"{med['extract5m']:.1f} s for the larger company")
+print(f"\nsage50-sim: {med['sim100000']:.1f} s for 100,000 transactions, {med['sim1000000']:.1f} s for 1,000,000 "
+      f"(ratio {med['sim1000000'] / med['sim100000']:.1f} for 10x the size: roughly linear)")
 PY

@@ -11,6 +11,7 @@
 //! 3. Only when every table has arrived is the generation swapped in; any error leaves the
 //!    previous one in place and names the table (and the column or row when known).
 
+mod drain;
 mod error;
 
 use std::time::Instant;
@@ -19,9 +20,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use arrow_odbc::OdbcReaderBuilder;
 use crossbeam_channel::{Receiver, Sender, bounded};
-use odbc_api::{Connection, Environment};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use odbc_api::{Connection, ConnectionTransitions, Environment, SharedConnection};
 use tracing::{info, warn};
 
+pub use drain::drain;
 pub use error::ExtractError;
 
 use crate::schema::{ColumnType, SourceSchema, Table};
@@ -135,45 +139,27 @@ pub fn extract(options: &ExtractOptions<'_>) -> Result<ExtractReport, ExtractErr
     Ok(report)
 }
 
-/// The raw ODBC drain: bulk-fetch every row of every table into buffers and discard it.
-/// The upper limit any extraction through this driver can reach; used by the benchmark.
-pub fn drain(source: &SourceConfig, schema: &SourceSchema) -> Result<u64, ExtractError> {
-    let env = Environment::new().map_err(|e| source.classify(&e))?;
-    let conn = source.connect(&env)?;
-    let mut rows = 0u64;
-    for table in &schema.tables {
-        let Some(plan) = plan_table(&conn, source, table)? else {
-            continue;
-        };
-        let mut on_batch = |batch: RecordBatch| {
-            rows += batch.num_rows() as u64;
-            Ok(())
-        };
-        fetch_table(&conn, source, &plan, &mut |_| Ok(()), &mut on_batch)?;
-    }
-    Ok(rows)
-}
-
 fn fetch_all(
     source: &SourceConfig,
     schema: &SourceSchema,
     verify_counts: bool,
     tx: Sender<Message>,
 ) -> Result<(), ExtractError> {
-    let env = Environment::new().map_err(|e| source.classify(&e))?;
-    let conn = source.connect(&env)?;
+    let conn: SharedConnection<'static> =
+        Arc::new(Mutex::new(source.connect(environment(source)?)?));
     // Sending fails only when the loader gave up; its own error is then reported.
     let closed = || ExtractError::Connect {
         detail: "loading into staging stopped".to_owned(),
     };
     for (index, table) in schema.tables.iter().enumerate() {
-        let Some(plan) = plan_table(&conn, source, table)? else {
+        let plan = plan_table(&conn.lock().expect("connection lock"), source, table)?;
+        let Some(plan) = plan else {
             tx.send(Message::Skip { index }).map_err(|_| closed())?;
             continue;
         };
         let missing = plan.missing.clone();
         let rows = fetch_table(
-            &conn,
+            conn.clone(),
             source,
             &plan,
             &mut |schema| {
@@ -187,7 +173,11 @@ fn fetch_all(
             &mut |batch| tx.send(Message::Batch(batch)).map_err(|_| closed()),
         )?;
         let source_rows = if verify_counts {
-            Some(count_rows(&conn, source, table)?)
+            Some(count_rows(
+                &conn.lock().expect("connection lock"),
+                source,
+                table,
+            )?)
         } else {
             None
         };
@@ -333,6 +323,28 @@ fn load_all(
     Ok(staged)
 }
 
+/// The ODBC environment: one per process, alive as long as the process, so cursors that own
+/// their connection can be handed to other threads.
+fn environment(source: &SourceConfig) -> Result<&'static Environment, ExtractError> {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let env = Environment::new().map_err(|e| source.classify(&e))?;
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+impl Plan<'_> {
+    /// Plain `SELECT cols FROM TABLE`: the one form every Sage driver version accepts.
+    fn query(&self) -> String {
+        format!(
+            "SELECT {} FROM {}",
+            self.present.join(", "),
+            self.table.name
+        )
+    }
+}
+
 /// Checks a table against the driver's catalogue. `None`: an optional table that is absent.
 fn plan_table<'s>(
     conn: &Connection<'_>,
@@ -419,15 +431,14 @@ fn type_fits(expected: ColumnType, odbc: i16) -> bool {
 
 /// Streams one table; calls `begin` with its Arrow schema, then `on_batch` per batch.
 fn fetch_table(
-    conn: &Connection<'_>,
+    conn: SharedConnection<'static>,
     source: &SourceConfig,
     plan: &Plan<'_>,
     begin: &mut dyn FnMut(SchemaRef) -> Result<(), ExtractError>,
     on_batch: &mut dyn FnMut(RecordBatch) -> Result<(), ExtractError>,
 ) -> Result<u64, ExtractError> {
     let name = &plan.table.name;
-    // Plain `SELECT cols FROM TABLE`: the one form every Sage driver version accepts.
-    let query = format!("SELECT {} FROM {name}", plan.present.join(", "));
+    let query = plan.query();
     let fetch_err = |rows_before: u64, detail: String| {
         let column = plan
             .present
@@ -441,9 +452,11 @@ fn fetch_table(
             detail: source.redact(&detail),
         }
     };
+    // The cursor owns a handle on the shared connection, so fetching can move to its own
+    // thread: the driver fills one buffer while the previous one is converted to Arrow.
     let cursor = conn
-        .execute(&query, (), None)
-        .map_err(|e| match source.classify(&e) {
+        .into_cursor(&query, (), None)
+        .map_err(|e| match source.classify(&e.error) {
             ExtractError::Connect { detail } => fetch_err(0, detail),
             other => other,
         })?
@@ -454,6 +467,9 @@ fn fetch_table(
         .build(cursor)
         .map_err(|e| fetch_err(0, e.to_string()))?;
     begin(reader.schema())?;
+    let reader = reader
+        .into_concurrent()
+        .map_err(|e| fetch_err(0, e.to_string()))?;
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| {

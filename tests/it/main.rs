@@ -4,5 +4,6 @@
 
 mod errors;
 mod extract;
+mod golden;
 mod simulator;
 mod support;
