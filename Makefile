@@ -2,6 +2,7 @@
 # (idempotently, a no-op when present) and share one cargo target directory outside the clone,
 # so CI runs on the same machine are incremental.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := test
 
 CACHE ?= $(HOME)/.cache/connector
@@ -12,6 +13,10 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 DUCKDB_VERSION := 1.5.6
 DUCKDB_NPM := @duckdb/node-bindings-linux-x64@$(DUCKDB_VERSION)-r.1
 export DUCKDB_LIB_DIR ?= $(CACHE)/duckdb-$(DUCKDB_VERSION)
+# Only x86_64 Linux has that exact DuckDB build on npm; elsewhere compile DuckDB (slow, once).
+ifneq ($(shell uname -m),x86_64)
+FEATURES := --features bundled
+endif
 BIN := $(CARGO_TARGET_DIR)/debug
 DEMO_DIR ?= $(CACHE)/demo
 # A throwaway PostgreSQL on loopback, for the rejected-credentials test through psqlODBC.
@@ -24,6 +29,7 @@ APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc o
 .PHONY: deps duckdb build test lint unit demo bench-extract pg-up pg-down
 
 deps:
+	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  if [ "$$p" = npm ] && command -v npm >/dev/null; then continue; fi; \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -35,22 +41,22 @@ deps:
 	@$(MAKE) --no-print-directory duckdb
 
 duckdb:
-	@if [ ! -f "$(DUCKDB_LIB_DIR)/libduckdb.so" ]; then \
+	@if [ -z "$(FEATURES)" ] && [ ! -f "$(DUCKDB_LIB_DIR)/libduckdb.so" ]; then \
 	  echo "Fetching libduckdb $(DUCKDB_VERSION) into $(DUCKDB_LIB_DIR)"; \
 	  tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent $(DUCKDB_NPM) >/dev/null && tar xzf *.tgz) && \
 	  mkdir -p "$(DUCKDB_LIB_DIR)" && cp $$tmp/package/libduckdb.so "$(DUCKDB_LIB_DIR)/" && rm -rf $$tmp; \
 	fi
 
 build: deps
-	cargo build --all-targets
+	cargo build --all-targets $(FEATURES)
 
 lint: deps
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets $(FEATURES) -- -D warnings
 
 test: deps lint
 	@bash .ci/pg.sh up "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"
-	@status=0; cargo test --all-targets || status=$$?; \
+	@status=0; cargo test --all-targets $(FEATURES) || status=$$?; \
 	  bash .ci/pg.sh down "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"; exit $$status
 
 pg-up:

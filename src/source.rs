@@ -98,36 +98,45 @@ impl SourceConfig {
         if let Some(p) = attribute(self.connection_string.expose(), SECRET_KEYS) {
             secrets.push(p);
         }
+        // Also as quoted in the driver string, in case a driver echoes that form.
+        let quoted: Vec<String> = secrets.iter().map(|s| quote_value(s)).collect();
+        secrets.extend(quoted);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         for s in secrets.iter().filter(|s| !s.is_empty()) {
             out = out.replace(s.as_str(), "***");
         }
         out
     }
 
-    /// The full string handed to the driver manager, with driver-specific defaults added.
+    /// The full string handed to the driver manager, with driver-specific defaults added and
+    /// `--user`/`--password-env` replacing any UID/PWD already in the string.
     fn driver_string(&self) -> String {
-        let mut s = self
-            .connection_string
-            .expose()
-            .trim()
-            .trim_end_matches(';')
-            .to_owned();
+        let mut parts: Vec<String> = split_attributes(self.connection_string.expose())
+            .into_iter()
+            .filter(|(k, _, _)| {
+                let user_key = ["UID", "USER", "USERNAME"]
+                    .iter()
+                    .any(|u| k.eq_ignore_ascii_case(u));
+                let password_key = SECRET_KEYS.iter().any(|p| k.eq_ignore_ascii_case(p));
+                !(user_key && self.user.is_some() || password_key && self.password.is_some())
+            })
+            .map(|(_, _, raw)| raw)
+            .collect();
         // The SQLite3 driver materialises whole result sets unless told to step through rows;
         // that would break the connector's bounded-memory promise on large tables.
-        if self
+        let sqlite = self
             .driver()
-            .is_some_and(|d| d.to_ascii_lowercase().contains("sqlite"))
-            && attribute(&s, &["STEPAPI"]).is_none()
-        {
-            s.push_str(";StepAPI=1");
+            .is_some_and(|d| d.to_ascii_lowercase().contains("sqlite"));
+        if sqlite && attribute(self.connection_string.expose(), &["STEPAPI"]).is_none() {
+            parts.push("StepAPI=1".to_owned());
         }
         if let Some(user) = &self.user {
-            s.push_str(&format!(";UID={user}"));
+            parts.push(format!("UID={}", quote_value(user)));
         }
         if let Some(password) = &self.password {
-            s.push_str(&format!(";PWD={}", password.expose()));
+            parts.push(format!("PWD={}", quote_value(password.expose())));
         }
-        s
+        parts.join(";")
     }
 
     /// Connects, after checking what can be checked without the driver.
@@ -158,16 +167,42 @@ impl SourceConfig {
             })
     }
 
-    /// Turns a driver error into the error a Sage user can act on.
+    /// Turns an error met while connecting into the error a Sage user can act on.
     pub fn classify(&self, error: &odbc_api::Error) -> ExtractError {
+        self.classify_as(error, true)
+    }
+
+    /// Turns an error met while querying an open connection into the error a Sage user can
+    /// act on: only a lock can explain it, not a missing folder or driver.
+    pub fn classify_query(&self, error: &odbc_api::Error) -> ExtractError {
+        self.classify_as(error, false)
+    }
+
+    fn classify_as(&self, error: &odbc_api::Error, connecting: bool) -> ExtractError {
         let (state, message) = diagnostic(error);
         let detail = self.redact(&message);
         let lower = detail.to_ascii_lowercase();
-        let driver = self.driver().unwrap_or_else(|| "(none given)".to_owned());
+        if lower.contains("locked")
+            || lower.contains("already in use")
+            || lower.contains("exclusive")
+        {
+            return ExtractError::DatasetLocked { detail };
+        }
+        if !connecting {
+            return ExtractError::Connect { detail };
+        }
         if state == "IM002"
             || lower.contains("can't open lib")
             || lower.contains("driver not found")
         {
+            let dsn = || {
+                attribute(self.connection_string.expose(), &["DSN"])
+                    .map(|d| format!("(data source {d})"))
+            };
+            let driver = self
+                .driver()
+                .or_else(dsn)
+                .unwrap_or_else(|| "(none given)".to_owned());
             return ExtractError::DriverNotInstalled {
                 driver,
                 bits: usize::BITS as usize,
@@ -184,13 +219,6 @@ impl SourceConfig {
                 user: self.user(),
                 detail,
             };
-        }
-        if lower.contains("database is locked")
-            || lower.contains("already in use")
-            || lower.contains("locked")
-            || lower.contains("exclusive")
-        {
-            return ExtractError::DatasetLocked { detail };
         }
         if let Some(path) = self.data_path()
             && (lower.contains("unable to open database")
@@ -213,29 +241,55 @@ pub fn diagnostic(error: &odbc_api::Error) -> (String, String) {
     }
 }
 
+/// A connection-string value, in braces (with `}` doubled) when it holds a character that
+/// would otherwise end or split it.
+fn quote_value(value: &str) -> String {
+    if value.contains([';', '{', '}', '=']) || value.starts_with(' ') || value.ends_with(' ') {
+        format!("{{{}}}", value.replace('}', "}}"))
+    } else {
+        value.to_owned()
+    }
+}
+
 /// The value of the first of `keys` present in a connection string (case-insensitive keys,
 /// `{braced}` values unwrapped).
 fn attribute(connection_string: &str, keys: &[&str]) -> Option<String> {
     split_attributes(connection_string)
         .into_iter()
-        .find_map(|(k, v)| {
+        .find_map(|(k, v, _)| {
             keys.iter()
                 .any(|key| k.eq_ignore_ascii_case(key))
                 .then_some(v)
         })
 }
 
-fn split_attributes(s: &str) -> Vec<(String, String)> {
+/// (key, value, the attribute's own text) for each `key=value` of a connection string.
+fn split_attributes(s: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
+        let segment_start = rest;
         let Some(eq) = rest.find('=') else { break };
         let key = rest[..eq].trim().to_owned();
         rest = &rest[eq + 1..];
         let value;
-        if let Some(stripped) = rest.strip_prefix('{') {
-            let end = stripped.find('}').unwrap_or(stripped.len());
-            value = stripped[..end].to_owned();
+        if let Some(stripped) = rest.trim_start().strip_prefix('{') {
+            // A braced value ends at the first `}` not doubled.
+            let mut text = String::new();
+            let mut chars = stripped.char_indices().peekable();
+            let mut end = stripped.len();
+            while let Some((i, c)) = chars.next() {
+                if c == '}' {
+                    if chars.peek().is_some_and(|(_, n)| *n == '}') {
+                        chars.next();
+                    } else {
+                        end = i;
+                        break;
+                    }
+                }
+                text.push(c);
+            }
+            value = text;
             rest = stripped.get(end + 1..).unwrap_or("");
             rest = rest.trim_start().strip_prefix(';').unwrap_or(rest);
         } else {
@@ -243,7 +297,15 @@ fn split_attributes(s: &str) -> Vec<(String, String)> {
             value = rest[..end].trim().to_owned();
             rest = rest.get(end + 1..).unwrap_or("");
         }
-        out.push((key, value));
+        let consumed = segment_start.len() - rest.len();
+        let raw = segment_start[..consumed]
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .to_owned();
+        if !key.is_empty() {
+            out.push((key, value, raw));
+        }
     }
     out
 }
@@ -278,6 +340,22 @@ mod tests {
         );
         assert!(!cfg.display().contains("hunter2"));
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn credentials_with_separators_are_quoted_and_replace_those_in_the_string() {
+        let password = Secret::new("pa;ss}word".into());
+        let cfg = SourceConfig::new(
+            "Driver={Sage Line 50 v32};DIR=C:\\A;UID=old;PWD=old",
+            Some("MANAGER".into()),
+            Some(password),
+        );
+        let s = cfg.driver_string();
+        assert_eq!(
+            s,
+            "Driver={Sage Line 50 v32};DIR=C:\\A;UID=MANAGER;PWD={pa;ss}}word}"
+        );
+        assert_eq!(attribute(&s, &["PWD"]).as_deref(), Some("pa;ss}word"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Builder {
     target: PathBuf,
     building: PathBuf,
     conn: Connection,
+    /// Held (an OS file lock, released even if the process is killed) while building, so
+    /// two extractions into the same store cannot trample each other's generation.
+    _lock: std::fs::File,
 }
 
 fn staging_err(path: &Path) -> impl Fn(duckdb::Error) -> ExtractError + '_ {
@@ -148,19 +151,39 @@ impl Builder {
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err(target))?;
         }
+        let lock_path = sibling(target, "lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(target))?;
+        if lock.try_lock().is_err() {
+            return Err(ExtractError::Staging {
+                path: target.to_owned(),
+                detail:
+                    "another extraction into this staging store is running; wait for it to finish"
+                        .to_owned(),
+            });
+        }
         let building = sibling(target, BUILDING_SUFFIX);
         remove_if_exists(&building)?;
         remove_if_exists(&sibling(&building, "wal"))?;
         let conn = Connection::open(&building).map_err(staging_err(target))?;
-        // Bounded memory: DuckDB spills to the file rather than growing without limit.
+        // Bounded memory: DuckDB's buffer pool is capped (it evicts to the file and spills
+        // to temporary files beyond it), so staging a table of any size costs the same.
+        // One transaction for the whole generation: DuckDB then writes full row groups
+        // straight to the file as they fill ("optimistic writing") instead of logging every
+        // row to the WAL and checkpointing it again.
         conn.execute_batch(
-            "SET memory_limit = '256MB'; SET threads = 2; SET preserve_insertion_order = true;",
+            "SET memory_limit = '128MB'; SET threads = 2; SET preserve_insertion_order = true; BEGIN TRANSACTION;",
         )
         .map_err(staging_err(target))?;
         Ok(Builder {
             target: target.to_owned(),
             building,
             conn,
+            _lock: lock,
         })
     }
 
@@ -230,10 +253,10 @@ impl Builder {
         let _ = std::fs::remove_file(&building);
     }
 
-    /// Records metadata, checkpoints, and swaps the new generation in place of the old one.
-    pub fn commit(self, tables: &[StagedTable], source: &str) -> Result<String, ExtractError> {
-        let target = self.target.clone();
-        let err = staging_err(&target);
+    /// Writes the metadata tables, commits and checkpoints the generation.
+    fn record(&self, tables: &[StagedTable], source: &str) -> Result<String, ExtractError> {
+        let err = staging_err(&self.target);
+        self.conn.execute_batch("COMMIT").map_err(&err)?;
         let generation = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ").to_string();
         self.conn
             .execute_batch(&format!(
@@ -262,9 +285,30 @@ impl Builder {
                 .map_err(&err)?;
         }
         self.conn.execute_batch("CHECKPOINT").map_err(&err)?;
-        drop(err);
-        let Builder { building, conn, .. } = self;
-        conn.close().map_err(|(_, e)| staging_err(&target)(e))?;
+        Ok(generation)
+    }
+
+    /// Records metadata, checkpoints, and swaps the new generation in place of the old one;
+    /// on failure the new generation is removed and the old one stays.
+    pub fn commit(self, tables: &[StagedTable], source: &str) -> Result<String, ExtractError> {
+        let generation = match self.record(tables, source) {
+            Ok(generation) => generation,
+            Err(e) => {
+                self.abandon();
+                return Err(e);
+            }
+        };
+        // `_lock` stays held until the new generation is in place.
+        let Builder {
+            target,
+            building,
+            conn,
+            _lock,
+        } = self;
+        if let Err((_, e)) = conn.close() {
+            let _ = std::fs::remove_file(&building);
+            return Err(staging_err(&target)(e));
+        }
         std::fs::File::open(&building)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&target))?;

@@ -2,26 +2,27 @@
 //!
 //! Takes a [`SourceConfig`] and the [`SourceSchema`]; produces a new staging generation (see
 //! [`crate::staging`]). How:
-//! 1. One thread owns the ODBC connection. For each table it checks the driver's catalogue
-//!    against the schema (missing table, missing column, wrong type), then bulk-fetches the
-//!    rows in columnar batches (arrow-odbc) and sends each batch down a bounded channel.
-//! 2. The calling thread appends every batch to DuckDB while the next one is being fetched,
-//!    so the driver never waits on DuckDB, and at most [`CHANNEL_BATCHES`] batches plus the
-//!    ODBC buffer are ever in memory, whatever the table size.
+//! 1. A fetch thread owns the ODBC connection. For each table it checks the driver's
+//!    catalogue against the schema (missing table, missing column, wrong type), then reads the
+//!    rows in columnar batches of at most [`MAX_BATCH_BYTES`]: arrow-odbc's concurrent reader
+//!    lets the driver fill one buffer while the previous one becomes an Arrow batch, which
+//!    goes down a channel holding at most [`CHANNEL_BATCHES`].
+//! 2. The calling thread appends every batch to DuckDB (one transaction for the whole
+//!    generation, buffer pool capped, see [`crate::staging`]) while the next one is fetched,
+//!    so the driver never waits on DuckDB and memory does not grow with the size of a table.
 //! 3. Only when every table has arrived is the generation swapped in; any error leaves the
 //!    previous one in place and names the table (and the column or row when known).
 
 mod drain;
 mod error;
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use arrow_odbc::OdbcReaderBuilder;
 use crossbeam_channel::{Receiver, Sender, bounded};
-use std::sync::{Arc, Mutex, OnceLock};
-
 use odbc_api::{Connection, ConnectionTransitions, Environment, SharedConnection};
 use tracing::{info, warn};
 
@@ -91,7 +92,6 @@ enum Message {
     },
     Batch(RecordBatch),
     End {
-        index: usize,
         rows: u64,
         source_rows: Option<u64>,
     },
@@ -181,14 +181,23 @@ fn fetch_all(
         } else {
             None
         };
-        tx.send(Message::End {
-            index,
-            rows,
-            source_rows,
-        })
-        .map_err(|_| closed())?;
+        tx.send(Message::End { rows, source_rows })
+            .map_err(|_| closed())?;
     }
     Ok(())
+}
+
+/// One table being appended to staging.
+struct TableLoad<'b> {
+    name: &'b str,
+    appender: duckdb::Appender<'b>,
+    schema: SchemaRef,
+    started: Instant,
+    bar: indicatif::ProgressBar,
+    rows: u64,
+    /// Seconds spent appending, to tell a slow driver from a slow load.
+    busy: f64,
+    missing: Vec<(String, String)>,
 }
 
 fn load_all(
@@ -197,27 +206,18 @@ fn load_all(
     rx: Receiver<Message>,
 ) -> Result<Vec<StagedTable>, ExtractError> {
     let mut staged: Vec<StagedTable> = Vec::new();
-    type Current<'b> = (
-        usize,
-        duckdb::Appender<'b>,
-        SchemaRef,
-        Instant,
-        indicatif::ProgressBar,
-        u64,
-        Vec<(String, String)>,
-    );
-    let mut current: Option<Current<'_>> = None;
-    let staging_err = |detail: String| ExtractError::Staging {
+    let mut current: Option<TableLoad<'_>> = None;
+    let staging_err = |table: &str, detail: String| ExtractError::Staging {
         path: builder.target().to_owned(),
-        detail,
+        detail: format!("table {table}: {detail}"),
     };
     for message in rx {
         match message {
             Message::Skip { index } => {
-                let table = &options.schema.tables[index];
-                warn!(table = %table.name, "Optional table is missing from this Sage version and was skipped.");
+                let name = &options.schema.tables[index].name;
+                warn!(table = %name, "Optional table is missing from this Sage version and was skipped.");
                 staged.push(StagedTable {
-                    name: table.name.clone(),
+                    name: name.clone(),
                     rows: 0,
                     seconds: 0.0,
                     skipped: true,
@@ -229,76 +229,65 @@ fn load_all(
                 schema,
                 missing,
             } => {
-                let table = &options.schema.tables[index];
-                let staged_schema = staging::staged_schema(&schema);
-                builder.create_table(&table.name, &staged_schema)?;
+                let name = options.schema.tables[index].name.as_str();
+                let schema = staging::staged_schema(&schema);
+                builder.create_table(name, &schema)?;
                 for (column, _) in &missing {
-                    warn!(table = %table.name, column = %column, "Optional column is missing from this Sage version; it is staged as NULL.");
+                    warn!(table = %name, column = %column, "Optional column is missing from this Sage version; it is staged as NULL.");
                 }
-                let appender = builder.appender(&table.name)?;
-                let bar = crate::telemetry::table_progress(&table.name, options.progress);
-                staged.push(StagedTable {
-                    name: table.name.clone(),
+                current = Some(TableLoad {
+                    name,
+                    appender: builder.appender(name)?,
+                    schema,
+                    started: Instant::now(),
+                    bar: crate::telemetry::table_progress(name, options.progress),
                     rows: 0,
-                    seconds: 0.0,
-                    skipped: false,
-                    missing_columns: missing.iter().map(|(c, _)| c.clone()).collect(),
+                    busy: 0.0,
+                    missing,
                 });
-                let missing_ddl = missing;
-                current = Some((
-                    index,
-                    appender,
-                    staged_schema,
-                    Instant::now(),
-                    bar,
-                    0,
-                    missing_ddl,
-                ));
             }
             Message::Batch(batch) => {
-                let Some((index, appender, schema, _, bar, rows, _)) = current.as_mut() else {
+                let Some(load) = current.as_mut() else {
                     continue;
                 };
                 let n = batch.num_rows() as u64;
-                let table = &options.schema.tables[*index].name;
-                let batch = staging::to_staged(batch, schema)
-                    .map_err(|e| staging_err(format!("table {table}: converting a batch: {e}")))?;
-                appender.append_record_batch(batch).map_err(|e| {
-                    staging_err(format!(
-                        "table {table}: appending rows after row {rows}: {e}"
-                    ))
+                let batch = staging::to_staged(batch, &load.schema)
+                    .map_err(|e| staging_err(load.name, format!("converting a batch: {e}")))?;
+                let appending = Instant::now();
+                load.appender.append_record_batch(batch).map_err(|e| {
+                    staging_err(
+                        load.name,
+                        format!("appending rows after row {}: {e}", load.rows),
+                    )
                 })?;
-                *rows += n;
-                bar.set_position(*rows);
+                load.rows += n;
+                load.busy += appending.elapsed().as_secs_f64();
+                load.bar.set_position(load.rows);
             }
-            Message::End {
-                index,
-                rows,
-                source_rows,
-            } => {
-                let Some((_, mut appender, _, started, bar, loaded, missing)) = current.take()
-                else {
+            Message::End { rows, source_rows } => {
+                let Some(mut load) = current.take() else {
                     continue;
                 };
-                let table = &options.schema.tables[index].name;
-                appender
+                let name = load.name;
+                load.appender
                     .flush()
-                    .map_err(|e| staging_err(format!("table {table}: {e}")))?;
-                drop(appender);
+                    .map_err(|e| staging_err(name, e.to_string()))?;
+                drop(load.appender);
                 // Columns this Sage version lacks read as NULL, so later SQL sees one shape.
-                builder.add_missing_columns(table, &missing)?;
-                bar.finish_and_clear();
-                let counted = builder.count(table)?;
-                if counted != rows || loaded != rows {
-                    return Err(staging_err(format!(
-                        "table {table}: fetched {rows} rows but staged {counted}"
-                    )));
+                builder.add_missing_columns(name, &load.missing)?;
+                load.bar.finish_and_clear();
+                let counted = builder.count(name)?;
+                if counted != rows || load.rows != rows {
+                    return Err(staging_err(
+                        name,
+                        format!("fetched {rows} rows but staged {counted}"),
+                    ));
                 }
                 if let Some(source_rows) = source_rows
                     && source_rows != rows
                 {
                     return Err(ExtractError::Fetch {
-                        table: table.clone(),
+                        table: name.to_owned(),
                         column: None,
                         rows_before: rows,
                         detail: format!(
@@ -306,21 +295,39 @@ fn load_all(
                         ),
                     });
                 }
-                let seconds = started.elapsed().as_secs_f64();
-                let entry = staged.last_mut().expect("Begin pushed this table");
-                entry.rows = rows;
-                entry.seconds = seconds;
+                let seconds = load.started.elapsed().as_secs_f64();
                 info!(
-                    table = %table,
+                    table = %name,
                     rows,
                     seconds = format!("{seconds:.3}"),
+                    load_seconds = format!("{:.3}", load.busy),
                     rows_per_sec = (rows as f64 / seconds.max(1e-9)) as u64,
                     "Extracted table."
                 );
+                staged.push(StagedTable {
+                    name: name.to_owned(),
+                    rows,
+                    seconds,
+                    skipped: false,
+                    missing_columns: load.missing.into_iter().map(|(c, _)| c).collect(),
+                });
             }
         }
     }
     Ok(staged)
+}
+
+/// Whether `text` names `word` as a whole identifier (so `DATE` is not found in `DUE_DATE`).
+fn mentions_word(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back().is_none_or(|c| !is_ident(c));
+        let after = text[i + word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !is_ident(c));
+        before && after
+    })
 }
 
 /// The ODBC environment: one per process, alive as long as the process, so cursors that own
@@ -354,9 +361,9 @@ fn plan_table<'s>(
     let mut found: Vec<(String, i16, String)> = Vec::new();
     let rows = conn
         .columns("", "", &table.name, "")
-        .map_err(|e| source.classify(&e))?;
+        .map_err(|e| source.classify_query(&e))?;
     for row in rows {
-        let row = row.map_err(|e| source.classify(&e))?;
+        let row = row.map_err(|e| source.classify_query(&e))?;
         let name = row
             .column_name
             .as_str()
@@ -443,7 +450,7 @@ fn fetch_table(
         let column = plan
             .present
             .iter()
-            .find(|c| detail.contains(c.as_str()))
+            .find(|c| mentions_word(&detail, c))
             .cloned();
         ExtractError::Fetch {
             table: name.clone(),
@@ -456,7 +463,7 @@ fn fetch_table(
     // thread: the driver fills one buffer while the previous one is converted to Arrow.
     let cursor = conn
         .into_cursor(&query, (), None)
-        .map_err(|e| match source.classify(&e.error) {
+        .map_err(|e| match source.classify_query(&e.error) {
             ExtractError::Connect { detail } => fetch_err(0, detail),
             other => other,
         })?
@@ -496,11 +503,11 @@ fn count_rows(
         table: table.name.clone(),
         column: None,
         rows_before: 0,
-        detail,
+        detail: source.redact(&detail),
     };
     let mut cursor = conn
         .execute(&format!("SELECT COUNT(*) FROM {}", table.name), (), None)
-        .map_err(|e| err(source.redact(&e.to_string())))?
+        .map_err(|e| err(e.to_string()))?
         .ok_or_else(|| err("COUNT(*) returned no result".to_owned()))?;
     let mut n: i64 = 0;
     if let Some(mut row) =

@@ -481,7 +481,7 @@ impl Books<'_> {
             let tax = self.tax_code();
             let net = self.amount(100, 1_000_000);
             let d = if spread && j > 0 {
-                date + self.rng.random_range(1..20) * j
+                date + (self.rng.random_range(1..10) * j).min(30)
             } else {
                 date
             };
@@ -491,10 +491,50 @@ impl Books<'_> {
             return;
         }
         let doc = self.doc(h);
-        match account {
-            Account::Customer(c) => self.open_sales[c as usize].push(doc),
-            Account::Supplier(s) => self.open_bills[s as usize].push(doc),
-            _ => {}
+        let (idx, sales) = match account {
+            Account::Customer(c) => (c as usize, true),
+            Account::Supplier(s) => (s as usize, false),
+            _ => return,
+        };
+        // A credit left open (payment on account, credit note, overpayment) is often used up
+        // against the account's next invoice.
+        if self.rng.random_bool(0.5) {
+            self.use_credits(sales, idx, doc, date);
+        }
+        if self.doc_outstanding(doc) > 0 {
+            if sales {
+                self.open_sales[idx].push(doc)
+            } else {
+                self.open_bills[idx].push(doc)
+            }
+        }
+    }
+
+    /// Allocates the account's open credits to `doc`, oldest first, until it is paid.
+    fn use_credits(&mut self, sales: bool, idx: usize, doc: Open, date: i32) {
+        let credits = if sales {
+            std::mem::take(&mut self.open_sales_credits[idx])
+        } else {
+            std::mem::take(&mut self.open_bill_credits[idx])
+        };
+        for credit in &credits {
+            for split in credit.1..credit.1 + credit.2 {
+                if self.doc_outstanding(doc) == 0 {
+                    break;
+                }
+                if self.outstanding(split) > 0 {
+                    self.allocate(split, doc, i64::MAX, date);
+                }
+            }
+        }
+        let kept: Vec<Open> = credits
+            .into_iter()
+            .filter(|c| self.doc_outstanding(*c) > 0)
+            .collect();
+        if sales {
+            self.open_sales_credits[idx] = kept
+        } else {
+            self.open_bill_credits[idx] = kept
         }
     }
 

@@ -230,10 +230,11 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
             .unwrap();
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        let building = dir.path().join("staging.duckdb.building").exists();
         let finished_already = child.try_wait().unwrap().is_some();
         child.kill().unwrap();
         child.wait().unwrap();
-        if !finished_already {
+        if building && !finished_already {
             killed_mid_way += 1;
             assert_eq!(
                 generation(&path),
@@ -245,8 +246,61 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
     }
     assert!(
         killed_mid_way > 0,
-        "every extraction finished before its kill: use a larger company"
+        "no kill landed while a new generation was being built: use a larger company"
     );
     extract_ok(&company.odbc, &path);
     assert_ne!(generation(&path), before);
+}
+
+#[test]
+fn verify_counts_checks_each_table_against_the_source() {
+    let dir = tempdir();
+    let company = generated(dir.path(), 26, 400);
+    let out = extract(
+        &company.odbc,
+        &dir.path().join("s.duckdb"),
+        &["--verify-counts"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_second_extraction_into_the_same_store_waits_its_turn() {
+    let dir = tempdir();
+    let company = generated(dir.path(), 27, 60_000);
+    let path = dir.path().join("staging.duckdb");
+    let mut first = Command::new(CONNECTOR)
+        .args(["extract", "--odbc", &company.odbc, "--staging"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let building = dir.path().join("staging.duckdb.building");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !building.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        building.exists(),
+        "the first extraction never started building"
+    );
+    let second = extract(&company.odbc, &path, &[]);
+    assert!(!second.status.success());
+    assert!(
+        text(&second).contains("another extraction into this staging store is running"),
+        "{}",
+        text(&second)
+    );
+    assert!(
+        first.wait().unwrap().success(),
+        "the first extraction must not be disturbed"
+    );
+    assert!(
+        staging(&path)
+            .query_row("SELECT COUNT(*) FROM AUDIT_SPLIT", [], |r| r
+                .get::<_, i64>(0))
+            .unwrap()
+            > 0
+    );
 }

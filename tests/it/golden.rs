@@ -83,6 +83,29 @@ fn golden_company_staged_totals_equal_the_hand_computed_ones() {
     );
     assert_eq!(nominal, expected, "NOMINAL_LEDGER.BALANCE");
 
+    let sums = totals["sums"].as_table().expect("[sums]");
+    let (headers, deleted): (i64, i64) = conn
+        .query_row(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE DELETED_FLAG = 1) FROM AUDIT_HEADER",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(headers, sums["headers"].as_integer().unwrap(), "headers");
+    assert_eq!(
+        deleted,
+        sums["deleted_headers"].as_integer().unwrap(),
+        "deleted headers"
+    );
+    let journal_total: i64 = conn
+        .query_row("SELECT SUM(CAST(ROUND(AMOUNT * 100) AS BIGINT))::BIGINT FROM AUDIT_JOURNAL WHERE DELETED_FLAG = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        journal_total,
+        pence(sums["journal_total"].as_str().unwrap()),
+        "journal total"
+    );
+
     let customers = staged_map(
         &conn,
         "SELECT ACCOUNT_REF, CAST(ROUND(BALANCE * 100) AS BIGINT) FROM SALES_LEDGER",

@@ -101,6 +101,15 @@ fn allocations_agree_with_paid_and_outstanding_amounts() {
             OR ROUND(h.AMOUNT_PAID*100) <> s.p",
     );
     assert_eq!(wrong_header, 0, "header totals differ from their splits");
+    let cross_account = one_i64(
+        &co,
+        "SELECT COUNT(*) FROM AUDIT_USAGE u JOIN AUDIT_SPLIT p ON p.SPLIT_NUMBER = u.SPLIT_NUMBER
+         JOIN AUDIT_SPLIT t ON t.SPLIT_NUMBER = u.SPLIT_CROSSREF WHERE p.ACCOUNT_REF <> t.ACCOUNT_REF",
+    );
+    assert_eq!(
+        cross_account, 0,
+        "an allocation pays a document of another account"
+    );
     let over_allocated = one_i64(
         &co,
         "SELECT COUNT(*) FROM AUDIT_SPLIT WHERE OUTSTANDING < -0.001",
@@ -191,6 +200,10 @@ fn all_transaction_types_and_awkward_cases_occur() {
         (
             "credit notes allocated to invoices",
             "SELECT COUNT(*) FROM AUDIT_USAGE WHERE TYPE = 'SC'",
+        ),
+        (
+            "payments on account later allocated to invoices",
+            "SELECT COUNT(*) FROM AUDIT_USAGE u JOIN AUDIT_SPLIT t ON t.SPLIT_NUMBER = u.SPLIT_CROSSREF WHERE u.TYPE = 'SA' AND t.TYPE = 'SI'",
         ),
         (
             "deleted transactions with DELETED_RECORDS",
