@@ -18,8 +18,12 @@ if [ ! -x "$TOOLS/bin/odbc2parquet" ]; then
   env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" odbc2parquet
 fi
 
-company() { # splits -> prints connection string; generated once per size and reused
-  local splits=$1 dir=$OUT/company-$1
+SIM_ID=$(sha1sum "$BIN/sage50-sim" | cut -c1-8)
+for d in "$OUT"/company-*; do  # companies made by older simulator builds
+  [[ -e "$d" && "$d" != *-"$SIM_ID" ]] && rm -rf "$d"
+done
+company() { # splits -> prints connection string; generated once per size and simulator build
+  local splits=$1 dir=$OUT/company-$1-$SIM_ID
   if [ ! -f "$dir/odbc.txt" ]; then
     rm -rf "$dir"
     "$BIN/sage50-sim" --out "$dir" --seed 1 --transactions $((splits / 2 + splits / 20)) --max-splits "$splits" > "$dir.odbc.tmp"
@@ -35,7 +39,7 @@ measure() { # label command... -> appends "label seconds peak_kb" to $OUT/runs.t
 }
 
 CS=$(company 1000000)
-DB=$OUT/company-1000000/ACCDATA/SAGE50.DB
+DB=$OUT/company-1000000-$SIM_ID/ACCDATA/SAGE50.DB
 TABLES=$(sqlite3 "$DB" "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
 ROWS=0
 for t in $TABLES; do ROWS=$((ROWS + $(sqlite3 "$DB" "SELECT COUNT(*) FROM \"$t\""))); done
@@ -62,7 +66,7 @@ done
 
 echo "5,000,000-split company: generating (once) and extracting" >&2
 CS5=$(company "$BIG_SPLITS")
-DB5=$OUT/company-$BIG_SPLITS/ACCDATA/SAGE50.DB
+DB5=$OUT/company-$BIG_SPLITS-$SIM_ID/ACCDATA/SAGE50.DB
 measure extract5m "$BIN/connector" extract --odbc "$CS5" --staging "$OUT/staging-5m.duckdb"
 SPLITS5=$(sqlite3 "$DB5" "SELECT COUNT(*) FROM AUDIT_SPLIT")
 

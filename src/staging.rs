@@ -172,11 +172,14 @@ impl Builder {
         let conn = Connection::open(&building).map_err(staging_err(target))?;
         // Bounded memory: DuckDB's buffer pool is capped (it evicts to the file and spills
         // to temporary files beyond it), so staging a table of any size costs the same.
+        // One DuckDB thread: the ODBC driver keeps the other core busy. String dictionary and
+        // FSST compression are off: their analysis cost more CPU than the smaller staging
+        // file saves; numbers are still compressed.
         // One transaction for the whole generation: DuckDB then writes full row groups
         // straight to the file as they fill ("optimistic writing") instead of logging every
         // row to the WAL and checkpointing it again.
         conn.execute_batch(
-            "SET memory_limit = '128MB'; SET threads = 2; SET preserve_insertion_order = true; BEGIN TRANSACTION;",
+            "SET memory_limit = '128MB'; SET threads = 1; SET preserve_insertion_order = true; SET disabled_compression_methods = 'fsst,dictionary,dict_fsst'; BEGIN TRANSACTION;",
         )
         .map_err(staging_err(target))?;
         Ok(Builder {

@@ -4,24 +4,26 @@
 //! [`crate::staging`]). How, table by table:
 //! 1. The driver's catalogue is checked against the schema (missing table, missing column,
 //!    wrong type) before any row is read.
-//! 2. Rows are bulk-fetched in columnar batches of at most [`MAX_BATCH_BYTES`] by
-//!    arrow-odbc's concurrent reader: its own thread drives the ODBC driver into one buffer
-//!    while this thread turns the previous buffer into Arrow and appends it to DuckDB. So the
+//! 2. Rows are bulk-fetched into columnar ODBC buffers of at most [`MAX_BATCH_BYTES`]: a
+//!    fetch thread (odbc-api's concurrent block cursor) drives the driver into one buffer
+//!    while this thread turns the other into Arrow (`convert.rs`) and appends it to DuckDB. So the
 //!    driver never waits on DuckDB, the two cores each have one busy thread, and memory holds
 //!    two fetch buffers and one batch, whatever the table size (DuckDB's own share is capped
 //!    in [`crate::staging`]).
 //! 3. Only when every table has arrived is the generation swapped in; any error leaves the
 //!    previous one in place and names the table (and the column or row when known).
 
+mod convert;
 mod drain;
 mod error;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use arrow::record_batch::RecordBatchReader;
-use arrow_odbc::OdbcReaderBuilder;
-use odbc_api::{Connection, ConnectionTransitions, Environment, SharedConnection};
+use odbc_api::buffers::ColumnarDynBuffer;
+use odbc_api::{
+    ConcurrentBlockCursor, Connection, ConnectionTransitions, Cursor, Environment, SharedConnection,
+};
 use tracing::{info, warn};
 
 pub use drain::drain;
@@ -159,7 +161,7 @@ fn load_table(
         path: builder.target().to_owned(),
         detail: format!("table {name}: {detail}"),
     };
-    let cursor = conn
+    let mut cursor = conn
         .clone()
         .into_cursor(&plan.query(), (), None)
         .map_err(|e| match source.classify_query(&e.error) {
@@ -167,16 +169,18 @@ fn load_table(
             other => other,
         })?
         .ok_or_else(|| fetch_err(0, "the query returned no result set".to_owned()))?;
-    let reader = OdbcReaderBuilder::new()
-        .with_max_bytes_per_batch(MAX_BATCH_BYTES)
-        .with_max_num_rows_per_batch(MAX_BATCH_ROWS)
-        .build(cursor)
+    let layout =
+        convert::Layout::of(&mut cursor, &plan.present).map_err(|e| fetch_err(0, e.to_string()))?;
+    let capacity = layout.rows_per_batch(MAX_BATCH_BYTES, MAX_BATCH_ROWS);
+    let buffer = || ColumnarDynBuffer::from_descs(capacity, layout.descs.iter().copied());
+    let block = cursor
+        .bind_buffer(buffer())
         .map_err(|e| fetch_err(0, e.to_string()))?;
-    let schema = staging::staged_schema(&reader.schema());
-    let reader = reader
-        .into_concurrent()
-        .map_err(|e| fetch_err(0, e.to_string()))?;
-
+    // The driver fills one buffer on its own thread while this one converts and loads the
+    // other.
+    let mut fetcher = ConcurrentBlockCursor::from_block_cursor(block);
+    let mut filled = buffer();
+    let schema = staging::staged_schema(&layout.schema);
     builder.create_table(name, &schema)?;
     for (column, _) in &plan.missing {
         warn!(table = %name, column = %column, "Optional column is missing from this Sage version; it is staged as NULL.");
@@ -184,16 +188,33 @@ fn load_table(
     let mut appender = builder.appender(name)?;
     let bar = crate::telemetry::table_progress(name, options.progress);
     let (mut rows, mut loading) = (0u64, 0f64);
-    for batch in reader {
-        let batch = batch.map_err(|e| {
-            let mut detail = e.to_string();
-            if detail.contains("truncation") {
+    loop {
+        let more = fetcher.fetch_into(&mut filled).map_err(|e| {
+            let column = match &e {
+                odbc_api::Error::TooLargeValueForBuffer { buffer_index, .. } => {
+                    plan.present.get(*buffer_index).cloned()
+                }
+                _ => None,
+            };
+            let mut err = fetch_err(rows, e.to_string());
+            if let (
+                ExtractError::Fetch {
+                    column: c, detail, ..
+                },
+                Some(column),
+            ) = (&mut err, column)
+            {
+                *c = Some(column);
                 detail.push_str(
                     " (a text value is longer than the column length the driver declares)",
                 );
             }
-            fetch_err(rows, detail)
+            err
         })?;
+        if !more {
+            break;
+        }
+        let batch = layout.convert(&filled).map_err(|e| fetch_err(rows, e))?;
         let n = batch.num_rows() as u64;
         let appending = Instant::now();
         let batch = staging::to_staged(batch, &schema)
