@@ -7,8 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Sets up `tracing` (level from `RUST_LOG`, default `info`) writing to standard error.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,arrow_odbc=warn,odbc_api=error"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,odbc_api=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
