@@ -56,7 +56,7 @@ lint: deps
 
 test: deps lint
 	@bash .ci/pg.sh up "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"
-	@status=0; cargo test --all-targets $(FEATURES) || status=$$?; \
+	@status=0; cargo test --lib --tests $(FEATURES) || status=$$?; \
 	  bash .ci/pg.sh down "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"; exit $$status
 
 pg-up:
