@@ -25,9 +25,15 @@ pub fn table_progress(table: &str, enabled: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {prefix:<16} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
+            "{spinner} {prefix:<16} {human_pos:>12} rows  {rate:>14}  {elapsed}",
         )
-        .expect("valid template"),
+        .expect("valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} rows/s", state.per_sec());
+            },
+        ),
     );
     bar.set_prefix(table.to_owned());
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
