@@ -127,19 +127,7 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         &customer_due,
         &supplier_due,
     );
-    let database = prepare_folder(out)?;
-    let tmp = database.with_extension("DB.tmp");
-    remove_if_exists(&tmp)?;
-    let counts = write::write(&tmp, &schema, &company, &ledger)?;
-    std::fs::rename(&tmp, &database).map_err(|source| SimError::Io {
-        path: database.clone(),
-        source,
-    })?;
-    Ok(SimSummary {
-        connection_string: connection_string(&database),
-        database,
-        counts,
-    })
+    write_atomically(out, |tmp| write::write(tmp, &schema, &company, &ledger))
 }
 
 /// Writes a company from a SQL script of INSERT statements over the schema's tables.
@@ -149,10 +137,18 @@ pub fn from_script(out: &Path, script: &Path) -> Result<SimSummary, SimError> {
         source,
     })?;
     let schema = SourceSchema::embedded();
+    write_atomically(out, |tmp| write::write_script(tmp, &schema, &sql))
+}
+
+/// Builds the database under a temporary name with `write`, then renames it into place.
+fn write_atomically(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<Vec<(String, u64)>, SimError>,
+) -> Result<SimSummary, SimError> {
     let database = prepare_folder(out)?;
     let tmp = database.with_extension("DB.tmp");
     remove_if_exists(&tmp)?;
-    let counts = write::write_script(&tmp, &schema, &sql)?;
+    let counts = write(&tmp)?;
     std::fs::rename(&tmp, &database).map_err(|source| SimError::Io {
         path: database.clone(),
         source,
