@@ -7,11 +7,8 @@
 //! record when and from what the generation was made.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 use duckdb::Connection;
 
 use crate::extract::ExtractError;
@@ -81,7 +78,7 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The DuckDB type for an Arrow type as staged (timestamps are normalised to microseconds).
+/// The DuckDB type for an Arrow type.
 fn duckdb_type(dt: &DataType) -> String {
     match dt {
         DataType::Boolean => "BOOLEAN".into(),
@@ -102,47 +99,6 @@ fn duckdb_type(dt: &DataType) -> String {
         DataType::Binary | DataType::LargeBinary => "BLOB".into(),
         _ => "VARCHAR".into(),
     }
-}
-
-/// The staged form of a source schema: timestamps as microseconds without zone.
-pub fn staged_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Timestamp(_, _) => Field::new(
-                f.name(),
-                DataType::Timestamp(TimeUnit::Microsecond, None),
-                f.is_nullable(),
-            ),
-            DataType::Date64 => Field::new(f.name(), DataType::Date32, f.is_nullable()),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-/// Casts a fetched batch to its staged schema.
-pub fn to_staged(
-    batch: RecordBatch,
-    staged: &SchemaRef,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    if batch.schema().as_ref() == staged.as_ref() {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(staged.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(staged.clone(), columns)
 }
 
 impl Builder {

@@ -31,7 +31,7 @@ pub use error::ExtractError;
 
 use crate::schema::{ColumnType, SourceSchema, Table};
 use crate::source::SourceConfig;
-use crate::staging::{self, Builder, StagedTable};
+use crate::staging::{Builder, StagedTable};
 
 /// Upper bound of one ODBC fetch buffer, in bytes (two are in use at a time).
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -180,8 +180,7 @@ fn load_table(
     // other.
     let mut fetcher = ConcurrentBlockCursor::from_block_cursor(block);
     let mut filled = buffer();
-    let schema = staging::staged_schema(&layout.schema);
-    builder.create_table(name, &schema)?;
+    builder.create_table(name, &layout.schema)?;
     for (column, _) in &plan.missing {
         warn!(table = %name, column = %column, "Optional column is missing from this Sage version; it is staged as NULL.");
     }
@@ -217,8 +216,6 @@ fn load_table(
         let batch = layout.convert(&filled).map_err(|e| fetch_err(rows, e))?;
         let n = batch.num_rows() as u64;
         let appending = Instant::now();
-        let batch = staging::to_staged(batch, &schema)
-            .map_err(|e| staging_err(format!("converting a batch: {e}")))?;
         appender
             .append_record_batch(batch)
             .map_err(|e| staging_err(format!("appending rows after row {rows}: {e}")))?;

@@ -208,6 +208,31 @@ pub struct Size {
 /// An open document awaiting allocation: (header number, first split, split count).
 type Open = (u32, u32, u32);
 
+/// Per account of one ledger: documents awaiting payment (invoices) and credits awaiting
+/// use (credit notes, payments on account, part-allocated receipts).
+struct Side {
+    docs: Vec<Vec<Open>>,
+    credits: Vec<Vec<Open>>,
+}
+
+impl Side {
+    fn new(accounts: usize) -> Self {
+        Side {
+            docs: vec![Vec::new(); accounts],
+            credits: vec![Vec::new(); accounts],
+        }
+    }
+}
+
+/// The customer (sales ledger) or supplier with this index.
+fn party_account(sales: bool, idx: usize) -> Account {
+    if sales {
+        Account::Customer(idx as u32)
+    } else {
+        Account::Supplier(idx as u32)
+    }
+}
+
 struct Books<'a> {
     rng: &'a mut ChaCha8Rng,
     ledger: Ledger,
@@ -215,11 +240,10 @@ struct Books<'a> {
     supplier_currency: &'a [u8],
     customer_due: &'a [i16],
     supplier_due: &'a [i16],
-    /// Per customer: open invoices, open credits (SC, SA, part-allocated SR).
-    open_sales: Vec<Vec<Open>>,
-    open_sales_credits: Vec<Vec<Open>>,
-    open_bills: Vec<Vec<Open>>,
-    open_bill_credits: Vec<Vec<Open>>,
+    /// Open documents of the customers.
+    sales: Side,
+    /// Open documents of the suppliers.
+    purchases: Side,
     next_ref: u32,
     projects: u16,
 }
@@ -270,10 +294,8 @@ pub fn generate(
         supplier_currency,
         customer_due,
         supplier_due,
-        open_sales: vec![Vec::new(); customer_currency.len()],
-        open_sales_credits: vec![Vec::new(); customer_currency.len()],
-        open_bills: vec![Vec::new(); supplier_currency.len()],
-        open_bill_credits: vec![Vec::new(); supplier_currency.len()],
+        sales: Side::new(customer_currency.len()),
+        purchases: Side::new(supplier_currency.len()),
         next_ref: 10_000,
         projects: size.projects,
     };
@@ -303,6 +325,26 @@ impl Books<'_> {
 
     fn supplier(&mut self) -> u32 {
         skewed(self.rng, self.supplier_currency.len())
+    }
+
+    fn party(&mut self, sales: bool) -> usize {
+        (if sales {
+            self.customer()
+        } else {
+            self.supplier()
+        }) as usize
+    }
+
+    fn side(&self, sales: bool) -> &Side {
+        if sales { &self.sales } else { &self.purchases }
+    }
+
+    fn side_mut(&mut self, sales: bool) -> &mut Side {
+        if sales {
+            &mut self.sales
+        } else {
+            &mut self.purchases
+        }
     }
 
     fn amount(&mut self, min_pence: i64, max_pence: i64) -> i64 {
@@ -463,11 +505,8 @@ impl Books<'_> {
 
     fn invoice(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SI;
-        let account = if sales {
-            Account::Customer(self.customer())
-        } else {
-            Account::Supplier(self.supplier())
-        };
+        let idx = self.party(sales);
+        let account = party_account(sales, idx);
         let h = self.header(ty, date, account, None);
         let lines = [1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 8][self.rng.random_range(0..12)];
         // About 3% of documents have splits on different dates (Sage allows it).
@@ -491,32 +530,19 @@ impl Books<'_> {
             return;
         }
         let doc = self.doc(h);
-        let (idx, sales) = match account {
-            Account::Customer(c) => (c as usize, true),
-            Account::Supplier(s) => (s as usize, false),
-            _ => return,
-        };
         // A credit left open (payment on account, credit note, overpayment) is often used up
         // against the account's next invoice.
         if self.rng.random_bool(0.5) {
             self.use_credits(sales, idx, doc, date);
         }
         if self.doc_outstanding(doc) > 0 {
-            if sales {
-                self.open_sales[idx].push(doc)
-            } else {
-                self.open_bills[idx].push(doc)
-            }
+            self.side_mut(sales).docs[idx].push(doc)
         }
     }
 
     /// Allocates the account's open credits to `doc`, oldest first, until it is paid.
     fn use_credits(&mut self, sales: bool, idx: usize, doc: Open, date: i32) {
-        let credits = if sales {
-            std::mem::take(&mut self.open_sales_credits[idx])
-        } else {
-            std::mem::take(&mut self.open_bill_credits[idx])
-        };
+        let credits = std::mem::take(&mut self.side_mut(sales).credits[idx]);
         for credit in &credits {
             for split in credit.1..credit.1 + credit.2 {
                 if self.doc_outstanding(doc) == 0 {
@@ -531,11 +557,7 @@ impl Books<'_> {
             .into_iter()
             .filter(|c| self.doc_outstanding(*c) > 0)
             .collect();
-        if sales {
-            self.open_sales_credits[idx] = kept
-        } else {
-            self.open_bill_credits[idx] = kept
-        }
+        self.side_mut(sales).credits[idx] = kept
     }
 
     fn doc(&self, h: u32) -> Open {
@@ -545,13 +567,8 @@ impl Books<'_> {
 
     fn credit_note(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SC;
-        let (account, idx) = if sales {
-            let c = self.customer();
-            (Account::Customer(c), c as usize)
-        } else {
-            let s = self.supplier();
-            (Account::Supplier(s), s as usize)
-        };
+        let idx = self.party(sales);
+        let account = party_account(sales, idx);
         let h = self.header(ty, date, account, None);
         let nominal = if sales {
             SALES_NOMINALS[0]
@@ -561,11 +578,7 @@ impl Books<'_> {
         let tax = self.tax_code();
         let net = self.amount(100, 100_000);
         let split = self.split(h, ty, date, nominal, tax, net);
-        let open = if sales {
-            &self.open_sales[idx]
-        } else {
-            &self.open_bills[idx]
-        };
+        let open = &self.side(sales).docs[idx];
         // Most credit notes are allocated to an invoice of the same account at once.
         if let Some(&doc) = open.first()
             && self.rng.random_bool(0.6)
@@ -575,63 +588,35 @@ impl Books<'_> {
         }
         if self.outstanding(split) > 0 {
             let doc = self.doc(h);
-            if sales {
-                self.open_sales_credits[idx].push(doc)
-            } else {
-                self.open_bill_credits[idx].push(doc)
-            }
+            self.side_mut(sales).credits[idx].push(doc)
         }
     }
 
     /// Drops fully paid documents from the account's open list.
     fn prune(&mut self, sales: bool, idx: usize) {
-        let open = if sales {
-            std::mem::take(&mut self.open_sales[idx])
-        } else {
-            std::mem::take(&mut self.open_bills[idx])
-        };
+        let open = std::mem::take(&mut self.side_mut(sales).docs[idx]);
         let kept: Vec<Open> = open
             .into_iter()
             .filter(|d| self.doc_outstanding(*d) > 0)
             .collect();
-        if sales {
-            self.open_sales[idx] = kept
-        } else {
-            self.open_bills[idx] = kept
-        }
+        self.side_mut(sales).docs[idx] = kept
     }
 
     fn payment(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SR;
-        let idx = if sales {
-            self.customer() as usize
-        } else {
-            self.supplier() as usize
-        };
-        let open_count = if sales {
-            self.open_sales[idx].len()
-        } else {
-            self.open_bills[idx].len()
-        };
+        let idx = self.party(sales);
+        let open_count = self.side(sales).docs[idx].len();
         if open_count == 0 {
             return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
         }
-        let account = if sales {
-            Account::Customer(idx as u32)
-        } else {
-            Account::Supplier(idx as u32)
-        };
+        let account = party_account(sales, idx);
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let pays = open_count.min([1, 1, 1, 2, 2, 3, 4][self.rng.random_range(0..7)]);
         // Some receipts are allocated to their invoices on different days.
         let staggered = pays > 1 && self.rng.random_bool(0.15);
         for k in 0..pays {
-            let doc = if sales {
-                self.open_sales[idx][k]
-            } else {
-                self.open_bills[idx][k]
-            };
+            let doc = self.side(sales).docs[idx][k];
             let due = self.doc_outstanding(doc);
             let last = k + 1 == pays;
             let (gross, alloc) = match self.rng.random_range(0..100) {
@@ -655,26 +640,14 @@ impl Books<'_> {
         self.prune(sales, idx);
         if self.doc_outstanding(self.doc(h)) > 0 {
             let doc = self.doc(h);
-            if sales {
-                self.open_sales_credits[idx].push(doc)
-            } else {
-                self.open_bill_credits[idx].push(doc)
-            }
+            self.side_mut(sales).credits[idx].push(doc)
         }
     }
 
     fn on_account(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SA;
-        let idx = if sales {
-            self.customer()
-        } else {
-            self.supplier()
-        };
-        let account = if sales {
-            Account::Customer(idx)
-        } else {
-            Account::Supplier(idx)
-        };
+        let idx = self.party(sales);
+        let account = party_account(sales, idx);
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let net = self.amount(1_000, 500_000);
@@ -683,34 +656,18 @@ impl Books<'_> {
             return;
         }
         let doc = self.doc(h);
-        if sales {
-            self.open_sales_credits[idx as usize].push(doc)
-        } else {
-            self.open_bill_credits[idx as usize].push(doc)
-        }
+        self.side_mut(sales).credits[idx].push(doc)
     }
 
     fn discount(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SD;
-        let idx = if sales {
-            self.customer() as usize
-        } else {
-            self.supplier() as usize
-        };
-        let open = if sales {
-            &self.open_sales[idx]
-        } else {
-            &self.open_bills[idx]
-        };
+        let idx = self.party(sales);
+        let open = &self.side(sales).docs[idx];
         let Some(&doc) = open.first() else {
             return self.invoice(if sales { TxType::SI } else { TxType::PI }, date);
         };
         let due = self.doc_outstanding(doc);
-        let account = if sales {
-            Account::Customer(idx as u32)
-        } else {
-            Account::Supplier(idx as u32)
-        };
+        let account = party_account(sales, idx);
         let h = self.header(ty, date, account, None);
         let nominal = if sales {
             DISCOUNT_ALLOWED
@@ -724,35 +681,19 @@ impl Books<'_> {
 
     fn refund(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SP;
-        let idx = if sales {
-            self.customer() as usize
-        } else {
-            self.supplier() as usize
-        };
-        let credits = if sales {
-            &self.open_sales_credits[idx]
-        } else {
-            &self.open_bill_credits[idx]
-        };
+        let idx = self.party(sales);
+        let credits = &self.side(sales).credits[idx];
         let Some(pos) = credits.iter().position(|d| self.doc_outstanding(*d) > 0) else {
             return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
         };
         let doc = credits[pos];
         let due = self.doc_outstanding(doc);
-        let account = if sales {
-            Account::Customer(idx as u32)
-        } else {
-            Account::Supplier(idx as u32)
-        };
+        let account = party_account(sales, idx);
         let bank = self.bank();
         let h = self.header(ty, date, account, Some(bank));
         let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, due);
         self.allocate(split, doc, due, date);
-        let credits = if sales {
-            &mut self.open_sales_credits[idx]
-        } else {
-            &mut self.open_bill_credits[idx]
-        };
+        let credits = &mut self.side_mut(sales).credits[idx];
         credits.remove(pos);
     }
 
