@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use connector::extract::{self, ExtractError, ExtractOptions};
+use connector::model::DataModel;
+use connector::rules::{self, RuleCase, Rules, Workspace};
 use connector::schema::SourceSchema;
 use connector::source::{Secret, SourceConfig};
 
@@ -40,12 +42,51 @@ enum Command {
         #[arg(long)]
         verify_counts: bool,
     },
+    /// Normalisation rules: run them over a staging store, or run their test cases.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Bulk-fetch every table and discard the rows: the driver's speed limit (benchmarks).
     #[command(hide = true)]
     Drain {
         /// ODBC connection string.
         #[arg(long)]
         odbc: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run the rules and checks over an existing staging store, without extracting again;
+    /// prints rows per data type and each check's result. Fails when a check fails.
+    Run {
+        /// The DuckDB staging store written by `connector extract` (only read).
+        #[arg(long)]
+        staging: PathBuf,
+        /// Folder of rules (`*.sql`, checks in `checks/`); default: the embedded copy.
+        #[arg(long)]
+        rules_dir: Option<PathBuf>,
+        /// Folder of data type schemas; default: the embedded copy of schemas/datatypes.
+        #[arg(long)]
+        schemas_dir: Option<PathBuf>,
+        /// Keep the normalised tables in this DuckDB file (replaced); default: in memory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the rule test cases: small Sage inputs with their expected output tables.
+    Test {
+        /// Folder of `*.case` files.
+        #[arg(long, default_value = "fixtures/rules")]
+        cases: PathBuf,
+        /// Folder of rules; default: the embedded copy.
+        #[arg(long)]
+        rules_dir: Option<PathBuf>,
+        /// Folder of data type schemas; default: the embedded copy.
+        #[arg(long)]
+        schemas_dir: Option<PathBuf>,
+        /// Run only the cases whose name contains this.
+        filter: Option<String>,
     },
 }
 
@@ -116,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Rules { command } => run_rules(command),
         Command::Drain { odbc } => {
             let source = SourceConfig::new(&odbc, None, None);
             let started = std::time::Instant::now();
@@ -124,6 +166,63 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "{rows} rows drained in {:.3}s",
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+    }
+}
+
+fn model_from(dir: Option<PathBuf>) -> anyhow::Result<DataModel> {
+    Ok(match dir {
+        Some(dir) => DataModel::load(&dir)?,
+        None => DataModel::embedded(),
+    })
+}
+
+fn run_rules(command: RulesCommand) -> anyhow::Result<()> {
+    match command {
+        RulesCommand::Run {
+            staging,
+            rules_dir,
+            schemas_dir,
+            out,
+        } => {
+            let rules = Rules::from_option(rules_dir.as_deref())?;
+            let model = model_from(schemas_dir)?;
+            let ws = Workspace::over_staging(&staging, out.as_deref(), &SourceSchema::embedded())?;
+            let report = rules::normalise(&ws, &rules, &model)?;
+            print!("{}", report.summary());
+            report.ensure_passed()?;
+            Ok(())
+        }
+        RulesCommand::Test {
+            cases,
+            rules_dir,
+            schemas_dir,
+            filter,
+        } => {
+            let rules = Rules::from_option(rules_dir.as_deref())?;
+            let model = model_from(schemas_dir)?;
+            let schema = SourceSchema::embedded();
+            let mut failed = 0;
+            let all = RuleCase::load_dir(&cases)?;
+            let selected: Vec<_> = all
+                .iter()
+                .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
+                .collect();
+            for case in &selected {
+                let outcome = case.run(&rules, &model, &schema)?;
+                if outcome.failures.is_empty() {
+                    println!("ok    {}", outcome.name);
+                } else {
+                    failed += 1;
+                    println!("FAIL  {} ({})", outcome.name, case.path.display());
+                    for f in &outcome.failures {
+                        println!("  {f}");
+                    }
+                }
+            }
+            println!("{} case(s), {failed} failed", selected.len());
+            anyhow::ensure!(failed == 0, "{failed} rule test case(s) failed");
             Ok(())
         }
     }

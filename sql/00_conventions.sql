@@ -1,0 +1,55 @@
+-- Rule 00: conventions every later rule and check uses, defined once.
+--
+-- Money. Sage keeps amounts as DOUBLE (binary floating point), which cannot hold most pence
+-- exactly: 100.10 is stored as 100.09999999999999431566. Every amount Sage stores was entered
+-- in pence (header totals are sums of such amounts, off by at most a few 1e-13), so the
+-- nearest 2-decimal value is the amount meant. `money(x)` rounds half away from zero to two
+-- places and makes it an exact DECIMAL(18,2). It is the ONLY place a DOUBLE becomes money;
+-- sums are taken over the exact decimals, never over DOUBLEs. NULL counts as zero.
+CREATE OR REPLACE TEMP MACRO money(x) AS CAST(round(coalesce(x, 0)::DOUBLE, 2) AS DECIMAL(18, 2));
+
+-- Rates, prices and quantities keep six places (they are not posted amounts).
+CREATE OR REPLACE TEMP MACRO exact6(x) AS CAST(round(x::DOUBLE, 6) AS DECIMAL(18, 6));
+
+-- Sage writes empty strings where other databases have NULL; we publish '' for "none".
+CREATE OR REPLACE TEMP MACRO txt(x) AS coalesce(trim(x), '');
+
+-- Sage flags are small integers; NULL means not set.
+CREATE OR REPLACE TEMP MACRO is_set(x) AS coalesce(x, 0) <> 0;
+
+-- +1 when the type raises what the customer owes us / what we owe the supplier, -1 when it
+-- lowers it, 0 for bank and journal types (no customer or supplier).
+CREATE OR REPLACE TEMP MACRO ledger_sign(t) AS CASE
+    WHEN t IN ('SI', 'SP', 'PI', 'PR') THEN 1
+    WHEN t IN ('SC', 'SR', 'SA', 'SD', 'PC', 'PP', 'PA', 'PD') THEN -1
+    ELSE 0 END;
+
+-- The data type a Sage split of type t becomes (NULL: bank and journal types, which appear
+-- as bankTransactions and journalEntries only).
+CREATE OR REPLACE TEMP MACRO data_type_of(t) AS CASE
+    WHEN t = 'SI' THEN 'invoices'
+    WHEN t = 'SC' THEN 'creditNotes'
+    WHEN t = 'PI' THEN 'bills'
+    WHEN t = 'PC' THEN 'billCreditNotes'
+    WHEN t IN ('SR', 'SA', 'SD', 'SP') THEN 'payments'
+    WHEN t IN ('PP', 'PA', 'PD', 'PR') THEN 'billPayments'
+    END;
+
+-- Ids of records made from a Sage header. A header whose splits all share the header's date
+-- and type keeps the plain header number; a part split off by date or type gets the
+-- deterministic suffix -TYPE-YYYYMMDD, so the same Sage data gives the same ids every sync.
+CREATE OR REPLACE TEMP MACRO part_id(header_number, d, t, header_date, header_type) AS
+    header_number::VARCHAR || CASE
+        WHEN d IS NOT DISTINCT FROM header_date AND t IS NOT DISTINCT FROM header_type THEN ''
+        ELSE '-' || t || '-' || coalesce(strftime(d, '%Y%m%d'), 'nodate') END;
+
+-- Lineage every record carries back to Sage.
+CREATE OR REPLACE TEMP MACRO lineage(tbl, k, splits) AS
+    {'table': tbl, 'key': k::VARCHAR, 'splitNumbers': splits::BIGINT[]};
+
+-- Financial period of a date: 0 = brought forward (before the financial year), 1..12 = month
+-- of the financial year starting at fy_start, 13 = after the financial year.
+CREATE OR REPLACE TEMP MACRO fy_period(d, fy_start) AS CASE
+    WHEN d < fy_start THEN 0
+    WHEN d >= fy_start + INTERVAL 12 MONTH THEN 13
+    ELSE 1 + datediff('month', fy_start, d) END;

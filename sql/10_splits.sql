@@ -1,0 +1,71 @@
+-- Rule 10: every Sage split with its header, cleaned, and assigned to the document part it
+-- belongs to.
+--
+-- Why: a Sage header has one date and type, but each split carries its own date and type
+-- (../shared/sage50-reference.md, "Why transactions get split"). Our documents have one date
+-- and one type, so the unit of a document is a *part*: the splits of one header that share a
+-- date and a type. A header whose splits all match it is one part with the header's number as
+-- id; otherwise each part gets the suffix -TYPE-YYYYMMDD (macro part_id). A split of a
+-- deleted header counts as deleted. Amounts become exact money here, once.
+CREATE OR REPLACE TEMP TABLE _splits AS
+WITH base AS (
+    SELECT txt(BASE_CURRENCY) AS base_currency FROM sage.COMPANY LIMIT 1
+),
+header AS (
+    SELECT
+        h.HEADER_NUMBER AS header_number,
+        txt(h.TYPE) AS header_type,
+        h."DATE" AS header_date,
+        h.DUE_DATE AS header_due_date,
+        txt(h.ACCOUNT_REF) AS account_ref,
+        txt(h.INV_REF) AS reference,
+        txt(h.DETAILS) AS note,
+        coalesce(nullif(txt(c.CODE), ''), (SELECT base_currency FROM base), '') AS currency,
+        coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
+        money(h.FOREIGN_GROSS_AMOUNT) AS foreign_gross,
+        is_set(h.DELETED_FLAG) AS header_deleted,
+        h.RECORD_MODIFY_DATE AS header_modified
+    FROM sage.AUDIT_HEADER h
+    LEFT JOIN sage.CURRENCY c ON c.NUMBER = h.CURRENCY
+),
+split AS (
+    SELECT
+        SPLIT_NUMBER AS split_number,
+        HEADER_NUMBER AS header_number,
+        nullif(txt(TYPE), '') AS split_type,
+        "DATE" AS split_date,
+        txt(NOMINAL_CODE) AS nominal_code,
+        txt(DETAILS) AS details,
+        DEPT_NUMBER AS dept_number,
+        PROJECT_ID AS project_id,
+        txt(TAX_CODE) AS tax_code,
+        money(NET_AMOUNT) AS net,
+        money(TAX_AMOUNT) AS tax,
+        money(GROSS_AMOUNT) AS gross,
+        money(AMOUNT_PAID) AS paid,
+        money(OUTSTANDING) AS outstanding,
+        is_set(DELETED_FLAG) AS split_deleted,
+        RECORD_MODIFY_DATE AS split_modified
+    FROM sage.AUDIT_SPLIT
+),
+joined AS (
+    SELECT
+        s.*,
+        h.* EXCLUDE (header_number),
+        coalesce(s.split_type, h.header_type) AS part_type,
+        coalesce(s.split_date, h.header_date) AS part_date,
+        s.split_deleted OR h.header_deleted AS deleted,
+        greatest(h.header_modified, s.split_modified) AS modified
+    FROM split s
+    JOIN header h USING (header_number)
+)
+SELECT
+    *,
+    part_id(header_number, part_date, part_type, header_date, header_type) AS part_id,
+    data_type_of(part_type) AS data_type,
+    -- Tracking categories of the line: department 0 is Sage's "none", project 0 too.
+    list_filter(
+        [CASE WHEN coalesce(dept_number, 0) <> 0 THEN {'id': 'department-' || dept_number} END,
+         CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
+        x -> x IS NOT NULL) AS tracking
+FROM joined;

@@ -1,0 +1,35 @@
+-- Rule 11: Sage allocations (AUDIT_USAGE), seen from both ends.
+--
+-- Why: an allocation links a paying split (a receipt, credit note, discount, refund) with the
+-- split it settles, on its own date and for its own amount. Both documents must show it: an
+-- invoice lists what paid it, a credit note what it was used against, a receipt which
+-- documents it paid. So each live allocation becomes two rows, one per end, each naming the
+-- document part at the other end (NULL when that split does not exist: reported by the check
+-- links_exist, never dropped).
+CREATE OR REPLACE TEMP TABLE _allocations AS
+WITH usage AS (
+    SELECT
+        USAGE_NUMBER AS usage_number,
+        SPLIT_NUMBER AS payer_split,
+        SPLIT_CROSSREF AS paid_split,
+        "DATE" AS allocated_on,
+        money(AMOUNT) AS amount
+    FROM sage.AUDIT_USAGE
+    WHERE NOT is_set(DELETED_FLAG)
+),
+ends AS (
+    SELECT usage_number, payer_split AS split_number, paid_split AS other_split, allocated_on, amount
+    FROM usage
+    UNION ALL
+    SELECT usage_number, paid_split, payer_split, allocated_on, amount
+    FROM usage
+)
+SELECT
+    e.*,
+    s.part_id,
+    s.data_type,
+    o.part_id AS other_part_id,
+    o.data_type AS other_data_type
+FROM ends e
+JOIN _splits s ON s.split_number = e.split_number
+LEFT JOIN _splits o ON o.split_number = e.other_split;

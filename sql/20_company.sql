@@ -1,0 +1,26 @@
+-- Rule 20: the company record (one row, from COMPANY).
+--
+-- Why: API clients show whose books these are and need the base currency and financial year
+-- to read every amount. lastTransactionDate tells them how current the Sage data is.
+CREATE OR REPLACE TABLE company AS
+WITH last_transaction AS (
+    SELECT max("DATE") AS last_date FROM sage.AUDIT_HEADER WHERE NOT is_set(DELETED_FLAG)
+),
+source AS (
+    SELECT * FROM sage.COMPANY LIMIT 1
+)
+SELECT
+    txt(COMPANYID) AS id,
+    txt(NAME) AS companyName,
+    {'line1': txt(ADDRESS_1), 'line2': txt(ADDRESS_2), 'city': txt(ADDRESS_3),
+     'region': txt(ADDRESS_4), 'postalCode': txt(ADDRESS_5)} AS address,
+    txt(VAT_REG_NUMBER) AS vatNumber,
+    txt(COUNTRY_CODE) AS countryCode,
+    txt(BASE_CURRENCY) AS baseCurrency,
+    FINANCIAL_YEAR AS financialYearStart,
+    nullif(txt(PROGRAM_VERSION), '') AS sageVersion,
+    (SELECT last_date FROM last_transaction) AS lastTransactionDate,
+    NULL::TIMESTAMP AS sourceModifiedDate,
+    false AS isDeleted,
+    lineage('COMPANY', txt(COMPANYID), []) AS lineage
+FROM source;

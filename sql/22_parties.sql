@@ -1,0 +1,51 @@
+-- Rule 22: customers (SALES_LEDGER) and suppliers (PURCHASE_LEDGER).
+--
+-- Why: every sales and purchase document points at one. The id is the Sage account
+-- reference, so clients can match it with what the Sage user sees. balance is Sage's own
+-- BALANCE; the check account_balances proves the outstanding documents add up to it.
+CREATE OR REPLACE TEMP MACRO party_status(on_hold, inactive) AS CASE
+    WHEN is_set(inactive) THEN 'Archived'
+    WHEN is_set(on_hold) THEN 'OnHold'
+    ELSE 'Active' END;
+
+CREATE OR REPLACE TABLE customers AS
+SELECT
+    txt(p.ACCOUNT_REF) AS id,
+    txt(p.NAME) AS customerName,
+    txt(p.CONTACT_NAME) AS contactName,
+    txt(p.E_MAIL) AS emailAddress,
+    txt(p.TELEPHONE) AS phone,
+    {'line1': txt(p.ADDRESS_1), 'line2': txt(p.ADDRESS_2), 'city': txt(p.ADDRESS_3),
+     'region': txt(p.ADDRESS_4), 'postalCode': txt(p.ADDRESS_5)} AS address,
+    txt(p.VAT_REG_NUMBER) AS vatNumber,
+    coalesce(nullif(txt(c.CODE), ''), (SELECT txt(BASE_CURRENCY) FROM sage.COMPANY LIMIT 1), '') AS currency,
+    money(p.CREDIT_LIMIT) AS creditLimit,
+    p.PAYMENT_DUE_DAYS::BIGINT AS paymentDueDays,
+    money(p.BALANCE) AS balance,
+    party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
+    p.RECORD_MODIFY_DATE AS sourceModifiedDate,
+    false AS isDeleted,
+    lineage('SALES_LEDGER', txt(p.ACCOUNT_REF), []) AS lineage
+FROM sage.SALES_LEDGER p
+LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY;
+
+CREATE OR REPLACE TABLE suppliers AS
+SELECT
+    txt(p.ACCOUNT_REF) AS id,
+    txt(p.NAME) AS supplierName,
+    txt(p.CONTACT_NAME) AS contactName,
+    txt(p.E_MAIL) AS emailAddress,
+    txt(p.TELEPHONE) AS phone,
+    {'line1': txt(p.ADDRESS_1), 'line2': txt(p.ADDRESS_2), 'city': txt(p.ADDRESS_3),
+     'region': txt(p.ADDRESS_4), 'postalCode': txt(p.ADDRESS_5)} AS address,
+    txt(p.VAT_REG_NUMBER) AS vatNumber,
+    coalesce(nullif(txt(c.CODE), ''), (SELECT txt(BASE_CURRENCY) FROM sage.COMPANY LIMIT 1), '') AS currency,
+    money(p.CREDIT_LIMIT) AS creditLimit,
+    p.PAYMENT_DUE_DAYS::BIGINT AS paymentDueDays,
+    money(p.BALANCE) AS balance,
+    party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
+    p.RECORD_MODIFY_DATE AS sourceModifiedDate,
+    false AS isDeleted,
+    lineage('PURCHASE_LEDGER', txt(p.ACCOUNT_REF), []) AS lineage
+FROM sage.PURCHASE_LEDGER p
+LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY;

@@ -1,0 +1,107 @@
+-- Rule 31: the four document data types (invoices, creditNotes, bills, billCreditNotes) from
+-- the document parts of rule 30, with the field names API clients know for each.
+--
+-- Why a rule of its own: the parts are built once; each data type only renames (customerRef vs
+-- supplierRef, amountDue vs remainingCredit) and names the party.
+
+CREATE OR REPLACE TABLE invoices AS
+SELECT
+    d.part_id AS id,
+    d.reference AS invoiceNumber,
+    {'id': d.account_ref, 'customerName': coalesce(p.customerName, '')} AS customerRef,
+    d.part_date AS issueDate,
+    d.due_date AS dueDate,
+    d.status AS status,
+    d.sub_total AS subTotal,
+    d.total_tax AS totalTaxAmount,
+    d.total AS totalAmount,
+    d.amount_due AS amountDue,
+    d.currency AS currency,
+    d.currency_rate AS currencyRate,
+    d.total_in_currency AS totalAmountInCurrency,
+    d.note AS note,
+    d.part_type AS sageType,
+    d.line_items AS lineItems,
+    d.allocations AS paymentAllocations,
+    d.modified AS sourceModifiedDate,
+    d.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
+FROM _documents d
+LEFT JOIN customers p ON p.id = d.account_ref
+WHERE d.data_type = 'invoices';
+
+CREATE OR REPLACE TABLE creditNotes AS
+SELECT
+    d.part_id AS id,
+    d.reference AS creditNoteNumber,
+    {'id': d.account_ref, 'customerName': coalesce(p.customerName, '')} AS customerRef,
+    d.part_date AS issueDate,
+    d.status AS status,
+    d.sub_total AS subTotal,
+    d.total_tax AS totalTaxAmount,
+    d.total AS totalAmount,
+    d.amount_due AS remainingCredit,
+    d.currency AS currency,
+    d.currency_rate AS currencyRate,
+    d.total_in_currency AS totalAmountInCurrency,
+    d.note AS note,
+    d.part_type AS sageType,
+    d.line_items AS lineItems,
+    d.allocations AS paymentAllocations,
+    d.modified AS sourceModifiedDate,
+    d.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
+FROM _documents d
+LEFT JOIN customers p ON p.id = d.account_ref
+WHERE d.data_type = 'creditNotes';
+
+CREATE OR REPLACE TABLE bills AS
+SELECT
+    d.part_id AS id,
+    d.reference AS reference,
+    {'id': d.account_ref, 'supplierName': coalesce(p.supplierName, '')} AS supplierRef,
+    d.part_date AS issueDate,
+    d.due_date AS dueDate,
+    d.status AS status,
+    d.sub_total AS subTotal,
+    d.total_tax AS totalTaxAmount,
+    d.total AS totalAmount,
+    d.amount_due AS amountDue,
+    d.currency AS currency,
+    d.currency_rate AS currencyRate,
+    d.total_in_currency AS totalAmountInCurrency,
+    d.note AS note,
+    d.part_type AS sageType,
+    d.line_items AS lineItems,
+    d.allocations AS paymentAllocations,
+    d.modified AS sourceModifiedDate,
+    d.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
+FROM _documents d
+LEFT JOIN suppliers p ON p.id = d.account_ref
+WHERE d.data_type = 'bills';
+
+CREATE OR REPLACE TABLE billCreditNotes AS
+SELECT
+    d.part_id AS id,
+    d.reference AS billCreditNoteNumber,
+    {'id': d.account_ref, 'supplierName': coalesce(p.supplierName, '')} AS supplierRef,
+    d.part_date AS issueDate,
+    d.status AS status,
+    d.sub_total AS subTotal,
+    d.total_tax AS totalTaxAmount,
+    d.total AS totalAmount,
+    d.amount_due AS remainingCredit,
+    d.currency AS currency,
+    d.currency_rate AS currencyRate,
+    d.total_in_currency AS totalAmountInCurrency,
+    d.note AS note,
+    d.part_type AS sageType,
+    d.line_items AS lineItems,
+    d.allocations AS paymentAllocations,
+    d.modified AS sourceModifiedDate,
+    d.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
+FROM _documents d
+LEFT JOIN suppliers p ON p.id = d.account_ref
+WHERE d.data_type = 'billCreditNotes';

@@ -1,0 +1,129 @@
+-- Rule 40: customer payments (SR, SA, SD, SP) and supplier payments (PP, PA, PD, PR).
+--
+-- Why (the allocation splitting rules):
+--  * A receipt or payment allocated to several documents, on different dates, becomes one
+--    payment line per allocation, each with the allocation's own date and a link to the
+--    document it settles (rule 11 gives both ends).
+--  * One date per payment: the parts of rule 10 are used, so a Sage payment header whose
+--    splits fall on different dates becomes several payments, one per date.
+--  * Whatever is not allocated (Sage's OUTSTANDING on the payment's splits) becomes one
+--    payment-on-account line linked to the payment itself, type PaymentOnAccount.
+-- Signs: totalAmount and line amounts are positive when the payment lowers the account
+-- balance (receipt, discount, payment on account) and negative when it raises it (refund);
+-- each link carries minus its line's amount, so a line and its links net to zero, and the
+-- lines add up to totalAmount (check payments_net_to_zero).
+CREATE OR REPLACE TEMP TABLE _payments AS
+WITH split AS (
+    SELECT *, -ledger_sign(part_type) AS pay_sign
+    FROM _splits
+    WHERE data_type IN ('payments', 'billPayments')
+),
+part AS (
+    SELECT
+        part_id,
+        any_value(data_type) AS data_type,
+        any_value(header_number) AS header_number,
+        any_value(part_type) AS part_type,
+        any_value(part_date) AS part_date,
+        any_value(pay_sign) AS pay_sign,
+        any_value(account_ref) AS account_ref,
+        any_value(reference) AS reference,
+        any_value(note) AS note,
+        any_value(currency) AS currency,
+        any_value(currency_rate) AS currency_rate,
+        arg_min(nominal_code, split_number) AS nominal_code,
+        sum(gross)::DECIMAL(18, 2) AS gross,
+        sum(outstanding)::DECIMAL(18, 2) AS outstanding,
+        list(split_number ORDER BY split_number) AS split_numbers,
+        bool_and(deleted) AS deleted,
+        max(modified) AS modified
+    FROM split
+    GROUP BY part_id
+),
+allocation_lines AS (
+    SELECT
+        a.part_id,
+        a.allocated_on,
+        a.usage_number,
+        a.other_split,
+        p.pay_sign * a.amount AS amount,
+        [{'type': coalesce(a.other_data_type, 'unknown'), 'id': a.other_part_id,
+          'amount': -(p.pay_sign * a.amount)}] AS links
+    FROM _allocations a
+    JOIN part p USING (part_id)
+),
+on_account_lines AS (
+    SELECT
+        part_id,
+        part_date AS allocated_on,
+        NULL::INTEGER AS usage_number,
+        NULL::INTEGER AS other_split,
+        pay_sign * outstanding AS amount,
+        [{'type': 'PaymentOnAccount', 'id': part_id, 'amount': -(pay_sign * outstanding)}] AS links
+    FROM part
+    WHERE outstanding <> 0
+),
+lines AS (
+    SELECT
+        part_id,
+        list({'amount': amount, 'allocatedOnDate': allocated_on, 'links': links}
+             ORDER BY allocated_on, usage_number NULLS LAST, other_split) AS lines
+    FROM (SELECT * FROM allocation_lines UNION ALL SELECT * FROM on_account_lines)
+    GROUP BY part_id
+)
+SELECT
+    p.*,
+    p.pay_sign * p.gross AS total,
+    p.pay_sign * p.outstanding AS unallocated,
+    coalesce(l.lines, []) AS lines,
+    CASE p.part_type
+        WHEN 'SR' THEN 'Receipt' WHEN 'PP' THEN 'Payment'
+        WHEN 'SA' THEN 'PaymentOnAccount' WHEN 'PA' THEN 'PaymentOnAccount'
+        WHEN 'SD' THEN 'Discount' WHEN 'PD' THEN 'Discount'
+        WHEN 'SP' THEN 'Refund' WHEN 'PR' THEN 'Refund' END AS payment_type
+FROM part p
+LEFT JOIN lines l USING (part_id);
+
+CREATE OR REPLACE TABLE payments AS
+SELECT
+    p.part_id AS id,
+    p.payment_type AS paymentType,
+    {'id': p.account_ref, 'customerName': coalesce(c.customerName, '')} AS customerRef,
+    p.part_date AS date,
+    {'id': p.nominal_code} AS accountRef,
+    p.total AS totalAmount,
+    p.unallocated AS unallocatedAmount,
+    p.currency AS currency,
+    p.currency_rate AS currencyRate,
+    p.reference AS reference,
+    p.note AS note,
+    p.part_type AS sageType,
+    p.lines AS lines,
+    p.modified AS sourceModifiedDate,
+    p.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
+FROM _payments p
+LEFT JOIN customers c ON c.id = p.account_ref
+WHERE p.data_type = 'payments';
+
+CREATE OR REPLACE TABLE billPayments AS
+SELECT
+    p.part_id AS id,
+    p.payment_type AS paymentType,
+    {'id': p.account_ref, 'supplierName': coalesce(s.supplierName, '')} AS supplierRef,
+    p.part_date AS date,
+    {'id': p.nominal_code} AS accountRef,
+    p.total AS totalAmount,
+    p.unallocated AS unallocatedAmount,
+    p.currency AS currency,
+    p.currency_rate AS currencyRate,
+    p.reference AS reference,
+    p.note AS note,
+    p.part_type AS sageType,
+    p.lines AS lines,
+    p.modified AS sourceModifiedDate,
+    p.deleted AS isDeleted,
+    lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
+FROM _payments p
+LEFT JOIN suppliers s ON s.id = p.account_ref
+WHERE p.data_type = 'billPayments';

@@ -1,0 +1,33 @@
+-- Rule 50: bank transactions: every posting to a bank account's nominal code.
+--
+-- Why: lenders read cash flow from bank accounts. Sage has no bank statement table we can
+-- rely on; every movement of a bank account is an AUDIT_JOURNAL line on its nominal code
+-- (receipts, payments, bank entries, transfers), so that is the source, line by line: the
+-- sum per bank equals the bank nominal's balance. The id is the journal line's Sage key
+-- (TRAN_NUMBER-NOMINAL_CODE). recordRef points at the document (payment, bill payment) or,
+-- for bank entries and transfers, at the journal entry.
+CREATE OR REPLACE TABLE bankTransactions AS
+WITH bank AS (
+    SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
+)
+SELECT
+    j.tran_number::VARCHAR || '-' || j.nominal_code AS id,
+    {'id': j.nominal_code} AS bankAccountRef,
+    j.posted_on AS date,
+    j.amount AS amount,
+    j.details AS description,
+    coalesce(j.reference, '') AS reference,
+    j.journal_type AS sageType,
+    CASE
+        WHEN j.data_type IN ('invoices', 'creditNotes', 'payments') THEN {'dataType': 'customers', 'id': j.account_ref}
+        WHEN j.data_type IN ('bills', 'billCreditNotes', 'billPayments') THEN {'dataType': 'suppliers', 'id': j.account_ref}
+        END AS counterpartyRef,
+    CASE
+        WHEN j.data_type IS NOT NULL THEN {'dataType': j.data_type, 'id': j.part_id}
+        ELSE {'dataType': 'journalEntries', 'id': j.entry_id} END AS recordRef,
+    j.modified AS sourceModifiedDate,
+    j.deleted AS isDeleted,
+    lineage('AUDIT_JOURNAL', j.tran_number::VARCHAR || '-' || j.nominal_code,
+            CASE WHEN j.split_number IS NULL THEN [] ELSE [j.split_number] END) AS lineage
+FROM _journal j
+JOIN bank b ON b.code = j.nominal_code;

@@ -1,0 +1,46 @@
+-- Check account_balances: per customer and per supplier, the outstanding documents add up to
+-- the Sage account BALANCE.
+-- Outstanding = amountDue of invoices/bills - remainingCredit of credit notes
+--               - unallocatedAmount of payments (a refund's is negative, so it adds).
+-- error:   the normalised documents differ from the live source splits' OUTSTANDING (signed
+--          by type): the rules changed a number.
+-- warning: the source splits differ from SALES_LEDGER / PURCHASE_LEDGER BALANCE: Sage
+--          disagrees with itself (Check Data would complain); names the account.
+WITH normalised AS (
+    SELECT 'customer' AS ledger, customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted
+    UNION ALL SELECT 'customer', customerRef.id, -remainingCredit FROM creditNotes WHERE NOT isDeleted
+    UNION ALL SELECT 'customer', customerRef.id, -unallocatedAmount FROM payments WHERE NOT isDeleted
+    UNION ALL SELECT 'supplier', supplierRef.id, amountDue FROM bills WHERE NOT isDeleted
+    UNION ALL SELECT 'supplier', supplierRef.id, -remainingCredit FROM billCreditNotes WHERE NOT isDeleted
+    UNION ALL SELECT 'supplier', supplierRef.id, -unallocatedAmount FROM billPayments WHERE NOT isDeleted
+),
+source AS (
+    SELECT CASE WHEN split_type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'customer' ELSE 'supplier' END AS ledger,
+           account, ledger_sign(split_type) * outstanding AS amount
+    FROM (
+        SELECT coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS split_type, txt(h.ACCOUNT_REF) AS account,
+               money(s.OUTSTANDING) AS outstanding, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
+        FROM sage.AUDIT_SPLIT s
+        JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
+    )
+    WHERE ledger_sign(split_type) <> 0 AND NOT deleted
+),
+ledger AS (
+    SELECT 'customer' AS ledger, txt(ACCOUNT_REF) AS account, money(BALANCE) AS amount FROM sage.SALES_LEDGER
+    UNION ALL
+    SELECT 'supplier', txt(ACCOUNT_REF), money(BALANCE) FROM sage.PURCHASE_LEDGER
+),
+totals AS (
+    SELECT ledger, account,
+           coalesce(sum(amount) FILTER (WHERE src = 'n'), 0) AS normalised,
+           coalesce(sum(amount) FILTER (WHERE src = 's'), 0) AS source_splits,
+           coalesce(sum(amount) FILTER (WHERE src = 'l'), 0) AS sage_balance
+    FROM (SELECT 'n' AS src, * FROM normalised
+          UNION ALL SELECT 's', * FROM source
+          UNION ALL SELECT 'l', * FROM ledger)
+    GROUP BY ledger, account
+)
+SELECT CASE WHEN normalised <> source_splits THEN 'error' ELSE 'warning' END AS severity, *
+FROM totals
+WHERE normalised <> source_splits OR source_splits <> sage_balance
+ORDER BY severity, ledger, account;

@@ -1,0 +1,418 @@
+//! Normalisation: the SQL rules that turn staged Sage tables into our data model, and the
+//! checks that prove the numbers did not change.
+//!
+//! Takes a staging store (or, for rule test cases, hand-written source rows) and produces one
+//! DuckDB table per data type of [`crate::model`], a pass/warn/fail result per check and the
+//! control totals for the snapshot manifest.
+//!
+//! * Rules are the `sql/*.sql` files, run in file-name order (`NN_name.sql`); checks are
+//!   `sql/checks/*.sql`. Both are read from a folder at run time or embedded in the binary.
+//! * The Sage tables are visible to the rules as `sage.TABLE` (read-only views over the
+//!   staging store; an optional table the source lacked is an empty table). Rules create
+//!   their working tables as TEMP and the data type tables in the main schema.
+//! * Guarantees: a rule that fails is reported with its file name and DuckDB's message; every
+//!   data type table must have exactly the fields and types of its schema file; a check is a
+//!   query returning the violating rows (zero rows = pass), rows whose `severity` column says
+//!   `warning` are warnings (the source disagrees with itself), every other row is an error,
+//!   and [`Report::ensure_passed`] stops the pipeline on any error, naming the check and
+//!   showing a sample of rows. The staging store is never written.
+
+mod cases;
+mod checks;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use cases::{CaseOutcome, RuleCase};
+pub use checks::{CheckResult, CheckStatus};
+pub use workspace::Workspace;
+
+use crate::model::{DataModel, EMBEDDED_CHECKS, EMBEDDED_RULES, FieldType};
+use crate::staging::ident;
+
+/// Sub-folder of the rules folder holding the checks.
+pub const CHECKS_DIR: &str = "checks";
+
+/// Why normalisation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// A rules file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The staging store could not be opened.
+    #[error("staging store {path}: {detail}")]
+    Staging {
+        /// The staging file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A rule's SQL failed.
+    #[error("rule {file} failed: {message}")]
+    Rule {
+        /// The rule file.
+        file: String,
+        /// DuckDB's message.
+        message: String,
+    },
+    /// A rule produced a table that does not match the data model.
+    #[error(
+        "data type {data_type}: {message} (fix the rule that creates table {data_type}, or {file})"
+    )]
+    Output {
+        /// The data type.
+        data_type: String,
+        /// Its schema file.
+        file: String,
+        /// What differs.
+        message: String,
+    },
+    /// A check's SQL failed.
+    #[error("check {name} could not run: {message}")]
+    CheckQuery {
+        /// The check.
+        name: String,
+        /// DuckDB's message.
+        message: String,
+    },
+    /// Checks found errors: nothing may be published.
+    #[error("{}", failed_message(.failed))]
+    ChecksFailed {
+        /// The failed checks.
+        failed: Vec<CheckResult>,
+    },
+    /// Any other DuckDB failure.
+    #[error("DuckDB failed while {doing}: {detail}")]
+    Duck {
+        /// What we were doing.
+        doing: String,
+        /// DuckDB's message.
+        detail: String,
+    },
+}
+
+fn failed_message(failed: &[CheckResult]) -> String {
+    let mut out = String::from("normalisation checks failed, nothing was published:");
+    for c in failed {
+        out.push_str(&format!(
+            "\n  check {} found {} error row(s), e.g.:",
+            c.name, c.errors
+        ));
+        for row in &c.sample {
+            out.push_str(&format!("\n    {row}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn duck(doing: impl Into<String>) -> impl FnOnce(duckdb::Error) -> RulesError {
+    let doing = doing.into();
+    move |e| RulesError::Duck {
+        doing,
+        detail: e.to_string(),
+    }
+}
+
+/// One SQL file.
+#[derive(Debug, Clone)]
+pub struct SqlFile {
+    /// File name, e.g. `10_splits.sql`; a check's name is its file stem.
+    pub name: String,
+    /// Its SQL.
+    pub text: String,
+}
+
+impl SqlFile {
+    /// The file name without `.sql`.
+    pub fn stem(&self) -> &str {
+        self.name.strip_suffix(".sql").unwrap_or(&self.name)
+    }
+}
+
+/// The rules and checks, in run order.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Rule files in file-name order.
+    pub steps: Vec<SqlFile>,
+    /// Check files in file-name order.
+    pub checks: Vec<SqlFile>,
+}
+
+fn to_files(list: &[(&str, &str)]) -> Vec<SqlFile> {
+    list.iter()
+        .map(|(name, text)| SqlFile {
+            name: (*name).to_owned(),
+            text: (*text).to_owned(),
+        })
+        .collect()
+}
+
+fn read_sql_dir(dir: &Path) -> Result<Vec<SqlFile>, RulesError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RulesError::Read { path, source }
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err(dir))? {
+        let path = entry.map_err(err(dir))?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "sql") {
+            let text = std::fs::read_to_string(&path).map_err(err(&path))?;
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            files.push(SqlFile { name, text });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+impl Rules {
+    /// The rules compiled into the binary (a copy of `sql/` at build time).
+    pub fn embedded() -> Self {
+        Rules {
+            steps: to_files(EMBEDDED_RULES),
+            checks: to_files(EMBEDDED_CHECKS),
+        }
+    }
+
+    /// Reads `dir/*.sql` and `dir/checks/*.sql`.
+    pub fn load(dir: &Path) -> Result<Self, RulesError> {
+        Ok(Rules {
+            steps: read_sql_dir(dir)?,
+            checks: read_sql_dir(&dir.join(CHECKS_DIR))?,
+        })
+    }
+
+    /// The embedded rules, or those in `dir` when given.
+    pub fn from_option(dir: Option<&Path>) -> Result<Self, RulesError> {
+        dir.map_or_else(|| Ok(Self::embedded()), Self::load)
+    }
+}
+
+/// Row counts of one data type.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DataTypeTotals {
+    /// Data type name.
+    pub data_type: String,
+    /// Records, deleted included.
+    pub rows: u64,
+    /// Records with `isDeleted = true`.
+    pub deleted: u64,
+    /// Sum of each top-level money field over the live records, as exact decimal strings.
+    pub sums: Vec<(String, String)>,
+}
+
+/// What a normalisation run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Per data type: counts and control totals (kept for the snapshot manifest).
+    pub data_types: Vec<DataTypeTotals>,
+    /// Per check: its result.
+    pub checks: Vec<CheckResult>,
+    /// Seconds spent in the rules.
+    pub rules_seconds: f64,
+    /// Seconds spent in the checks.
+    pub checks_seconds: f64,
+}
+
+impl Report {
+    /// The checks that found errors.
+    pub fn failed(&self) -> Vec<&CheckResult> {
+        self.checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .collect()
+    }
+
+    /// Totals of one data type.
+    pub fn totals(&self, data_type: &str) -> Option<&DataTypeTotals> {
+        self.data_types.iter().find(|t| t.data_type == data_type)
+    }
+
+    /// `Err` naming every failed check and a sample of its rows when any check found errors.
+    pub fn ensure_passed(&self) -> Result<(), RulesError> {
+        let failed: Vec<CheckResult> = self.failed().into_iter().cloned().collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(RulesError::ChecksFailed { failed })
+        }
+    }
+}
+
+/// Runs every rule, validates the data type tables against the model, runs every check and
+/// computes the control totals. Check errors are in the report, not an `Err`: call
+/// [`Report::ensure_passed`] before publishing.
+pub fn normalise(ws: &Workspace, rules: &Rules, model: &DataModel) -> Result<Report, RulesError> {
+    let started = Instant::now();
+    run_rules(ws, rules)?;
+    validate_outputs(ws, model)?;
+    let rules_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let checks = checks::run_all(ws, rules, model)?;
+    let checks_seconds = started.elapsed().as_secs_f64();
+    let data_types = control_totals(ws, model)?;
+    Ok(Report {
+        data_types,
+        checks,
+        rules_seconds,
+        checks_seconds,
+    })
+}
+
+/// Runs the rule files in order; a failure names the file.
+pub fn run_rules(ws: &Workspace, rules: &Rules) -> Result<(), RulesError> {
+    for step in &rules.steps {
+        let started = Instant::now();
+        ws.conn()
+            .execute_batch(&step.text)
+            .map_err(|e| RulesError::Rule {
+                file: step.name.clone(),
+                message: e.to_string(),
+            })?;
+        tracing::debug!(rule = %step.name, seconds = started.elapsed().as_secs_f64(), "Ran a rule.");
+    }
+    Ok(())
+}
+
+/// Checks that each data type's table has exactly the schema's fields with the schema's types.
+fn validate_outputs(ws: &Workspace, model: &DataModel) -> Result<(), RulesError> {
+    let conn = ws.conn();
+    for dt in &model.types {
+        let err = |message: String| RulesError::Output {
+            data_type: dt.name.clone(),
+            file: format!("schemas/datatypes/{}", dt.file),
+            message,
+        };
+        let actual = describe(
+            conn,
+            &format!("SELECT * FROM main.{} LIMIT 0", ident(&dt.name)),
+        )
+        .map_err(|_| err("no rule creates this table".into()))?;
+        let wanted: Vec<String> = dt
+            .fields
+            .iter()
+            .map(|f| format!("NULL::{} AS {}", f.duckdb_type(), ident(&f.name)))
+            .collect();
+        let expected = describe(conn, &format!("SELECT {}", wanted.join(", "))).map_err(|e| {
+            err(format!(
+                "the schema's types are not valid DuckDB types: {e}"
+            ))
+        })?;
+        for (name, ty) in &expected {
+            match actual.iter().find(|(n, _)| n == name) {
+                None => return Err(err(format!("field {name} ({ty}) is missing"))),
+                Some((_, found)) if found != ty => {
+                    return Err(err(format!(
+                        "field {name} has type {found}, the schema says {ty}"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some((name, _)) = actual
+            .iter()
+            .find(|(n, _)| !expected.iter().any(|(e, _)| e == n))
+        {
+            return Err(err(format!(
+                "column {name} is not a field of the data type (add it to the schema or drop it)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Column names and DuckDB types of a query's result.
+fn describe(conn: &duckdb::Connection, sql: &str) -> Result<Vec<(String, String)>, duckdb::Error> {
+    let mut stmt = conn.prepare(&format!("DESCRIBE {sql}"))?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    rows.collect()
+}
+
+fn control_totals(ws: &Workspace, model: &DataModel) -> Result<Vec<DataTypeTotals>, RulesError> {
+    let mut out = Vec::new();
+    for dt in &model.types {
+        let money: Vec<&str> = dt
+            .fields
+            .iter()
+            .filter(|f| f.ty == FieldType::Money)
+            .map(|f| f.name.as_str())
+            .collect();
+        let mut cols = vec![
+            "count(*)::VARCHAR".to_owned(),
+            "count(*) FILTER (WHERE \"isDeleted\")::VARCHAR".to_owned(),
+        ];
+        cols.extend(money.iter().map(|m| {
+            format!(
+                "coalesce(sum({}) FILTER (WHERE NOT \"isDeleted\"), 0)::DECIMAL(38, 2)::VARCHAR",
+                ident(m)
+            )
+        }));
+        let sql = format!("SELECT {} FROM main.{}", cols.join(", "), ident(&dt.name));
+        let values: Vec<String> = ws
+            .conn()
+            .query_row(&sql, [], |r| {
+                (0..cols.len()).map(|i| r.get::<_, String>(i)).collect()
+            })
+            .map_err(duck(format!("computing the control totals of {}", dt.name)))?;
+        let parse = |s: &str| s.parse::<u64>().unwrap_or(0);
+        out.push(DataTypeTotals {
+            data_type: dt.name.clone(),
+            rows: parse(&values[0]),
+            deleted: parse(&values[1]),
+            sums: money
+                .iter()
+                .zip(&values[2..])
+                .map(|(m, v)| ((*m).to_owned(), v.clone()))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+impl Report {
+    /// A plain-text summary: rows per data type, then each check's result.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{:<20} {:>10} {:>9}\n", "data type", "records", "deleted");
+        for t in &self.data_types {
+            out.push_str(&format!(
+                "{:<20} {:>10} {:>9}\n",
+                t.data_type, t.rows, t.deleted
+            ));
+        }
+        out.push_str(&format!(
+            "\n{:<22} {:<6} {:>8} {:>9} {:>8}\n",
+            "check", "result", "errors", "warnings", "seconds"
+        ));
+        for c in &self.checks {
+            let result = match c.status {
+                CheckStatus::Pass => "pass",
+                CheckStatus::Warn => "warn",
+                CheckStatus::Fail => "FAIL",
+            };
+            out.push_str(&format!(
+                "{:<22} {:<6} {:>8} {:>9} {:>8.2}\n",
+                c.name, result, c.errors, c.warnings, c.seconds
+            ));
+            if c.status != CheckStatus::Pass {
+                for row in &c.sample {
+                    out.push_str(&format!("    {row}\n"));
+                }
+            }
+        }
+        out.push_str(&format!(
+            "\nrules {:.2}s, checks {:.2}s\n",
+            self.rules_seconds, self.checks_seconds
+        ));
+        out
+    }
+}
