@@ -43,6 +43,23 @@ CREATE OR REPLACE TEMP MACRO part_id(header_number, d, t, header_date, header_ty
         WHEN d IS NOT DISTINCT FROM header_date AND t IS NOT DISTINCT FROM header_type THEN ''
         ELSE '-' || t || '-' || coalesce(strftime(d, '%Y%m%d'), 'nodate') END;
 
+-- Lists in a defined order. An ORDER BY inside an aggregate makes DuckDB buffer every group
+-- separately (hundreds of MB on a large company), so rules aggregate flat structs of scalars
+-- whose first fields are the sort key, without ORDER BY, then list_sort the finished list and
+-- build the nested output objects with list_transform (cheaper than aggregating them).
+
+-- Tracking categories of a line as trackingCategories ids: department 0 and project 0 are
+-- Sage's "none". Built from the two numbers when a list is finished, not aggregated.
+CREATE OR REPLACE TEMP MACRO tracking_refs(dept_number, project_id) AS list_filter(
+    [CASE WHEN coalesce(dept_number, 0) <> 0 THEN {'id': 'department-' || dept_number} END,
+     CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
+    x -> x IS NOT NULL);
+
+-- Slices for big list() aggregations: DuckDB cannot spill a list aggregate's state, so rules
+-- that build lists over millions of rows group one slice of headers at a time (8 slices,
+-- INSERTed one by one). NULL header numbers fall in slice 0.
+CREATE OR REPLACE TEMP MACRO slice_of(header_number) AS coalesce(header_number, 0) % 8;
+
 -- Lineage every record carries back to Sage.
 CREATE OR REPLACE TEMP MACRO lineage(tbl, k, splits) AS
     {'table': tbl, 'key': k::VARCHAR, 'splitNumbers': splits::BIGINT[]};

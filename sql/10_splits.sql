@@ -7,7 +7,7 @@
 -- date and a type. A header whose splits all match it is one part with the header's number as
 -- id; otherwise each part gets the suffix -TYPE-YYYYMMDD (macro part_id). A split of a
 -- deleted header counts as deleted. Amounts become exact money here, once.
-CREATE OR REPLACE TEMP TABLE _splits AS
+CREATE OR REPLACE TABLE work.splits AS
 WITH base AS (
     SELECT txt(BASE_CURRENCY) AS base_currency FROM sage.COMPANY LIMIT 1
 ),
@@ -62,10 +62,5 @@ joined AS (
 SELECT
     *,
     part_id(header_number, part_date, part_type, header_date, header_type) AS part_id,
-    data_type_of(part_type) AS data_type,
-    -- Tracking categories of the line: department 0 is Sage's "none", project 0 too.
-    list_filter(
-        [CASE WHEN coalesce(dept_number, 0) <> 0 THEN {'id': 'department-' || dept_number} END,
-         CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
-        x -> x IS NOT NULL) AS tracking
+    data_type_of(part_type) AS data_type
 FROM joined;

@@ -6,7 +6,7 @@
 -- documents it paid. So each live allocation becomes two rows, one per end, each naming the
 -- document part at the other end (NULL when that split does not exist: reported by the check
 -- links_exist, never dropped).
-CREATE OR REPLACE TEMP TABLE _allocations AS
+CREATE OR REPLACE TABLE work.allocations AS
 WITH usage AS (
     SELECT
         USAGE_NUMBER AS usage_number,
@@ -31,5 +31,5 @@ SELECT
     o.part_id AS other_part_id,
     o.data_type AS other_data_type
 FROM ends e
-JOIN _splits s ON s.split_number = e.split_number
-LEFT JOIN _splits o ON o.split_number = e.other_split;
+JOIN work.splits s ON s.split_number = e.split_number
+LEFT JOIN work.splits o ON o.split_number = e.other_split;

@@ -7,7 +7,7 @@
 -- keeps entries balanced, and a journal mixing JD and JC lines on one date stays ONE balanced
 -- entry. (A Sage journal spread over several dates gives entries that do not balance alone;
 -- the check trial_balance reports them as warnings, the totals per month stay exact.)
-CREATE OR REPLACE TEMP TABLE _journal AS
+CREATE OR REPLACE TABLE work.journal AS
 WITH posting AS (
     SELECT
         TRAN_NUMBER AS tran_number,
@@ -49,7 +49,7 @@ SELECT
     coalesce(s.details, h.note, '') AS details,
     s.part_id,
     s.data_type,
-    coalesce(s.tracking, []) AS tracking
+    s.project_id
 FROM posting p
 LEFT JOIN header h USING (header_number)
-LEFT JOIN _splits s ON s.split_number = p.split_number;
+LEFT JOIN work.splits s ON s.split_number = p.split_number;

@@ -9,69 +9,97 @@
 -- Allocations (rule 11) are listed on the part whose split they touch, each with its own date;
 -- a credit note allocated to an invoice therefore shows on both. amountDue is Sage's own
 -- OUTSTANDING summed over the part's splits; deleted headers come out Void with isDeleted.
-CREATE OR REPLACE TEMP TABLE _documents AS
+
+-- Step 1: the line items of each part, in split order.
+CREATE OR REPLACE TABLE work.document_lines AS
 WITH split AS (
-    SELECT * FROM _splits WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
-),
-line_items AS (
-    SELECT
-        part_id,
-        list({
-            'id': split_number::VARCHAR,
-            'description': details,
-            'accountRef': {'id': nominal_code},
-            'taxRateRef': {'id': tax_code},
-            'trackingCategoryRefs': tracking,
-            'subTotal': net,
-            'taxAmount': tax,
-            'totalAmount': gross,
-            'amountDue': outstanding
-        } ORDER BY split_number) AS line_items,
-        list(split_number ORDER BY split_number) AS split_numbers,
-        sum(net)::DECIMAL(18, 2) AS sub_total,
-        sum(tax)::DECIMAL(18, 2) AS total_tax,
-        sum(gross)::DECIMAL(18, 2) AS total,
-        sum(outstanding)::DECIMAL(18, 2) AS amount_due,
-        count(*) AS split_count,
-        bool_and(deleted) AS deleted,
-        max(modified) AS modified
-    FROM split
-    GROUP BY part_id
-),
-part AS (
-    SELECT DISTINCT ON (part_id)
-        part_id, data_type, header_number, header_type, header_date, header_due_date,
-        part_type, part_date, account_ref, reference, note, currency, currency_rate, foreign_gross
-    FROM split
-    ORDER BY part_id, split_number
-),
-parts_per_header AS (
-    SELECT header_number, count(DISTINCT part_id) AS parts FROM split GROUP BY header_number
-),
-allocations AS (
-    SELECT
-        part_id,
-        list({
-            'paymentRef': {'dataType': other_data_type, 'id': other_part_id},
-            'allocatedOnDate': allocated_on,
-            'amount': amount
-        } ORDER BY allocated_on, usage_number, other_split) AS allocations
-    FROM _allocations
-    WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
-    GROUP BY part_id
+    SELECT * FROM work.splits WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
+)
+SELECT
+    part_id,
+    list_transform(
+        list_sort(list({'split': split_number, 'details': details, 'nominal': nominal_code,
+                        'tax_code': tax_code, 'dept': dept_number, 'project': project_id,
+                        'net': net, 'tax': tax, 'gross': gross, 'outstanding': outstanding})),
+        x -> {
+            'id': x.split::VARCHAR,
+            'description': x.details,
+            'accountRef': {'id': x.nominal},
+            'taxRateRef': {'id': x.tax_code},
+            'trackingCategoryRefs': tracking_refs(x.dept, x.project),
+            'subTotal': x.net,
+            'taxAmount': x.tax,
+            'totalAmount': x.gross,
+            'amountDue': x.outstanding
+        }) AS line_items,
+    list_sort(list(split_number)) AS split_numbers
+FROM split
+GROUP BY part_id;
+
+-- Step 2 (a statement of its own: DuckDB holds one aggregate's state at a time, keeping peak
+-- memory low): the header-level attributes and totals of each part.
+CREATE OR REPLACE TABLE work.document_parts AS
+WITH split AS (
+    SELECT * FROM work.splits WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
+)
+SELECT
+    part_id,
+    -- the same on every split of a part
+    any_value(data_type) AS data_type,
+    any_value(header_number) AS header_number,
+    any_value(header_date) AS header_date,
+    any_value(header_due_date) AS header_due_date,
+    any_value(part_type) AS part_type,
+    any_value(part_date) AS part_date,
+    any_value(account_ref) AS account_ref,
+    any_value(reference) AS reference,
+    any_value(note) AS note,
+    any_value(currency) AS currency,
+    any_value(currency_rate) AS currency_rate,
+    any_value(foreign_gross) AS foreign_gross,
+    sum(net)::DECIMAL(18, 2) AS sub_total,
+    sum(tax)::DECIMAL(18, 2) AS total_tax,
+    sum(gross)::DECIMAL(18, 2) AS total,
+    sum(outstanding)::DECIMAL(18, 2) AS amount_due,
+    bool_and(deleted) AS deleted,
+    max(modified) AS modified
+FROM split
+GROUP BY part_id;
+
+-- Step 3: the allocations of each part, each with its own date.
+CREATE OR REPLACE TABLE work.document_allocations AS
+SELECT
+    part_id,
+    list_transform(
+        list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
+                        'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount})),
+        x -> {
+            'paymentRef': {'dataType': x.data_type, 'id': x.part_id},
+            'allocatedOnDate': x.on,
+            'amount': x.amount
+        }) AS allocations
+FROM work.allocations
+WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
+GROUP BY part_id;
+
+-- Step 4: the documents: a view, each data type's table is its only copy (rule 31).
+CREATE OR REPLACE VIEW work.documents AS
+WITH parts_per_header AS (
+    SELECT header_number, count(*) AS parts FROM work.document_parts GROUP BY header_number
 )
 SELECT
     p.*,
     p.header_due_date + (p.part_date - p.header_date)::INTEGER AS due_date,
     CASE WHEN h.parts = 1 THEN p.foreign_gross END AS total_in_currency,
-    l.* EXCLUDE (part_id),
+    l.line_items,
+    l.split_numbers,
     coalesce(a.allocations, []) AS allocations,
     CASE
-        WHEN l.deleted THEN 'Void'
-        WHEN l.amount_due = 0 THEN 'Paid'
-        WHEN l.amount_due < l.total THEN 'PartiallyPaid'
+        WHEN p.deleted THEN 'Void'
+        WHEN p.amount_due = 0 THEN 'Paid'
+        WHEN p.amount_due < p.total THEN 'PartiallyPaid'
         ELSE 'Submitted' END AS status
-FROM part p
-JOIN line_items l USING (part_id)
+FROM work.document_parts p
+JOIN work.document_lines l USING (part_id)
 JOIN parts_per_header h USING (header_number)
-LEFT JOIN allocations a USING (part_id);
+LEFT JOIN work.document_allocations a USING (part_id);

@@ -26,7 +26,7 @@ SELECT
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
-FROM _documents d
+FROM work.documents d
 LEFT JOIN customers p ON p.id = d.account_ref
 WHERE d.data_type = 'invoices';
 
@@ -51,7 +51,7 @@ SELECT
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
-FROM _documents d
+FROM work.documents d
 LEFT JOIN customers p ON p.id = d.account_ref
 WHERE d.data_type = 'creditNotes';
 
@@ -77,7 +77,7 @@ SELECT
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
-FROM _documents d
+FROM work.documents d
 LEFT JOIN suppliers p ON p.id = d.account_ref
 WHERE d.data_type = 'bills';
 
@@ -102,6 +102,6 @@ SELECT
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
-FROM _documents d
+FROM work.documents d
 LEFT JOIN suppliers p ON p.id = d.account_ref
 WHERE d.data_type = 'billCreditNotes';

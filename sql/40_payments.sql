@@ -12,10 +12,10 @@
 -- balance (receipt, discount, payment on account) and negative when it raises it (refund);
 -- each link carries minus its line's amount, so a line and its links net to zero, and the
 -- lines add up to totalAmount (check payments_net_to_zero).
-CREATE OR REPLACE TEMP TABLE _payments AS
+CREATE OR REPLACE TABLE work.payments AS
 WITH split AS (
     SELECT *, -ledger_sign(part_type) AS pay_sign
-    FROM _splits
+    FROM work.splits
     WHERE data_type IN ('payments', 'billPayments')
 ),
 part AS (
@@ -34,7 +34,7 @@ part AS (
         arg_min(nominal_code, split_number) AS nominal_code,
         sum(gross)::DECIMAL(18, 2) AS gross,
         sum(outstanding)::DECIMAL(18, 2) AS outstanding,
-        list(split_number ORDER BY split_number) AS split_numbers,
+        list_sort(list(split_number)) AS split_numbers,
         bool_and(deleted) AS deleted,
         max(modified) AS modified
     FROM split
@@ -47,27 +47,34 @@ allocation_lines AS (
         a.usage_number,
         a.other_split,
         p.pay_sign * a.amount AS amount,
-        [{'type': coalesce(a.other_data_type, 'unknown'), 'id': a.other_part_id,
-          'amount': -(p.pay_sign * a.amount)}] AS links
-    FROM _allocations a
+        coalesce(a.other_data_type, 'unknown') AS link_type,
+        a.other_part_id AS link_id
+    FROM work.allocations a
     JOIN part p USING (part_id)
 ),
 on_account_lines AS (
     SELECT
         part_id,
         part_date AS allocated_on,
-        NULL::INTEGER AS usage_number,
-        NULL::INTEGER AS other_split,
+        2147483647 AS usage_number,  -- after the allocations of the same date
+        0 AS other_split,
         pay_sign * outstanding AS amount,
-        [{'type': 'PaymentOnAccount', 'id': part_id, 'amount': -(pay_sign * outstanding)}] AS links
+        'PaymentOnAccount' AS link_type,
+        part_id AS link_id
     FROM part
     WHERE outstanding <> 0
 ),
 lines AS (
     SELECT
         part_id,
-        list({'amount': amount, 'allocatedOnDate': allocated_on, 'links': links}
-             ORDER BY allocated_on, usage_number NULLS LAST, other_split) AS lines
+        list_transform(
+            list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
+                            'amount': amount, 'link_type': link_type, 'link_id': link_id})),
+            x -> {
+                'amount': x.amount,
+                'allocatedOnDate': x.on,
+                'links': [{'type': x.link_type, 'id': x.link_id, 'amount': -x.amount}]
+            }) AS lines
     FROM (SELECT * FROM allocation_lines UNION ALL SELECT * FROM on_account_lines)
     GROUP BY part_id
 )
@@ -102,7 +109,7 @@ SELECT
     p.modified AS sourceModifiedDate,
     p.deleted AS isDeleted,
     lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
-FROM _payments p
+FROM work.payments p
 LEFT JOIN customers c ON c.id = p.account_ref
 WHERE p.data_type = 'payments';
 
@@ -124,6 +131,6 @@ SELECT
     p.modified AS sourceModifiedDate,
     p.deleted AS isDeleted,
     lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
-FROM _payments p
+FROM work.payments p
 LEFT JOIN suppliers s ON s.id = p.account_ref
 WHERE p.data_type = 'billPayments';

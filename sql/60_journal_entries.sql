@@ -5,26 +5,61 @@
 -- out: documents, payments, bank entries, journals and deleted transactions (isDeleted, kept).
 -- A journal that mixes JD and JC lines is one balanced entry. Lines keep Sage's sign (debit
 -- positive), and each line points back at the document its split became (recordRef).
-CREATE OR REPLACE TABLE journalEntries AS
+-- DuckDB cannot spill the state of a list() aggregate, so the entries are built in slices of
+-- headers (macro slice_of: header_number % 8), each INSERT a statement of its own: peak memory
+-- is an eighth of the whole, whatever the company's size.
+CREATE OR REPLACE TEMP MACRO journal_entries_slice(slice) AS TABLE
+WITH entry AS (
+    SELECT
+        -- grouped by integer and date keys (cheaper than the string id)
+        header_number,
+        posted_on,
+        any_value(entry_id) AS entry_id,
+        any_value(coalesce(nullif(header_type, ''), journal_type)) AS journal_type,
+        any_value(coalesce(reference, '')) AS reference,
+        any_value(coalesce(note, '')) AS description,
+        coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::DECIMAL(18, 2) AS total_debit,
+        coalesce(-sum(amount) FILTER (WHERE amount < 0), 0)::DECIMAL(18, 2) AS total_credit,
+        list_transform(
+            list_sort(list({'tran': tran_number, 'nominal': nominal_code, 'details': details,
+                            'amount': amount, 'tax_code': tax_code, 'dept': dept_number,
+                            'project': project_id, 'data_type': data_type, 'part_id': part_id,
+                            'split': split_number})),
+            x -> {
+                'accountRef': {'id': x.nominal},
+                'description': x.details,
+                'netAmount': x.amount,
+                'taxCode': x.tax_code,
+                'trackingCategoryRefs': tracking_refs(x.dept, x.project),
+                'recordRef': CASE WHEN x.data_type IS NOT NULL THEN {'dataType': x.data_type, 'id': x.part_id} END,
+                'sourceSplitNumber': x.split::BIGINT
+            }) AS journal_lines,
+        max(modified) AS modified,
+        bool_and(deleted) AS deleted
+    FROM work.journal
+    WHERE slice_of(header_number) = slice
+    GROUP BY header_number, posted_on
+)
 SELECT
     entry_id AS id,
-    any_value(posted_on) AS postedOn,
-    any_value(coalesce(header_type, journal_type)) AS journalType,
-    any_value(coalesce(reference, '')) AS reference,
-    any_value(coalesce(note, '')) AS description,
-    coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::DECIMAL(18, 2) AS totalDebit,
-    coalesce(-sum(amount) FILTER (WHERE amount < 0), 0)::DECIMAL(18, 2) AS totalCredit,
-    list({
-        'accountRef': {'id': nominal_code},
-        'description': details,
-        'netAmount': amount,
-        'taxCode': tax_code,
-        'trackingCategoryRefs': tracking,
-        'recordRef': CASE WHEN data_type IS NOT NULL THEN {'dataType': data_type, 'id': part_id} END,
-        'sourceSplitNumber': split_number::BIGINT
-    } ORDER BY tran_number, nominal_code) AS journalLines,
-    max(modified) AS sourceModifiedDate,
-    bool_and(deleted) AS isDeleted,
-    lineage('AUDIT_HEADER', any_value(header_number), list_sort(list_distinct(list(split_number)))) AS lineage
-FROM _journal
-GROUP BY entry_id;
+    posted_on AS postedOn,
+    journal_type AS journalType,
+    reference,
+    description,
+    total_debit AS totalDebit,
+    total_credit AS totalCredit,
+    journal_lines AS journalLines,
+    modified AS sourceModifiedDate,
+    deleted AS isDeleted,
+    lineage('AUDIT_HEADER', header_number,
+            list_sort(list_distinct([l.sourceSplitNumber FOR l IN journal_lines]))) AS lineage
+FROM entry;
+
+CREATE OR REPLACE TABLE journalEntries AS FROM journal_entries_slice(0);
+INSERT INTO journalEntries FROM journal_entries_slice(1);
+INSERT INTO journalEntries FROM journal_entries_slice(2);
+INSERT INTO journalEntries FROM journal_entries_slice(3);
+INSERT INTO journalEntries FROM journal_entries_slice(4);
+INSERT INTO journalEntries FROM journal_entries_slice(5);
+INSERT INTO journalEntries FROM journal_entries_slice(6);
+INSERT INTO journalEntries FROM journal_entries_slice(7);

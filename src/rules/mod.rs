@@ -9,7 +9,9 @@
 //!   `sql/checks/*.sql`. Both are read from a folder at run time or embedded in the binary.
 //! * The Sage tables are visible to the rules as `sage.TABLE` (read-only views over the
 //!   staging store; an optional table the source lacked is an empty table). Rules create
-//!   their working tables as TEMP and the data type tables in the main schema.
+//!   their working tables in the schema `work` (dropped after the checks) and the data type
+//!   tables in `main`. The database is a file so DuckDB can evict to disk under its memory
+//!   limit: peak memory stays bounded whatever the company's size.
 //! * Guarantees: a rule that fails is reported with its file name and DuckDB's message; every
 //!   data type table must have exactly the fields and types of its schema file; a check is a
 //!   query returning the violating rows (zero rows = pass), rows whose `severity` column says
@@ -261,6 +263,7 @@ pub fn normalise(ws: &Workspace, rules: &Rules, model: &DataModel) -> Result<Rep
     let checks = checks::run_all(ws, rules, model)?;
     let checks_seconds = started.elapsed().as_secs_f64();
     let data_types = control_totals(ws, model)?;
+    ws.drop_work()?;
     Ok(Report {
         data_types,
         checks,

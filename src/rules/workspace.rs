@@ -9,7 +9,9 @@ use crate::schema::SourceSchema;
 use crate::staging::{GENERATION_TABLE, ident};
 
 /// Memory DuckDB may use for the rules; above it, it spills to the temp directory.
-const MEMORY_LIMIT: &str = "600MB";
+const MEMORY_LIMIT: &str = "500MB";
+/// Schema of the rules' working tables, dropped once the checks have run.
+pub const WORK_SCHEMA: &str = "work";
 
 /// A DuckDB connection prepared for the rules.
 pub struct Workspace {
@@ -25,17 +27,10 @@ impl Drop for Workspace {
 }
 
 impl Workspace {
+    /// A database file (`out`, replaced, or one in a private temp folder) so that DuckDB can
+    /// evict tables to disk: the rules' working set is larger than the memory limit on big
+    /// companies, and an in-memory database cannot spill its tables.
     fn new(out: Option<&Path>) -> Result<Self, RulesError> {
-        let conn = match out {
-            Some(path) => {
-                let _ = std::fs::remove_file(path);
-                Connection::open(path).map_err(|e| RulesError::Duck {
-                    doing: format!("creating {}", path.display()),
-                    detail: e.to_string(),
-                })?
-            }
-            None => Connection::open_in_memory().map_err(duck("opening DuckDB"))?,
-        };
         let temp_dir = std::env::temp_dir().join(format!(
             "connector-rules-{}-{}",
             std::process::id(),
@@ -44,14 +39,53 @@ impl Workspace {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RulesError::Read { path, source }
+        };
+        std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
+        let conn = match out {
+            Some(path) => {
+                for p in [
+                    path.to_owned(),
+                    PathBuf::from(format!("{}.wal", path.display())),
+                ] {
+                    match std::fs::remove_file(&p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(&p)(e));
+                        }
+                        _ => {}
+                    }
+                }
+                Connection::open(path).map_err(|e| RulesError::Duck {
+                    doing: format!("creating {}", path.display()),
+                    detail: e.to_string(),
+                })?
+            }
+            None => Connection::open_in_memory().map_err(duck("opening DuckDB"))?,
+        };
         conn.execute_batch(&format!(
             "SET memory_limit = '{MEMORY_LIMIT}';
              SET temp_directory = '{}';
-             SET preserve_insertion_order = false;",
-            temp_dir.display().to_string().replace('\'', "''")
+             SET preserve_insertion_order = false;
+             CREATE SCHEMA {WORK_SCHEMA};",
+            temp_dir
+                .join("spill")
+                .display()
+                .to_string()
+                .replace('\'', "''")
         ))
         .map_err(duck("configuring DuckDB"))?;
         Ok(Workspace { conn, temp_dir })
+    }
+
+    /// Drops the rules' working tables, leaving one table per data type.
+    pub fn drop_work(&self) -> Result<(), RulesError> {
+        self.conn
+            .execute_batch(&format!(
+                "DROP SCHEMA IF EXISTS {WORK_SCHEMA} CASCADE; CHECKPOINT;"
+            ))
+            .map_err(duck("dropping the working tables"))
     }
 
     /// Opens `staging` read-only and exposes its tables as `sage.TABLE`. Outputs go to `out`
