@@ -125,3 +125,168 @@ fn golden_company_staged_totals_equal_the_hand_computed_ones() {
         "supplier balances"
     );
 }
+
+fn text_map(conn: &duckdb::Connection, sql: &str) -> BTreeMap<String, String> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn expected_text(table: &toml::Table, name: &str) -> BTreeMap<String, String> {
+    table[name]
+        .as_table()
+        .unwrap_or_else(|| panic!("normalised.toml has no [{name}]"))
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn golden_company_normalises_to_the_hand_computed_figures() {
+    use connector::model::DataModel;
+    use connector::rules::{self, Rules, Workspace};
+    use connector::schema::SourceSchema;
+
+    let expected: toml::Table = std::fs::read_to_string(Path::new(FIXTURE).join("normalised.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir = tempdir();
+    let script = Path::new(FIXTURE).join("company.sql");
+    let company = sim(dir.path(), &["--script", script.to_str().unwrap()]);
+    let path = dir.path().join("golden.duckdb");
+    extract_ok(&company.odbc, &path);
+    let out = dir.path().join("normalised.duckdb");
+    let report = {
+        let ws = Workspace::over_staging(&path, Some(&out), &SourceSchema::embedded()).unwrap();
+        rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap()
+    };
+    assert!(report.failed().is_empty(), "{}", report.summary());
+    assert!(
+        report.checks.iter().all(|c| c.warnings == 0),
+        "the golden company is consistent: no warnings expected\n{}",
+        report.summary()
+    );
+
+    for (data_type, rows) in expected["records"].as_table().unwrap() {
+        let got = report
+            .totals(data_type)
+            .unwrap_or_else(|| panic!("{data_type}"));
+        assert_eq!(
+            got.rows as i64,
+            rows.as_integer().unwrap(),
+            "records of {data_type}"
+        );
+        let deleted = expected["deleted"]
+            .get(data_type)
+            .and_then(|v| v.as_integer())
+            .unwrap_or(0);
+        assert_eq!(
+            got.deleted as i64, deleted,
+            "deleted records of {data_type}"
+        );
+    }
+
+    let conn = duckdb::Connection::open(&out).unwrap();
+    let invoices = text_map(
+        &conn,
+        "SELECT id, status || ' ' || totalAmount::VARCHAR || ' ' || amountDue::VARCHAR || ' ' || issueDate::VARCHAR FROM invoices",
+    );
+    assert_eq!(
+        invoices,
+        expected_text(&expected, "invoice_ids"),
+        "invoices"
+    );
+
+    let sums = section(&expected, "sums");
+    let live_sum = |sql: &str| -> i64 {
+        conn.query_row(
+            &format!("SELECT (coalesce(({sql}), 0) * 100)::BIGINT"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    for (key, want) in &sums {
+        let sql = match key.as_str() {
+            "bankTransactions_1200" | "bankTransactions_1210" => format!(
+                "SELECT sum(amount) FROM bankTransactions WHERE NOT isDeleted AND bankAccountRef.id = '{}'",
+                &key[key.len() - 4..]
+            ),
+            "journalEntries_totalDebit" => {
+                "SELECT sum(totalDebit) FROM journalEntries WHERE NOT isDeleted".to_owned()
+            }
+            other => {
+                let (table, field) = other.split_once('_').unwrap();
+                format!("SELECT sum({field}) FROM {table} WHERE NOT isDeleted")
+            }
+        };
+        assert_eq!(live_sum(&sql), *want, "{key}");
+    }
+
+    let lines = text_map(
+        &conn,
+        "SELECT id, len(lines)::VARCHAR || ' lines, ' || coalesce(
+                'on account ' || list_filter(lines, l -> l.links[1].type = 'PaymentOnAccount')[1].amount::VARCHAR,
+                'no on account')
+         FROM (SELECT id, lines FROM payments UNION ALL SELECT id, lines FROM billPayments)",
+    );
+    assert_eq!(
+        lines,
+        expected_text(&expected, "payment_lines"),
+        "payment lines"
+    );
+
+    let allocations = text_map(
+        &conn,
+        "SELECT 'invoices/' || id, len(paymentAllocations)::VARCHAR FROM invoices
+         UNION ALL SELECT 'creditNotes/' || id, len(paymentAllocations)::VARCHAR FROM creditNotes
+         UNION ALL SELECT 'bills/' || id, len(paymentAllocations)::VARCHAR FROM bills
+         UNION ALL SELECT 'billCreditNotes/' || id, len(paymentAllocations)::VARCHAR FROM billCreditNotes",
+    );
+    assert_eq!(
+        allocations,
+        expected_text(&expected, "payment_allocations"),
+        "allocations"
+    );
+
+    let outstanding = |sql: &str| -> BTreeMap<String, i64> {
+        staged_map(
+            &conn,
+            &format!("SELECT account, (sum(amount) * 100)::BIGINT FROM ({sql}) GROUP BY account"),
+        )
+    };
+    let customers = outstanding(
+        "SELECT customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted
+         UNION ALL SELECT customerRef.id, -remainingCredit FROM creditNotes WHERE NOT isDeleted
+         UNION ALL SELECT customerRef.id, -unallocatedAmount FROM payments WHERE NOT isDeleted
+         UNION ALL SELECT id, 0 FROM customers",
+    );
+    assert_eq!(
+        customers,
+        section(&expected, "customer_outstanding"),
+        "customers"
+    );
+    let suppliers = outstanding(
+        "SELECT supplierRef.id AS account, amountDue AS amount FROM bills WHERE NOT isDeleted
+         UNION ALL SELECT supplierRef.id, -remainingCredit FROM billCreditNotes WHERE NOT isDeleted
+         UNION ALL SELECT supplierRef.id, -unallocatedAmount FROM billPayments WHERE NOT isDeleted
+         UNION ALL SELECT id, 0 FROM suppliers",
+    );
+    assert_eq!(
+        suppliers,
+        section(&expected, "supplier_outstanding"),
+        "suppliers"
+    );
+    // Sage's own balances, published as is, equal the hand-worked ones too.
+    let balances = staged_map(&conn, "SELECT id, (balance * 100)::BIGINT FROM customers");
+    assert_eq!(balances, section(&expected, "customer_outstanding"));
+}

@@ -5,5 +5,6 @@
 mod errors;
 mod extract;
 mod golden;
+mod rules;
 mod simulator;
 mod support;

@@ -1,0 +1,352 @@
+//! Normalisation: the SQL rules and checks over real staging stores made by real extraction,
+//! the rule test cases, and what happens when the data or a rule is broken.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use connector::model::DataModel;
+use connector::rules::{self, CheckStatus, Report, Rules, RulesError, Workspace};
+use connector::schema::SourceSchema;
+
+use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Generates a company, extracts it, and returns the staging path (inside `dir`).
+fn staged_company(dir: &Path, seed: u64, transactions: u64) -> PathBuf {
+    let company = generated(&dir.join("company"), seed, transactions);
+    let staging = dir.join("staging.duckdb");
+    extract_ok(&company.odbc, &staging);
+    staging
+}
+
+fn normalise(staging: &Path, rules: &Rules) -> Result<Report, RulesError> {
+    let ws = Workspace::over_staging(staging, None, &SourceSchema::embedded())?;
+    rules::normalise(&ws, rules, &DataModel::embedded())
+}
+
+/// A copy of the staging store with `mutation` (SQL) applied to it.
+fn mutated(staging: &Path, name: &str, mutation: &str) -> PathBuf {
+    let copy = staging.with_file_name(format!("{name}.duckdb"));
+    std::fs::copy(staging, &copy).expect("copy staging");
+    let conn = duckdb::Connection::open(&copy).expect("open copy");
+    conn.execute_batch(mutation).expect("apply mutation");
+    copy
+}
+
+fn status_of(report: &Report, check: &str) -> CheckStatus {
+    report
+        .checks
+        .iter()
+        .find(|c| c.name == check)
+        .unwrap_or_else(|| panic!("no check named {check}"))
+        .status
+}
+
+fn failed_names(report: &Report) -> Vec<String> {
+    report.failed().iter().map(|c| c.name.clone()).collect()
+}
+
+#[test]
+fn generated_companies_of_many_seeds_and_sizes_pass_every_check() {
+    let sizes = [(11, 40), (12, 400), (13, 2_500), (14, 9_000)];
+    for (seed, transactions) in sizes {
+        let dir = tempdir();
+        let staging = staged_company(dir.path(), seed, transactions);
+        let report = normalise(&staging, &Rules::embedded()).expect("normalise");
+        assert!(
+            report.failed().is_empty(),
+            "seed {seed}, {transactions} transactions: {}",
+            report.summary()
+        );
+        // Every check ran, and the documents exist: a property test that checks nothing
+        // would pass too.
+        assert!(report.checks.len() >= 9, "{}", report.summary());
+        let invoices = report.totals("invoices").unwrap();
+        assert!(invoices.rows > 0, "seed {seed}: no invoices");
+        let journal = report.totals("journalEntries").unwrap();
+        assert!(journal.rows >= invoices.rows, "seed {seed}");
+    }
+}
+
+#[test]
+fn mutations_of_the_staged_data_make_a_named_check_fail() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 21, 1_500);
+    let clean = normalise(&staging, &Rules::embedded()).unwrap();
+    assert!(clean.failed().is_empty(), "{}", clean.summary());
+
+    let cases = [
+        (
+            "delete_journal_row",
+            "DELETE FROM AUDIT_JOURNAL WHERE rowid = (SELECT min(rowid) FROM AUDIT_JOURNAL WHERE DELETED_FLAG = 0 AND AMOUNT <> 0)",
+            "trial_balance",
+        ),
+        (
+            "flip_journal_sign",
+            "UPDATE AUDIT_JOURNAL SET AMOUNT = -AMOUNT WHERE rowid = (SELECT min(rowid) FROM AUDIT_JOURNAL WHERE DELETED_FLAG = 0 AND AMOUNT <> 0)",
+            "trial_balance",
+        ),
+        (
+            "duplicate_split",
+            "INSERT INTO AUDIT_SPLIT SELECT * FROM AUDIT_SPLIT WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI')",
+            "unique_ids",
+        ),
+    ];
+    for (name, mutation, check) in cases {
+        let broken = mutated(&staging, name, mutation);
+        let report = normalise(&broken, &Rules::embedded()).unwrap();
+        assert_eq!(
+            status_of(&report, check),
+            CheckStatus::Fail,
+            "{name} should fail {check}:\n{}",
+            report.summary()
+        );
+        let err = report.ensure_passed().unwrap_err().to_string();
+        assert!(
+            err.contains(check) && err.contains("nothing was published"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_source_that_disagrees_with_itself_gives_warnings_not_errors() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 22, 800);
+    // Sage's own ledger balance off by a penny: the transactions still add up, so the
+    // normalisation is right and the source is inconsistent (Sage's Check Data would say so).
+    let broken = mutated(
+        &staging,
+        "ledger_balance",
+        "UPDATE SALES_LEDGER SET BALANCE = BALANCE + 0.01 WHERE ACCOUNT_REF = (SELECT min(ACCOUNT_REF) FROM SALES_LEDGER)",
+    );
+    let report = normalise(&broken, &Rules::embedded()).unwrap();
+    assert_eq!(status_of(&report, "account_balances"), CheckStatus::Warn);
+    assert!(report.failed().is_empty(), "{}", report.summary());
+    let sample = &report
+        .checks
+        .iter()
+        .find(|c| c.name == "account_balances")
+        .unwrap()
+        .sample;
+    assert!(
+        sample[0].contains("severity=warning") && sample[0].contains("ledger=customer"),
+        "{sample:?}"
+    );
+}
+
+/// Copies the embedded rules to a folder, applies `edit` to one file, and loads them from there.
+fn edited_rules(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let rules_dir = dir.join("sql");
+    std::fs::create_dir_all(rules_dir.join("checks")).unwrap();
+    let embedded = Rules::embedded();
+    for f in &embedded.steps {
+        let text = if f.name == file {
+            edit(&f.text)
+        } else {
+            f.text.clone()
+        };
+        std::fs::write(rules_dir.join(&f.name), text).unwrap();
+    }
+    for f in &embedded.checks {
+        std::fs::write(rules_dir.join("checks").join(&f.name), &f.text).unwrap();
+    }
+    rules_dir
+}
+
+#[test]
+fn a_rule_that_loses_a_split_is_caught_by_split_headers() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 23, 600);
+    let rules_dir = edited_rules(dir.path(), "30_documents.sql", |sql| {
+        sql.replacen(
+            "WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')",
+            "WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND split_number <> (SELECT min(split_number) FROM work.splits WHERE data_type = 'invoices')",
+            2,
+        )
+    });
+    let report = normalise(&staging, &Rules::load(&rules_dir).unwrap()).unwrap();
+    let failed = failed_names(&report);
+    assert!(
+        failed.contains(&"split_headers".to_owned()),
+        "{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn rules_run_prints_counts_and_checks_and_fails_on_a_failed_check() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 24, 500);
+    let run = |staging: &Path| {
+        Command::new(CONNECTOR)
+            .args(["rules", "run", "--staging"])
+            .arg(staging)
+            .output()
+            .unwrap()
+    };
+    let out = run(&staging);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for expected in ["invoices", "journalEntries", "trial_balance", "pass"] {
+        assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    let broken = mutated(
+        &staging,
+        "flipped",
+        "UPDATE AUDIT_JOURNAL SET AMOUNT = -AMOUNT WHERE rowid = (SELECT min(rowid) FROM AUDIT_JOURNAL WHERE AMOUNT <> 0 AND DELETED_FLAG = 0)",
+    );
+    let out = run(&broken);
+    assert!(
+        !out.status.success(),
+        "a failed check must fail the command"
+    );
+    let all = text(&out);
+    assert!(
+        all.contains("trial_balance") && all.contains("FAIL"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_broken_rule_is_reported_with_its_file_name() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 25, 100);
+    let rules_dir = edited_rules(dir.path(), "40_payments.sql", |sql| {
+        sql.replacen("SELECT", "SELEC", 1)
+    });
+    let out = Command::new(CONNECTOR)
+        .args(["rules", "run", "--staging"])
+        .arg(&staging)
+        .arg("--rules-dir")
+        .arg(&rules_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(
+        all.contains("rule 40_payments.sql failed") && all.contains("SELEC"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_rule_output_that_differs_from_the_schema_names_the_field() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 26, 100);
+    let rules_dir = edited_rules(dir.path(), "31_document_types.sql", |sql| {
+        sql.replacen("    d.due_date AS dueDate,\n", "", 1)
+    });
+    let err = normalise(&staging, &Rules::load(&rules_dir).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data type invoices")
+            && err.contains("field dueDate")
+            && err.contains("invoices.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rules_run_names_a_missing_staging_store() {
+    let dir = tempdir();
+    let missing = dir.path().join("nowhere.duckdb");
+    let out = Command::new(CONNECTOR)
+        .args(["rules", "run", "--staging"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(
+        all.contains("nowhere.duckdb") && all.contains("connector extract"),
+        "{all}"
+    );
+}
+
+#[test]
+fn rule_test_cases_pass_and_a_wrong_expectation_shows_a_diff() {
+    let out = Command::new(CONNECTOR)
+        .args(["rules", "test", "--cases"])
+        .arg(Path::new(ROOT).join("fixtures/rules"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let cases = std::fs::read_dir(Path::new(ROOT).join("fixtures/rules"))
+        .unwrap()
+        .count();
+    assert!(cases >= 5, "one case per splitting rule at least");
+
+    // The same case with one expected amount changed fails, showing both rows.
+    let dir = tempdir();
+    let original =
+        std::fs::read_to_string(Path::new(ROOT).join("fixtures/rules/split_by_date.case")).unwrap();
+    let wrong = original.replace("| 120.12      | 120.12    |", "| 120.13      | 120.12    |");
+    assert_ne!(wrong, original, "the edit must change the case");
+    std::fs::write(dir.path().join("split_by_date.case"), wrong).unwrap();
+    let out = Command::new(CONNECTOR)
+        .args(["rules", "test", "--cases"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  split_by_date")
+            && stdout.contains(
+                "- 7-SI-20250509 | 1001 | 2025-05-09 | 2025-06-08 | 100.10 | 20.02 | 120.13"
+            )
+            && stdout.contains(
+                "+ 7-SI-20250509 | 1001 | 2025-05-09 | 2025-06-08 | 100.10 | 20.02 | 120.12"
+            ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn normalised_tables_can_be_kept_in_a_file_without_working_tables() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 27, 300);
+    let out_path = dir.path().join("normalised.duckdb");
+    {
+        let ws =
+            Workspace::over_staging(&staging, Some(&out_path), &SourceSchema::embedded()).unwrap();
+        let report = rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap();
+        assert!(report.failed().is_empty());
+    }
+    let conn = duckdb::Connection::open(&out_path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT schema_name || '.' || table_name FROM duckdb_tables() ORDER BY 1")
+        .unwrap();
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let model = DataModel::embedded();
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = model
+            .types
+            .iter()
+            .map(|t| format!("main.{}", t.name))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(tables, expected);
+    // Money is exact decimal in the output, never a float.
+    let ty: String = conn
+        .query_row(
+            "SELECT data_type FROM duckdb_columns() WHERE table_name = 'invoices' AND column_name = 'totalAmount'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ty, "DECIMAL(18,2)");
+}
