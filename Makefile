@@ -26,7 +26,7 @@ PG_DIR ?= /var/tmp/connector-test-pg
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 time npm
 
-.PHONY: deps duckdb build test lint demo bench-extract pg-up pg-down
+.PHONY: deps duckdb build test lint demo bench-extract bench-normalise pg-up pg-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -78,3 +78,6 @@ demo: build
 
 bench-extract: build
 	@bash benches/extract.sh
+
+bench-normalise: build
+	@bash benches/normalise.sh

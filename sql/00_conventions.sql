@@ -55,10 +55,19 @@ CREATE OR REPLACE TEMP MACRO tracking_refs(dept_number, project_id) AS list_filt
      CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
     x -> x IS NOT NULL);
 
--- Slices for big list() aggregations: DuckDB cannot spill a list aggregate's state, so rules
--- that build lists over millions of rows group one slice of headers at a time (8 slices,
--- INSERTed one by one). NULL header numbers fall in slice 0.
-CREATE OR REPLACE TEMP MACRO slice_of(header_number) AS coalesce(header_number, 0) % 8;
+-- Slices for big list() aggregations. DuckDB cannot spill a list aggregate's state, so rules
+-- that build lists over millions of rows group one slice of headers at a time: slices 0..7
+-- are ranges of header numbers of equal width, slice 8 the rows without a header number,
+-- slice -1 everything. The width is a variable, so a slice's filter is a constant range that
+-- DuckDB checks against each row group's min/max and skips the rest of the table.
+SET VARIABLE slice_width = (SELECT coalesce(max(HEADER_NUMBER), 0) // 8 + 1 FROM sage.AUDIT_HEADER);
+CREATE OR REPLACE TEMP MACRO in_slice(header_number, k) AS CASE
+    WHEN k = -1 THEN true
+    WHEN k = 8 THEN header_number IS NULL
+    WHEN k = 0 THEN header_number < getvariable('slice_width')
+    WHEN k = 7 THEN header_number >= 7 * getvariable('slice_width')
+    ELSE header_number >= k * getvariable('slice_width')
+     AND header_number < (k + 1) * getvariable('slice_width') END;
 
 -- Lineage every record carries back to Sage.
 CREATE OR REPLACE TEMP MACRO lineage(tbl, k, splits) AS

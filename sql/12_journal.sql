@@ -1,5 +1,5 @@
--- Rule 12: every general-ledger posting (AUDIT_JOURNAL), with the header and split it came
--- from and the journal entry it belongs to.
+-- Rule 12: the general-ledger postings (AUDIT_JOURNAL) of a slice of headers (macro
+-- in_slice), with the header and split each came from and the journal entry it belongs to.
 --
 -- Why: journalEntries and bankTransactions are both views of these postings, and the checks
 -- compare them with the source per nominal code and month. A journal entry is the postings of
@@ -7,7 +7,9 @@
 -- keeps entries balanced, and a journal mixing JD and JC lines on one date stays ONE balanced
 -- entry. (A Sage journal spread over several dates gives entries that do not balance alone;
 -- the check trial_balance reports them as warnings, the totals per month stay exact.)
-CREATE OR REPLACE TABLE work.journal AS
+-- A macro rather than a table: millions of postings are read slice by slice where they are
+-- needed instead of being copied once more.
+CREATE OR REPLACE TEMP MACRO postings(k) AS TABLE
 WITH posting AS (
     SELECT
         TRAN_NUMBER AS tran_number,
@@ -21,6 +23,7 @@ WITH posting AS (
         DEPT_NUMBER AS dept_number,
         is_set(DELETED_FLAG) AS line_deleted
     FROM sage.AUDIT_JOURNAL
+    WHERE in_slice(HEADER_NUMBER, k)
 ),
 header AS (
     SELECT
@@ -33,6 +36,12 @@ header AS (
         is_set(DELETED_FLAG) AS header_deleted,
         RECORD_MODIFY_DATE AS header_modified
     FROM sage.AUDIT_HEADER
+    WHERE in_slice(HEADER_NUMBER, k)
+),
+split AS (
+    SELECT split_number, modified, details, part_id, data_type, project_id
+    FROM work.splits
+    WHERE in_slice(header_number, k)
 )
 SELECT
     p.*,
@@ -52,4 +61,4 @@ SELECT
     s.project_id
 FROM posting p
 LEFT JOIN header h USING (header_number)
-LEFT JOIN work.splits s ON s.split_number = p.split_number;
+LEFT JOIN split s ON s.split_number = p.split_number;

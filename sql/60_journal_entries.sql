@@ -6,9 +6,9 @@
 -- A journal that mixes JD and JC lines is one balanced entry. Lines keep Sage's sign (debit
 -- positive), and each line points back at the document its split became (recordRef).
 -- DuckDB cannot spill the state of a list() aggregate, so the entries are built in slices of
--- headers (macro slice_of: header_number % 8), each INSERT a statement of its own: peak memory
+-- headers (macro in_slice), each INSERT a statement of its own: peak memory
 -- is an eighth of the whole, whatever the company's size.
-CREATE OR REPLACE TEMP MACRO journal_entries_slice(slice) AS TABLE
+CREATE OR REPLACE TEMP MACRO journal_entries_slice(k) AS TABLE
 WITH entry AS (
     SELECT
         -- grouped by integer and date keys (cheaper than the string id)
@@ -36,8 +36,7 @@ WITH entry AS (
             }) AS journal_lines,
         max(modified) AS modified,
         bool_and(deleted) AS deleted
-    FROM work.journal
-    WHERE slice_of(header_number) = slice
+    FROM postings(k)
     GROUP BY header_number, posted_on
 )
 SELECT
@@ -63,3 +62,4 @@ INSERT INTO journalEntries FROM journal_entries_slice(4);
 INSERT INTO journalEntries FROM journal_entries_slice(5);
 INSERT INTO journalEntries FROM journal_entries_slice(6);
 INSERT INTO journalEntries FROM journal_entries_slice(7);
+INSERT INTO journalEntries FROM journal_entries_slice(8);

@@ -33,8 +33,10 @@ link AS (
     SELECT data_type, id, 'lines.links', link.type, link.id
     FROM payment_link WHERE link.type <> 'PaymentOnAccount'
     UNION ALL
-    SELECT 'journalEntries', id, 'journalLines.recordRef', l.recordRef.dataType, l.recordRef.id
-    FROM (SELECT id, unnest(journalLines) AS l FROM journalEntries) WHERE l.recordRef IS NOT NULL
+    -- one row per distinct document an entry's lines point at (most lines share one)
+    SELECT 'journalEntries', id, 'journalLines.recordRef', ref.dataType, ref.id
+    FROM (SELECT id, unnest(list_distinct([l.recordRef FOR l IN journalLines])) AS ref FROM journalEntries)
+    WHERE ref IS NOT NULL
     UNION ALL
     SELECT 'bankTransactions', id, 'recordRef', recordRef.dataType, recordRef.id FROM bankTransactions
     UNION ALL

@@ -263,7 +263,15 @@ pub fn normalise(ws: &Workspace, rules: &Rules, model: &DataModel) -> Result<Rep
     let checks = checks::run_all(ws, rules, model)?;
     let checks_seconds = started.elapsed().as_secs_f64();
     let data_types = control_totals(ws, model)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "Computed the control totals."
+    );
     ws.drop_work()?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "Dropped the working tables."
+    );
     Ok(Report {
         data_types,
         checks,

@@ -16,6 +16,8 @@ pub const WORK_SCHEMA: &str = "work";
 /// A DuckDB connection prepared for the rules.
 pub struct Workspace {
     conn: Connection,
+    /// Whether the database is a file (`out`) rather than memory.
+    in_file: bool,
     /// Spill folder, removed on drop.
     temp_dir: PathBuf,
 }
@@ -76,11 +78,19 @@ impl Workspace {
                 .replace('\'', "''")
         ))
         .map_err(duck("configuring DuckDB"))?;
-        Ok(Workspace { conn, temp_dir })
+        Ok(Workspace {
+            conn,
+            temp_dir,
+            in_file: out.is_some(),
+        })
     }
 
     /// Drops the rules' working tables, leaving one table per data type.
     pub fn drop_work(&self) -> Result<(), RulesError> {
+        // In memory the working tables go with the process; dropping them costs seconds.
+        if !self.in_file {
+            return Ok(());
+        }
         self.conn
             .execute_batch(&format!(
                 "DROP SCHEMA IF EXISTS {WORK_SCHEMA} CASCADE; CHECKPOINT;"
