@@ -75,6 +75,10 @@ demo: build
 	  --verify-counts | tee "$(DEMO_DIR)/extract.txt"
 	@echo "== Rows staged next to rows in the Sage source, counted by sqlite3 itself"
 	@bash .ci/compare-counts.sh "$(DEMO_DIR)/company/ACCDATA/SAGE50.DB" "$(DEMO_DIR)/extract.txt"
+	@echo "== Normalising: the SQL rules in sql/ into our data types, then every check in sql/checks/"
+	@$(BIN)/connector rules run --staging "$(DEMO_DIR)/staging.duckdb" --out "$(DEMO_DIR)/normalised.duckdb"
+	@echo "== The rule test cases (fixtures/rules/*.case)"
+	@$(BIN)/connector rules test --cases fixtures/rules
 
 bench-extract: build
 	@bash benches/extract.sh
