@@ -1,5 +1,6 @@
 -- Rule 12: the general-ledger postings (AUDIT_JOURNAL) of a slice of headers (macro
--- in_slice), with the header and split each came from and the journal entry it belongs to.
+-- in_slice), optionally only those on bank nominal codes, with the header and split each
+-- came from and the journal entry it belongs to.
 --
 -- Why: journalEntries and bankTransactions are both views of these postings, and the checks
 -- compare them with the source per nominal code and month. A journal entry is the postings of
@@ -9,7 +10,7 @@
 -- the check trial_balance reports them as warnings, the totals per month stay exact.)
 -- A macro rather than a table: millions of postings are read slice by slice where they are
 -- needed instead of being copied once more.
-CREATE OR REPLACE TEMP MACRO postings(k) AS TABLE
+CREATE OR REPLACE TEMP MACRO postings(k, bank_only) AS TABLE
 WITH posting AS (
     SELECT
         TRAN_NUMBER AS tran_number,
@@ -24,6 +25,8 @@ WITH posting AS (
         is_set(DELETED_FLAG) AS line_deleted
     FROM sage.AUDIT_JOURNAL
     WHERE in_slice(HEADER_NUMBER, k)
+      -- bankTransactions need only postings to bank nominals: filter before any join
+      AND (NOT bank_only OR txt(NOMINAL_CODE) IN (SELECT txt(ACCOUNT_REF) FROM sage.BANK))
 ),
 header AS (
     SELECT

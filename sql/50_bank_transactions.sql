@@ -29,5 +29,5 @@ SELECT
     j.deleted AS isDeleted,
     lineage('AUDIT_JOURNAL', j.tran_number::VARCHAR || '-' || j.nominal_code,
             CASE WHEN j.split_number IS NULL THEN [] ELSE [j.split_number] END) AS lineage
-FROM postings(-1) j
+FROM postings(-1, true) j
 JOIN bank b ON b.code = j.nominal_code;

@@ -36,7 +36,7 @@ WITH entry AS (
             }) AS journal_lines,
         max(modified) AS modified,
         bool_and(deleted) AS deleted
-    FROM postings(k)
+    FROM postings(k, false)
     GROUP BY header_number, posted_on
 )
 SELECT

@@ -73,6 +73,9 @@ enum RulesCommand {
         /// Keep the normalised tables in this DuckDB file (replaced); default: in memory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write the report (records, control totals, checks) as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Run the rule test cases: small Sage inputs with their expected output tables.
     Test {
@@ -192,12 +195,17 @@ fn run_rules(command: RulesCommand) -> anyhow::Result<()> {
             rules_dir,
             schemas_dir,
             out,
+            json,
         } => {
             let rules = Rules::from_option(rules_dir.as_deref())?;
             let model = model_from(schemas_dir)?;
             let ws = Workspace::over_staging(&staging, out.as_deref(), &SourceSchema::embedded())?;
             let report = rules::normalise(&ws, &rules, &model)?;
             print!("{}", report.summary());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
             report.ensure_passed()?;
             Ok(())
         }

@@ -210,11 +210,12 @@ pub struct DataTypeTotals {
     /// Records with `isDeleted = true`.
     pub deleted: u64,
     /// Sum of each top-level money field over the live records, as exact decimal strings.
-    pub sums: Vec<(String, String)>,
+    pub sums: std::collections::BTreeMap<String, String>,
 }
 
-/// What a normalisation run produced.
-#[derive(Debug, Clone)]
+/// What a normalisation run produced (its JSON form is what `rules run --json` writes and the
+/// snapshot manifest keeps).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     /// Per data type: counts and control totals (kept for the snapshot manifest).
     pub data_types: Vec<DataTypeTotals>,
