@@ -15,7 +15,8 @@ WITH entry AS (
         header_number,
         posted_on,
         any_value(entry_id) AS entry_id,
-        any_value(coalesce(nullif(header_type, ''), journal_type)) AS journal_type,
+        -- min, not any_value: without a header the lines' own types may differ
+        min(coalesce(nullif(header_type, ''), journal_type)) AS journal_type,
         any_value(coalesce(reference, '')) AS reference,
         any_value(coalesce(note, '')) AS description,
         coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::DECIMAL(18, 2) AS total_debit,
