@@ -6,12 +6,11 @@
 -- and one type, so the unit of a document is a *part*: the splits of one header that share a
 -- date and a type. A header whose splits all match it is one part with the header's number as
 -- id; otherwise each part gets the suffix -TYPE-YYYYMMDD (macro part_id). A split of a
--- deleted header counts as deleted. Amounts become exact money here, once.
+-- deleted header counts as deleted; a deleted split of a live header is a part of its own
+-- (suffix -deleted). Splits whose header is missing cannot make a document: the check
+-- split_headers names them. Amounts become exact money here, once.
 CREATE OR REPLACE TABLE work.splits AS
-WITH base AS (
-    SELECT txt(BASE_CURRENCY) AS base_currency FROM sage.COMPANY LIMIT 1
-),
-header AS (
+WITH header AS (
     SELECT
         h.HEADER_NUMBER AS header_number,
         txt(h.TYPE) AS header_type,
@@ -20,9 +19,9 @@ header AS (
         txt(h.ACCOUNT_REF) AS account_ref,
         txt(h.INV_REF) AS reference,
         txt(h.DETAILS) AS note,
-        coalesce(nullif(txt(c.CODE), ''), (SELECT base_currency FROM base), '') AS currency,
+        currency_code(c.CODE, h.CURRENCY) AS currency,
         coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
-        money(h.FOREIGN_GROSS_AMOUNT) AS foreign_gross,
+        CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS foreign_gross,
         is_set(h.DELETED_FLAG) AS header_deleted,
         h.RECORD_MODIFY_DATE AS header_modified
     FROM sage.AUDIT_HEADER h
@@ -61,6 +60,9 @@ joined AS (
 )
 SELECT
     *,
-    part_id(header_number, part_date, part_type, header_date, header_type) AS part_id,
+    -- A deleted split of a live header (a Sage correction: the old line is marked deleted and
+    -- a new one added) is a deleted part of its own, so the live document holds live lines only.
+    part_id(header_number, part_date, part_type, header_date, header_type)
+        || CASE WHEN split_deleted AND NOT header_deleted THEN '-deleted' ELSE '' END AS part_id,
     data_type_of(part_type) AS data_type
 FROM joined;

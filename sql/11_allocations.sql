@@ -5,7 +5,8 @@
 -- invoice lists what paid it, a credit note what it was used against, a receipt which
 -- documents it paid. So each live allocation becomes two rows, one per end, each naming the
 -- document part at the other end (NULL when that split does not exist: reported by the check
--- links_exist, never dropped).
+-- links_exist, never dropped). An allocation touching a deleted split is history, not a
+-- settlement: it is left out (the documents' OUTSTANDING in Sage no longer counts it).
 CREATE OR REPLACE TABLE work.allocations AS
 WITH usage AS (
     SELECT
@@ -32,4 +33,5 @@ SELECT
     o.data_type AS other_data_type
 FROM ends e
 JOIN work.splits s ON s.split_number = e.split_number
-LEFT JOIN work.splits o ON o.split_number = e.other_split;
+LEFT JOIN work.splits o ON o.split_number = e.other_split
+WHERE NOT s.deleted AND NOT coalesce(o.deleted, false);

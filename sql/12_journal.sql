@@ -55,9 +55,14 @@ SELECT
     h.account_ref,
     p.line_deleted OR coalesce(h.header_deleted, false) AS deleted,
     greatest(h.header_modified, s.modified) AS modified,
-    p.header_number::VARCHAR || CASE
-        WHEN p.posted_on IS NOT DISTINCT FROM h.header_date THEN ''
-        ELSE '-' || coalesce(strftime(p.posted_on, '%Y%m%d'), 'nodate') END AS entry_id,
+    -- entry id: header number (or T + TRAN_NUMBER for a posting without one), the date when
+    -- not the header's, and -deleted for a deleted posting of a live header (a correction)
+    coalesce(p.header_number::VARCHAR, 'T' || p.tran_number) || CASE
+        WHEN p.header_number IS NULL OR p.posted_on IS NOT DISTINCT FROM h.header_date THEN ''
+        ELSE '-' || coalesce(strftime(p.posted_on, '%Y%m%d'), 'nodate') END
+        || CASE WHEN p.line_deleted AND NOT coalesce(h.header_deleted, false) THEN '-deleted' ELSE '' END
+        AS entry_id,
+    CASE WHEN p.header_number IS NULL THEN p.tran_number END AS orphan_tran_number,
     coalesce(s.details, h.note, '') AS details,
     s.part_id,
     s.data_type,

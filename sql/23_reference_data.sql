@@ -11,7 +11,7 @@ SELECT
     txt(b.ACCOUNT_NUMBER) AS accountNumber,
     txt(b.SORT_CODE) AS sortCode,
     txt(b.IBAN) AS iban,
-    coalesce(nullif(txt(c.CODE), ''), (SELECT txt(BASE_CURRENCY) FROM sage.COMPANY LIMIT 1), '') AS currency,
+    currency_code(c.CODE, b.CURRENCY) AS currency,
     b.TYPE::BIGINT AS sageBankType,
     money(b.BALANCE) AS balance,
     NULL::TIMESTAMP AS sourceModifiedDate,

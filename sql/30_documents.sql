@@ -74,7 +74,7 @@ SELECT
         list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
                         'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount})),
         x -> {
-            'paymentRef': {'dataType': x.data_type, 'id': x.part_id},
+            'paymentRef': {'dataType': coalesce(x.data_type, 'unknown'), 'id': x.part_id},
             'allocatedOnDate': x.on,
             'amount': x.amount
         }) AS allocations
@@ -85,7 +85,8 @@ GROUP BY part_id;
 -- Step 4: the documents: a view, each data type's table is its only copy (rule 31).
 CREATE OR REPLACE VIEW work.documents AS
 WITH parts_per_header AS (
-    SELECT header_number, count(*) AS parts FROM work.document_parts GROUP BY header_number
+    -- every part of the header, documents or not: the foreign total is the whole header's
+    SELECT header_number, count(DISTINCT part_id) AS parts FROM work.splits GROUP BY header_number
 )
 SELECT
     p.*,

@@ -38,7 +38,8 @@ WITH entry AS (
         max(modified) AS modified,
         bool_and(deleted) AS deleted
     FROM postings(k, false)
-    GROUP BY header_number, posted_on
+    -- the parts of entry_id, as integer and date keys (cheaper to group than the string)
+    GROUP BY header_number, posted_on, deleted, orphan_tran_number
 )
 SELECT
     entry_id AS id,
@@ -51,7 +52,8 @@ SELECT
     journal_lines AS journalLines,
     modified AS sourceModifiedDate,
     deleted AS isDeleted,
-    lineage('AUDIT_HEADER', header_number,
+    lineage(CASE WHEN header_number IS NULL THEN 'AUDIT_JOURNAL' ELSE 'AUDIT_HEADER' END,
+            coalesce(header_number::VARCHAR, entry_id),
             list_sort(list_distinct([l.sourceSplitNumber FOR l IN journal_lines]))) AS lineage
 FROM entry;
 

@@ -48,7 +48,7 @@ FROM link l
 LEFT JOIN record r ON r.data_type = l.target_type AND r.id = l.target_id
 WHERE r.id IS NULL
   -- a customer or supplier missing from the ledger is a source problem: check references
-  AND l.target_type NOT IN ('customers', 'suppliers')
+  AND (l.target_type IS NULL OR l.target_type NOT IN ('customers', 'suppliers'))
 UNION ALL
 SELECT 'error', data_type, id, 'lines.links', link.type, link.id
 FROM payment_link

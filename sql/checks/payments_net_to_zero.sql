@@ -17,10 +17,22 @@ unbalanced_lines AS (
     FROM line
     WHERE line.amount + coalesce(list_sum([k.amount FOR k IN line.links]), 0) <> 0
 ),
+split_deleted AS (
+    SELECT s.SPLIT_NUMBER AS split_number, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
+    FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER)
+),
+live_usage AS (
+    -- as rule 11: allocations touching a deleted split do not settle anything
+    SELECT u.SPLIT_NUMBER, u.SPLIT_CROSSREF, money(u.AMOUNT) AS amount
+    FROM sage.AUDIT_USAGE u
+    JOIN split_deleted a ON a.split_number = u.SPLIT_NUMBER
+    LEFT JOIN split_deleted b ON b.split_number = u.SPLIT_CROSSREF
+    WHERE NOT is_set(u.DELETED_FLAG) AND NOT a.deleted AND NOT coalesce(b.deleted, false)
+),
 usage AS (
-    SELECT SPLIT_NUMBER AS split_number, money(AMOUNT) AS amount FROM sage.AUDIT_USAGE WHERE NOT is_set(DELETED_FLAG)
+    SELECT SPLIT_NUMBER AS split_number, amount FROM live_usage
     UNION ALL
-    SELECT SPLIT_CROSSREF, money(AMOUNT) FROM sage.AUDIT_USAGE WHERE NOT is_set(DELETED_FLAG)
+    SELECT SPLIT_CROSSREF, amount FROM live_usage
 ),
 allocated AS (
     SELECT split_number, sum(amount) AS amount FROM usage GROUP BY ALL

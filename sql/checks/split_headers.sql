@@ -4,7 +4,8 @@
 -- billPayments (gross: totalAmount carries the payment's sign, undone here).
 -- error:   the documents' totals or split count differ from the source splits of the header
 --          (a split was lost, duplicated or changed by the rules).
--- warning: the header's own NET/TAX/GROSS differ from the sum of its splits in Sage.
+-- warning: the header's own NET/TAX/GROSS differ from the sum of its splits in Sage, or a
+--          split names a header that does not exist (it cannot make a document).
 WITH document AS (
     SELECT lineage.key AS header, lineage.splitNumbers AS splits, subTotal AS net, totalTaxAmount AS tax, totalAmount AS gross FROM invoices
     UNION ALL SELECT lineage.key, lineage.splitNumbers, subTotal, totalTaxAmount, totalAmount FROM creditNotes
@@ -25,15 +26,33 @@ header AS (
     WHERE data_type_of(txt(TYPE)) IS NOT NULL
 ),
 splits AS (
-    SELECT HEADER_NUMBER::VARCHAR AS header, sum(money(NET_AMOUNT)) AS net, sum(money(TAX_AMOUNT)) AS tax,
-           sum(money(GROSS_AMOUNT)) AS gross, count(*) AS splits
-    FROM sage.AUDIT_SPLIT GROUP BY ALL
+    -- the header's own totals are over all its splits; the documents hold only the splits of
+    -- document types (a header may mix, e.g., an invoice line and a receipt line)
+    SELECT s.HEADER_NUMBER::VARCHAR AS header,
+           sum(money(s.NET_AMOUNT)) AS all_net, sum(money(s.TAX_AMOUNT)) AS all_tax,
+           sum(money(s.GROSS_AMOUNT)) AS all_gross,
+           -- payments carry no net/tax: those are compared over invoice-like lines only
+           sum(money(s.NET_AMOUNT)) FILTER (WHERE with_tax) AS net,
+           sum(money(s.TAX_AMOUNT)) FILTER (WHERE with_tax) AS tax,
+           sum(money(s.GROSS_AMOUNT)) FILTER (WHERE document) AS gross,
+           count(*) FILTER (WHERE document) AS splits
+    FROM (SELECT *, data_type_of(t) IS NOT NULL AS document,
+                 data_type_of(t) IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AS with_tax
+          FROM (SELECT s.*, coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS t
+                FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER))) s
+    GROUP BY ALL
+),
+orphans AS (
+    SELECT s.SPLIT_NUMBER, s.HEADER_NUMBER
+    FROM sage.AUDIT_SPLIT s
+    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
+    WHERE h.HEADER_NUMBER IS NULL
 ),
 compared AS (
     SELECT h.header, h.type, d.documents,
-           h.gross AS header_gross, s.gross AS splits_gross, d.gross AS documents_gross,
-           h.net AS header_net, s.net AS splits_net, d.net AS documents_net,
-           h.tax AS header_tax, s.tax AS splits_tax, d.tax AS documents_tax,
+           h.gross AS header_gross, s.all_gross AS all_splits_gross, s.gross AS splits_gross, d.gross AS documents_gross,
+           h.net AS header_net, s.all_net AS all_splits_net, s.net AS splits_net, d.net AS documents_net,
+           h.tax AS header_tax, s.all_tax AS all_splits_tax, s.tax AS splits_tax, d.tax AS documents_tax,
            coalesce(s.splits, 0) AS source_splits, coalesce(d.splits, 0) AS document_splits
     FROM header h
     LEFT JOIN splits s USING (header)
@@ -42,13 +61,17 @@ compared AS (
 SELECT CASE
            WHEN source_splits <> document_splits
              OR splits_gross IS DISTINCT FROM documents_gross
-             OR (documents_net IS NOT NULL AND (splits_net <> documents_net OR splits_tax <> documents_tax))
+             OR splits_net IS DISTINCT FROM documents_net OR splits_tax IS DISTINCT FROM documents_tax
            THEN 'error' ELSE 'warning' END AS severity,
        *
 FROM compared
 WHERE source_splits <> document_splits
    OR splits_gross IS DISTINCT FROM documents_gross
-   OR (documents_net IS NOT NULL AND (splits_net <> documents_net OR splits_tax <> documents_tax))
-   OR header_gross IS DISTINCT FROM splits_gross
-   OR (documents_net IS NOT NULL AND (header_net <> splits_net OR header_tax <> splits_tax))
+   OR splits_net IS DISTINCT FROM documents_net OR splits_tax IS DISTINCT FROM documents_tax
+   OR header_gross IS DISTINCT FROM all_splits_gross
+   OR header_net IS DISTINCT FROM all_splits_net
+   OR header_tax IS DISTINCT FROM all_splits_tax
+UNION ALL BY NAME
+SELECT 'warning' AS severity, 'split ' || SPLIT_NUMBER || ' names missing header ' || coalesce(HEADER_NUMBER::VARCHAR, 'NULL') AS header
+FROM orphans
 ORDER BY severity, header;

@@ -1,6 +1,9 @@
 -- Check trial_balance: the normalised journal (every live posting of journalEntries) sums to
 -- exactly zero, as double entry requires.
--- error:   the live lines of all journal entries do not sum to 0.00.
+-- error:   the live lines of all journal entries do not sum to 0.00. This stays an error even
+--          when Sage's own AUDIT_JOURNAL does not balance (column source_total): clients
+--          rebuild trial balances from what we publish, and an unbalanced ledger is corrupt
+--          data, not a summary figure disagreeing with its transactions.
 -- warning: one entry does not balance on its own. Documents balance per split, so this only
 --          happens when Sage itself holds a journal whose lines are spread over several dates
 --          (rule 12 groups postings per date); totals per month stay exact.
@@ -11,13 +14,19 @@ WITH line AS (
 overall AS (
     SELECT sum(amount) AS total FROM line WHERE NOT isDeleted
 ),
+source AS (
+    SELECT coalesce(sum(money(j.AMOUNT)), 0) AS total
+    FROM sage.AUDIT_JOURNAL j LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+    WHERE NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
+),
 per_entry AS (
     SELECT id, sum(amount) AS total FROM line WHERE NOT isDeleted GROUP BY id
 )
-SELECT 'error' AS severity, 'all journal entries' AS entry, total AS imbalance
+SELECT 'error' AS severity, 'all journal entries' AS entry, total AS imbalance,
+       (SELECT total FROM source) AS source_total
 FROM overall WHERE total <> 0
 UNION ALL
-SELECT 'warning', 'journal entry ' || id, total
+SELECT 'warning', 'journal entry ' || id, total, NULL
 FROM per_entry WHERE total <> 0
   -- an entry-level imbalance only matters when the whole is fine (else the error says it)
   AND (SELECT coalesce(total, 0) FROM overall) = 0

@@ -13,8 +13,10 @@
 //! Everything before the first `-- expect:` line is SQL run against empty Sage tables (columns
 //! left out are NULL). Each `-- expect: QUERY` is followed by the expected result as a table:
 //! a header row and one row per result row, cells separated by `|`, NULL written `NULL`,
-//! values as DuckDB renders them as text. The rules and then every check run; a case fails
-//! on a differing table (shown as a diff) or on any check error.
+//! values as DuckDB renders them as text. A line `-- expect check: NAME pass|warn|fail`
+//! states a check's outcome. The rules and then every check run; a case fails on a differing
+//! table (shown as a diff), on a check whose outcome differs from the one stated, or on any
+//! check error not stated.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,7 @@ use crate::schema::SourceSchema;
 /// File extension of rule test cases.
 pub const CASE_EXTENSION: &str = "case";
 const EXPECT: &str = "-- expect:";
+const EXPECT_CHECK: &str = "-- expect check:";
 
 /// One expected query result.
 #[derive(Debug, Clone)]
@@ -46,6 +49,8 @@ pub struct RuleCase {
     pub path: PathBuf,
     input: String,
     expectations: Vec<Expectation>,
+    /// (check name, expected status, line).
+    checks: Vec<(String, CheckStatus, usize)>,
 }
 
 /// What running a case found.
@@ -75,8 +80,35 @@ impl RuleCase {
             .into_owned();
         let mut input = String::new();
         let mut expectations: Vec<Expectation> = Vec::new();
+        let mut checks = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            if let Some(query) = line.trim_start().strip_prefix(EXPECT) {
+            if let Some(rest) = line.trim_start().strip_prefix(EXPECT_CHECK) {
+                let mut words = rest.split_whitespace();
+                let (Some(name), Some(status)) = (words.next(), words.next()) else {
+                    return Err(RulesError::Rule {
+                        file: path.display().to_string(),
+                        message: format!(
+                            "line {}: write `{EXPECT_CHECK} NAME pass|warn|fail`",
+                            i + 1
+                        ),
+                    });
+                };
+                let status = match status {
+                    "pass" => CheckStatus::Pass,
+                    "warn" => CheckStatus::Warn,
+                    "fail" => CheckStatus::Fail,
+                    other => {
+                        return Err(RulesError::Rule {
+                            file: path.display().to_string(),
+                            message: format!(
+                                "line {}: unknown check outcome {other:?} (pass, warn or fail)",
+                                i + 1
+                            ),
+                        });
+                    }
+                };
+                checks.push((name.to_owned(), status, i + 1));
+            } else if let Some(query) = line.trim_start().strip_prefix(EXPECT) {
                 expectations.push(Expectation {
                     query: query.trim().to_owned(),
                     table: Vec::new(),
@@ -84,6 +116,7 @@ impl RuleCase {
                 });
             } else if let Some(current) = expectations.last_mut() {
                 if !line.trim().is_empty() && !line.trim_start().starts_with("--") {
+                    // table rows; comments between expectations are free text
                     current.table.push(cells(line));
                 }
             } else {
@@ -102,6 +135,7 @@ impl RuleCase {
             path: path.to_owned(),
             input,
             expectations,
+            checks,
         })
     }
 
@@ -136,16 +170,28 @@ impl RuleCase {
             })?;
         let report = normalise(&ws, rules, model)?;
         let mut failures = Vec::new();
-        for c in report
-            .checks
-            .iter()
-            .filter(|c| c.status == CheckStatus::Fail)
-        {
-            failures.push(format!(
-                "check {} failed:\n    {}",
-                c.name,
-                c.sample.join("\n    ")
-            ));
+        for c in &report.checks {
+            let stated = self.checks.iter().find(|(name, _, _)| *name == c.name);
+            match stated {
+                Some((_, status, line)) if *status != c.status => failures.push(format!(
+                    "line {line}: check {} was expected to {:?} but did {:?}:\n    {}",
+                    c.name,
+                    status,
+                    c.status,
+                    c.sample.join("\n    ")
+                )),
+                None if c.status == CheckStatus::Fail => failures.push(format!(
+                    "check {} failed:\n    {}",
+                    c.name,
+                    c.sample.join("\n    ")
+                )),
+                _ => {}
+            }
+        }
+        for (name, _, line) in &self.checks {
+            if !report.checks.iter().any(|c| c.name == *name) {
+                failures.push(format!("line {line}: there is no check named {name}"));
+            }
         }
         for e in &self.expectations {
             let (columns, rows) = match text_rows(ws.conn(), &e.query) {

@@ -157,14 +157,35 @@ pub(crate) fn text_rows(conn: &duckdb::Connection, sql: &str) -> Result<TextRows
     Ok((columns, rows.collect::<Result<_, _>>()?))
 }
 
-/// Checks generated from the data model: `unique_ids` (every record `id`, and every `id`
+/// Checks generated from the data model: `required_fields` (no top-level field that is not
+/// `nullable` is NULL: the API's contract), `unique_ids` (every record `id`, and every `id`
 /// marked `unique` in a list of objects, is unique within its data type) and `references` (every object marked `ref`
 /// names an existing record). References to master data come straight from Sage columns, so
 /// a dangling one is a source problem: a warning.
 fn generated(model: &DataModel) -> Vec<SqlFile> {
     let mut unique = Vec::new();
     let mut references = Vec::new();
+    let mut required = Vec::new();
     for dt in &model.types {
+        let fields: Vec<&Field> = dt.fields.iter().filter(|f| !f.nullable).collect();
+        if !fields.is_empty() {
+            let which: Vec<String> = fields
+                .iter()
+                .map(|f| format!("WHEN {} IS NULL THEN '{}'", ident(&f.name), f.name))
+                .collect();
+            let any: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{} IS NULL", ident(&f.name)))
+                .collect();
+            required.push(format!(
+                "SELECT 'error' AS severity, '{0}' AS data_type, \"id\"::VARCHAR AS id, CASE {1} END AS field, \
+                 lineage::VARCHAR AS lineage FROM main.{2} WHERE {3}",
+                dt.name,
+                which.join(" "),
+                ident(&dt.name),
+                any.join(" OR ")
+            ));
+        }
         let from = format!("SELECT \"id\" AS record, * FROM main.{}", ident(&dt.name));
         unique.push(format!(
             "SELECT 'error' AS severity, '{0}' AS data_type, 'id' AS field, record AS id, count(*) AS copies \
@@ -197,6 +218,10 @@ fn generated(model: &DataModel) -> Vec<SqlFile> {
         SqlFile {
             name: "references.sql".into(),
             text: union(references),
+        },
+        SqlFile {
+            name: "required_fields.sql".into(),
+            text: union(required),
         },
     ]
 }
