@@ -82,12 +82,13 @@ FROM work.allocations
 WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
 GROUP BY part_id;
 
--- Step 4: the documents: a view, each data type's table is its only copy (rule 31).
+-- Step 4: how many records each header became (documents or not): a header's foreign total
+-- belongs to a record only when the header became just that one.
+CREATE OR REPLACE TABLE work.parts_per_header AS
+SELECT header_number, count(DISTINCT part_id) AS parts FROM work.splits GROUP BY header_number;
+
+-- Step 5: the documents: a view, each data type's table is its only copy (rule 31).
 CREATE OR REPLACE VIEW work.documents AS
-WITH parts_per_header AS (
-    -- every part of the header, documents or not: the foreign total is the whole header's
-    SELECT header_number, count(DISTINCT part_id) AS parts FROM work.splits GROUP BY header_number
-)
 SELECT
     p.*,
     p.header_due_date + (p.part_date - p.header_date)::INTEGER AS due_date,
@@ -102,5 +103,5 @@ SELECT
         ELSE 'Submitted' END AS status
 FROM work.document_parts p
 JOIN work.document_lines l USING (part_id)
-JOIN parts_per_header h USING (header_number)
+JOIN work.parts_per_header h USING (header_number)
 LEFT JOIN work.document_allocations a USING (part_id);

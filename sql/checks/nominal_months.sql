@@ -6,7 +6,8 @@
 --          BALANCE_MTH1..12, BALANCE): the source disagrees with itself, as Sage's Check
 --          Data would report; names the nominal code and period.
 WITH fy AS (
-    SELECT FINANCIAL_YEAR AS fy_start FROM sage.COMPANY LIMIT 1
+    -- the company record's financial year (Sage's, or derived when Sage has none)
+    SELECT financialYearStart AS fy_start FROM company LIMIT 1
 ),
 normalised AS (
     SELECT l.accountRef.id AS nominal, date_trunc('month', e.postedOn) AS month, l.netAmount AS amount
