@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use connector::extract::{self, ExtractError, ExtractOptions};
 use connector::model::DataModel;
-use connector::rules::{self, RuleCase, Rules, Workspace};
+use connector::rules::{self, Rules, Workspace};
 use connector::schema::SourceSchema;
 use connector::source::{Secret, SourceConfig};
 
@@ -56,6 +56,17 @@ enum Command {
     },
 }
 
+/// Where the rules and the data model come from.
+#[derive(clap::Args)]
+struct RulesSource {
+    /// Folder of rules (`*.sql`, checks in `checks/`); default: the copy built into the binary.
+    #[arg(long)]
+    rules_dir: Option<PathBuf>,
+    /// Folder of data type schemas (`schemas/datatypes`); default: the built-in copy.
+    #[arg(long)]
+    schemas_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum RulesCommand {
     /// Run the rules and checks over an existing staging store, without extracting again;
@@ -64,13 +75,10 @@ enum RulesCommand {
         /// The DuckDB staging store written by `connector extract` (only read).
         #[arg(long)]
         staging: PathBuf,
-        /// Folder of rules (`*.sql`, checks in `checks/`); default: the embedded copy.
-        #[arg(long)]
-        rules_dir: Option<PathBuf>,
-        /// Folder of data type schemas; default: the embedded copy of schemas/datatypes.
-        #[arg(long)]
-        schemas_dir: Option<PathBuf>,
-        /// Keep the normalised tables in this DuckDB file (replaced); default: in memory.
+        #[command(flatten)]
+        source: RulesSource,
+        /// Keep the normalised tables in this DuckDB file (replaced only when every check
+        /// passed); default: in memory.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Also write the report (records, control totals, checks) as JSON to this file.
@@ -82,12 +90,8 @@ enum RulesCommand {
         /// Folder of `*.case` files.
         #[arg(long, default_value = "fixtures/rules")]
         cases: PathBuf,
-        /// Folder of rules; default: the embedded copy.
-        #[arg(long)]
-        rules_dir: Option<PathBuf>,
-        /// Folder of data type schemas; default: the embedded copy.
-        #[arg(long)]
-        schemas_dir: Option<PathBuf>,
+        #[command(flatten)]
+        source: RulesSource,
         /// Run only the cases whose name contains this.
         filter: Option<String>,
     },
@@ -182,62 +186,48 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn model_from(dir: Option<PathBuf>) -> anyhow::Result<DataModel> {
-    Ok(match dir {
-        Some(dir) => DataModel::load(&dir)?,
-        None => DataModel::embedded(),
-    })
-}
-
 fn run_rules(command: RulesCommand) -> anyhow::Result<()> {
     match command {
         RulesCommand::Run {
             staging,
-            rules_dir,
-            schemas_dir,
+            source,
             out,
             json,
         } => {
-            let rules = Rules::from_option(rules_dir.as_deref())?;
-            let model = model_from(schemas_dir)?;
+            let rules = Rules::from_option(source.rules_dir.as_deref())?;
+            let model = DataModel::from_option(source.schemas_dir.as_deref())?;
             let ws = Workspace::over_staging(&staging, out.as_deref(), &SourceSchema::embedded())?;
             let report = rules::normalise(&ws, &rules, &model)?;
             print!("{}", report.summary());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    .map_err(|e| anyhow::anyhow!("cannot write --json {}: {e}", path.display()))?;
             }
             report.ensure_passed()?;
+            if let Some(path) = ws.keep()? {
+                println!("normalised tables kept in {}", path.display());
+            }
             Ok(())
         }
         RulesCommand::Test {
             cases,
-            rules_dir,
-            schemas_dir,
+            source,
             filter,
         } => {
-            let rules = Rules::from_option(rules_dir.as_deref())?;
-            let model = model_from(schemas_dir)?;
-            let schema = SourceSchema::embedded();
-            let mut failed = 0;
-            let all = RuleCase::load_dir(&cases)?;
-            let selected: Vec<_> = all
-                .iter()
-                .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
-                .collect();
-            for case in &selected {
-                let outcome = case.run(&rules, &model, &schema)?;
-                if outcome.failures.is_empty() {
-                    println!("ok    {}", outcome.name);
-                } else {
-                    failed += 1;
-                    println!("FAIL  {} ({})", outcome.name, case.path.display());
-                    for f in &outcome.failures {
-                        println!("  {f}");
-                    }
-                }
+            let rules = Rules::from_option(source.rules_dir.as_deref())?;
+            let model = DataModel::from_option(source.schemas_dir.as_deref())?;
+            let outcomes = rules::run_cases(
+                &cases,
+                filter.as_deref(),
+                &rules,
+                &model,
+                &SourceSchema::embedded(),
+            )?;
+            for outcome in &outcomes {
+                print!("{outcome}");
             }
-            println!("{} case(s), {failed} failed", selected.len());
+            let failed = outcomes.iter().filter(|o| !o.passed()).count();
+            println!("{} case(s), {failed} failed", outcomes.len());
             anyhow::ensure!(failed == 0, "{failed} rule test case(s) failed");
             Ok(())
         }

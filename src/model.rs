@@ -16,6 +16,12 @@ include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 /// File holding the fields common to every data type.
 const RECORD_FILE: &str = "_record.toml";
+/// The record id every data type has (in `_record.toml`).
+pub const ID_FIELD: &str = "id";
+/// The deletion flag every data type has (in `_record.toml`).
+pub const IS_DELETED_FIELD: &str = "isDeleted";
+/// The lineage back to Sage every data type has (in `_record.toml`).
+pub const LINEAGE_FIELD: &str = "lineage";
 
 /// Why the data model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +190,9 @@ pub struct DataType {
     /// The file it was read from.
     #[serde(skip)]
     pub file: String,
+    /// Where that file is, for messages (`schemas/datatypes/x.toml (built in)` or a path).
+    #[serde(skip)]
+    pub origin: String,
 }
 
 impl DataType {
@@ -214,7 +223,13 @@ impl DataModel {
             .iter()
             .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
             .collect();
-        Self::parse(files).expect("the embedded data model is valid (tested)")
+        Self::parse_from(files, "schemas/datatypes (built in)")
+            .expect("the embedded data model is valid (tested)")
+    }
+
+    /// The embedded data model, or the one in `dir` when given.
+    pub fn from_option(dir: Option<&Path>) -> Result<Self, ModelError> {
+        dir.map_or_else(|| Ok(Self::embedded()), Self::load)
     }
 
     /// Reads every `*.toml` in a folder.
@@ -244,14 +259,18 @@ impl DataModel {
             }
         }
         files.sort();
-        Self::parse(files)
+        Self::parse_from(files, &dir.display().to_string())
     }
 
     /// Parses and validates (file name, text) pairs; `_record.toml` holds the common fields.
     pub fn parse(files: Vec<(String, String)>) -> Result<Self, ModelError> {
+        Self::parse_from(files, "schemas/datatypes")
+    }
+
+    fn parse_from(files: Vec<(String, String)>, folder: &str) -> Result<Self, ModelError> {
         let parse_err = |file: &str, e: toml::de::Error| ModelError::Parse {
             file: file.to_owned(),
-            message: e.message().to_owned(),
+            message: e.to_string(),
         };
         let record = files
             .iter()
@@ -262,10 +281,36 @@ impl DataModel {
             })?;
         let common: RecordFields =
             toml::from_str(&record.1).map_err(|e| parse_err(RECORD_FILE, e))?;
+        for required in [ID_FIELD, IS_DELETED_FIELD, LINEAGE_FIELD] {
+            if !common.fields.iter().any(|f| f.name == required) {
+                return Err(ModelError::Parse {
+                    file: RECORD_FILE.into(),
+                    message: format!(
+                        "the common field {required} is missing: the rules' checks and totals rely on it"
+                    ),
+                });
+            }
+        }
         let mut types = Vec::new();
         for (file, text) in files.iter().filter(|(name, _)| name != RECORD_FILE) {
             let mut ty: DataType = toml::from_str(text).map_err(|e| parse_err(file, e))?;
             ty.file = file.clone();
+            ty.origin = format!("{folder}/{file}");
+            let is_camel = ty
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase())
+                && ty.name.chars().all(|c| c.is_ascii_alphanumeric());
+            if !is_camel {
+                return Err(ModelError::Parse {
+                    file: file.clone(),
+                    message: format!(
+                        "data type name {:?}: names are camelCase ASCII, starting with a lower-case letter",
+                        ty.name
+                    ),
+                });
+            }
             if format!("{}.toml", ty.name) != *file {
                 return Err(ModelError::Parse {
                     file: file.clone(),
@@ -334,7 +379,10 @@ mod tests {
         let files = vec![
             (
                 RECORD_FILE.to_owned(),
-                "[[field]]\nname = \"id\"\ntype = \"string\"\ndescription = \"x\"\n".to_owned(),
+                "[[field]]\nname = \"id\"\ntype = \"string\"\ndescription = \"x\"\n\
+                 [[field]]\nname = \"isDeleted\"\ntype = \"boolean\"\ndescription = \"d\"\n\
+                 [[field]]\nname = \"lineage\"\ntype = \"array\"\nitems = \"integer\"\ndescription = \"l\"\n"
+                    .to_owned(),
             ),
             (
                 "things.toml".to_owned(),

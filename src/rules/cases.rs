@@ -58,8 +58,69 @@ pub struct RuleCase {
 pub struct CaseOutcome {
     /// Case name.
     pub name: String,
+    /// The case file.
+    pub path: PathBuf,
     /// Readable descriptions of every mismatch; empty = the case passed.
     pub failures: Vec<String>,
+}
+
+impl CaseOutcome {
+    /// Whether the case passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl std::fmt::Display for CaseOutcome {
+    /// `ok    NAME`, or `FAIL  NAME (PATH)` followed by each failure, indented.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.passed() {
+            return writeln!(f, "ok    {}", self.name);
+        }
+        writeln!(f, "FAIL  {} ({})", self.name, self.path.display())?;
+        for failure in &self.failures {
+            writeln!(f, "  {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every case of `dir` whose name contains `filter`. A case whose rules fail is a
+/// failed case (naming it), not an error; finding no case at all is an error.
+pub fn run_cases(
+    dir: &Path,
+    filter: Option<&str>,
+    rules: &Rules,
+    model: &DataModel,
+    schema: &SourceSchema,
+) -> Result<Vec<CaseOutcome>, RulesError> {
+    let selected: Vec<RuleCase> = RuleCase::load_dir(dir)?
+        .into_iter()
+        .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        return Err(RulesError::Case {
+            path: dir.to_owned(),
+            line: 0,
+            message: format!(
+                "no *.{CASE_EXTENSION} file{} here: check --cases and the filter",
+                filter
+                    .map(|f| format!(" with {f:?} in its name"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    Ok(selected
+        .iter()
+        .map(|case| {
+            case.run(rules, model, schema)
+                .unwrap_or_else(|e| CaseOutcome {
+                    name: case.name.clone(),
+                    path: case.path.clone(),
+                    failures: vec![e.to_string()],
+                })
+        })
+        .collect())
 }
 
 fn cells(line: &str) -> Vec<String> {
@@ -125,8 +186,9 @@ impl RuleCase {
             }
         }
         if expectations.is_empty() {
-            return Err(RulesError::Rule {
-                file: path.display().to_string(),
+            return Err(RulesError::Case {
+                path: path.to_owned(),
+                line: 1,
                 message: format!("a case needs at least one `{EXPECT} QUERY` line"),
             });
         }
@@ -145,11 +207,13 @@ impl RuleCase {
             path: dir.to_owned(),
             source,
         };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(err)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == CASE_EXTENSION))
-            .collect();
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(err)? {
+            let path = entry.map_err(err)?.path();
+            if path.is_file() && path.extension().is_some_and(|x| x == CASE_EXTENSION) {
+                paths.push(path);
+            }
+        }
         paths.sort();
         paths.iter().map(|p| Self::load(p)).collect()
     }
@@ -164,9 +228,10 @@ impl RuleCase {
         let ws = Workspace::empty_source(schema)?;
         ws.conn()
             .execute_batch(&self.input)
-            .map_err(|e| RulesError::Rule {
-                file: format!("{} (input)", self.path.display()),
-                message: e.to_string(),
+            .map_err(|e| RulesError::Case {
+                path: self.path.clone(),
+                line: 1,
+                message: format!("its input SQL failed: {e}"),
             })?;
         let report = normalise(&ws, rules, model)?;
         let mut failures = Vec::new();
@@ -218,6 +283,7 @@ impl RuleCase {
         }
         Ok(CaseOutcome {
             name: self.name.clone(),
+            path: self.path.clone(),
             failures,
         })
     }

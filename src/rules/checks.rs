@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use super::{Rules, RulesError, SqlFile, Workspace, duck};
-use crate::model::{DataModel, DataType, Field, FieldType};
+use super::{Rules, RulesError, SqlFile, Workspace, describe, duck};
+use crate::model::{DataModel, DataType, Field, FieldType, ID_FIELD, LINEAGE_FIELD};
 use crate::staging::ident;
 
 /// Rows of a failing check shown in messages.
 const SAMPLE_ROWS: usize = 5;
+/// Temporary table holding a check's rows while they are counted and sampled.
+const CHECK_ROWS: &str = "_check_rows";
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -46,7 +48,15 @@ pub fn run_all(
     model: &DataModel,
 ) -> Result<Vec<CheckResult>, RulesError> {
     let mut all: Vec<SqlFile> = rules.checks.clone();
-    all.extend(generated(model));
+    for check in generated(model) {
+        if all.iter().any(|c| c.name == check.name) {
+            return Err(RulesError::CheckQuery {
+                name: check.stem().to_owned(),
+                message: "a check of this name is generated from the data model: rename the file in sql/checks/".into(),
+            });
+        }
+        all.push(check);
+    }
     all.iter().map(|c| run_one(ws, c)).collect()
 }
 
@@ -60,10 +70,11 @@ fn run_one(ws: &Workspace, check: &SqlFile) -> Result<CheckResult, RulesError> {
     let body = check.text.trim().trim_end_matches(';');
     let conn = ws.conn();
     conn.execute_batch(&format!(
-        "CREATE OR REPLACE TEMP TABLE _check_rows AS\n{body}\n"
+        "CREATE OR REPLACE TEMP TABLE {CHECK_ROWS} AS\n{body}\n"
     ))
     .map_err(query_err)?;
-    let columns = column_names(conn, "SELECT * FROM _check_rows LIMIT 0").map_err(query_err)?;
+    let columns =
+        column_names(conn, &format!("SELECT * FROM {CHECK_ROWS} LIMIT 0")).map_err(query_err)?;
     let has_severity = columns.iter().any(|c| c == "severity");
     let is_warning = if has_severity {
         "coalesce(severity = 'warning', false)"
@@ -73,7 +84,7 @@ fn run_one(ws: &Workspace, check: &SqlFile) -> Result<CheckResult, RulesError> {
     let (errors, warnings): (u64, u64) = conn
         .query_row(
             &format!(
-                "SELECT count(*) FILTER (WHERE NOT {is_warning}), count(*) FILTER (WHERE {is_warning}) FROM _check_rows"
+                "SELECT count(*) FILTER (WHERE NOT {is_warning}), count(*) FILTER (WHERE {is_warning}) FROM {CHECK_ROWS}"
             ),
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
@@ -81,10 +92,17 @@ fn run_one(ws: &Workspace, check: &SqlFile) -> Result<CheckResult, RulesError> {
         .map_err(query_err)?;
     let sample = sample_rows(
         conn,
-        &format!("SELECT * FROM _check_rows ORDER BY {is_warning} LIMIT {SAMPLE_ROWS}"),
+        // errors first, then a stable order, so the same data gives the same message
+        &format!(
+            "SELECT * FROM {CHECK_ROWS} ORDER BY {is_warning}, {} LIMIT {SAMPLE_ROWS}",
+            (1..=columns.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     )
     .map_err(query_err)?;
-    conn.execute_batch("DROP TABLE _check_rows")
+    conn.execute_batch(&format!("DROP TABLE {CHECK_ROWS}"))
         .map_err(duck("dropping a check's rows"))?;
     let status = match (errors, warnings) {
         (0, 0) => CheckStatus::Pass,
@@ -112,9 +130,10 @@ fn run_one(ws: &Workspace, check: &SqlFile) -> Result<CheckResult, RulesError> {
 }
 
 fn column_names(conn: &duckdb::Connection, sql: &str) -> Result<Vec<String>, duckdb::Error> {
-    let mut stmt = conn.prepare(&format!("DESCRIBE {sql}"))?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    rows.collect()
+    Ok(describe(conn, sql)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Runs `sql` and renders each row as `column=value, …` (values cast to text by DuckDB).
@@ -163,6 +182,7 @@ pub(crate) fn text_rows(conn: &duckdb::Connection, sql: &str) -> Result<TextRows
 /// names an existing record). References to master data come straight from Sage columns, so
 /// a dangling one is a source problem: a warning.
 fn generated(model: &DataModel) -> Vec<SqlFile> {
+    let (id, lineage) = (ident(ID_FIELD), ident(LINEAGE_FIELD));
     let mut unique = Vec::new();
     let mut references = Vec::new();
     let mut required = Vec::new();
@@ -178,15 +198,15 @@ fn generated(model: &DataModel) -> Vec<SqlFile> {
                 .map(|f| format!("{} IS NULL", ident(&f.name)))
                 .collect();
             required.push(format!(
-                "SELECT 'error' AS severity, '{0}' AS data_type, \"id\"::VARCHAR AS id, CASE {1} END AS field, \
-                 lineage::VARCHAR AS lineage FROM main.{2} WHERE {3}",
+                "SELECT 'error' AS severity, '{0}' AS data_type, {id}::VARCHAR AS id, CASE {1} END AS field, \
+                 {lineage}::VARCHAR AS lineage FROM main.{2} WHERE {3}",
                 dt.name,
                 which.join(" "),
                 ident(&dt.name),
                 any.join(" OR ")
             ));
         }
-        let from = format!("SELECT \"id\" AS record, * FROM main.{}", ident(&dt.name));
+        let from = format!("SELECT {id} AS record, * FROM main.{}", ident(&dt.name));
         unique.push(format!(
             "SELECT 'error' AS severity, '{0}' AS data_type, 'id' AS field, record AS id, count(*) AS copies \
              FROM ({from}) GROUP BY record HAVING count(*) > 1",
@@ -280,7 +300,7 @@ fn walk(
                         &here,
                         target,
                     ));
-                } else if f.fields.iter().any(|x| x.name == "id" && x.unique) {
+                } else if f.fields.iter().any(|x| x.name == ID_FIELD && x.unique) {
                     unique.push(format!(
                         "SELECT 'error' AS severity, '{0}' AS data_type, '{here}.id' AS field, struct_extract({v}, 'id')::VARCHAR AS id, count(*) AS copies \
                          FROM ({nested_from}) GROUP BY ALL HAVING count(*) > 1",
@@ -304,11 +324,12 @@ fn walk(
 }
 
 fn reference_query(dt: &DataType, from: &str, id_expr: &str, field: &str, target: &str) -> String {
+    let id = ident(ID_FIELD);
     format!(
         "SELECT 'warning' AS severity, '{0}' AS data_type, r.record::VARCHAR AS record, '{field}' AS field, r.target AS missing \
          FROM (SELECT record, {id_expr} AS target FROM ({from})) r \
-         LEFT JOIN main.{1} t ON t.\"id\" = r.target \
-         WHERE r.target IS NOT NULL AND r.target <> '' AND t.\"id\" IS NULL",
+         LEFT JOIN main.{1} t ON t.{id} = r.target \
+         WHERE r.target IS NOT NULL AND r.target <> '' AND t.{id} IS NULL",
         dt.name,
         ident(target)
     )

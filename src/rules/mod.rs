@@ -10,8 +10,9 @@
 //! * The Sage tables are visible to the rules as `sage.TABLE` (read-only views over the
 //!   staging store; an optional table the source lacked is an empty table). Rules create
 //!   their working tables in the schema `work` (dropped after the checks) and the data type
-//!   tables in `main`. The database is a file so DuckDB can evict to disk under its memory
-//!   limit: peak memory stays bounded whatever the company's size.
+//!   tables in `main`. DuckDB spills to a private temp folder above its memory limit, and the
+//!   largest lists are built one slice of headers at a time: peak memory stays bounded
+//!   whatever the company's size. With an output file, it appears only once kept.
 //! * Guarantees: a rule that fails is reported with its file name and DuckDB's message; every
 //!   data type table must have exactly the fields and types of its schema file; a check is a
 //!   query returning the violating rows (zero rows = pass), rows whose `severity` column says
@@ -26,11 +27,11 @@ mod workspace;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use cases::{CaseOutcome, RuleCase};
+pub use cases::{CaseOutcome, RuleCase, run_cases};
 pub use checks::{CheckResult, CheckStatus};
 pub use workspace::Workspace;
 
-use crate::model::{DataModel, EMBEDDED_CHECKS, EMBEDDED_RULES, FieldType};
+use crate::model::{DataModel, EMBEDDED_CHECKS, EMBEDDED_RULES, FieldType, IS_DELETED_FIELD};
 use crate::staging::ident;
 
 /// Sub-folder of the rules folder holding the checks.
@@ -40,12 +41,32 @@ pub const CHECKS_DIR: &str = "checks";
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// A rules file or folder could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source} (check --rules-dir / --cases)")]
     Read {
         /// The file or folder.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A file operation other than reading rules failed.
+    #[error("{doing} {path} failed: {source}")]
+    Io {
+        /// What we were doing.
+        doing: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A rule test case file is malformed.
+    #[error("rule test case {path}, line {line}: {message}")]
+    Case {
+        /// The case file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What to fix.
+        message: String,
     },
     /// The staging store could not be opened.
     #[error("staging store {path}: {detail}")]
@@ -302,14 +323,25 @@ fn validate_outputs(ws: &Workspace, model: &DataModel) -> Result<(), RulesError>
     for dt in &model.types {
         let err = |message: String| RulesError::Output {
             data_type: dt.name.clone(),
-            file: format!("schemas/datatypes/{}", dt.file),
+            file: dt.origin.clone(),
             message,
         };
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database() \
+                 AND schema_name = 'main' AND table_name = ?",
+                [&dt.name],
+                |r| r.get(0),
+            )
+            .map_err(duck("listing the rules' output tables"))?;
+        if !exists {
+            return Err(err("no rule creates this table".into()));
+        }
         let actual = describe(
             conn,
             &format!("SELECT * FROM main.{} LIMIT 0", ident(&dt.name)),
         )
-        .map_err(|_| err("no rule creates this table".into()))?;
+        .map_err(|e| err(format!("cannot read the table: {e}")))?;
         let wanted: Vec<String> = dt
             .fields
             .iter()
@@ -344,7 +376,10 @@ fn validate_outputs(ws: &Workspace, model: &DataModel) -> Result<(), RulesError>
 }
 
 /// Column names and DuckDB types of a query's result.
-fn describe(conn: &duckdb::Connection, sql: &str) -> Result<Vec<(String, String)>, duckdb::Error> {
+pub(crate) fn describe(
+    conn: &duckdb::Connection,
+    sql: &str,
+) -> Result<Vec<(String, String)>, duckdb::Error> {
     let mut stmt = conn.prepare(&format!("DESCRIBE {sql}"))?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     rows.collect()
@@ -361,12 +396,16 @@ fn control_totals(ws: &Workspace, model: &DataModel) -> Result<Vec<DataTypeTotal
             .collect();
         let mut cols = vec![
             "count(*)::VARCHAR".to_owned(),
-            "count(*) FILTER (WHERE \"isDeleted\")::VARCHAR".to_owned(),
+            format!(
+                "count(*) FILTER (WHERE {})::VARCHAR",
+                ident(IS_DELETED_FIELD)
+            ),
         ];
         cols.extend(money.iter().map(|m| {
             format!(
-                "coalesce(sum({}) FILTER (WHERE NOT \"isDeleted\"), 0)::DECIMAL(38, 2)::VARCHAR",
-                ident(m)
+                "coalesce(sum({}) FILTER (WHERE NOT {}), 0)::DECIMAL(38, 2)::VARCHAR",
+                ident(m),
+                ident(IS_DELETED_FIELD)
             )
         }));
         let sql = format!("SELECT {} FROM main.{}", cols.join(", "), ident(&dt.name));
@@ -376,11 +415,16 @@ fn control_totals(ws: &Workspace, model: &DataModel) -> Result<Vec<DataTypeTotal
                 (0..cols.len()).map(|i| r.get::<_, String>(i)).collect()
             })
             .map_err(duck(format!("computing the control totals of {}", dt.name)))?;
-        let parse = |s: &str| s.parse::<u64>().unwrap_or(0);
+        let parse = |s: &str| {
+            s.parse::<u64>().map_err(|e| RulesError::Duck {
+                doing: format!("reading the control totals of {}", dt.name),
+                detail: format!("{s:?} is not a count: {e}"),
+            })
+        };
         out.push(DataTypeTotals {
             data_type: dt.name.clone(),
-            rows: parse(&values[0]),
-            deleted: parse(&values[1]),
+            rows: parse(&values[0])?,
+            deleted: parse(&values[1])?,
             sums: money
                 .iter()
                 .zip(&values[2..])

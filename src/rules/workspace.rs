@@ -12,55 +12,84 @@ use crate::staging::{GENERATION_TABLE, ident};
 const MEMORY_LIMIT: &str = "500MB";
 /// Schema of the rules' working tables, dropped once the checks have run.
 pub const WORK_SCHEMA: &str = "work";
+/// Catalogue under which the rules see the Sage tables (`sage.AUDIT_HEADER`).
+pub const SAGE_CATALOGUE: &str = "sage";
+/// Catalogue of the attached staging store.
+const STAGING_CATALOGUE: &str = "staging";
+/// Suffix of an output file while it is being built.
+const PARTIAL_SUFFIX: &str = "partial";
 
-/// A DuckDB connection prepared for the rules.
+/// A DuckDB database prepared for the rules: in memory (spilling to a private temp folder
+/// above [`MEMORY_LIMIT`]) or, with `out`, a file built as `OUT.partial` and renamed to `OUT`
+/// only by [`Workspace::keep`]: a failed run never leaves a half-made or unchecked file.
 pub struct Workspace {
-    conn: Connection,
-    /// Whether the database is a file (`out`) rather than memory.
-    in_file: bool,
-    /// Spill folder, removed on drop.
-    temp_dir: PathBuf,
+    /// Closed before the temp folder and the partial file are removed (Windows cannot remove
+    /// files DuckDB still holds open).
+    conn: Option<Connection>,
+    /// `(partial, final)` paths of the output file, when there is one.
+    out: Option<(PathBuf, PathBuf)>,
+    /// Spill folder, removed on drop (after the connection: field order).
+    _temp_dir: tempfile::TempDir,
 }
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.temp_dir);
+        drop(self.conn.take());
+        if let Some((partial, _)) = &self.out {
+            for p in [partial.clone(), wal_of(partial)] {
+                if let Err(e) = std::fs::remove_file(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(file = %p.display(), error = %e, "Could not remove an unfinished output file.");
+                }
+            }
+        }
+    }
+}
+
+fn wal_of(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.wal", path.display()))
+}
+
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn io_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RulesError {
+    let path = path.to_owned();
+    move |source| RulesError::Io {
+        doing,
+        path,
+        source,
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), RulesError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err("removing a stale output file", path)(e))
+        }
+        _ => Ok(()),
     }
 }
 
 impl Workspace {
-    /// A database file (`out`, replaced, or one in a private temp folder) so that DuckDB can
-    /// evict tables to disk: the rules' working set is larger than the memory limit on big
-    /// companies, and an in-memory database cannot spill its tables.
     fn new(out: Option<&Path>) -> Result<Self, RulesError> {
-        let temp_dir = std::env::temp_dir().join(format!(
-            "connector-rules-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| RulesError::Read { path, source }
-        };
-        std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
-        let conn = match out {
-            Some(path) => {
-                for p in [
-                    path.to_owned(),
-                    PathBuf::from(format!("{}.wal", path.display())),
-                ] {
-                    match std::fs::remove_file(&p) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(io(&p)(e));
-                        }
-                        _ => {}
-                    }
-                }
-                Connection::open(path).map_err(|e| RulesError::Duck {
-                    doing: format!("creating {}", path.display()),
+        let temp_dir = tempfile::Builder::new()
+            .prefix("connector-rules-")
+            .tempdir()
+            .map_err(io_err("creating a temp folder", &std::env::temp_dir()))?;
+        let out = out.map(|path| {
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(format!(".{PARTIAL_SUFFIX}"));
+            (PathBuf::from(partial), path.to_owned())
+        });
+        let conn = match &out {
+            Some((partial, _)) => {
+                remove_if_exists(partial)?;
+                remove_if_exists(&wal_of(partial))?;
+                Connection::open(partial).map_err(|e| RulesError::Duck {
+                    doing: format!("creating {}", partial.display()),
                     detail: e.to_string(),
                 })?
             }
@@ -68,34 +97,47 @@ impl Workspace {
         };
         conn.execute_batch(&format!(
             "SET memory_limit = '{MEMORY_LIMIT}';
-             SET temp_directory = '{}';
+             SET temp_directory = {};
              SET preserve_insertion_order = false;
              CREATE SCHEMA {WORK_SCHEMA};",
-            temp_dir
-                .join("spill")
-                .display()
-                .to_string()
-                .replace('\'', "''")
+            sql_literal(&temp_dir.path().join("spill").display().to_string())
         ))
         .map_err(duck("configuring DuckDB"))?;
         Ok(Workspace {
-            conn,
-            temp_dir,
-            in_file: out.is_some(),
+            conn: Some(conn),
+            out,
+            _temp_dir: temp_dir,
         })
     }
 
-    /// Drops the rules' working tables, leaving one table per data type.
+    /// Drops the rules' working tables, leaving one table per data type (only worth it when
+    /// the tables are kept in a file: in memory, they go with the process).
     pub fn drop_work(&self) -> Result<(), RulesError> {
         // In memory the working tables go with the process; dropping them costs seconds.
-        if !self.in_file {
+        if self.out.is_none() {
             return Ok(());
         }
-        self.conn
+        self.conn()
             .execute_batch(&format!(
                 "DROP SCHEMA IF EXISTS {WORK_SCHEMA} CASCADE; CHECKPOINT;"
             ))
             .map_err(duck("dropping the working tables"))
+    }
+
+    /// Keeps the output file: closes the database and renames `OUT.partial` to `OUT`. Call it
+    /// only once the checks have passed. Returns the path, or None for an in-memory workspace.
+    pub fn keep(mut self) -> Result<Option<PathBuf>, RulesError> {
+        let Some((partial, path)) = self.out.take() else {
+            return Ok(None);
+        };
+        self.conn()
+            .execute_batch("CHECKPOINT")
+            .map_err(duck("checkpointing the output file"))?;
+        drop(self.conn.take());
+        remove_if_exists(&wal_of(&path))?;
+        std::fs::rename(&partial, &path)
+            .map_err(io_err("renaming the finished output file", &path))?;
+        Ok(Some(path))
     }
 
     /// Opens `staging` read-only and exposes its tables as `sage.TABLE`. Outputs go to `out`
@@ -115,16 +157,18 @@ impl Workspace {
             ));
         }
         let ws = Self::new(out)?;
-        let path = staging.display().to_string().replace('\'', "''");
-        ws.conn
+        let path = sql_literal(&staging.display().to_string());
+        ws.conn()
             .execute_batch(&format!(
-                "ATTACH '{path}' AS staging (READ_ONLY); ATTACH ':memory:' AS sage;"
+                "ATTACH {path} AS {STAGING_CATALOGUE} (READ_ONLY); ATTACH ':memory:' AS {SAGE_CATALOGUE};"
             ))
             .map_err(|e| staging_err(e.to_string()))?;
         let present: Vec<String> = {
             let mut stmt = ws
-                .conn
-                .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = 'staging'")
+                .conn()
+                .prepare(&format!(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = '{STAGING_CATALOGUE}'"
+                ))
                 .map_err(duck("listing staged tables"))?;
             stmt.query_map([], |r| r.get::<_, String>(0))
                 .map_err(duck("listing staged tables"))?
@@ -139,9 +183,9 @@ impl Workspace {
         }
         for table in &schema.tables {
             if present.iter().any(|t| t.eq_ignore_ascii_case(&table.name)) {
-                ws.conn
+                ws.conn()
                     .execute_batch(&format!(
-                        "CREATE VIEW sage.{0} AS SELECT * FROM staging.main.{0}",
+                        "CREATE VIEW {SAGE_CATALOGUE}.{0} AS SELECT * FROM {STAGING_CATALOGUE}.main.{0}",
                         ident(&table.name)
                     ))
                     .map_err(duck(format!("exposing staged table {}", table.name)))?;
@@ -161,8 +205,8 @@ impl Workspace {
     /// An in-memory workspace whose Sage tables exist but are empty (rule test cases fill them).
     pub fn empty_source(schema: &SourceSchema) -> Result<Self, RulesError> {
         let ws = Self::new(None)?;
-        ws.conn
-            .execute_batch("ATTACH ':memory:' AS sage;")
+        ws.conn()
+            .execute_batch(&format!("ATTACH ':memory:' AS {SAGE_CATALOGUE};"))
             .map_err(duck("creating the sage catalogue"))?;
         for table in &schema.tables {
             ws.create_empty(table)?;
@@ -176,9 +220,9 @@ impl Workspace {
             .iter()
             .map(|c| format!("{} {}", ident(&c.name), c.ty.sql_name()))
             .collect();
-        self.conn
+        self.conn()
             .execute_batch(&format!(
-                "CREATE TABLE sage.{} ({})",
+                "CREATE TABLE {SAGE_CATALOGUE}.{} ({})",
                 ident(&table.name),
                 cols.join(", ")
             ))
@@ -187,6 +231,8 @@ impl Workspace {
 
     /// The connection.
     pub fn conn(&self) -> &Connection {
-        &self.conn
+        self.conn
+            .as_ref()
+            .expect("open until the workspace is kept or dropped")
     }
 }

@@ -165,10 +165,8 @@ fn golden_company_normalises_to_the_hand_computed_figures() {
     let path = dir.path().join("golden.duckdb");
     extract_ok(&company.odbc, &path);
     let out = dir.path().join("normalised.duckdb");
-    let report = {
-        let ws = Workspace::over_staging(&path, Some(&out), &SourceSchema::embedded()).unwrap();
-        rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap()
-    };
+    let ws = Workspace::over_staging(&path, Some(&out), &SourceSchema::embedded()).unwrap();
+    let report = rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap();
     assert!(report.failed().is_empty(), "{}", report.summary());
     assert!(
         report.checks.iter().all(|c| c.warnings == 0),
@@ -176,7 +174,22 @@ fn golden_company_normalises_to_the_hand_computed_figures() {
         report.summary()
     );
 
-    for (data_type, rows) in expected["records"].as_table().unwrap() {
+    ws.keep().unwrap();
+    let records = expected["records"].as_table().unwrap();
+    let mut listed: Vec<&String> = records.keys().collect();
+    let mut model: Vec<String> = DataModel::embedded()
+        .types
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    listed.sort();
+    model.sort();
+    assert_eq!(
+        listed,
+        model.iter().collect::<Vec<_>>(),
+        "normalised.toml [records] lists every data type"
+    );
+    for (data_type, rows) in records {
         let got = report
             .totals(data_type)
             .unwrap_or_else(|| panic!("{data_type}"));

@@ -12,6 +12,21 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Every check, hand-written (sql/checks/) and generated from the data model, by name.
+const EVERY_CHECK: [&str; 11] = [
+    "account_balances",
+    "control_accounts",
+    "documents_settle",
+    "links_exist",
+    "nominal_months",
+    "payments_net_to_zero",
+    "references",
+    "required_fields",
+    "split_headers",
+    "trial_balance",
+    "unique_ids",
+];
+
 /// Generates a company, extracts it, and returns the staging path (inside `dir`).
 fn staged_company(dir: &Path, seed: u64, transactions: u64) -> PathBuf {
     let company = generated(&dir.join("company"), seed, transactions);
@@ -61,7 +76,9 @@ fn generated_companies_of_many_seeds_and_sizes_pass_every_check() {
         );
         // Every check ran, and the documents exist: a property test that checks nothing
         // would pass too.
-        assert!(report.checks.len() >= 9, "{}", report.summary());
+        let mut names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, EVERY_CHECK, "{}", report.summary());
         let invoices = report.totals("invoices").unwrap();
         assert!(invoices.rows > 0, "seed {seed}: no invoices");
         let journal = report.totals("journalEntries").unwrap();
@@ -143,7 +160,9 @@ fn edited_rules(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBu
     let embedded = Rules::embedded();
     for f in &embedded.steps {
         let text = if f.name == file {
-            edit(&f.text)
+            let edited = edit(&f.text);
+            assert_ne!(edited, f.text, "the edit of {file} must change it");
+            edited
         } else {
             f.text.clone()
         };
@@ -203,6 +222,19 @@ fn rules_run_prints_counts_and_checks_and_fails_on_a_failed_check() {
     assert!(
         !out.status.success(),
         "a failed check must fail the command"
+    );
+    let kept = dir.path().join("kept.duckdb");
+    let out_with_file = Command::new(CONNECTOR)
+        .args(["rules", "run", "--staging"])
+        .arg(&broken)
+        .arg("--out")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(!out_with_file.status.success());
+    assert!(
+        !kept.exists() && !dir.path().join("kept.duckdb.partial").exists(),
+        "no output file when a check failed"
     );
     let all = text(&out);
     assert!(
@@ -277,11 +309,21 @@ fn rule_test_cases_pass_and_a_wrong_expectation_shows_a_diff() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout.contains("0 failed"), "{stdout}");
     let cases = std::fs::read_dir(Path::new(ROOT).join("fixtures/rules"))
         .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "case")
+        })
         .count();
     assert!(cases >= 5, "one case per splitting rule at least");
+    assert!(
+        stdout.contains(&format!("\n{cases} case(s), 0 failed")),
+        "every case ran and passed:\n{stdout}"
+    );
 
     // The same case with one expected amount changed fails, showing both rows.
     let dir = tempdir();
@@ -319,6 +361,8 @@ fn normalised_tables_can_be_kept_in_a_file_without_working_tables() {
             Workspace::over_staging(&staging, Some(&out_path), &SourceSchema::embedded()).unwrap();
         let report = rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap();
         assert!(report.failed().is_empty());
+        assert!(!out_path.exists(), "the file appears only when kept");
+        assert_eq!(ws.keep().unwrap().as_deref(), Some(out_path.as_path()));
     }
     let conn = duckdb::Connection::open(&out_path).unwrap();
     let mut stmt = conn
@@ -377,7 +421,7 @@ fn the_same_staging_normalises_to_identical_records_every_time() {
         let ws = Workspace::over_staging(&staging, Some(&out), &SourceSchema::embedded()).unwrap();
         let report = rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap();
         assert!(report.failed().is_empty());
-        drop(ws);
+        ws.keep().unwrap();
         fingerprint(&out)
     };
     let (first, second) = (run("first.duckdb"), run("second.duckdb"));
