@@ -34,11 +34,11 @@ measure() { # label command... -> appends "label seconds peak_kb" to $OUT/normal
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS: extract, then rules and checks" >&2
   measure extract "$BIN/connector" extract --odbc "$CS" --staging "$STAGING"
-  measure rules "$BIN/connector" rules run --staging "$STAGING"
+  measure rules "$BIN/connector" rules run --staging "$STAGING" --json "$OUT/rules.json"
 done
 
-python3 - "$OUT/normalise-runs.txt" "$OUT/rules.out" <<'PY' | tee "$OUT/normalise.md"
-import statistics, sys
+python3 - "$OUT/normalise-runs.txt" "$OUT/rules.out" "$OUT/rules.json" <<'PY' | tee "$OUT/normalise.md"
+import json, statistics, sys
 by = {}
 for line in open(sys.argv[1]):
     label, secs, kb = line.split()
@@ -46,7 +46,7 @@ for line in open(sys.argv[1]):
 med = {k: statistics.median(s for s, _ in v) for k, v in by.items()}
 peak = {k: max(kb for _, kb in v) for k, v in by.items()}
 summary = open(sys.argv[2]).read()
-records = sum(int(l.split()[1]) for l in summary.splitlines()[1:] if l.strip() and len(l.split()) == 3 and l.split()[1].isdigit())
+records = sum(t["rows"] for t in json.load(open(sys.argv[3]))["data_types"])
 rounds = len(by["rules"])
 print(f"Median of {rounds} rounds, extract and rules alternating; {records:,} normalised records.\n")
 print("| run | seconds (median) | rounds | peak memory |")

@@ -94,9 +94,9 @@ fn run_one(ws: &Workspace, check: &SqlFile) -> Result<CheckResult, RulesError> {
         conn,
         // errors first, then a stable order, so the same data gives the same message
         &format!(
-            "SELECT * FROM {CHECK_ROWS} ORDER BY {is_warning}, {} LIMIT {SAMPLE_ROWS}",
-            (1..=columns.len())
-                .map(|i| i.to_string())
+            "SELECT * FROM {CHECK_ROWS} ORDER BY {} LIMIT {SAMPLE_ROWS}",
+            std::iter::once(is_warning.to_owned())
+                .chain((1..=columns.len()).map(|i| i.to_string()))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
