@@ -35,18 +35,17 @@ splits AS (
            sum(money(s.NET_AMOUNT)) FILTER (WHERE with_tax) AS net,
            sum(money(s.TAX_AMOUNT)) FILTER (WHERE with_tax) AS tax,
            sum(money(s.GROSS_AMOUNT)) FILTER (WHERE document) AS gross,
-           count(*) FILTER (WHERE document) AS splits
+           count(*) FILTER (WHERE document) AS splits,
+           -- splits naming a header that does not exist (they cannot make a document)
+           count(*) FILTER (WHERE orphan) AS orphan_splits,
+           min(SPLIT_NUMBER) FILTER (WHERE orphan) AS first_orphan
     FROM (SELECT *, data_type_of(t) IS NOT NULL AS document,
                  data_type_of(t) IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AS with_tax
-          FROM (SELECT s.*, coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS t
-                FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER))) s
+          FROM (SELECT s.*, coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS t,
+                       h.HEADER_NUMBER IS NULL AS orphan
+                FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h
+                  ON h.HEADER_NUMBER = s.HEADER_NUMBER)) s
     GROUP BY ALL
-),
-orphans AS (
-    SELECT s.SPLIT_NUMBER, s.HEADER_NUMBER
-    FROM sage.AUDIT_SPLIT s
-    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-    WHERE h.HEADER_NUMBER IS NULL
 ),
 compared AS (
     SELECT h.header, h.type, d.documents,
@@ -72,6 +71,8 @@ WHERE source_splits <> document_splits
    OR header_net IS DISTINCT FROM all_splits_net
    OR header_tax IS DISTINCT FROM all_splits_tax
 UNION ALL BY NAME
-SELECT 'warning' AS severity, 'split ' || SPLIT_NUMBER || ' names missing header ' || coalesce(HEADER_NUMBER::VARCHAR, 'NULL') AS header
-FROM orphans
+SELECT 'warning' AS severity,
+       coalesce(header, 'NULL') || ' is missing: ' || orphan_splits || ' split(s) name it, e.g. split ' || first_orphan AS header
+FROM splits
+WHERE orphan_splits > 0
 ORDER BY severity, header;

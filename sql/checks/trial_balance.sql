@@ -7,20 +7,20 @@
 -- warning: one entry does not balance on its own. Documents balance per split, so this only
 --          happens when Sage itself holds a journal whose lines are spread over several dates
 --          (rule 12 groups postings per date); totals per month stay exact.
-WITH line AS (
-    SELECT e.id, e.isDeleted, unnest(e.journalLines).netAmount AS amount
-    FROM journalEntries e
+WITH per_entry AS (
+    -- each entry's own sum, straight from its list of lines (no regrouping of the lines)
+    SELECT id, coalesce(list_sum([l.netAmount FOR l IN journalLines]), 0) AS total
+    FROM journalEntries
+    WHERE NOT isDeleted
 ),
 overall AS (
-    SELECT sum(amount) AS total FROM line WHERE NOT isDeleted
+    SELECT coalesce(sum(total), 0) AS total FROM per_entry
 ),
 source AS (
+    -- only looked at when the journal does not balance, to say whether Sage's does
     SELECT coalesce(sum(money(j.AMOUNT)), 0) AS total
     FROM sage.AUDIT_JOURNAL j LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-    WHERE NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
-),
-per_entry AS (
-    SELECT id, sum(amount) AS total FROM line WHERE NOT isDeleted GROUP BY id
+    WHERE (SELECT total FROM overall) <> 0 AND NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
 )
 SELECT 'error' AS severity, 'all journal entries' AS entry, total AS imbalance,
        (SELECT total FROM source) AS source_total
@@ -29,5 +29,5 @@ UNION ALL
 SELECT 'warning', 'journal entry ' || id, total, NULL
 FROM per_entry WHERE total <> 0
   -- an entry-level imbalance only matters when the whole is fine (else the error says it)
-  AND (SELECT coalesce(total, 0) FROM overall) = 0
+  AND (SELECT total FROM overall) = 0
 ORDER BY severity, entry;

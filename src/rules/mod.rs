@@ -9,7 +9,7 @@
 //!   `sql/checks/*.sql`. Both are read from a folder at run time or embedded in the binary.
 //! * The Sage tables are visible to the rules as `sage.TABLE` (read-only views over the
 //!   staging store; an optional table the source lacked is an empty table). Rules create
-//!   their working tables in the schema `work` (dropped after the checks) and the data type
+//!   their working tables in the schema `work` (dropped before the checks) and the data type
 //!   tables in `main`. DuckDB spills to a private temp folder above its memory limit, and the
 //!   largest lists are built one slice of headers at a time: peak memory stays bounded
 //!   whatever the company's size. With an output file, it appears only once kept.
@@ -209,8 +209,18 @@ impl Rules {
 
     /// Reads `dir/*.sql` and `dir/checks/*.sql`.
     pub fn load(dir: &Path) -> Result<Self, RulesError> {
+        let steps = read_sql_dir(dir)?;
+        if steps.is_empty() {
+            return Err(RulesError::Read {
+                path: dir.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no *.sql rule files in this folder",
+                ),
+            });
+        }
         Ok(Rules {
-            steps: read_sql_dir(dir)?,
+            steps,
             checks: read_sql_dir(&dir.join(CHECKS_DIR))?,
         })
     }
@@ -279,20 +289,19 @@ impl Report {
 pub fn normalise(ws: &Workspace, rules: &Rules, model: &DataModel) -> Result<Report, RulesError> {
     let started = Instant::now();
     run_rules(ws, rules)?;
+    // The checks read only the data type tables and the Sage tables: the working tables'
+    // memory is theirs.
+    ws.drop_work()?;
     validate_outputs(ws, model)?;
     let rules_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let checks = checks::run_all(ws, rules, model)?;
     let checks_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let data_types = control_totals(ws, model)?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
         "Computed the control totals."
-    );
-    ws.drop_work()?;
-    tracing::debug!(
-        seconds = started.elapsed().as_secs_f64(),
-        "Dropped the working tables."
     );
     Ok(Report {
         data_types,

@@ -10,7 +10,7 @@ use crate::staging::{GENERATION_TABLE, ident};
 
 /// Memory DuckDB may use for the rules; above it, it spills to the temp directory.
 const MEMORY_LIMIT: &str = "500MB";
-/// Schema of the rules' working tables, dropped once the checks have run.
+/// Schema of the rules' working tables, dropped once the rules have run.
 pub const WORK_SCHEMA: &str = "work";
 /// Catalogue under which the rules see the Sage tables (`sage.AUDIT_HEADER`).
 pub const SAGE_CATALOGUE: &str = "sage";
@@ -110,17 +110,11 @@ impl Workspace {
         })
     }
 
-    /// Drops the rules' working tables, leaving one table per data type (only worth it when
-    /// the tables are kept in a file: in memory, they go with the process).
+    /// Drops the rules' working tables, leaving one table per data type: frees their memory
+    /// for the checks, which read only the data type tables and the Sage tables.
     pub fn drop_work(&self) -> Result<(), RulesError> {
-        // In memory the working tables go with the process; dropping them costs seconds.
-        if self.out.is_none() {
-            return Ok(());
-        }
         self.conn()
-            .execute_batch(&format!(
-                "DROP SCHEMA IF EXISTS {WORK_SCHEMA} CASCADE; CHECKPOINT;"
-            ))
+            .execute_batch(&format!("DROP SCHEMA IF EXISTS {WORK_SCHEMA} CASCADE;"))
             .map_err(duck("dropping the working tables"))
     }
 
