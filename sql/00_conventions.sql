@@ -65,17 +65,23 @@ CREATE OR REPLACE TEMP MACRO tracking_refs(dept_number, project_id) AS list_filt
      CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
     x -> x IS NOT NULL);
 
--- Slices for big list() aggregations. DuckDB cannot spill a list aggregate's state, so rules
--- that build lists over millions of rows group one slice of headers at a time: slices 0..7
--- are ranges of header numbers of equal width, slice 8 the rows without a header number,
--- slice -1 everything. The width is a variable, so a slice's filter is a constant range that
--- DuckDB checks against each row group's min/max and skips the rest of the table.
-SET VARIABLE slice_width = (SELECT coalesce(max(HEADER_NUMBER), 0) // 8 + 1 FROM sage.AUDIT_HEADER);
+-- Slices for big list() aggregations. DuckDB cannot spill the state of a list() aggregate,
+-- so rules that build lists over millions of rows do it one slice of headers at a time, in a
+-- block between `-- for each slice` and `-- end for each slice`: the runner runs the block
+-- once per slice with the variable `slice` set to 0, 1, … `slices` (the last one being the
+-- rows without a header number). The number of slices grows with the company (a slice holds
+-- about 500,000 postings), so peak memory does not. Slices are ranges of header numbers of
+-- equal width; the bounds are constants by the time DuckDB plans a statement, so a slice's
+-- scan skips the other slices' row groups. in_slice(h, -1) is everything.
+SET VARIABLE slices = (SELECT greatest(1, ceil(count(*) / 500000))::BIGINT FROM sage.AUDIT_JOURNAL);
+SET VARIABLE slice_width = (SELECT coalesce(max(HEADER_NUMBER), 0) // getvariable('slices') + 1
+                            FROM sage.AUDIT_HEADER);
 CREATE OR REPLACE TEMP MACRO in_slice(header_number, k) AS CASE
     WHEN k = -1 THEN true
-    WHEN k = 8 THEN header_number IS NULL
+    WHEN k = getvariable('slices') THEN header_number IS NULL
+    WHEN k = 0 AND getvariable('slices') = 1 THEN header_number IS NOT NULL
     WHEN k = 0 THEN header_number < getvariable('slice_width')
-    WHEN k = 7 THEN header_number >= 7 * getvariable('slice_width')
+    WHEN k = getvariable('slices') - 1 THEN header_number >= k * getvariable('slice_width')
     ELSE header_number >= k * getvariable('slice_width')
      AND header_number < (k + 1) * getvariable('slice_width') END;
 

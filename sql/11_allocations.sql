@@ -27,6 +27,7 @@ ends AS (
 )
 SELECT
     e.*,
+    s.header_number,
     s.part_id,
     s.data_type,
     o.part_id AS other_part_id,

@@ -10,11 +10,9 @@
 -- a credit note allocated to an invoice therefore shows on both. amountDue is Sage's own
 -- OUTSTANDING summed over the part's splits; deleted headers come out Void with isDeleted.
 
--- Step 1: the line items of each part, in split order.
-CREATE OR REPLACE TABLE work.document_lines AS
-WITH split AS (
-    SELECT * FROM work.splits WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
-)
+-- Step 1: the line items of each part, in split order, one slice of headers at a time (a
+-- list aggregate's state cannot spill: see slices in 00_conventions.sql).
+CREATE OR REPLACE TEMP MACRO document_lines_slice(k) AS TABLE
 SELECT
     part_id,
     list_transform(
@@ -33,8 +31,14 @@ SELECT
             'amountDue': x.outstanding
         }) AS line_items,
     list_sort(list(split_number)) AS split_numbers
-FROM split
+FROM work.splits
+WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND in_slice(header_number, k)
 GROUP BY part_id;
+
+CREATE OR REPLACE TABLE work.document_lines AS FROM document_lines_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO work.document_lines FROM document_lines_slice(getvariable('slice'));
+-- end for each slice
 
 -- Step 2 (a statement of its own: DuckDB holds one aggregate's state at a time, keeping peak
 -- memory low): the header-level attributes and totals of each part.
@@ -66,8 +70,8 @@ SELECT
 FROM split
 GROUP BY part_id;
 
--- Step 3: the allocations of each part, each with its own date.
-CREATE OR REPLACE TABLE work.document_allocations AS
+-- Step 3: the allocations of each part, each with its own date (sliced like step 1).
+CREATE OR REPLACE TEMP MACRO document_allocations_slice(k) AS TABLE
 SELECT
     part_id,
     list_transform(
@@ -79,8 +83,13 @@ SELECT
             'amount': x.amount
         }) AS allocations
 FROM work.allocations
-WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')
+WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND in_slice(header_number, k)
 GROUP BY part_id;
+
+CREATE OR REPLACE TABLE work.document_allocations AS FROM document_allocations_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO work.document_allocations FROM document_allocations_slice(getvariable('slice'));
+-- end for each slice
 
 -- Step 4: how many records each header became (documents or not): a header's foreign total
 -- belongs to a record only when the header became just that one.

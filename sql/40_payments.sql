@@ -12,33 +12,44 @@
 -- balance (receipt, discount, payment on account) and negative when it raises it (refund);
 -- each link carries minus its line's amount, so a line and its links net to zero, and the
 -- lines add up to totalAmount (check payments_net_to_zero).
-CREATE OR REPLACE TABLE work.payments AS
+-- Step 1: the parts of payment headers with their totals (sliced: the split numbers are a
+-- list aggregate, whose state cannot spill; see slices in 00_conventions.sql).
+CREATE OR REPLACE TEMP MACRO payment_parts_slice(k) AS TABLE
 WITH split AS (
     SELECT *, -ledger_sign(part_type) AS pay_sign
     FROM work.splits
-    WHERE data_type IN ('payments', 'billPayments')
-),
-part AS (
-    SELECT
-        part_id,
-        any_value(data_type) AS data_type,
-        any_value(header_number) AS header_number,
-        any_value(part_type) AS part_type,
-        any_value(part_date) AS part_date,
-        any_value(pay_sign) AS pay_sign,
-        any_value(account_ref) AS account_ref,
-        any_value(reference) AS reference,
-        any_value(note) AS note,
-        any_value(currency) AS currency,
-        any_value(currency_rate) AS currency_rate,
-        arg_min(nominal_code, split_number) AS nominal_code,
-        sum(gross)::DECIMAL(18, 2) AS gross,
-        sum(outstanding)::DECIMAL(18, 2) AS outstanding,
-        list_sort(list(split_number)) AS split_numbers,
-        bool_and(deleted) AS deleted,
-        max(modified) AS modified
-    FROM split
-    GROUP BY part_id
+    WHERE data_type IN ('payments', 'billPayments') AND in_slice(header_number, k)
+)
+SELECT
+    part_id,
+    any_value(data_type) AS data_type,
+    any_value(header_number) AS header_number,
+    any_value(part_type) AS part_type,
+    any_value(part_date) AS part_date,
+    any_value(pay_sign) AS pay_sign,
+    any_value(account_ref) AS account_ref,
+    any_value(reference) AS reference,
+    any_value(note) AS note,
+    any_value(currency) AS currency,
+    any_value(currency_rate) AS currency_rate,
+    arg_min(nominal_code, split_number) AS nominal_code,
+    sum(gross)::DECIMAL(18, 2) AS gross,
+    sum(outstanding)::DECIMAL(18, 2) AS outstanding,
+    list_sort(list(split_number)) AS split_numbers,
+    bool_and(deleted) AS deleted,
+    max(modified) AS modified
+FROM split
+GROUP BY part_id;
+
+CREATE OR REPLACE TABLE work.payment_parts AS FROM payment_parts_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO work.payment_parts FROM payment_parts_slice(getvariable('slice'));
+-- end for each slice
+
+-- Step 2: the lines of each part: one per allocation, plus the payment-on-account line.
+CREATE OR REPLACE TEMP MACRO payment_lines_slice(k) AS TABLE
+WITH part AS (
+    SELECT * FROM work.payment_parts WHERE in_slice(header_number, k)
 ),
 allocation_lines AS (
     SELECT
@@ -51,6 +62,7 @@ allocation_lines AS (
         a.other_part_id AS link_id
     FROM work.allocations a
     JOIN part p USING (part_id)
+    WHERE in_slice(a.header_number, k)
 ),
 on_account_lines AS (
     SELECT
@@ -63,21 +75,27 @@ on_account_lines AS (
         part_id AS link_id
     FROM part
     WHERE outstanding <> 0
-),
-lines AS (
-    SELECT
-        part_id,
-        list_transform(
-            list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
-                            'amount': amount, 'link_type': link_type, 'link_id': link_id})),
-            x -> {
-                'amount': x.amount,
-                'allocatedOnDate': x.on,
-                'links': [{'type': x.link_type, 'id': x.link_id, 'amount': -x.amount}]
-            }) AS lines
-    FROM (SELECT * FROM allocation_lines UNION ALL SELECT * FROM on_account_lines)
-    GROUP BY part_id
 )
+SELECT
+    part_id,
+    list_transform(
+        list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
+                        'amount': amount, 'link_type': link_type, 'link_id': link_id})),
+        x -> {
+            'amount': x.amount,
+            'allocatedOnDate': x.on,
+            'links': [{'type': x.link_type, 'id': x.link_id, 'amount': -x.amount}]
+        }) AS lines
+FROM (SELECT * FROM allocation_lines UNION ALL SELECT * FROM on_account_lines)
+GROUP BY part_id;
+
+CREATE OR REPLACE TABLE work.payment_lines AS FROM payment_lines_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO work.payment_lines FROM payment_lines_slice(getvariable('slice'));
+-- end for each slice
+
+-- Step 3: payments with their lines.
+CREATE OR REPLACE TABLE work.payments AS
 SELECT
     p.*,
     p.pay_sign * p.gross AS total,
@@ -88,8 +106,8 @@ SELECT
         WHEN 'SA' THEN 'PaymentOnAccount' WHEN 'PA' THEN 'PaymentOnAccount'
         WHEN 'SD' THEN 'Discount' WHEN 'PD' THEN 'Discount'
         WHEN 'SP' THEN 'Refund' WHEN 'PR' THEN 'Refund' END AS payment_type
-FROM part p
-LEFT JOIN lines l USING (part_id);
+FROM work.payment_parts p
+LEFT JOIN work.payment_lines l USING (part_id);
 
 CREATE OR REPLACE TABLE payments AS
 SELECT

@@ -5,9 +5,9 @@
 -- out: documents, payments, bank entries, journals and deleted transactions (isDeleted, kept).
 -- A journal that mixes JD and JC lines is one balanced entry. Lines keep Sage's sign (debit
 -- positive), and each line points back at the document its split became (recordRef).
--- DuckDB cannot spill the state of a list() aggregate, so the entries are built in slices of
--- headers (macro in_slice), each INSERT a statement of its own: peak memory
--- is an eighth of the whole, whatever the company's size.
+-- DuckDB cannot spill the state of a list() aggregate, so the entries are built one slice of
+-- headers at a time (see slices in 00_conventions.sql): peak memory stays the same whatever
+-- the company's size.
 CREATE OR REPLACE TEMP MACRO journal_entries_slice(k) AS TABLE
 WITH entry AS (
     SELECT
@@ -57,12 +57,7 @@ SELECT
             list_sort(list_distinct([l.sourceSplitNumber FOR l IN journal_lines]))) AS lineage
 FROM entry;
 
-CREATE OR REPLACE TABLE journalEntries AS FROM journal_entries_slice(0);
-INSERT INTO journalEntries FROM journal_entries_slice(1);
-INSERT INTO journalEntries FROM journal_entries_slice(2);
-INSERT INTO journalEntries FROM journal_entries_slice(3);
-INSERT INTO journalEntries FROM journal_entries_slice(4);
-INSERT INTO journalEntries FROM journal_entries_slice(5);
-INSERT INTO journalEntries FROM journal_entries_slice(6);
-INSERT INTO journalEntries FROM journal_entries_slice(7);
-INSERT INTO journalEntries FROM journal_entries_slice(8);
+CREATE OR REPLACE TABLE journalEntries AS FROM journal_entries_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO journalEntries FROM journal_entries_slice(getvariable('slice'));
+-- end for each slice

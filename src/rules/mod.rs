@@ -311,16 +311,84 @@ pub fn normalise(ws: &Workspace, rules: &Rules, model: &DataModel) -> Result<Rep
     })
 }
 
-/// Runs the rule files in order; a failure names the file.
+/// Line opening a block that runs once per slice (see `sql/00_conventions.sql`).
+const FOR_EACH_SLICE: &str = "-- for each slice";
+/// Line closing it.
+const END_FOR_EACH_SLICE: &str = "-- end for each slice";
+
+/// A rule file cut into parts run once, and blocks run once per slice.
+fn segments(step: &SqlFile) -> Result<Vec<(bool, String)>, RulesError> {
+    let mut out = vec![(false, String::new())];
+    for line in step.text.lines() {
+        let marker = line.trim();
+        let in_block = out.last().is_some_and(|(repeat, _)| *repeat);
+        if marker.eq_ignore_ascii_case(FOR_EACH_SLICE)
+            || marker.eq_ignore_ascii_case(END_FOR_EACH_SLICE)
+        {
+            let opening = marker.eq_ignore_ascii_case(FOR_EACH_SLICE);
+            if opening == in_block {
+                return Err(RulesError::Rule {
+                    file: step.name.clone(),
+                    message: format!(
+                        "`{marker}` {}: blocks are `{FOR_EACH_SLICE}` … `{END_FOR_EACH_SLICE}`, not nested",
+                        if opening {
+                            "inside a block"
+                        } else {
+                            "without a block to close"
+                        }
+                    ),
+                });
+            }
+            out.push((opening, String::new()));
+        } else if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    if out.last().is_some_and(|(repeat, _)| *repeat) {
+        return Err(RulesError::Rule {
+            file: step.name.clone(),
+            message: format!("`{FOR_EACH_SLICE}` is never closed by `{END_FOR_EACH_SLICE}`"),
+        });
+    }
+    out.retain(|(_, text)| !text.trim().is_empty());
+    Ok(out)
+}
+
+/// Runs the rule files in order; a failure names the file (and the slice, in a block).
 pub fn run_rules(ws: &Workspace, rules: &Rules) -> Result<(), RulesError> {
+    let conn = ws.conn();
     for step in &rules.steps {
         let started = Instant::now();
-        ws.conn()
-            .execute_batch(&step.text)
-            .map_err(|e| RulesError::Rule {
-                file: step.name.clone(),
+        let rule_err = |slice: Option<i64>| {
+            let file = match slice {
+                Some(k) => format!("{} (slice {k})", step.name),
+                None => step.name.clone(),
+            };
+            move |e: duckdb::Error| RulesError::Rule {
+                file,
                 message: e.to_string(),
+            }
+        };
+        for (repeat, sql) in segments(step)? {
+            if !repeat {
+                conn.execute_batch(&sql).map_err(rule_err(None))?;
+                continue;
+            }
+            let slices: Option<i64> = conn
+                .query_row("SELECT getvariable('slices')::BIGINT", [], |r| r.get(0))
+                .map_err(rule_err(None))?;
+            let slices = slices.ok_or_else(|| RulesError::Rule {
+                file: step.name.clone(),
+                message: "uses `-- for each slice` but no earlier rule set the variable `slices`"
+                    .into(),
             })?;
+            // slices 0 .. slices-1 are header ranges, slice `slices` the rows without a header
+            for k in 0..=slices {
+                conn.execute_batch(&format!("SET VARIABLE slice = {k};\n{sql}"))
+                    .map_err(rule_err(Some(k)))?;
+            }
+        }
         tracing::debug!(rule = %step.name, seconds = started.elapsed().as_secs_f64(), "Ran a rule.");
     }
     Ok(())
