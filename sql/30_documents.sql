@@ -15,6 +15,7 @@
 CREATE OR REPLACE TEMP MACRO document_lines_slice(k) AS TABLE
 SELECT
     part_id,
+    any_value(header_number) AS header_number,
     list_transform(
         list_sort(list({'split': split_number, 'details': details, 'nominal': nominal_code,
                         'tax_code': tax_code, 'dept': dept_number, 'project': project_id,
@@ -74,6 +75,7 @@ GROUP BY part_id;
 CREATE OR REPLACE TEMP MACRO document_allocations_slice(k) AS TABLE
 SELECT
     part_id,
+    any_value(header_number) AS header_number,
     list_transform(
         list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
                         'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount})),
@@ -111,6 +113,6 @@ SELECT
         WHEN p.amount_due < p.total THEN 'PartiallyPaid'
         ELSE 'Submitted' END AS status
 FROM work.document_parts p
-JOIN work.document_lines l USING (part_id)
+JOIN (SELECT * EXCLUDE (header_number) FROM work.document_lines) l USING (part_id)
 JOIN work.parts_per_header h USING (header_number)
-LEFT JOIN work.document_allocations a USING (part_id);
+LEFT JOIN (SELECT * EXCLUDE (header_number) FROM work.document_allocations) a USING (part_id);

@@ -6,7 +6,9 @@
 -- sum per bank equals the bank nominal's balance. The id is the journal line's Sage key
 -- (TRAN_NUMBER-NOMINAL_CODE). recordRef points at the document (payment, bill payment) or,
 -- for bank entries and transfers, at the journal entry.
-CREATE OR REPLACE TABLE bankTransactions AS
+-- Built one slice of headers at a time (see slices in 00_conventions.sql): the postings' joins
+-- with their headers and splits stay small whatever the company's size.
+CREATE OR REPLACE TEMP MACRO bank_transactions_slice(k) AS TABLE
 WITH bank AS (
     SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
 )
@@ -29,5 +31,10 @@ SELECT
     j.deleted AS isDeleted,
     lineage('AUDIT_JOURNAL', j.tran_number::VARCHAR || '-' || j.nominal_code,
             CASE WHEN j.split_number IS NULL THEN [] ELSE [j.split_number] END) AS lineage
-FROM postings(-1, true) j
+FROM postings(k, true) j
 JOIN bank b ON b.code = j.nominal_code;
+
+CREATE OR REPLACE TABLE bankTransactions AS FROM bank_transactions_slice(0) LIMIT 0;
+-- for each slice
+INSERT INTO bankTransactions FROM bank_transactions_slice(getvariable('slice'));
+-- end for each slice

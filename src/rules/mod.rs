@@ -549,3 +549,41 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> SqlFile {
+        SqlFile {
+            name: "70_x.sql".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn slice_blocks_are_cut_out_of_a_rule() {
+        let parts = segments(&file(
+            "CREATE TABLE a AS SELECT 1;\n-- for each slice\nINSERT INTO a SELECT 2;\n-- end for each slice\nSELECT 3;\n",
+        ))
+        .unwrap();
+        let repeat: Vec<bool> = parts.iter().map(|(r, _)| *r).collect();
+        assert_eq!(repeat, [false, true, false]);
+        assert_eq!(parts[1].1.trim(), "INSERT INTO a SELECT 2;");
+    }
+
+    #[test]
+    fn an_unclosed_or_nested_slice_block_names_the_file() {
+        for text in [
+            "-- for each slice\nSELECT 1;\n",
+            "-- for each slice\n-- for each slice\nSELECT 1;\n-- end for each slice\n",
+            "SELECT 1;\n-- end for each slice\n",
+        ] {
+            let err = segments(&file(text)).unwrap_err().to_string();
+            assert!(
+                err.contains("70_x.sql") && err.contains("for each slice"),
+                "{err}"
+            );
+        }
+    }
+}
