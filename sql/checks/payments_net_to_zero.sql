@@ -17,54 +17,64 @@ unbalanced_lines AS (
     FROM line
     WHERE line.amount + coalesce(list_sum([k.amount FOR k IN line.links]), 0) <> 0
 ),
+totals AS (
+    SELECT data_type, id, totalAmount, splits,
+           coalesce(list_sum([l.amount FOR l IN lines]), 0) AS lines_total
+    FROM payment
+),
+unbalanced AS (
+    SELECT * FROM totals WHERE lines_total <> totalAmount
+),
+-- Sage's own figures are only looked at for the payments that do not add up (usually none),
+-- so the check stays cheap on large companies.
+relevant AS (
+    SELECT DISTINCT unnest(splits) AS split_number FROM unbalanced
+),
+relevant_usage AS (
+    SELECT u.SPLIT_NUMBER, u.SPLIT_CROSSREF, money(u.AMOUNT) AS amount
+    FROM sage.AUDIT_USAGE u
+    WHERE NOT is_set(u.DELETED_FLAG)
+      AND (u.SPLIT_NUMBER IN (SELECT split_number FROM relevant)
+           OR u.SPLIT_CROSSREF IN (SELECT split_number FROM relevant))
+),
 split_deleted AS (
     SELECT s.SPLIT_NUMBER AS split_number, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
     FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER)
+    WHERE s.SPLIT_NUMBER IN (SELECT split_number FROM relevant)
+       OR s.SPLIT_NUMBER IN (SELECT SPLIT_NUMBER FROM relevant_usage)
+       OR s.SPLIT_NUMBER IN (SELECT SPLIT_CROSSREF FROM relevant_usage)
 ),
 live_usage AS (
     -- as rule 11: allocations touching a deleted split do not settle anything
-    SELECT u.SPLIT_NUMBER, u.SPLIT_CROSSREF, money(u.AMOUNT) AS amount
-    FROM sage.AUDIT_USAGE u
+    SELECT u.*
+    FROM relevant_usage u
     JOIN split_deleted a ON a.split_number = u.SPLIT_NUMBER
     LEFT JOIN split_deleted b ON b.split_number = u.SPLIT_CROSSREF
-    WHERE NOT is_set(u.DELETED_FLAG) AND NOT a.deleted AND NOT coalesce(b.deleted, false)
-),
-usage AS (
-    SELECT SPLIT_NUMBER AS split_number, amount FROM live_usage
-    UNION ALL
-    SELECT SPLIT_CROSSREF, amount FROM live_usage
+    WHERE NOT a.deleted AND NOT coalesce(b.deleted, false)
 ),
 allocated AS (
-    SELECT split_number, sum(amount) AS amount FROM usage GROUP BY ALL
-),
-source_split AS (
-    SELECT s.SPLIT_NUMBER AS split_number, money(s.GROSS_AMOUNT) AS gross, money(s.OUTSTANDING) AS outstanding,
-           money(s.AMOUNT_PAID) AS paid, coalesce(a.amount, 0) AS allocated
-    FROM sage.AUDIT_SPLIT s
-    LEFT JOIN allocated a ON a.split_number = s.SPLIT_NUMBER
+    SELECT split_number, sum(amount) AS amount
+    FROM (SELECT SPLIT_NUMBER AS split_number, amount FROM live_usage
+          UNION ALL SELECT SPLIT_CROSSREF, amount FROM live_usage)
+    GROUP BY ALL
 ),
 source_flag AS (
     SELECT p.data_type, p.id,
-           bool_or(s.gross <> s.allocated + s.outstanding OR s.paid <> s.allocated) AS source_inconsistent
-    FROM (SELECT data_type, id, unnest(splits) AS split_number FROM payment) p
-    JOIN source_split s USING (split_number)
+           bool_or(money(s.GROSS_AMOUNT) <> coalesce(a.amount, 0) + money(s.OUTSTANDING)
+                   OR money(s.AMOUNT_PAID) <> coalesce(a.amount, 0)) AS source_inconsistent
+    FROM (SELECT data_type, id, unnest(splits) AS split_number FROM unbalanced) p
+    JOIN sage.AUDIT_SPLIT s ON s.SPLIT_NUMBER = p.split_number
+    LEFT JOIN allocated a ON a.split_number = p.split_number
     GROUP BY ALL
-),
-totals AS (
-    SELECT p.data_type, p.id, p.totalAmount,
-           coalesce(list_sum([l.amount FOR l IN p.lines]), 0) AS lines_total,
-           coalesce(f.source_inconsistent, false) AS source_inconsistent
-    FROM payment p
-    LEFT JOIN source_flag f USING (data_type, id)
 )
 SELECT 'error' AS severity, data_type, id, 'line and links do not net to zero' AS problem,
        line_amount AS amount, links_amount AS against
 FROM unbalanced_lines
 UNION ALL
-SELECT CASE WHEN source_inconsistent THEN 'warning' ELSE 'error' END, data_type, id,
-       CASE WHEN source_inconsistent THEN 'Sage split GROSS <> allocations + OUTSTANDING'
+SELECT CASE WHEN coalesce(f.source_inconsistent, false) THEN 'warning' ELSE 'error' END, u.data_type, u.id,
+       CASE WHEN coalesce(f.source_inconsistent, false) THEN 'Sage split GROSS <> allocations + OUTSTANDING'
             ELSE 'lines do not add up to totalAmount' END,
-       lines_total, totalAmount
-FROM totals
-WHERE lines_total <> totalAmount
+       u.lines_total, u.totalAmount
+FROM unbalanced u
+LEFT JOIN source_flag f USING (data_type, id)
 ORDER BY 1, 2, 3;
