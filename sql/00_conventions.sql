@@ -24,6 +24,11 @@ CREATE OR REPLACE TEMP MACRO currency_code(code, number) AS coalesce(
     CASE WHEN coalesce(number, 0) > 1 THEN 'UNKNOWN-' || number END,
     '');
 
+-- A postal address from Sage's five address lines, named as Sage labels them (Street 1,
+-- Street 2, Town, County, Post Code).
+CREATE OR REPLACE TEMP MACRO address(a1, a2, a3, a4, a5) AS
+    {'line1': txt(a1), 'line2': txt(a2), 'city': txt(a3), 'region': txt(a4), 'postalCode': txt(a5)};
+
 -- Sage flags are small integers; NULL means not set.
 CREATE OR REPLACE TEMP MACRO is_set(x) AS coalesce(x, 0) <> 0;
 

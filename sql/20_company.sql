@@ -22,8 +22,7 @@ source AS (
 SELECT
     txt(COMPANYID) AS id,
     txt(NAME) AS companyName,
-    {'line1': txt(ADDRESS_1), 'line2': txt(ADDRESS_2), 'city': txt(ADDRESS_3),
-     'region': txt(ADDRESS_4), 'postalCode': txt(ADDRESS_5)} AS address,
+    address(ADDRESS_1, ADDRESS_2, ADDRESS_3, ADDRESS_4, ADDRESS_5) AS address,
     txt(VAT_REG_NUMBER) AS vatNumber,
     txt(COUNTRY_CODE) AS countryCode,
     txt(BASE_CURRENCY) AS baseCurrency,

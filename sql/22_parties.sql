@@ -8,15 +8,15 @@ CREATE OR REPLACE TEMP MACRO party_status(on_hold, inactive) AS CASE
     WHEN is_set(on_hold) THEN 'OnHold'
     ELSE 'Active' END;
 
-CREATE OR REPLACE TABLE customers AS
+-- Both ledgers have the same columns: one macro, the name field renamed per data type.
+CREATE OR REPLACE TEMP MACRO ledger_accounts(ledger) AS TABLE
 SELECT
     txt(p.ACCOUNT_REF) AS id,
-    txt(p.NAME) AS customerName,
+    txt(p.NAME) AS name,
     txt(p.CONTACT_NAME) AS contactName,
     txt(p.E_MAIL) AS emailAddress,
     txt(p.TELEPHONE) AS phone,
-    {'line1': txt(p.ADDRESS_1), 'line2': txt(p.ADDRESS_2), 'city': txt(p.ADDRESS_3),
-     'region': txt(p.ADDRESS_4), 'postalCode': txt(p.ADDRESS_5)} AS address,
+    address(p.ADDRESS_1, p.ADDRESS_2, p.ADDRESS_3, p.ADDRESS_4, p.ADDRESS_5) AS address,
     txt(p.VAT_REG_NUMBER) AS vatNumber,
     currency_code(c.CODE, p.CURRENCY) AS currency,
     money(p.CREDIT_LIMIT) AS creditLimit,
@@ -25,27 +25,12 @@ SELECT
     party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
     p.RECORD_MODIFY_DATE AS sourceModifiedDate,
     false AS isDeleted,
-    lineage('SALES_LEDGER', txt(p.ACCOUNT_REF), []) AS lineage
-FROM sage.SALES_LEDGER p
+    lineage(ledger, txt(p.ACCOUNT_REF), []) AS lineage
+FROM query_table('sage.' || ledger) p
 LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY;
 
+CREATE OR REPLACE TABLE customers AS
+SELECT * RENAME (name AS customerName) FROM ledger_accounts('SALES_LEDGER');
+
 CREATE OR REPLACE TABLE suppliers AS
-SELECT
-    txt(p.ACCOUNT_REF) AS id,
-    txt(p.NAME) AS supplierName,
-    txt(p.CONTACT_NAME) AS contactName,
-    txt(p.E_MAIL) AS emailAddress,
-    txt(p.TELEPHONE) AS phone,
-    {'line1': txt(p.ADDRESS_1), 'line2': txt(p.ADDRESS_2), 'city': txt(p.ADDRESS_3),
-     'region': txt(p.ADDRESS_4), 'postalCode': txt(p.ADDRESS_5)} AS address,
-    txt(p.VAT_REG_NUMBER) AS vatNumber,
-    currency_code(c.CODE, p.CURRENCY) AS currency,
-    money(p.CREDIT_LIMIT) AS creditLimit,
-    p.PAYMENT_DUE_DAYS::BIGINT AS paymentDueDays,
-    money(p.BALANCE) AS balance,
-    party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
-    p.RECORD_MODIFY_DATE AS sourceModifiedDate,
-    false AS isDeleted,
-    lineage('PURCHASE_LEDGER', txt(p.ACCOUNT_REF), []) AS lineage
-FROM sage.PURCHASE_LEDGER p
-LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY;
+SELECT * RENAME (name AS supplierName) FROM ledger_accounts('PURCHASE_LEDGER');

@@ -7,6 +7,7 @@
 //! Sage 50 simulator used by tests, benchmarks and the demo.
 
 pub mod extract;
+pub mod files;
 pub mod model;
 pub mod rules;
 pub mod schema;

@@ -121,13 +121,7 @@ impl Field {
                 message: format!("field {here}: {message}"),
             })
         };
-        let is_camel = self
-            .name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase())
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric());
-        if !is_camel {
+        if !is_camel_case(&self.name) {
             return bad("names are camelCase ASCII, starting with a lower-case letter".into());
         }
         match (self.ty, self.fields.is_empty(), self.items) {
@@ -151,6 +145,12 @@ impl Field {
         }
         Ok(())
     }
+}
+
+/// camelCase ASCII starting with a lower-case letter, as API clients expect names.
+fn is_camel_case(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 fn scalar_type(ty: FieldType) -> &'static str {
@@ -234,31 +234,8 @@ impl DataModel {
 
     /// Reads every `*.toml` in a folder.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let read = |path: PathBuf| {
-            std::fs::read_to_string(&path).map_err(|source| ModelError::Read { path, source })
-        };
-        let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let mut files = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|source| ModelError::Read {
-                    path: dir.to_owned(),
-                    source,
-                })?
-                .path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let name = path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((name, read(path)?));
-            }
-        }
-        files.sort();
+        let files = crate::files::read_with_extension(dir, "toml")
+            .map_err(|(path, source)| ModelError::Read { path, source })?;
         Self::parse_from(files, &dir.display().to_string())
     }
 
@@ -296,13 +273,7 @@ impl DataModel {
             let mut ty: DataType = toml::from_str(text).map_err(|e| parse_err(file, e))?;
             ty.file = file.clone();
             ty.origin = format!("{folder}/{file}");
-            let is_camel = ty
-                .name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase())
-                && ty.name.chars().all(|c| c.is_ascii_alphanumeric());
-            if !is_camel {
+            if !is_camel_case(&ty.name) {
                 return Err(ModelError::Parse {
                     file: file.clone(),
                     message: format!(

@@ -116,6 +116,22 @@ pub struct Table {
 }
 
 impl Table {
+    /// `CREATE TABLE` for this table with every expected column, named `prefix` + the Sage
+    /// name (e.g. `sage.` for the rules' empty stand-ins); the simulator makes its tables
+    /// with it too.
+    pub fn create_sql(&self, prefix: &str) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", crate::staging::ident(&c.name), c.ddl_type()))
+            .collect();
+        format!(
+            "CREATE TABLE {prefix}{} ({})",
+            crate::staging::ident(&self.name),
+            cols.join(", ")
+        )
+    }
+
     /// The column with this name, if expected.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns

@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Schema};
 use duckdb::Connection;
 
 use crate::extract::ExtractError;
+use crate::files::{self, sibling};
 
 /// Metadata table: one row describing the generation.
 pub const GENERATION_TABLE: &str = "_connector_generation";
@@ -59,18 +60,8 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExtractError + '_ {
     }
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".");
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 fn remove_if_exists(path: &Path) -> Result<(), ExtractError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
-        _ => Ok(()),
-    }
+    files::remove_if_exists(path).map_err(io_err(path))
 }
 
 /// Quotes an identifier for DuckDB.

@@ -203,18 +203,12 @@ impl RuleCase {
 
     /// Every `*.case` file in `dir`, by name.
     pub fn load_dir(dir: &Path) -> Result<Vec<Self>, RulesError> {
-        let err = |source| RulesError::Read {
-            path: dir.to_owned(),
-            source,
-        };
-        let mut paths = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(err)? {
-            let path = entry.map_err(err)?.path();
-            if path.is_file() && path.extension().is_some_and(|x| x == CASE_EXTENSION) {
-                paths.push(path);
+        let paths = crate::files::with_extension(dir, CASE_EXTENSION).map_err(|source| {
+            RulesError::Read {
+                path: dir.to_owned(),
+                source,
             }
-        }
-        paths.sort();
+        })?;
         paths.iter().map(|p| Self::load(p)).collect()
     }
 

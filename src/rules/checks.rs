@@ -137,10 +137,7 @@ fn column_names(conn: &duckdb::Connection, sql: &str) -> Result<Vec<String>, duc
 }
 
 /// Runs `sql` and renders each row as `column=value, …` (values cast to text by DuckDB).
-pub(crate) fn sample_rows(
-    conn: &duckdb::Connection,
-    sql: &str,
-) -> Result<Vec<String>, duckdb::Error> {
+fn sample_rows(conn: &duckdb::Connection, sql: &str) -> Result<Vec<String>, duckdb::Error> {
     let (columns, rows) = text_rows(conn, sql)?;
     Ok(rows
         .into_iter()
@@ -155,7 +152,7 @@ pub(crate) fn sample_rows(
         .collect())
 }
 
-/// Runs `sql` with every column cast to VARCHAR: (column names, rows).
+/// A query's result as text: (column names, rows; NULL is None).
 pub(crate) type TextRows = (Vec<String>, Vec<Vec<Option<String>>>);
 
 /// Runs `sql` with every column cast to VARCHAR.

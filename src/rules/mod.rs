@@ -177,25 +177,12 @@ fn to_files(list: &[(&str, &str)]) -> Vec<SqlFile> {
 }
 
 fn read_sql_dir(dir: &Path) -> Result<Vec<SqlFile>, RulesError> {
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RulesError::Read { path, source }
-    };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(err(dir))? {
-        let path = entry.map_err(err(dir))?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == "sql") {
-            let text = std::fs::read_to_string(&path).map_err(err(&path))?;
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            files.push(SqlFile { name, text });
-        }
-    }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(files)
+    let files = crate::files::read_with_extension(dir, "sql")
+        .map_err(|(path, source)| RulesError::Read { path, source })?;
+    Ok(files
+        .into_iter()
+        .map(|(name, text)| SqlFile { name, text })
+        .collect())
 }
 
 impl Rules {
@@ -356,7 +343,7 @@ fn segments(step: &SqlFile) -> Result<Vec<(bool, String)>, RulesError> {
 }
 
 /// Runs the rule files in order; a failure names the file (and the slice, in a block).
-pub fn run_rules(ws: &Workspace, rules: &Rules) -> Result<(), RulesError> {
+fn run_rules(ws: &Workspace, rules: &Rules) -> Result<(), RulesError> {
     let conn = ws.conn();
     for step in &rules.steps {
         let started = Instant::now();
@@ -471,43 +458,33 @@ fn control_totals(ws: &Workspace, model: &DataModel) -> Result<Vec<DataTypeTotal
             .filter(|f| f.ty == FieldType::Money)
             .map(|f| f.name.as_str())
             .collect();
+        let deleted = ident(IS_DELETED_FIELD);
         let mut cols = vec![
-            "count(*)::VARCHAR".to_owned(),
-            format!(
-                "count(*) FILTER (WHERE {})::VARCHAR",
-                ident(IS_DELETED_FIELD)
-            ),
+            "count(*)".to_owned(),
+            format!("count(*) FILTER (WHERE {deleted})"),
         ];
         cols.extend(money.iter().map(|m| {
             format!(
-                "coalesce(sum({}) FILTER (WHERE NOT {}), 0)::DECIMAL(38, 2)::VARCHAR",
-                ident(m),
-                ident(IS_DELETED_FIELD)
+                "coalesce(sum({}) FILTER (WHERE NOT {deleted}), 0)::DECIMAL(38, 2)::VARCHAR",
+                ident(m)
             )
         }));
         let sql = format!("SELECT {} FROM main.{}", cols.join(", "), ident(&dt.name));
-        let values: Vec<String> = ws
+        let totals = ws
             .conn()
             .query_row(&sql, [], |r| {
-                (0..cols.len()).map(|i| r.get::<_, String>(i)).collect()
+                let sums = (2..cols.len())
+                    .map(|i| r.get::<_, String>(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(DataTypeTotals {
+                    data_type: dt.name.clone(),
+                    rows: r.get::<_, i64>(0)? as u64,
+                    deleted: r.get::<_, i64>(1)? as u64,
+                    sums: money.iter().map(|m| (*m).to_owned()).zip(sums).collect(),
+                })
             })
             .map_err(duck(format!("computing the control totals of {}", dt.name)))?;
-        let parse = |s: &str| {
-            s.parse::<u64>().map_err(|e| RulesError::Duck {
-                doing: format!("reading the control totals of {}", dt.name),
-                detail: format!("{s:?} is not a count: {e}"),
-            })
-        };
-        out.push(DataTypeTotals {
-            data_type: dt.name.clone(),
-            rows: parse(&values[0])?,
-            deleted: parse(&values[1])?,
-            sums: money
-                .iter()
-                .zip(&values[2..])
-                .map(|(m, v)| ((*m).to_owned(), v.clone()))
-                .collect(),
-        });
+        out.push(totals);
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use duckdb::Connection;
 
 use super::{RulesError, duck};
+use crate::files::{self, sibling};
 use crate::schema::SourceSchema;
 use crate::staging::{GENERATION_TABLE, ident};
 
@@ -18,6 +19,8 @@ pub const SAGE_CATALOGUE: &str = "sage";
 const STAGING_CATALOGUE: &str = "staging";
 /// Suffix of an output file while it is being built.
 const PARTIAL_SUFFIX: &str = "partial";
+/// Suffix of DuckDB's write-ahead log beside a database file.
+const WAL_SUFFIX: &str = "wal";
 
 /// A DuckDB database prepared for the rules: in memory (spilling to a private temp folder
 /// above [`MEMORY_LIMIT`]) or, with `out`, a file built as `OUT.partial` and renamed to `OUT`
@@ -36,19 +39,13 @@ impl Drop for Workspace {
     fn drop(&mut self) {
         drop(self.conn.take());
         if let Some((partial, _)) = &self.out {
-            for p in [partial.clone(), wal_of(partial)] {
-                if let Err(e) = std::fs::remove_file(&p)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
+            for p in [partial.clone(), sibling(partial, WAL_SUFFIX)] {
+                if let Err(e) = files::remove_if_exists(&p) {
                     tracing::warn!(file = %p.display(), error = %e, "Could not remove an unfinished output file.");
                 }
             }
         }
     }
-}
-
-fn wal_of(path: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.wal", path.display()))
 }
 
 fn sql_literal(text: &str) -> String {
@@ -65,12 +62,7 @@ fn io_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Ru
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), RulesError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(io_err("removing a stale output file", path)(e))
-        }
-        _ => Ok(()),
-    }
+    files::remove_if_exists(path).map_err(io_err("removing a stale output file", path))
 }
 
 impl Workspace {
@@ -79,15 +71,11 @@ impl Workspace {
             .prefix("connector-rules-")
             .tempdir()
             .map_err(io_err("creating a temp folder", &std::env::temp_dir()))?;
-        let out = out.map(|path| {
-            let mut partial = path.as_os_str().to_owned();
-            partial.push(format!(".{PARTIAL_SUFFIX}"));
-            (PathBuf::from(partial), path.to_owned())
-        });
+        let out = out.map(|path| (sibling(path, PARTIAL_SUFFIX), path.to_owned()));
         let conn = match &out {
             Some((partial, _)) => {
                 remove_if_exists(partial)?;
-                remove_if_exists(&wal_of(partial))?;
+                remove_if_exists(&sibling(partial, WAL_SUFFIX))?;
                 Connection::open(partial).map_err(|e| RulesError::Duck {
                     doing: format!("creating {}", partial.display()),
                     detail: e.to_string(),
@@ -128,7 +116,7 @@ impl Workspace {
             .execute_batch("CHECKPOINT")
             .map_err(duck("checkpointing the output file"))?;
         drop(self.conn.take());
-        remove_if_exists(&wal_of(&path))?;
+        remove_if_exists(&sibling(&path, WAL_SUFFIX))?;
         std::fs::rename(&partial, &path)
             .map_err(io_err("renaming the finished output file", &path))?;
         Ok(Some(path))
@@ -209,17 +197,8 @@ impl Workspace {
     }
 
     fn create_empty(&self, table: &crate::schema::Table) -> Result<(), RulesError> {
-        let cols: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| format!("{} {}", ident(&c.name), c.ty.sql_name()))
-            .collect();
         self.conn()
-            .execute_batch(&format!(
-                "CREATE TABLE {SAGE_CATALOGUE}.{} ({})",
-                ident(&table.name),
-                cols.join(", ")
-            ))
+            .execute_batch(&table.create_sql(&format!("{SAGE_CATALOGUE}.")))
             .map_err(duck(format!("creating empty table {}", table.name)))
     }
 

@@ -170,12 +170,8 @@ fn prepare_folder(out: &Path) -> Result<PathBuf, SimError> {
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), SimError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SimError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    crate::files::remove_if_exists(path).map_err(|source| SimError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -108,13 +108,7 @@ fn open(path: &Path, schema: &SourceSchema) -> Result<Connection, SimError> {
     conn.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=8192;")
         .map_err(sql_err("setting pragmas"))?;
     for table in &schema.tables {
-        let cols: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\" {}", c.name, c.ddl_type()))
-            .collect();
-        let ddl = format!("CREATE TABLE \"{}\" ({})", table.name, cols.join(", "));
-        conn.execute(&ddl, [])
+        conn.execute(&table.create_sql(""), [])
             .map_err(sql_err(format!("creating table {}", table.name)))?;
     }
     Ok(conn)

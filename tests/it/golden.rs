@@ -33,12 +33,20 @@ fn section(totals: &toml::Table, name: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
-fn staged_map(conn: &duckdb::Connection, sql: &str) -> BTreeMap<String, i64> {
+/// A two-column query (key, value) as a map.
+fn query_map<V: duckdb::types::FromSql>(
+    conn: &duckdb::Connection,
+    sql: &str,
+) -> BTreeMap<String, V> {
     let mut stmt = conn.prepare(sql).unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, V>(1)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+fn staged_map(conn: &duckdb::Connection, sql: &str) -> BTreeMap<String, i64> {
+    query_map(conn, sql)
 }
 
 #[test]
@@ -127,11 +135,7 @@ fn golden_company_staged_totals_equal_the_hand_computed_ones() {
 }
 
 fn text_map(conn: &duckdb::Connection, sql: &str) -> BTreeMap<String, String> {
-    let mut stmt = conn.prepare(sql).unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    query_map(conn, sql)
 }
 
 fn expected_text(table: &toml::Table, name: &str) -> BTreeMap<String, String> {
