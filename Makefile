@@ -22,11 +22,19 @@ DEMO_DIR ?= $(CACHE)/demo
 # A throwaway PostgreSQL on loopback, for the rejected-credentials test through psqlODBC.
 export CONNECTOR_TEST_PG_PORT ?= 54329
 PG_DIR ?= /var/tmp/connector-test-pg
+# A real S3-compatible server process on loopback (moto's server), and pyarrow to read the
+# published Parquet as a stranger would: both from PyPI into a virtualenv in the cache.
+VENV ?= $(CACHE)/venv
+PY_PACKAGES := "moto[server]>=5.1,<6" "pyarrow>=15"
+S3_DIR ?= /var/tmp/connector-test-s3
+export CONNECTOR_TEST_S3_PORT ?= 54330
+export CONNECTOR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(CONNECTOR_TEST_S3_PORT)
+export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
-	postgresql sqlite3 python3 time npm
+	postgresql sqlite3 python3 python3-venv time npm
 
-.PHONY: deps duckdb build test lint demo bench-extract bench-normalise pg-up pg-down
+.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync pg-up pg-down s3-up s3-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -38,7 +46,13 @@ deps:
 	  echo "Installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@$(MAKE) --no-print-directory duckdb
+	@$(MAKE) --no-print-directory duckdb venv
+
+venv:
+	@if [ ! -x "$(VENV)/bin/moto_server" ] || ! "$(VENV)/bin/python" -c "import pyarrow" 2>/dev/null; then \
+	  echo "Installing the test S3 server and pyarrow into $(VENV)"; \
+	  python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q --disable-pip-version-check $(PY_PACKAGES); \
+	fi
 
 duckdb:
 	@if [ -z "$(FEATURES)" ] && [ ! -f "$(DUCKDB_LIB_DIR)/libduckdb.so" ]; then \
@@ -56,14 +70,22 @@ lint: deps
 
 test: deps lint
 	@bash .ci/pg.sh up "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"
+	@bash .ci/s3.sh up "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"
 	@status=0; cargo test --lib --tests $(FEATURES) || status=$$?; \
-	  bash .ci/pg.sh down "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"; exit $$status
+	  bash .ci/pg.sh down "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"; \
+	  bash .ci/s3.sh down "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"; exit $$status
 
 pg-up:
 	@bash .ci/pg.sh up "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"
 
 pg-down:
 	@bash .ci/pg.sh down "$(PG_DIR)" "$(CONNECTOR_TEST_PG_PORT)"
+
+s3-up: venv
+	@bash .ci/s3.sh up "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"
+
+s3-down:
+	@bash .ci/s3.sh down "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"
 
 demo: build
 	@rm -rf "$(DEMO_DIR)" && mkdir -p "$(DEMO_DIR)"
@@ -85,3 +107,8 @@ bench-extract: build
 
 bench-normalise: build
 	@bash benches/normalise.sh
+
+bench-sync: build
+	@bash .ci/s3.sh up "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"
+	@status=0; bash benches/sync.sh || status=$$?; \
+	  bash .ci/s3.sh down "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"; exit $$status

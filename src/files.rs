@@ -52,3 +52,19 @@ pub fn read_with_extension(
         })
         .collect()
 }
+
+/// Writes `bytes` to `path` and flushes them to disk before returning.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Makes renames and new entries in `dir` durable (a no-op where folders cannot be opened,
+/// as on Windows).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -2,16 +2,22 @@
 //!
 //! The pipeline, one module per stage (see README.md for the diagram):
 //! [`source`] (ODBC to Sage) → [`extract`] (bulk fetch) → [`staging`] (DuckDB store) →
-//! [`rules`] (SQL normalisation and checks into the data model).
+//! [`rules`] (SQL normalisation and checks into the data model) → [`snapshot`] (Parquet files
+//! and a manifest) → [`publish`] (object storage); [`sync`] runs them all for one company.
 //! [`schema`] holds the source tables as data and [`model`] our data types; [`sim`] is the
 //! Sage 50 simulator used by tests, benchmarks and the demo.
 
 pub mod extract;
+pub mod failpoint;
 pub mod files;
 pub mod model;
+pub mod publish;
 pub mod rules;
 pub mod schema;
 pub mod sim;
+pub mod snapshot;
 pub mod source;
 pub mod staging;
+pub mod state;
+pub mod sync;
 pub mod telemetry;

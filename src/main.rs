@@ -7,9 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use connector::extract::{self, ExtractError, ExtractOptions};
 use connector::model::DataModel;
+use connector::publish::{self, Store, StoreConfig};
 use connector::rules::{self, Rules, Workspace};
 use connector::schema::SourceSchema;
 use connector::source::{Secret, SourceConfig};
+use connector::sync::{self, SyncOptions};
+
+/// Exit status of a sync whose snapshot was made but waits in the outbox (EX_TEMPFAIL).
+const EXIT_WAITING: u8 = 75;
 
 /// Gets data out of Sage 50 Accounts into a local staging store, and on to the cloud.
 #[derive(Parser)]
@@ -29,18 +34,43 @@ enum Command {
         /// The DuckDB staging file to (re)create; the old one stays until the new one is whole.
         #[arg(long)]
         staging: PathBuf,
-        /// Sage user name (added to the connection string as UID).
-        #[arg(long)]
-        user: Option<String>,
-        /// Name of the environment variable holding the Sage password (never pass it as a flag).
-        #[arg(long, value_name = "VAR")]
-        password_env: Option<String>,
+        #[command(flatten)]
+        login: SageLogin,
         /// Source schema file (default: the embedded schemas/sage50-source.toml).
         #[arg(long)]
         schema: Option<PathBuf>,
         /// After each table, ask the source for COUNT(*) and fail if it differs.
         #[arg(long)]
         verify_counts: bool,
+    },
+    /// The whole pipeline for one company: extract, normalise, snapshot, publish. Prints rows
+    /// per data type, bytes uploaded and seconds per stage. Exits 75 when the snapshot was made
+    /// but the store could not be reached (it waits in the outbox for the next sync).
+    Sync {
+        /// ODBC connection string, e.g. "Driver={Sage Line 50 v32};DIR=C:\...\ACCDATA".
+        #[arg(long)]
+        odbc: String,
+        /// Our id of the company: its folder in the state folder and its prefix in the store.
+        #[arg(long)]
+        company: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Where the connector keeps its files (default: the platform's per-user state folder).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        login: SageLogin,
+        /// Unpublished snapshots kept in the outbox at most.
+        #[arg(long, default_value_t = sync::OUTBOX_LIMIT)]
+        outbox_limit: usize,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Published snapshots.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
     },
     /// Normalisation rules: run them over a staging store, or run their test cases.
     Rules {
@@ -53,6 +83,71 @@ enum Command {
         /// ODBC connection string.
         #[arg(long)]
         odbc: String,
+    },
+}
+
+/// Sage credentials.
+#[derive(clap::Args)]
+struct SageLogin {
+    /// Sage user name (added to the connection string as UID).
+    #[arg(long)]
+    user: Option<String>,
+    /// Name of the environment variable holding the Sage password (never pass it as a flag).
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
+}
+
+impl SageLogin {
+    fn source(self, odbc: &str) -> Result<SourceConfig, ExtractError> {
+        let password = match self.password_env {
+            Some(var) => Some(Secret::new(
+                std::env::var(&var).map_err(|_| ExtractError::PasswordEnvMissing { var })?,
+            )),
+            None => None,
+        };
+        Ok(SourceConfig::new(odbc, self.user, password))
+    }
+}
+
+/// Where snapshots are published.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Store URL: file:///folder, or s3://bucket/prefix with the usual AWS_* environment
+    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT).
+    /// Default for sync: the folder "store" in the state folder.
+    #[arg(long)]
+    store: Option<String>,
+    /// Seconds to keep retrying a store that does not answer before giving up for this time.
+    #[arg(long, default_value_t = 60)]
+    store_timeout: u64,
+    /// Upload files of at least this many bytes in parts (default 16 MiB).
+    #[arg(long, hide = true)]
+    multipart_above: Option<u64>,
+}
+
+impl StoreArgs {
+    fn config(&self, url: String) -> StoreConfig {
+        let mut config = StoreConfig::new(url);
+        config.retry_timeout = std::time::Duration::from_secs(self.store_timeout);
+        if let Some(bytes) = self.multipart_above {
+            config.multipart_threshold = bytes;
+        }
+        config
+    }
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Re-read a published snapshot (the latest, or --snapshot ID) and check every file's
+    /// hash, size and row count against its manifest. Exits 0 only when it is whole.
+    Verify {
+        /// Store URL (file:///folder or s3://bucket/prefix).
+        store: String,
+        /// Our company id.
+        company: String,
+        /// A snapshot id instead of the latest.
+        #[arg(long)]
+        snapshot: Option<String>,
     },
 }
 
@@ -109,7 +204,7 @@ fn main() -> ExitCode {
     );
     connector::telemetry::init(if quiet { "off" } else { "info" });
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "The command failed.");
             eprintln!("error: {e}");
@@ -118,25 +213,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Extract {
             odbc,
             staging,
-            user,
-            password_env,
+            login,
             schema,
             verify_counts,
         } => {
-            let password = match password_env {
-                Some(var) => {
-                    Some(Secret::new(std::env::var(&var).map_err(|_| {
-                        ExtractError::PasswordEnvMissing { var: var.clone() }
-                    })?))
-                }
-                None => None,
-            };
-            let source = SourceConfig::new(&odbc, user, password);
+            let source = login.source(&odbc)?;
             let schema = match schema {
                 Some(path) => SourceSchema::load(&path)?,
                 None => SourceSchema::embedded(),
@@ -170,9 +256,83 @@ fn run(command: Command) -> anyhow::Result<()> {
                 staging.display(),
                 report.generation
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Rules { command } => run_rules(command),
+        Command::Sync {
+            odbc,
+            company,
+            store,
+            state_dir,
+            login,
+            outbox_limit,
+            json,
+        } => {
+            let source = login.source(&odbc)?;
+            let state_dir = match state_dir {
+                Some(dir) => dir,
+                None => {
+                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
+                }
+            };
+            let report = sync::sync(&SyncOptions {
+                source: &source,
+                company_id: &company,
+                store: store.store.clone().map(|url| store.config(url)),
+                state_dir: &state_dir,
+                outbox_limit,
+                progress: std::io::stderr().is_terminal(),
+            })?;
+            print!("{}", report.summary());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write --json {}: {e}", path.display()))?;
+            }
+            Ok(match &report.waiting_because {
+                Some(why) => {
+                    eprintln!("not published yet: {why}");
+                    ExitCode::from(EXIT_WAITING)
+                }
+                None => ExitCode::SUCCESS,
+            })
+        }
+        Command::Snapshot {
+            command:
+                SnapshotCommand::Verify {
+                    store,
+                    company,
+                    snapshot,
+                },
+        } => {
+            let store = Store::open(&StoreConfig::new(store))?;
+            let verified = publish::runtime().block_on(publish::verify(
+                &store,
+                &company,
+                snapshot.as_deref(),
+            ))?;
+            println!(
+                "snapshot {} of company {} in {}: {} data file(s), {} bytes read",
+                verified.snapshot_id, company, store.url, verified.files, verified.bytes
+            );
+            if let Some(m) = &verified.manifest {
+                for (name, entry) in &m.data_types {
+                    println!(
+                        "  {name:<18} {:>10} rows {:>12} bytes  {}",
+                        entry.rows, entry.bytes, entry.key
+                    );
+                }
+            }
+            for problem in &verified.problems {
+                println!("PROBLEM {problem}");
+            }
+            if verified.is_whole() {
+                println!("whole: every file is present with its size, SHA-256 and row count");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("NOT WHOLE: {} problem(s)", verified.problems.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Rules { command } => run_rules(command).map(|()| ExitCode::SUCCESS),
         Command::Drain { odbc } => {
             let source = SourceConfig::new(&odbc, None, None);
             let started = std::time::Instant::now();
@@ -181,7 +341,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "{rows} rows drained in {:.3}s",
                 started.elapsed().as_secs_f64()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

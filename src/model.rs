@@ -22,6 +22,10 @@ pub const ID_FIELD: &str = "id";
 pub const IS_DELETED_FIELD: &str = "isDeleted";
 /// The lineage back to Sage every data type has (in `_record.toml`).
 pub const LINEAGE_FIELD: &str = "lineage";
+/// Version of the data model as published: bump it when a field is removed, renamed or
+/// changes type (adding a field or a data type is compatible). Snapshot manifests carry it;
+/// the server refuses a snapshot of a version it does not know.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// Why the data model could not be loaded.
 #[derive(Debug, thiserror::Error)]

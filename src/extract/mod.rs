@@ -130,6 +130,7 @@ fn load_all(
             continue;
         };
         staged.push(load_table(builder, options, &conn, &plan)?);
+        crate::failpoint::hit("extract-table");
     }
     Ok(staged)
 }

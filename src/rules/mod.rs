@@ -29,7 +29,7 @@ use std::time::Instant;
 
 pub use cases::{CaseOutcome, RuleCase, run_cases};
 pub use checks::{CheckResult, CheckStatus};
-pub use workspace::Workspace;
+pub use workspace::{STAGING_CATALOGUE, Workspace};
 
 use crate::model::{DataModel, EMBEDDED_CHECKS, EMBEDDED_RULES, FieldType, IS_DELETED_FIELD};
 use crate::staging::ident;
@@ -346,6 +346,7 @@ fn segments(step: &SqlFile) -> Result<Vec<(bool, String)>, RulesError> {
 fn run_rules(ws: &Workspace, rules: &Rules) -> Result<(), RulesError> {
     let conn = ws.conn();
     for step in &rules.steps {
+        crate::failpoint::hit("rule-file");
         let started = Instant::now();
         let rule_err = |slice: Option<i64>| {
             let file = match slice {

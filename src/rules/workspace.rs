@@ -16,7 +16,7 @@ pub const WORK_SCHEMA: &str = "work";
 /// Catalogue under which the rules see the Sage tables (`sage.AUDIT_HEADER`).
 pub const SAGE_CATALOGUE: &str = "sage";
 /// Catalogue of the attached staging store.
-const STAGING_CATALOGUE: &str = "staging";
+pub const STAGING_CATALOGUE: &str = "staging";
 /// Suffix of an output file while it is being built.
 const PARTIAL_SUFFIX: &str = "partial";
 /// Suffix of DuckDB's write-ahead log beside a database file.

@@ -1,0 +1,555 @@
+//! The publish stage: a finished snapshot folder into object storage, where the server reads it.
+//!
+//! Takes a [`SnapshotDir`] from the [`Outbox`] and a [`Store`]; produces, in the store:
+//!
+//! ```text
+//! COMPANY/data/DATATYPE/SHA256.parquet        data files, content-addressed, never rewritten
+//! COMPANY/snapshots/SNAPSHOT_ID/manifest.json one per snapshot, never rewritten
+//! COMPANY/latest.json                         {snapshotId, manifestKey, manifestSha256}
+//! ```
+//!
+//! The protocol, in this order, so that a reader following `latest.json` only ever finds a
+//! whole snapshot, whatever point a publisher is stopped at:
+//! 1. Abandoned uploads of an earlier, killed run are aborted (multipart ids are journalled
+//!    in the outbox before the first part is sent; a local folder's half-written `…#N` files are
+//!    removed).
+//! 2. Each data file is uploaded under its SHA-256 unless that key already exists: an
+//!    unchanged data type costs one HEAD request. Files of at least the multipart threshold go
+//!    in parts; a failed multipart upload is aborted. Writes use "create if absent", so two
+//!    publishers never overwrite each other's bytes (the bytes are the same anyway).
+//! 3. Every data key is checked to be present with its size; only then is the manifest put.
+//! 4. `latest.json` is replaced with a conditional write (S3 `If-Match` on the ETag read, or
+//!    `If-None-Match: *` for the first one); on a lost race it is read again, and it is never
+//!    moved back to an older snapshot id. A local folder has no conditional replace: there the
+//!    pointer is a temporary file renamed over the old one (atomic), and one sync at a time
+//!    holds the company's lock.
+//! 5. Only then is the snapshot removed from the outbox.
+//!
+//! Errors: transient ones (network, timeouts, 5xx, throttling) are retried with exponential
+//! backoff by the store client for [`StoreConfig::retry_timeout`], then reported as
+//! [`PublishError::Unreachable`]: the snapshot stays in the outbox for the next attempt.
+//! Permanent ones (credentials, a missing bucket) fail at once with what to fix.
+
+mod outbox;
+mod store;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use sha2::{Digest, Sha256};
+
+pub use outbox::Outbox;
+pub use store::{Backend, Store, StoreConfig, file_url, is_transient};
+pub use verify::{Problem, Verified, verify};
+
+use crate::snapshot::manifest::Latest;
+use crate::snapshot::{self, SnapshotDir};
+
+/// Part size of multipart uploads (S3 wants at least 5 MiB for all parts but the last).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Data files uploaded at the same time.
+const CONCURRENT_UPLOADS: usize = 4;
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store URL cannot be used.
+    #[error("store URL {url}: {why}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong and what to write instead.
+        why: String,
+    },
+    /// The store could not be reached in time; the snapshot waits in the outbox.
+    #[error(
+        "the store {url} could not be reached ({detail}); the snapshot waits in the outbox and is published at the next sync"
+    )]
+    Unreachable {
+        /// The store.
+        url: String,
+        /// The last error.
+        detail: String,
+    },
+    /// The store refused: a person must fix a setting.
+    #[error("the store {url} refused {doing} {key}: {detail} ({hint})")]
+    Refused {
+        /// The store.
+        url: String,
+        /// What was being done.
+        doing: &'static str,
+        /// The key.
+        key: String,
+        /// The store's message.
+        detail: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// Something in the store is not what the protocol wrote.
+    #[error("the store {url} holds a damaged {key}: {detail}")]
+    Damaged {
+        /// The store.
+        url: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A local file (outbox, journal) could not be read or written.
+    #[error("{doing} {path}: {source}")]
+    Local {
+        /// What was being done.
+        doing: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl PublishError {
+    /// Whether the snapshot should simply wait for the next attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PublishError::Unreachable { .. })
+    }
+}
+
+/// What publishing one snapshot did.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// Data files uploaded, and their bytes.
+    pub files_uploaded: usize,
+    /// Bytes of data files uploaded.
+    pub bytes_uploaded: u64,
+    /// Data files already in the store (unchanged data types).
+    pub files_skipped: usize,
+    /// Bytes of data files not uploaded because they were already there.
+    pub bytes_skipped: u64,
+    /// Bytes of the manifest and the pointer.
+    pub bytes_metadata: u64,
+    /// Data types whose file was uploaded.
+    pub changed: Vec<String>,
+    /// Whether `latest` now names this snapshot (false when a newer one was already there).
+    pub is_latest: bool,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Published {
+    /// All bytes sent to the store.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_uploaded + self.bytes_metadata
+    }
+}
+
+impl Store {
+    fn error(&self, doing: &'static str, key: &Key, e: object_store::Error) -> PublishError {
+        if store::is_transient(&e) {
+            return PublishError::Unreachable {
+                url: self.url.clone(),
+                detail: format!("{doing} {key}: {e}"),
+            };
+        }
+        let hint = match &e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                "check the access key, secret and the bucket policy (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            }
+            object_store::Error::NotFound { .. } => {
+                "check that the bucket in the store URL exists (and AWS_REGION / AWS_ENDPOINT)"
+            }
+            _ => "check the store URL and its settings",
+        };
+        PublishError::Refused {
+            url: self.url.clone(),
+            doing,
+            key: key.to_string(),
+            detail: e.to_string(),
+            hint,
+        }
+    }
+
+    /// Reads an object whole.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<bytes::Bytes>, PublishError> {
+        let path = self.path(key);
+        match self.inner.get(&path).await {
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| self.error("reading", &path, e))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("reading", &path, e)),
+        }
+    }
+
+    /// The company's `latest` pointer and the version to replace it conditionally.
+    pub async fn latest(
+        &self,
+        company_id: &str,
+    ) -> Result<Option<(Latest, UpdateVersion)>, PublishError> {
+        let path = self.path(&snapshot::latest_key(company_id));
+        let result = match self.inner.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("reading", &path, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.error("reading", &path, e))?;
+        let latest: Latest = serde_json::from_slice(&bytes).map_err(|e| PublishError::Damaged {
+            url: self.url.clone(),
+            key: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some((latest, version)))
+    }
+
+    /// Points `latest` at `new` unless it already names a newer snapshot. Returns whether
+    /// it now names `new`.
+    async fn advance_latest(&self, company_id: &str, new: &Latest) -> Result<bool, PublishError> {
+        let path = self.path(&snapshot::latest_key(company_id));
+        let payload = serde_json::to_vec_pretty(new).expect("a pointer serialises");
+        for _ in 0..10 {
+            let current = self.latest(company_id).await?;
+            let mode = match &current {
+                Some((cur, _)) if cur.snapshot_id.as_str() >= new.snapshot_id.as_str() => {
+                    return Ok(cur.snapshot_id == new.snapshot_id);
+                }
+                Some((_, version)) => match self.backend {
+                    Backend::Local(_) => PutMode::Overwrite,
+                    Backend::Remote => PutMode::Update(version.clone()),
+                },
+                None => PutMode::Create,
+            };
+            crate::failpoint::hit("pointer-before");
+            let put = self
+                .inner
+                .put_opts(
+                    &path,
+                    PutPayload::from(payload.clone()),
+                    PutOptions::from(mode),
+                )
+                .await;
+            match put {
+                Ok(_) => {
+                    crate::failpoint::hit("pointer-after");
+                    return Ok(true);
+                }
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => {
+                    tracing::info!(key = %path, "Another publisher moved the latest pointer first; reading it again.");
+                }
+                Err(e) => return Err(self.error("updating", &path, e)),
+            }
+        }
+        Err(PublishError::Unreachable {
+            url: self.url.clone(),
+            detail: format!("{path} kept changing under ten conditional writes in a row"),
+        })
+    }
+
+    /// Uploads one local file under `key` unless the key exists. Returns whether it uploaded.
+    async fn upload(
+        &self,
+        local: &Path,
+        key: &str,
+        size: u64,
+        outbox: &Outbox,
+    ) -> Result<bool, PublishError> {
+        let path = self.path(key);
+        match self.inner.head(&path).await {
+            Ok(meta) if meta.size == size => return Ok(false),
+            Ok(meta) => {
+                return Err(PublishError::Damaged {
+                    url: self.url.clone(),
+                    key: path.to_string(),
+                    detail: format!(
+                        "it is {} bytes, but its name is the SHA-256 of a {size}-byte file",
+                        meta.size
+                    ),
+                });
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.error("checking", &path, e)),
+        }
+        crate::failpoint::hit("upload");
+        let local_err = |source| PublishError::Local {
+            doing: "reading",
+            path: local.to_owned(),
+            source,
+        };
+        let result = match &self.multipart {
+            Some(mp) if size >= self.multipart_threshold => {
+                self.upload_parts(mp.as_ref(), local, &path, outbox).await
+            }
+            _ => {
+                let bytes = tokio::fs::read(local).await.map_err(local_err)?;
+                self.inner
+                    .put_opts(
+                        &path,
+                        PutPayload::from(bytes),
+                        PutOptions::from(PutMode::Create),
+                    )
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| match e {
+                        object_store::Error::AlreadyExists { .. } => Ok(()),
+                        e => Err(self.error("uploading", &path, e)),
+                    })
+            }
+        };
+        result.map(|()| true)
+    }
+
+    /// A multipart upload whose id is journalled in the outbox until it completes or is aborted.
+    async fn upload_parts(
+        &self,
+        mp: &dyn object_store::multipart::MultipartStore,
+        local: &Path,
+        path: &Key,
+        outbox: &Outbox,
+    ) -> Result<(), PublishError> {
+        use tokio::io::AsyncReadExt;
+        let id = mp
+            .create_multipart(path)
+            .await
+            .map_err(|e| self.error("starting an upload of", path, e))?;
+        outbox.journal_upload(path.as_ref(), &id)?;
+        let sent = async {
+            let mut file =
+                tokio::fs::File::open(local)
+                    .await
+                    .map_err(|source| PublishError::Local {
+                        doing: "reading",
+                        path: local.to_owned(),
+                        source,
+                    })?;
+            let mut parts = Vec::new();
+            loop {
+                let mut buf = Vec::with_capacity(PART_SIZE);
+                (&mut file)
+                    .take(PART_SIZE as u64)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|source| PublishError::Local {
+                        doing: "reading",
+                        path: local.to_owned(),
+                        source,
+                    })?;
+                if buf.is_empty() && !parts.is_empty() {
+                    break;
+                }
+                let last = buf.len() < PART_SIZE;
+                let part = mp
+                    .put_part(path, &id, parts.len(), PutPayload::from(buf))
+                    .await
+                    .map_err(|e| self.error("uploading a part of", path, e))?;
+                parts.push(part);
+                crate::failpoint::hit("upload-part");
+                if last {
+                    break;
+                }
+            }
+            mp.complete_multipart(path, &id, parts)
+                .await
+                .map_err(|e| self.error("completing the upload of", path, e))
+        }
+        .await;
+        match sent {
+            Ok(_) => {
+                outbox.forget_upload(&id)?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = mp.abort_multipart(path, &id).await {
+                    tracing::warn!(key = %path, error = %abort, "Could not abort a failed multipart upload; the next sync tries again.");
+                } else {
+                    outbox.forget_upload(&id)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts the multipart uploads a killed run journalled, and removes a local folder's
+    /// half-written files under `company_id`.
+    async fn clean_abandoned(&self, company_id: &str, outbox: &Outbox) -> Result<(), PublishError> {
+        for (key, id) in outbox.journalled_uploads()? {
+            let Some(mp) = &self.multipart else {
+                outbox.forget_upload(&id)?;
+                continue;
+            };
+            let path = Key::from(key.as_str());
+            match mp.abort_multipart(&path, &id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(key = %path, "Aborted a multipart upload left by an interrupted sync.");
+                    outbox.forget_upload(&id)?;
+                }
+                Err(e) => return Err(self.error("aborting an upload of", &path, e)),
+            }
+        }
+        if let Backend::Local(root) = &self.backend {
+            remove_staged_files(&root.join(self.path(company_id).as_ref()))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one snapshot (the module header says how).
+    pub async fn publish(
+        &self,
+        snap: &SnapshotDir,
+        outbox: &Outbox,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Published, PublishError> {
+        let started = Instant::now();
+        let m = &snap.manifest;
+        self.clean_abandoned(&m.company_id, outbox).await?;
+        let mut report = Published {
+            snapshot_id: m.snapshot_id.clone(),
+            ..Published::default()
+        };
+        let uploads = futures::stream::iter(m.data_types.iter().map(|(name, entry)| {
+            let local = snap.file(name);
+            async move {
+                let uploaded = self.upload(&local, &entry.key, entry.bytes, outbox).await?;
+                progress.inc(entry.bytes);
+                Ok::<_, PublishError>((name, entry, uploaded))
+            }
+        }))
+        .buffer_unordered(CONCURRENT_UPLOADS)
+        .collect::<Vec<_>>()
+        .await;
+        for result in uploads {
+            let (name, entry, uploaded) = result?;
+            if uploaded {
+                report.files_uploaded += 1;
+                report.bytes_uploaded += entry.bytes;
+                report.changed.push(name.clone());
+            } else {
+                report.files_skipped += 1;
+                report.bytes_skipped += entry.bytes;
+            }
+        }
+        report.changed.sort();
+        // Every file the manifest names must be in the store before the manifest is.
+        for entry in m.data_types.values() {
+            let path = self.path(&entry.key);
+            let meta = self
+                .inner
+                .head(&path)
+                .await
+                .map_err(|e| self.error("checking", &path, e))?;
+            if meta.size != entry.bytes {
+                return Err(PublishError::Damaged {
+                    url: self.url.clone(),
+                    key: path.to_string(),
+                    detail: format!("{} bytes in the store, {} expected", meta.size, entry.bytes),
+                });
+            }
+        }
+        let manifest_bytes = m.to_json();
+        let manifest_key = snapshot::manifest_key(&m.company_id, &m.snapshot_id);
+        let path = self.path(&manifest_key);
+        crate::failpoint::hit("manifest-before");
+        match self
+            .inner
+            .put_opts(
+                &path,
+                PutPayload::from(manifest_bytes.clone()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(self.error("writing", &path, e)),
+        }
+        crate::failpoint::hit("manifest-after");
+        let latest = Latest {
+            snapshot_id: m.snapshot_id.clone(),
+            manifest_key,
+            manifest_sha256: snapshot::hex(&Sha256::digest(&manifest_bytes)),
+        };
+        report.is_latest = self.advance_latest(&m.company_id, &latest).await?;
+        report.bytes_metadata = manifest_bytes.len() as u64
+            + serde_json::to_vec_pretty(&latest).map_or(0, |v| v.len() as u64);
+        report.seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            snapshot = %m.snapshot_id,
+            uploaded_files = report.files_uploaded,
+            uploaded_bytes = report.bytes_uploaded,
+            unchanged_files = report.files_skipped,
+            is_latest = report.is_latest,
+            seconds = report.seconds,
+            "Published the snapshot."
+        );
+        Ok(report)
+    }
+}
+
+/// Removes `…#N` files (a local store's unfinished writes) under `dir`.
+fn remove_staged_files(dir: &Path) -> Result<(), PublishError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PublishError::Local {
+                doing: "listing",
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_staged_files(&path)?;
+        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.rsplit_once('#')
+                .is_some_and(|(_, s)| s.parse::<u64>().is_ok())
+        }) {
+            tracing::info!(file = %path.display(), "Removed a file left half-written by an interrupted sync.");
+            crate::files::remove_if_exists(&path).map_err(|source| PublishError::Local {
+                doing: "removing",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the objects under a company (for tests and `snapshot verify`): key and size.
+pub async fn list(store: &Store, company_id: &str) -> Result<Vec<(String, u64)>, PublishError> {
+    let prefix = store.path(company_id);
+    let mut out = Vec::new();
+    let mut stream = store.inner.list(Some(&prefix));
+    while let Some(meta) = stream.next().await {
+        let meta = meta.map_err(|e| store.error("listing", &prefix, e))?;
+        out.push((meta.location.to_string(), meta.size));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A runtime for the store client (two workers: these machines have two cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+}

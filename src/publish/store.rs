@@ -1,0 +1,262 @@
+//! A store URL opened as an `object_store` backend, and its errors sorted into "try again
+//! later" and "fix this first".
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::multipart::MultipartStore;
+use object_store::path::Path as Key;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use super::PublishError;
+
+/// How to reach a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `file:///folder`, `s3://bucket/prefix` (AWS settings from the usual `AWS_*`
+    /// environment variables), or `gs://`, `az://`, `https://` with those cargo features.
+    pub url: String,
+    /// How long to keep retrying a transient failure (timeouts, 5xx, connection refused)
+    /// before giving up and leaving the snapshot in the outbox.
+    pub retry_timeout: Duration,
+    /// Files at least this big are uploaded in parts.
+    pub multipart_threshold: u64,
+}
+
+impl StoreConfig {
+    /// A store at `url` with the default retry and multipart settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig {
+            url: url.into(),
+            retry_timeout: Duration::from_secs(60),
+            multipart_threshold: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which kind of backend, for the few things that differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A local folder (its path): writes are a temporary file renamed into place.
+    Local(PathBuf),
+    /// An object store over HTTP (S3 and friends).
+    Remote,
+}
+
+/// A backend, its multipart API if any, the key prefix, and its kind.
+type Opened = (
+    Arc<dyn ObjectStore>,
+    Option<Arc<dyn MultipartStore>>,
+    String,
+    Backend,
+);
+
+/// An opened store: every key is under `prefix`.
+#[derive(Clone)]
+pub struct Store {
+    /// The backend.
+    pub(super) inner: Arc<dyn ObjectStore>,
+    /// The same backend's multipart API, where it has one.
+    pub(super) multipart: Option<Arc<dyn MultipartStore>>,
+    prefix: Key,
+    /// The URL as given (store URLs hold no secrets: credentials come from the environment).
+    pub url: String,
+    /// Its kind.
+    pub backend: Backend,
+    /// Files at least this big go in parts.
+    pub multipart_threshold: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+fn retry(timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries: 10,
+        retry_timeout: timeout,
+    }
+}
+
+impl Store {
+    /// Opens the store a URL names. Fails at once, naming the setting, on a URL it cannot use.
+    pub fn open(config: &StoreConfig) -> Result<Self, PublishError> {
+        let url = config.url.trim();
+        let bad = |why: String| PublishError::BadUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad("it has no scheme: use file:///folder or s3://bucket/prefix".into())
+        })?;
+        let (store, multipart, prefix, backend): Opened = match scheme {
+            "file" => {
+                let folder = file_url_path(rest).map_err(bad)?;
+                std::fs::create_dir_all(&folder).map_err(|e| {
+                    bad(format!(
+                        "cannot create the folder {}: {e}",
+                        folder.display()
+                    ))
+                })?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&folder)
+                    .map_err(|e| bad(e.to_string()))?;
+                (Arc::new(local), None, String::new(), Backend::Local(folder))
+            }
+            "s3" | "s3a" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("it names no bucket: s3://BUCKET/prefix".into()));
+                }
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry(config.retry_timeout))
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                    .build()
+                    .map_err(|e| bad(format!("{e} (check the AWS_* settings)")))?;
+                let s3 = Arc::new(s3);
+                (s3.clone(), Some(s3), prefix.to_owned(), Backend::Remote)
+            }
+            #[cfg(feature = "gcp")]
+            "gs" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry(config.retry_timeout))
+                    .build()
+                    .map_err(|e| bad(format!("{e} (check the GOOGLE_* settings)")))?;
+                let gcs = Arc::new(gcs);
+                (gcs.clone(), Some(gcs), prefix.to_owned(), Backend::Remote)
+            }
+            #[cfg(feature = "azure")]
+            "az" | "azure" | "abfs" => {
+                let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(retry(config.retry_timeout))
+                    .build()
+                    .map_err(|e| bad(format!("{e} (check the AZURE_* settings)")))?;
+                let prefix = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+                let az = Arc::new(az);
+                (az.clone(), Some(az), prefix.to_owned(), Backend::Remote)
+            }
+            other => {
+                return Err(bad(format!(
+                    "scheme {other}:// is not supported by this build: use file:// or s3:// \
+                     (gs:// and az:// need the gcp and azure cargo features)"
+                )));
+            }
+        };
+        let prefix = Key::parse(prefix.trim_matches('/'))
+            .map_err(|e| bad(format!("the prefix is not a valid object path: {e}")))?;
+        Ok(Store {
+            inner: store,
+            multipart,
+            prefix,
+            url: url.to_owned(),
+            backend,
+            multipart_threshold: config.multipart_threshold,
+        })
+    }
+
+    /// The full object path of `key` (a `/`-separated key below the store's prefix).
+    pub fn path(&self, key: &str) -> Key {
+        if self.prefix.as_ref().is_empty() {
+            Key::from(key)
+        } else {
+            Key::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// The raw backend, for readers (verification, the server).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+}
+
+/// The folder of a `file://` URL's remainder (`/abs/path`, or `C:/…` on Windows).
+fn file_url_path(rest: &str) -> Result<PathBuf, String> {
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if path.is_empty() {
+        return Err("it names no folder: file:///absolute/folder".into());
+    }
+    #[cfg(windows)]
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!(
+            "the folder {} is not absolute: file:///absolute/folder",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The `file://` URL of a local folder.
+pub fn file_url(folder: &std::path::Path) -> String {
+    let s = folder.to_string_lossy().replace('\\', "/");
+    if s.starts_with('/') {
+        format!("file://{s}")
+    } else {
+        format!("file:///{s}")
+    }
+}
+
+/// Whether an error from the store is worth retrying later (the network, the server being
+/// down or slow), as opposed to one a person must fix (credentials, a missing bucket, a bad
+/// setting), which fails the sync at once.
+pub fn is_transient(error: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match error {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. } => false,
+        // Writing: the bucket (or container) is missing.
+        E::NotFound { .. } => false,
+        E::Generic { source, .. } => {
+            // A 4xx answer other than a timeout or throttling is a request the store will
+            // never accept (object_store names the status only in its message).
+            let text = source.to_string();
+            let client_error = text.contains("status code: 4")
+                && !text.contains("status code: 408")
+                && !text.contains("status code: 429");
+            !client_error
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_go_under_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(file_url(dir.path()))).unwrap();
+        assert_eq!(store.path("acme/latest.json").as_ref(), "acme/latest.json");
+        assert_eq!(store.backend, Backend::Local(dir.path().to_owned()));
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_write() {
+        for (url, says) in [
+            ("/tmp/x", "no scheme"),
+            ("file://relative/x", "not absolute"),
+            ("s3:///prefix", "no bucket"),
+            ("ftp://host/x", "ftp:// is not supported"),
+        ] {
+            let e = Store::open(&StoreConfig::new(url)).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains(url), "{url}: {e}");
+        }
+    }
+}

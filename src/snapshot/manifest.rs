@@ -1,0 +1,168 @@
+//! `manifest.json`: what a snapshot holds, as the server and `snapshot verify` read it.
+//!
+//! The format is defined by `schemas/manifest.schema.json` (JSON Schema); a golden example is
+//! `fixtures/snapshot/manifest.json`. Money is written as decimal strings, never as JSON
+//! numbers, so no reader turns it into a float.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest format itself; bumped on an incompatible change.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// One snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`] of the writer.
+    pub manifest_version: u32,
+    /// Time-ordered id: `YYYYMMDDTHHMMSSmmmZ-` and 8 hex digits; sorting ids sorts by time.
+    pub snapshot_id: String,
+    /// Our company id (the API's, not Sage's).
+    pub company_id: String,
+    /// When the snapshot was made, RFC 3339 UTC.
+    pub created_at: String,
+    /// The connector that made it.
+    pub connector: ConnectorFacts,
+    /// Version of the data model (`schemas/datatypes/`), see [`crate::model::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Where the data came from.
+    pub source: SourceFacts,
+    /// Per data type name: its file and figures.
+    pub data_types: BTreeMap<String, DataTypeEntry>,
+    /// Every check normalisation ran, and its outcome (a snapshot is only made when none
+    /// failed; warnings are kept here).
+    pub checks: Vec<CheckEntry>,
+}
+
+/// The program that wrote the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectorFacts {
+    /// Its version (Cargo package version).
+    pub version: String,
+}
+
+/// Facts about the Sage company the data came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceFacts {
+    /// Sage's own "Unique Company Id" (COMPANY.COMPANYID): stable across moves of the data.
+    pub sage_company_id: Option<String>,
+    /// COMPANY.NAME.
+    pub company_name: Option<String>,
+    /// The data folder the connector read (Sage's DIR=), when the connection names one.
+    pub data_path: Option<String>,
+    /// Date of the latest transaction (AUDIT_HEADER.DATE), if there is any.
+    pub last_transaction_date: Option<String>,
+    /// When extraction finished, RFC 3339 UTC.
+    pub extracted_at: String,
+}
+
+/// One data type's file in the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataTypeEntry {
+    /// Object key of the Parquet file, relative to the store's root (content-addressed:
+    /// `COMPANY/data/DATATYPE/SHA256.parquet`).
+    pub key: String,
+    /// Rows in the file (records, deleted ones included).
+    pub rows: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256: String,
+    /// Control totals from normalisation.
+    pub control_totals: ControlTotals,
+}
+
+/// A data type's control totals, as normalisation computed them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlTotals {
+    /// Records, deleted ones included.
+    pub records: u64,
+    /// Records with `isDeleted = true`.
+    pub deleted: u64,
+    /// Per top-level money field: the exact sum over live records, as a decimal string.
+    pub sums: BTreeMap<String, String>,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckEntry {
+    /// Check name.
+    pub name: String,
+    /// "pass" or "warn".
+    pub status: String,
+    /// Rows the check reported as warnings.
+    pub warnings: u64,
+}
+
+impl Manifest {
+    /// Parses a manifest, naming the first field at fault.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The manifest as written to the store (pretty, stable key order).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The content of a company's `latest` pointer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Latest {
+    /// The snapshot now current.
+    pub snapshot_id: String,
+    /// Its manifest's key.
+    pub manifest_key: String,
+    /// SHA-256 of the manifest's bytes.
+    pub manifest_sha256: String,
+}
+
+/// A new time-ordered snapshot id for `now`.
+pub fn new_snapshot_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{:08x}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        rand::random::<u32>()
+    )
+}
+
+/// Whether `id` has the shape [`new_snapshot_id`] gives.
+pub fn is_snapshot_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 28
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..18].iter().all(u8::is_ascii_digit)
+        && b[18] == b'Z'
+        && b[19] == b'-'
+        && b[20..].iter().all(|c| c.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_sort_by_time_and_have_one_shape() {
+        let early = chrono::DateTime::parse_from_rfc3339("2026-11-29T09:05:01.002Z")
+            .unwrap()
+            .to_utc();
+        let late = early + chrono::Duration::milliseconds(1);
+        let (a, b) = (new_snapshot_id(early), new_snapshot_id(late));
+        assert!(a.starts_with("20261129T090501002Z-"), "{a}");
+        assert!(a < b, "{a} !< {b}");
+        assert!(is_snapshot_id(&a) && is_snapshot_id(&b));
+        assert!(!is_snapshot_id("20261129T090501002Z"));
+        assert!(!is_snapshot_id("../../etc/passwd-0000000000000000"));
+    }
+}

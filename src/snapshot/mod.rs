@@ -1,0 +1,329 @@
+//! The snapshot stage: the checked, normalised tables frozen into Parquet files and a manifest.
+//!
+//! Takes the rules' workspace after [`crate::rules::normalise`] passed (one table per data
+//! type in `main`, the Sage tables as `sage.TABLE`) and its report; produces a folder
+//! `PARENT/SNAPSHOT_ID/` holding `DATATYPE.parquet` for every data type and `manifest.json`
+//! (format in [`manifest`]).
+//!
+//! Guarantees:
+//! - The folder is built as `SNAPSHOT_ID.partial/` and renamed only when every file and the
+//!   manifest are written and synced: a folder without that suffix is a whole snapshot.
+//! - A Parquet file's bytes depend on its rows only: rows sorted by `id`, fed to the writer in
+//!   batches of a fixed size, fixed row group size, zstd, no time stamps inside. So the same
+//!   data gives the same file and the same SHA-256, which is its key in the store: an
+//!   unchanged data type is never uploaded twice.
+//! - Every file's row count is checked against normalisation's control totals before the
+//!   manifest is written.
+
+pub mod manifest;
+mod parquet_file;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use duckdb::Connection;
+
+use crate::files;
+use crate::model::{DataModel, SCHEMA_VERSION};
+use crate::rules::{CheckStatus, Report};
+use manifest::{
+    CheckEntry, ConnectorFacts, ControlTotals, DataTypeEntry, MANIFEST_VERSION, Manifest,
+    SourceFacts,
+};
+pub use parquet_file::{ROW_GROUP_ROWS, hex, parquet_row_count};
+
+/// File name of the manifest, in a snapshot folder and in the store.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Suffix of a snapshot folder being built.
+const PARTIAL_SUFFIX: &str = "partial";
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// DuckDB failed reading a data type table or the source facts.
+    #[error("reading {what} from the normalised data: {detail}")]
+    Query {
+        /// Which table or fact.
+        what: String,
+        /// DuckDB's message.
+        detail: String,
+    },
+    /// Writing a Parquet file failed.
+    #[error("writing the Parquet file {path}: {detail}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The writer's message.
+        detail: String,
+    },
+    /// A file or folder could not be written, read or renamed.
+    #[error("{doing} {path}: {source} (check the state folder's free space and permissions)")]
+    Io {
+        /// What was being done.
+        doing: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file's rows disagree with what normalisation counted.
+    #[error(
+        "data type {data_type}: the Parquet file has {written} rows but normalisation counted {expected}"
+    )]
+    RowCount {
+        /// The data type.
+        data_type: String,
+        /// Rows in the file.
+        written: u64,
+        /// Rows in the report.
+        expected: u64,
+    },
+    /// The report lacks a data type of the model.
+    #[error("data type {0} has no control totals in the normalisation report")]
+    MissingTotals(String),
+}
+
+/// Everything about a snapshot that does not come from the data type tables.
+pub struct SnapshotInput<'a> {
+    /// Our company id.
+    pub company_id: &'a str,
+    /// The data model (which tables to export, in which order).
+    pub model: &'a DataModel,
+    /// Normalisation's report (control totals, checks); its checks must have passed.
+    pub report: &'a Report,
+    /// The Sage data folder, when the connection names one.
+    pub data_path: Option<String>,
+}
+
+/// A whole snapshot in a local folder.
+#[derive(Debug, Clone)]
+pub struct SnapshotDir {
+    /// `PARENT/SNAPSHOT_ID`.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl SnapshotDir {
+    /// Reads a finished snapshot folder (one written by [`write`]).
+    pub fn open(path: &Path) -> Result<Self, SnapshotError> {
+        let file = path.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&file).map_err(|source| SnapshotError::Io {
+            doing: "reading",
+            path: file.clone(),
+            source,
+        })?;
+        let manifest = Manifest::from_json(&bytes).map_err(|e| SnapshotError::Io {
+            doing: "parsing",
+            path: file,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Ok(SnapshotDir {
+            path: path.to_owned(),
+            manifest,
+        })
+    }
+
+    /// The local Parquet file of a data type.
+    pub fn file(&self, data_type: &str) -> PathBuf {
+        self.path.join(format!("{data_type}.parquet"))
+    }
+
+    /// Total bytes of its Parquet files.
+    pub fn data_bytes(&self) -> u64 {
+        self.manifest.data_types.values().map(|d| d.bytes).sum()
+    }
+}
+
+/// The store key of a data file: `COMPANY/data/DATATYPE/SHA256.parquet`.
+pub fn data_key(company_id: &str, data_type: &str, sha256: &str) -> String {
+    format!("{company_id}/data/{data_type}/{sha256}.parquet")
+}
+
+/// The store key of a snapshot's manifest.
+pub fn manifest_key(company_id: &str, snapshot_id: &str) -> String {
+    format!("{company_id}/snapshots/{snapshot_id}/{MANIFEST_FILE}")
+}
+
+/// The store key of a company's `latest` pointer.
+pub fn latest_key(company_id: &str) -> String {
+    format!("{company_id}/latest.json")
+}
+
+/// Writes a new snapshot folder under `parent` from the workspace `conn`.
+pub fn write(
+    conn: &Connection,
+    input: &SnapshotInput<'_>,
+    parent: &Path,
+) -> Result<SnapshotDir, SnapshotError> {
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let snapshot_id = manifest::new_snapshot_id(now);
+    let path = parent.join(&snapshot_id);
+    let partial = files::sibling(&path, PARTIAL_SUFFIX);
+    let io = |doing: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| SnapshotError::Io {
+            doing,
+            path: p,
+            source,
+        }
+    };
+    std::fs::create_dir_all(&partial).map_err(io("creating", &partial))?;
+    let result = write_into(conn, input, &snapshot_id, now, &partial);
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    };
+    crate::failpoint::hit("snapshot-before-rename");
+    std::fs::rename(&partial, &path).map_err(io("renaming the finished snapshot", &path))?;
+    files::sync_dir(parent);
+    tracing::info!(
+        snapshot = %snapshot_id,
+        data_types = manifest.data_types.len(),
+        bytes = manifest.data_types.values().map(|d| d.bytes).sum::<u64>(),
+        seconds = started.elapsed().as_secs_f64(),
+        "Wrote the snapshot's Parquet files and manifest."
+    );
+    Ok(SnapshotDir { path, manifest })
+}
+
+fn write_into(
+    conn: &Connection,
+    input: &SnapshotInput<'_>,
+    snapshot_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    dir: &Path,
+) -> Result<Manifest, SnapshotError> {
+    let mut data_types = std::collections::BTreeMap::new();
+    for (i, data_type) in input.model.types.iter().enumerate() {
+        let name = &data_type.name;
+        let totals = input
+            .report
+            .totals(name)
+            .ok_or_else(|| SnapshotError::MissingTotals(name.clone()))?;
+        let file = dir.join(format!("{name}.parquet"));
+        let written = parquet_file::export(conn, name, &file)?;
+        if written.rows != totals.rows {
+            return Err(SnapshotError::RowCount {
+                data_type: name.clone(),
+                written: written.rows,
+                expected: totals.rows,
+            });
+        }
+        data_types.insert(
+            name.clone(),
+            DataTypeEntry {
+                key: data_key(input.company_id, name, &written.sha256),
+                rows: written.rows,
+                bytes: written.bytes,
+                sha256: written.sha256,
+                control_totals: ControlTotals {
+                    records: totals.rows,
+                    deleted: totals.deleted,
+                    sums: totals.sums.clone(),
+                },
+            },
+        );
+        if i == 0 {
+            crate::failpoint::hit("export-first-file");
+        }
+    }
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        snapshot_id: snapshot_id.to_owned(),
+        company_id: input.company_id.to_owned(),
+        created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        connector: ConnectorFacts {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        schema_version: SCHEMA_VERSION,
+        source: source_facts(conn, input.data_path.clone())?,
+        data_types,
+        checks: input
+            .report
+            .checks
+            .iter()
+            .map(|c| CheckEntry {
+                name: c.name.clone(),
+                status: match c.status {
+                    CheckStatus::Pass => "pass",
+                    CheckStatus::Warn => "warn",
+                    CheckStatus::Fail => "fail",
+                }
+                .to_owned(),
+                warnings: c.warnings,
+            })
+            .collect(),
+    };
+    let file = dir.join(MANIFEST_FILE);
+    files::write_synced(&file, &manifest.to_json()).map_err(|source| SnapshotError::Io {
+        doing: "writing",
+        path: file,
+        source,
+    })?;
+    Ok(manifest)
+}
+
+/// Sage's company id and name, the last transaction date and when extraction finished.
+fn source_facts(
+    conn: &Connection,
+    data_path: Option<String>,
+) -> Result<SourceFacts, SnapshotError> {
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |e: duckdb::Error| SnapshotError::Query {
+            what,
+            detail: e.to_string(),
+        }
+    };
+    let (sage_company_id, company_name) = conn
+        .query_row(
+            "SELECT CAST(COMPANYID AS VARCHAR), NAME FROM sage.COMPANY ORDER BY COMPANYID LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .or_else(|e| match e {
+            duckdb::Error::QueryReturnedNoRows => Ok((None, None)),
+            e => Err(e),
+        })
+        .map_err(err("the Sage company (COMPANY)"))?;
+    let last_transaction_date: Option<String> = conn
+        .query_row(
+            "SELECT strftime(max(DATE), '%Y-%m-%d') FROM sage.AUDIT_HEADER",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err("the last transaction date (AUDIT_HEADER.DATE)"))?;
+    // The staging generation id is the UTC time extraction finished (see `crate::staging`).
+    let generation: String = conn
+        .query_row(
+            &format!(
+                "SELECT generation FROM {}.main.{}",
+                crate::rules::STAGING_CATALOGUE,
+                crate::staging::GENERATION_TABLE
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err("the staging generation (_connector_generation)"))?;
+    let extracted_at = chrono::NaiveDateTime::parse_from_str(&generation, "%Y%m%dT%H%M%S%.fZ")
+        .map(|t| {
+            t.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .map_err(|e| SnapshotError::Query {
+            what: "the staging generation (_connector_generation)".into(),
+            detail: format!("generation id {generation:?} is not a time: {e}"),
+        })?;
+    Ok(SourceFacts {
+        sage_company_id,
+        company_name,
+        data_path,
+        last_transaction_date,
+        extracted_at,
+    })
+}
