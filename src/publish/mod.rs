@@ -39,7 +39,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use sha2::{Digest, Sha256};
 
 pub use outbox::Outbox;
@@ -262,82 +264,91 @@ impl Store {
         })
     }
 
-    /// Uploads one local file under `key` unless the key exists. Returns whether it uploaded.
-    async fn upload(
+    /// Whether `key` is missing from the store; an object there of another size is damage.
+    async fn missing(&self, key: &str, size: u64) -> Result<bool, PublishError> {
+        let path = self.path(key);
+        match self.inner.head(&path).await {
+            Ok(meta) if meta.size == size => Ok(false),
+            Ok(meta) => Err(PublishError::Damaged {
+                url: self.url.clone(),
+                key: path.to_string(),
+                detail: format!(
+                    "it is {} bytes, but its name is the SHA-256 of a {size}-byte file",
+                    meta.size
+                ),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(self.error("checking", &path, e)),
+        }
+    }
+
+    /// Whether a file of `size` bytes goes in parts.
+    fn in_parts(&self, size: u64) -> bool {
+        self.multipart.is_some() && size >= self.multipart_threshold
+    }
+
+    /// Starts a multipart upload and journals its id before anything else happens.
+    async fn start_parts(&self, key: &str, outbox: &Outbox) -> Result<MultipartId, PublishError> {
+        let mp = self
+            .multipart
+            .as_ref()
+            .expect("only called for multipart stores");
+        let path = self.path(key);
+        crate::failpoint::hit("upload");
+        let id = mp
+            .create_multipart(&path)
+            .await
+            .map_err(|e| self.error("starting an upload of", &path, e))?;
+        outbox.journal_upload(path.as_ref(), &id)?;
+        Ok(id)
+    }
+
+    /// Uploads a whole file in one request, "create if absent".
+    async fn put_whole(&self, local: &Path, key: &str) -> Result<(), PublishError> {
+        let path = self.path(key);
+        crate::failpoint::hit("upload");
+        let bytes = tokio::fs::read(local)
+            .await
+            .map_err(|source| PublishError::Local {
+                doing: "reading",
+                path: local.to_owned(),
+                source,
+            })?;
+        match self
+            .inner
+            .put_opts(
+                &path,
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(self.error("uploading", &path, e)),
+        }
+    }
+
+    /// Sends a started multipart upload's parts and completes it; aborts it on failure.
+    async fn send_parts(
         &self,
         local: &Path,
         key: &str,
-        size: u64,
+        id: &MultipartId,
         outbox: &Outbox,
-    ) -> Result<bool, PublishError> {
+    ) -> Result<(), PublishError> {
+        use tokio::io::AsyncReadExt;
+        let mp = self
+            .multipart
+            .as_ref()
+            .expect("only called for multipart stores");
         let path = self.path(key);
-        match self.inner.head(&path).await {
-            Ok(meta) if meta.size == size => return Ok(false),
-            Ok(meta) => {
-                return Err(PublishError::Damaged {
-                    url: self.url.clone(),
-                    key: path.to_string(),
-                    detail: format!(
-                        "it is {} bytes, but its name is the SHA-256 of a {size}-byte file",
-                        meta.size
-                    ),
-                });
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.error("checking", &path, e)),
-        }
-        crate::failpoint::hit("upload");
         let local_err = |source| PublishError::Local {
             doing: "reading",
             path: local.to_owned(),
             source,
         };
-        let result = match &self.multipart {
-            Some(mp) if size >= self.multipart_threshold => {
-                self.upload_parts(mp.as_ref(), local, &path, outbox).await
-            }
-            _ => {
-                let bytes = tokio::fs::read(local).await.map_err(local_err)?;
-                self.inner
-                    .put_opts(
-                        &path,
-                        PutPayload::from(bytes),
-                        PutOptions::from(PutMode::Create),
-                    )
-                    .await
-                    .map(|_| ())
-                    .or_else(|e| match e {
-                        object_store::Error::AlreadyExists { .. } => Ok(()),
-                        e => Err(self.error("uploading", &path, e)),
-                    })
-            }
-        };
-        result.map(|()| true)
-    }
-
-    /// A multipart upload whose id is journalled in the outbox until it completes or is aborted.
-    async fn upload_parts(
-        &self,
-        mp: &dyn object_store::multipart::MultipartStore,
-        local: &Path,
-        path: &Key,
-        outbox: &Outbox,
-    ) -> Result<(), PublishError> {
-        use tokio::io::AsyncReadExt;
-        let id = mp
-            .create_multipart(path)
-            .await
-            .map_err(|e| self.error("starting an upload of", path, e))?;
-        outbox.journal_upload(path.as_ref(), &id)?;
         let sent = async {
-            let mut file =
-                tokio::fs::File::open(local)
-                    .await
-                    .map_err(|source| PublishError::Local {
-                        doing: "reading",
-                        path: local.to_owned(),
-                        source,
-                    })?;
+            let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
             let mut parts = Vec::new();
             loop {
                 let mut buf = Vec::with_capacity(PART_SIZE);
@@ -345,42 +356,46 @@ impl Store {
                     .take(PART_SIZE as u64)
                     .read_to_end(&mut buf)
                     .await
-                    .map_err(|source| PublishError::Local {
-                        doing: "reading",
-                        path: local.to_owned(),
-                        source,
-                    })?;
+                    .map_err(local_err)?;
                 if buf.is_empty() && !parts.is_empty() {
                     break;
                 }
                 let last = buf.len() < PART_SIZE;
                 let part = mp
-                    .put_part(path, &id, parts.len(), PutPayload::from(buf))
+                    .put_part(&path, id, parts.len(), PutPayload::from(buf))
                     .await
-                    .map_err(|e| self.error("uploading a part of", path, e))?;
+                    .map_err(|e| self.error("uploading a part of", &path, e))?;
                 parts.push(part);
                 crate::failpoint::hit("upload-part");
                 if last {
                     break;
                 }
             }
-            mp.complete_multipart(path, &id, parts)
+            mp.complete_multipart(&path, id, parts)
                 .await
-                .map_err(|e| self.error("completing the upload of", path, e))
+                .map_err(|e| self.error("completing the upload of", &path, e))
         }
         .await;
         match sent {
-            Ok(_) => {
-                outbox.forget_upload(&id)?;
-                Ok(())
+            Ok(_) => outbox.forget_upload(id),
+            Err(e) => {
+                self.abort(&path, id, outbox).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts a multipart upload (best effort: a failure leaves it journalled for next time).
+    async fn abort(&self, path: &Key, id: &MultipartId, outbox: &Outbox) {
+        let Some(mp) = &self.multipart else { return };
+        match mp.abort_multipart(path, id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                if let Err(e) = outbox.forget_upload(id) {
+                    tracing::warn!(error = %e, "Could not update the upload journal.");
+                }
             }
             Err(e) => {
-                if let Err(abort) = mp.abort_multipart(path, &id).await {
-                    tracing::warn!(key = %path, error = %abort, "Could not abort a failed multipart upload; the next sync tries again.");
-                } else {
-                    outbox.forget_upload(&id)?;
-                }
-                Err(e)
+                tracing::warn!(key = %path, error = %e, "Could not abort a multipart upload; the next sync tries again.");
             }
         }
     }
@@ -422,27 +437,61 @@ impl Store {
             snapshot_id: m.snapshot_id.clone(),
             ..Published::default()
         };
-        let uploads = futures::stream::iter(m.data_types.iter().map(|(name, entry)| {
-            let local = snap.file(name);
-            async move {
-                let uploaded = self.upload(&local, &entry.key, entry.bytes, outbox).await?;
-                progress.inc(entry.bytes);
-                Ok::<_, PublishError>((name, entry, uploaded))
-            }
+        // 1. Which files the store lacks (an unchanged data type's file is there already).
+        let checked = futures::stream::iter(m.data_types.iter().map(|(name, entry)| async move {
+            Ok::<_, PublishError>((name, entry, self.missing(&entry.key, entry.bytes).await?))
         }))
         .buffer_unordered(CONCURRENT_UPLOADS)
         .collect::<Vec<_>>()
         .await;
-        for result in uploads {
-            let (name, entry, uploaded) = result?;
-            if uploaded {
-                report.files_uploaded += 1;
-                report.bytes_uploaded += entry.bytes;
-                report.changed.push(name.clone());
+        let mut to_send = Vec::new();
+        for result in checked {
+            let (name, entry, missing) = result?;
+            if missing {
+                to_send.push((name, entry));
             } else {
                 report.files_skipped += 1;
                 report.bytes_skipped += entry.bytes;
+                progress.inc(entry.bytes);
             }
+        }
+        to_send.sort_by_key(|(name, _)| name.as_str());
+        // 2. Multipart uploads are started one after another, each id journalled before the
+        //    next request: a stop at any later point leaves every open upload in the journal.
+        let mut ids = std::collections::BTreeMap::new();
+        for (name, entry) in to_send.iter().filter(|(_, e)| self.in_parts(e.bytes)) {
+            match self.start_parts(&entry.key, outbox).await {
+                Ok(id) => {
+                    ids.insert(name.as_str(), id);
+                }
+                Err(e) => {
+                    for (name, id) in &ids {
+                        self.abort(&self.path(&m.data_types[*name].key), id, outbox)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // 3. Then every missing file is sent, several at a time.
+        let ids = &ids;
+        let sent = futures::stream::iter(to_send.iter().map(|(name, entry)| async move {
+            let local = snap.file(name);
+            match ids.get(name.as_str()) {
+                Some(id) => self.send_parts(&local, &entry.key, id, outbox).await?,
+                None => self.put_whole(&local, &entry.key).await?,
+            }
+            progress.inc(entry.bytes);
+            Ok::<_, PublishError>(())
+        }))
+        .buffer_unordered(CONCURRENT_UPLOADS)
+        .collect::<Vec<_>>()
+        .await;
+        sent.into_iter().collect::<Result<Vec<()>, _>>()?;
+        for (name, entry) in &to_send {
+            report.files_uploaded += 1;
+            report.bytes_uploaded += entry.bytes;
+            report.changed.push(name.to_string());
         }
         report.changed.sort();
         // Every file the manifest names must be in the store before the manifest is.

@@ -22,6 +22,9 @@ pub struct StoreConfig {
     pub retry_timeout: Duration,
     /// Files at least this big are uploaded in parts.
     pub multipart_threshold: u64,
+    /// Backend settings by `object_store`'s names (`aws_endpoint`, `aws_region`, …), applied
+    /// over those from the environment.
+    pub options: Vec<(String, String)>,
 }
 
 impl StoreConfig {
@@ -31,6 +34,7 @@ impl StoreConfig {
             url: url.into(),
             retry_timeout: Duration::from_secs(60),
             multipart_threshold: 16 * 1024 * 1024,
+            options: Vec::new(),
         }
     }
 }
@@ -115,7 +119,14 @@ impl Store {
                 if bucket.is_empty() {
                     return Err(bad("it names no bucket: s3://BUCKET/prefix".into()));
                 }
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                let mut builder = object_store::aws::AmazonS3Builder::from_env();
+                for (key, value) in &config.options {
+                    let key = key
+                        .parse()
+                        .map_err(|_| bad(format!("{key} is not an S3 setting")))?;
+                    builder = builder.with_config(key, value);
+                }
+                let s3 = builder
                     .with_bucket_name(bucket)
                     .with_retry(retry(config.retry_timeout))
                     .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)

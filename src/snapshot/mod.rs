@@ -34,6 +34,9 @@ pub use parquet_file::{ROW_GROUP_ROWS, hex, parquet_row_count};
 
 /// File name of the manifest, in a snapshot folder and in the store.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Tables exported at the same time (these machines, like many customers' PCs, have two
+/// cores).
+const EXPORT_THREADS: usize = 2;
 /// Suffix of a snapshot folder being built.
 const PARTIAL_SUFFIX: &str = "partial";
 
@@ -198,24 +201,66 @@ fn write_into(
     now: chrono::DateTime<chrono::Utc>,
     dir: &Path,
 ) -> Result<Manifest, SnapshotError> {
-    let mut data_types = std::collections::BTreeMap::new();
-    for (i, data_type) in input.model.types.iter().enumerate() {
-        let name = &data_type.name;
+    // Largest first, two at a time (one DuckDB connection each): the big tables overlap.
+    let mut order: Vec<(&str, &crate::rules::DataTypeTotals)> = Vec::new();
+    for data_type in &input.model.types {
         let totals = input
             .report
-            .totals(name)
-            .ok_or_else(|| SnapshotError::MissingTotals(name.clone()))?;
-        let file = dir.join(format!("{name}.parquet"));
-        let written = parquet_file::export(conn, name, &file)?;
+            .totals(&data_type.name)
+            .ok_or_else(|| SnapshotError::MissingTotals(data_type.name.clone()))?;
+        order.push((&data_type.name, totals));
+    }
+    order.sort_by_key(|(name, totals)| (std::cmp::Reverse(totals.rows), *name));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<parquet_file::Written, SnapshotError>>>> =
+        order.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let mut conns = Vec::new();
+    for _ in 0..EXPORT_THREADS {
+        conns.push(conn.try_clone().map_err(|e| SnapshotError::Query {
+            what: "a second connection for the export".into(),
+            detail: e.to_string(),
+        })?);
+    }
+    std::thread::scope(|scope| {
+        for worker in conns {
+            let (order, next, done, results) = (&order, &next, &done, &results);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((name, _)) = order.get(i) else { break };
+                    let file = dir.join(format!("{name}.parquet"));
+                    let result = parquet_file::export(&worker, name, &file);
+                    let failed = result.is_err();
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                    if failed {
+                        // Stop handing out work; the error is reported below.
+                        next.store(order.len(), std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                    if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        crate::failpoint::hit("export-first-file");
+                    }
+                }
+            });
+        }
+    });
+    let mut data_types = std::collections::BTreeMap::new();
+    for ((name, totals), result) in order.iter().zip(results) {
+        let written = match result.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(result) => result?,
+            // Not exported because another table failed first: that error comes first.
+            None => continue,
+        };
         if written.rows != totals.rows {
             return Err(SnapshotError::RowCount {
-                data_type: name.clone(),
+                data_type: name.to_string(),
                 written: written.rows,
                 expected: totals.rows,
             });
         }
         data_types.insert(
-            name.clone(),
+            name.to_string(),
             DataTypeEntry {
                 key: data_key(input.company_id, name, &written.sha256),
                 rows: written.rows,
@@ -228,9 +273,12 @@ fn write_into(
                 },
             },
         );
-        if i == 0 {
-            crate::failpoint::hit("export-first-file");
-        }
+    }
+    if data_types.len() != order.len() {
+        return Err(SnapshotError::Query {
+            what: "the data type tables".into(),
+            detail: "an export stopped early without an error".into(),
+        });
     }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,

@@ -1,10 +1,13 @@
 //! Integration tests: one binary, a module per area. They run the real binaries against a
-//! real SQLite3 ODBC driver (and psqlODBC against a local PostgreSQL for credentials) and read
-//! the results back from real DuckDB files.
+//! real SQLite3 ODBC driver (and psqlODBC against a local PostgreSQL for credentials), read
+//! the results back from real DuckDB files, and publish to a real local folder and a real
+//! S3-compatible server process on loopback (`make test` starts it), read back by pyarrow.
 
 mod errors;
 mod extract;
 mod golden;
+mod kill;
 mod rules;
 mod simulator;
+mod snapshot;
 mod support;

@@ -1,0 +1,385 @@
+//! SIGKILL during a sync, at named points of every stage and at random moments, against
+//! both stores (a local folder and the S3 server process). After each kill: the previously
+//! published snapshot is still `latest` and whole (unless the kill came after the pointer
+//! moved, when the new one is, whole). After the rerun: the new snapshot is latest and whole,
+//! its data equal to what a clean sync of the same Sage data publishes, no abandoned upload
+//! remains, the outbox is empty, and every data file in the store belongs to a manifest.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::snapshot::walk;
+use crate::support::{CONNECTOR, Company, S3, generated, sync, sync_ok, tempdir, text, verify};
+
+/// Where a kill lands: the failpoint name (see `src/failpoint.rs`), `:N` for its N-th hit.
+const POINTS: &[&str] = &[
+    "extract-table:3",
+    "rule-file:4",
+    "normalised",
+    "export-first-file",
+    "snapshot-before-rename",
+    "upload:1",
+    "upload:2",
+    "upload-part:1",
+    "manifest-before",
+    "manifest-after",
+    "pointer-before",
+    "pointer-after",
+];
+
+/// One store under test.
+struct Target {
+    url: String,
+    env: Vec<(&'static str, String)>,
+    /// The local folder, for the local store.
+    local: Option<PathBuf>,
+    /// The bucket and the S3 server, for S3.
+    s3: Option<(S3, String)>,
+}
+
+impl Target {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match (&self.local, &self.s3) {
+            (Some(dir), _) => std::fs::read(dir.join(key)).ok(),
+            (_, Some((s3, bucket))) => {
+                let (status, body) = s3.http("GET", &format!("/{bucket}/k/{key}"));
+                (status == 200).then(|| body.split_once("\r\n\r\n").unwrap().1.as_bytes().to_vec())
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn latest(&self) -> Option<Value> {
+        self.get("acme/latest.json")
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Every key under the company.
+    fn keys(&self) -> Vec<String> {
+        match (&self.local, &self.s3) {
+            (Some(dir), _) => walk(&dir.join("acme"))
+                .into_iter()
+                .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+                .collect(),
+            (_, Some((s3, bucket))) => {
+                let (_, body) = s3.http(
+                    "GET",
+                    &format!("/{bucket}?list-type=2&prefix=k/acme/&max-keys=1000"),
+                );
+                assert!(
+                    !body.contains("<IsTruncated>true"),
+                    "more keys than one listing"
+                );
+                body.split("<Key>")
+                    .skip(1)
+                    .map(|s| {
+                        s.split("</Key>")
+                            .next()
+                            .unwrap()
+                            .trim_start_matches("k/")
+                            .to_owned()
+                    })
+                    .collect()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn verify_latest(&self, context: &str) -> String {
+        let out = verify(&self.url, "acme", &[], &self.env);
+        assert!(
+            out.status.success(),
+            "{context}: latest is not whole: {}",
+            text(&out)
+        );
+        self.latest().unwrap()["snapshotId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// After a completed sync: nothing half-done anywhere.
+    fn assert_clean(&self, state: &Path, context: &str) {
+        let keys = self.keys();
+        if let Some((s3, bucket)) = &self.s3 {
+            assert_eq!(
+                s3.open_uploads(bucket),
+                0,
+                "{context}: a multipart upload was left open"
+            );
+        }
+        assert!(
+            !keys.iter().any(|k| k.contains('#')),
+            "{context}: half-written files remain: {keys:?}"
+        );
+        let outbox = state.join("companies/acme/outbox");
+        let left: Vec<_> = std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{context}: the outbox still holds {left:?}"
+        );
+        // Every data file belongs to some manifest in the store.
+        let mut referenced = std::collections::BTreeSet::new();
+        for key in keys.iter().filter(|k| k.ends_with("manifest.json")) {
+            let m: Value = serde_json::from_slice(&self.get(key).unwrap()).unwrap();
+            for entry in m["dataTypes"].as_object().unwrap().values() {
+                referenced.insert(entry["key"].as_str().unwrap().to_owned());
+            }
+        }
+        for key in keys.iter().filter(|k| k.contains("/data/")) {
+            assert!(
+                referenced.contains(key),
+                "{context}: {key} belongs to no manifest"
+            );
+        }
+    }
+}
+
+/// The data part of a manifest: per data type, (sha256, rows).
+fn data_of(manifest: &Value) -> Vec<(String, String, i64)> {
+    manifest["dataTypes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, e)| {
+            (
+                k.clone(),
+                e["sha256"].as_str().unwrap().to_owned(),
+                e["rows"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn latest_manifest(target: &Target) -> Value {
+    let latest = target.latest().unwrap();
+    serde_json::from_slice(&target.get(latest["manifestKey"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+/// Changes customers, invoices and the journal in Sage, so a sync has several files to upload.
+fn edit(company: &Company, n: usize) {
+    let db = company.sqlite();
+    db.execute(
+        "UPDATE SALES_LEDGER SET NAME = ?1 WHERE ACCOUNT_REF = (SELECT MIN(ACCOUNT_REF) FROM SALES_LEDGER)",
+        [format!("Customer renamed {n}")],
+    )
+    .unwrap();
+    let h: i64 = db
+        .query_row(
+            "SELECT MIN(HEADER_NUMBER) FROM AUDIT_HEADER WHERE TYPE = 'SI' AND DELETED_FLAG = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE AUDIT_SPLIT SET DETAILS = ?1 WHERE HEADER_NUMBER = ?2",
+        (format!("edit {n}"), h),
+    )
+    .unwrap();
+}
+
+/// A clean sync of the company as it is now into a fresh local store: what should be published.
+fn reference(company: &Company, dir: &Path) -> Vec<(String, String, i64)> {
+    let state = tempfile::tempdir_in(dir).unwrap();
+    sync_ok(&company.odbc, "acme", state.path(), None, &[]);
+    let store = state.path().join("store");
+    let latest: Value =
+        serde_json::from_slice(&std::fs::read(store.join("acme/latest.json")).unwrap()).unwrap();
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(store.join(latest["manifestKey"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    data_of(&m)
+}
+
+fn run_kills(target: Target, dir: &Path) {
+    let company = generated(&dir.join("company"), 21, 600);
+    let state = dir.join("state");
+    let extra: &[&str] = &["--multipart-above", "0"];
+    let out = sync(
+        &company.odbc,
+        "acme",
+        &state,
+        Some(&target.url),
+        extra,
+        &target.env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut previous = target.verify_latest("first sync");
+    for (n, point) in POINTS.iter().enumerate() {
+        if *point == "upload-part:1" && target.s3.is_none() {
+            continue; // a local folder has no multipart uploads
+        }
+        edit(&company, n);
+        let mut env = target.env.clone();
+        env.push((connector::failpoint::ENV, point.to_string()));
+        let out = sync(
+            &company.odbc,
+            "acme",
+            &state,
+            Some(&target.url),
+            extra,
+            &env,
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: the sync was not killed there: {}",
+            text(&out)
+        );
+        let now = target.verify_latest(&format!("after a kill at {point}"));
+        if *point == "pointer-after" {
+            assert!(now > previous, "{point}: latest did not move");
+        } else {
+            assert_eq!(
+                now, previous,
+                "{point}: latest moved to an unfinished snapshot"
+            );
+        }
+        if *point == "upload-part:1" {
+            let (s3, bucket) = target.s3.as_ref().unwrap();
+            assert!(
+                s3.open_uploads(bucket) > 0,
+                "the kill at {point} left no upload to abort"
+            );
+        }
+        let out = sync(
+            &company.odbc,
+            "acme",
+            &state,
+            Some(&target.url),
+            extra,
+            &target.env,
+        );
+        assert!(
+            out.status.success(),
+            "{point}: the rerun failed: {}",
+            text(&out)
+        );
+        let after = target.verify_latest(&format!("rerun after {point}"));
+        assert!(
+            after > now,
+            "{point}: the rerun did not publish a newer snapshot"
+        );
+        target.assert_clean(&state, &format!("rerun after {point}"));
+        assert_eq!(
+            data_of(&latest_manifest(&target)),
+            reference(&company, dir),
+            "{point}: the recovered snapshot differs from a clean sync of the same data"
+        );
+        previous = after;
+    }
+}
+
+fn run_random_kills(target: Target, dir: &Path) {
+    let company = generated(&dir.join("company"), 22, 600);
+    let state = dir.join("state");
+    let started = std::time::Instant::now();
+    let out = sync(
+        &company.odbc,
+        "acme",
+        &state,
+        Some(&target.url),
+        &[],
+        &target.env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let took = started.elapsed().as_millis() as u64;
+    let mut previous = target.verify_latest("first sync");
+    for n in 0..6u64 {
+        edit(&company, 100 + n as usize);
+        let mut child = Command::new(CONNECTOR)
+            .args([
+                "sync",
+                "--odbc",
+                &company.odbc,
+                "--company",
+                "acme",
+                "--store",
+                &target.url,
+                "--state-dir",
+            ])
+            .arg(&state)
+            .envs(target.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread over the whole sync: 0/6 .. 5/6 of its duration, plus a little.
+        std::thread::sleep(std::time::Duration::from_millis(took * n / 6 + 7 * n));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let now = target.verify_latest(&format!("after a kill at {} ms", took * n / 6));
+        assert!(now >= previous, "latest went backwards");
+        if status.signal() != Some(9) {
+            assert!(status.success(), "the sync failed by itself: {status:?}");
+        }
+        previous = now;
+    }
+    let out = sync(
+        &company.odbc,
+        "acme",
+        &state,
+        Some(&target.url),
+        &[],
+        &target.env,
+    );
+    assert!(out.status.success(), "the rerun failed: {}", text(&out));
+    let after = target.verify_latest("rerun after random kills");
+    assert!(after > previous);
+    target.assert_clean(&state, "rerun after random kills");
+    assert_eq!(data_of(&latest_manifest(&target)), reference(&company, dir));
+}
+
+fn local(dir: &Path) -> Target {
+    let store = dir.join("store");
+    Target {
+        url: connector::publish::file_url(&store),
+        env: Vec::new(),
+        local: Some(store),
+        s3: None,
+    }
+}
+
+fn s3(hint: &str) -> Target {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket(hint);
+    Target {
+        url: format!("s3://{bucket}/k"),
+        env: s3.env(),
+        local: None,
+        s3: Some((s3, bucket)),
+    }
+}
+
+#[test]
+fn kill_at_every_point_then_rerun_local_store() {
+    let dir = tempdir();
+    run_kills(local(dir.path()), dir.path());
+}
+
+#[test]
+fn kill_at_every_point_then_rerun_s3() {
+    let dir = tempdir();
+    run_kills(s3("kill"), dir.path());
+}
+
+#[test]
+fn kill_at_random_moments_then_rerun_local_store() {
+    let dir = tempdir();
+    run_random_kills(local(dir.path()), dir.path());
+}
+
+#[test]
+fn kill_at_random_moments_then_rerun_s3() {
+    let dir = tempdir();
+    run_random_kills(s3("random"), dir.path());
+}

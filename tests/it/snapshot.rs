@@ -1,0 +1,731 @@
+//! `connector sync` and `connector snapshot verify` against real stores: a local folder and
+//! a real S3-compatible server process on loopback. The published Parquet is read back by
+//! pyarrow (another implementation), the manifest checked against its JSON Schema, and the
+//! golden company's published figures against the ones worked out by hand.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use connector::publish::{Store, StoreConfig, file_url};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde_json::Value;
+
+use crate::support::{S3, generated, golden, sync, sync_ok, tempdir, text, verify};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+/// The manifest `latest.json` names in a local store.
+fn latest_manifest(store: &Path, company: &str) -> Value {
+    let latest = json(&store.join(company).join("latest.json"));
+    json(&store.join(latest["manifestKey"].as_str().unwrap()))
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let schema = json(&Path::new(ROOT).join("schemas/manifest.schema.json"));
+    jsonschema::validator_for(&schema).expect("the manifest schema is a valid JSON Schema")
+}
+
+fn assert_valid(manifest: &Value, what: &str) {
+    let validator = schema_validator();
+    let errors: Vec<String> = validator
+        .iter_errors(manifest)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} breaks schemas/manifest.schema.json: {errors:#?}"
+    );
+}
+
+fn python() -> String {
+    std::env::var("CONNECTOR_TEST_PYTHON")
+        .expect("CONNECTOR_TEST_PYTHON is not set: run the tests with `make test`")
+}
+
+/// Runs a Python script (with pyarrow) and returns its standard output.
+fn py(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "python failed: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn golden_manifest_follows_the_schema_and_reads_back() {
+    let path = Path::new(ROOT).join("fixtures/snapshot/manifest.json");
+    let golden = json(&path);
+    assert_valid(&golden, "fixtures/snapshot/manifest.json");
+    let parsed = connector::snapshot::manifest::Manifest::from_json(&std::fs::read(&path).unwrap())
+        .expect("the golden manifest parses");
+    let again: Value = serde_json::from_slice(&parsed.to_json()).unwrap();
+    assert_eq!(
+        again, golden,
+        "writing the parsed golden manifest changes it"
+    );
+    // The schema is not a rubber stamp: a manifest with money as a number, or a missing hash,
+    // is refused.
+    let validator = schema_validator();
+    let mut bad = golden.clone();
+    bad["dataTypes"]["invoices"]["controlTotals"]["sums"]["totalAmount"] = serde_json::json!(1.5);
+    assert!(
+        !validator.is_valid(&bad),
+        "money as a JSON number passed the schema"
+    );
+    let mut bad = golden.clone();
+    bad["dataTypes"]["invoices"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sha256");
+    assert!(
+        !validator.is_valid(&bad),
+        "a data type without sha256 passed the schema"
+    );
+}
+
+#[test]
+fn golden_company_is_published_whole_and_pyarrow_reads_the_hand_computed_figures() {
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    let out = sync_ok(&company.odbc, "golden", &state, None, &[]);
+    let summary = text(&out);
+    for stage in ["extract", "normalise", "export", "publish"] {
+        assert!(
+            summary.contains(stage),
+            "no time for stage {stage}: {summary}"
+        );
+    }
+    // The default store is the folder "store" in the state folder.
+    let store = state.join("store");
+    let manifest = latest_manifest(&store, "golden");
+    assert_valid(&manifest, "the published manifest");
+    assert_eq!(manifest["companyId"], "golden");
+    assert_eq!(
+        manifest["source"]["companyName"]
+            .as_str()
+            .map(|s| !s.is_empty()),
+        Some(true)
+    );
+
+    let expected: toml::Table =
+        std::fs::read_to_string(Path::new(ROOT).join("fixtures/golden/normalised.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let types = manifest["dataTypes"].as_object().unwrap();
+    for (name, records) in expected["records"].as_table().unwrap() {
+        let entry = &types[name.as_str()];
+        assert_eq!(entry["rows"].as_i64(), records.as_integer(), "{name} rows");
+        assert_eq!(
+            entry["controlTotals"]["records"].as_i64(),
+            records.as_integer(),
+            "{name} records"
+        );
+    }
+    for (name, deleted) in expected["deleted"].as_table().unwrap() {
+        assert_eq!(
+            types[name.as_str()]["controlTotals"]["deleted"].as_i64(),
+            deleted.as_integer(),
+            "{name} deleted"
+        );
+    }
+    // Hand-computed sums named DATATYPE_FIELD: the manifest's control totals, and pyarrow's
+    // own exact decimal sum over the published Parquet file.
+    let mut checked = 0;
+    for (key, value) in expected["sums"].as_table().unwrap() {
+        let Some((data_type, field)) = key.split_once('_') else {
+            continue;
+        };
+        let Some(entry) = types.get(data_type) else {
+            continue;
+        };
+        if entry["controlTotals"]["sums"].get(field).is_none() {
+            continue;
+        }
+        let want = value.as_str().unwrap();
+        assert_eq!(
+            entry["controlTotals"]["sums"][field], want,
+            "manifest sum {key}"
+        );
+        let file = store.join(entry["key"].as_str().unwrap());
+        let got = py(
+            "import sys, decimal, pyarrow.parquet as pq, pyarrow as pa\n\
+             t = pq.read_table(sys.argv[1])\n\
+             assert pa.types.is_decimal(t.schema.field(sys.argv[2]).type), t.schema.field(sys.argv[2]).type\n\
+             rows = t.select([sys.argv[2], 'isDeleted']).to_pylist()\n\
+             print(sum((r[sys.argv[2]] or decimal.Decimal(0)) for r in rows if not r['isDeleted']).quantize(decimal.Decimal('0.01')))",
+            &[file.to_str().unwrap(), field],
+        );
+        assert_eq!(
+            got.trim(),
+            want,
+            "pyarrow's sum of {key} in {}",
+            file.display()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} hand-computed sums were compared"
+    );
+
+    let out = verify(&file_url(&store), "golden", &[], &[]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(text(&out).contains("whole"), "{}", text(&out));
+}
+
+#[test]
+fn parquet_is_sorted_by_id_zstd_and_readable_without_help() {
+    let dir = tempdir();
+    let company = generated(&dir.path().join("company"), 11, 3_000);
+    let state = dir.path().join("state");
+    sync_ok(&company.odbc, "acme", &state, None, &[]);
+    let manifest = latest_manifest(&state.join("store"), "acme");
+    let files: Vec<String> = manifest["dataTypes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| {
+            state
+                .join("store")
+                .join(e["key"].as_str().unwrap())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let rows_by_file = py(
+        "import sys, pyarrow.parquet as pq\n\
+         for f in sys.argv[1:]:\n\
+         \x20   md = pq.ParquetFile(f).metadata\n\
+         \x20   codecs = {md.row_group(g).column(c).compression for g in range(md.num_row_groups) for c in range(md.num_columns)}\n\
+         \x20   assert codecs <= {'ZSTD'}, (f, codecs)\n\
+         \x20   ids = pq.read_table(f, columns=['id']).column('id').to_pylist()\n\
+         \x20   assert ids == sorted(ids) and len(set(ids)) == len(ids), f + ': ids not sorted and unique'\n\
+         \x20   print(f, md.num_rows)",
+        &args,
+    );
+    let by_key: BTreeMap<&str, i64> = manifest["dataTypes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| (e["key"].as_str().unwrap(), e["rows"].as_i64().unwrap()))
+        .collect();
+    for line in rows_by_file.lines() {
+        let (file, rows) = line.rsplit_once(' ').unwrap();
+        let key = by_key.keys().find(|k| file.ends_with(*k)).unwrap();
+        assert_eq!(rows.parse::<i64>().unwrap(), by_key[key], "{file}");
+    }
+    args.clear();
+}
+
+#[test]
+fn unchanged_sync_uploads_only_manifest_and_pointer_and_a_change_only_its_data_type() {
+    let dir = tempdir();
+    let company = generated(&dir.path().join("company"), 12, 2_000);
+    let state = dir.path().join("state");
+    let store = state.join("store");
+    let report = |name: &str| json(&dir.path().join(format!("{name}.json")));
+    let run = |name: &str| {
+        let json_path = dir.path().join(format!("{name}.json"));
+        let out = sync(
+            &company.odbc,
+            "acme",
+            &state,
+            None,
+            &["--json", json_path.to_str().unwrap()],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    run("first");
+    run("second");
+    let (first, second) = (report("first"), report("second"));
+    let sent = |r: &Value| -> u64 {
+        r["published"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["bytes_uploaded"].as_u64().unwrap() + p["bytes_metadata"].as_u64().unwrap())
+            .sum()
+    };
+    // Nothing but the manifest and the pointer (on this small company they are 2% of the
+    // bytes; the benchmark measures the 1,000,000-split one).
+    assert_eq!(second["published"][0]["files_uploaded"], 0, "{second:#}");
+    assert_eq!(second["published"][0]["bytes_uploaded"], 0, "{second:#}");
+    assert!(
+        sent(&second) * 20 < sent(&first),
+        "second sync sent {} of {}",
+        sent(&second),
+        sent(&first)
+    );
+    assert_ne!(first["snapshot_id"], second["snapshot_id"]);
+
+    // One customer's name changes in Sage: only the customers file is new.
+    let changed = company
+        .sqlite()
+        .execute("UPDATE SALES_LEDGER SET NAME = 'Renamed Customer Ltd' WHERE ACCOUNT_REF = (SELECT MIN(ACCOUNT_REF) FROM SALES_LEDGER)", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+    run("third");
+    let third = report("third");
+    let uploaded: Vec<&str> = third["data_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["uploaded"] == true)
+        .map(|d| d["data_type"].as_str().unwrap())
+        .collect();
+    // The data types whose rows really changed, found by pyarrow comparing the two snapshots'
+    // tables (the name is also carried by the customer's invoices and payments).
+    let manifest_of = |r: &Value| {
+        json(&store.join(format!(
+            "acme/snapshots/{}/manifest.json",
+            r["snapshot_id"].as_str().unwrap()
+        )))
+    };
+    let (before, after) = (manifest_of(&second), manifest_of(&third));
+    let mut args = Vec::new();
+    for (name, entry) in after["dataTypes"].as_object().unwrap() {
+        args.push(name.clone());
+        args.push(
+            store
+                .join(before["dataTypes"][name]["key"].as_str().unwrap())
+                .to_string_lossy()
+                .into_owned(),
+        );
+        args.push(
+            store
+                .join(entry["key"].as_str().unwrap())
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let really = py(
+        "import sys, pyarrow.parquet as pq\n\
+         a = sys.argv[1:]\n\
+         print(' '.join(a[i] for i in range(0, len(a), 3) if not pq.read_table(a[i + 1]).equals(pq.read_table(a[i + 2]))))",
+        &args,
+    );
+    let really: Vec<&str> = really.split_whitespace().collect();
+    assert_eq!(uploaded, really, "{third:#}");
+    assert!(
+        uploaded.contains(&"customers") && !uploaded.contains(&"accounts"),
+        "{uploaded:?}"
+    );
+    // Three snapshots, and the data files are only those the three manifests name.
+    let manifests = std::fs::read_dir(store.join("acme/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(manifests, 3);
+    let data_files = walk(&store.join("acme/data")).len();
+    assert_eq!(
+        data_files,
+        first["data_types"].as_array().unwrap().len() + uploaded.len()
+    );
+}
+
+/// Every file under `dir`.
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn verify_names_the_damaged_missing_or_altered_object() {
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    sync_ok(&company.odbc, "golden", &state, None, &[]);
+    let store = state.join("store");
+    let url = file_url(&store);
+    let manifest = latest_manifest(&store, "golden");
+    let invoices = store.join(manifest["dataTypes"]["invoices"]["key"].as_str().unwrap());
+    let original = std::fs::read(&invoices).unwrap();
+
+    // One flipped byte.
+    let mut damaged = original.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x55;
+    std::fs::write(&invoices, &damaged).unwrap();
+    let out = verify(&url, "golden", &[], &[]);
+    assert!(
+        !out.status.success(),
+        "a damaged file passed: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("invoices") && text(&out).contains("SHA-256"),
+        "{}",
+        text(&out)
+    );
+
+    // Missing.
+    std::fs::remove_file(&invoices).unwrap();
+    let out = verify(&url, "golden", &[], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing"), "{}", text(&out));
+    std::fs::write(&invoices, &original).unwrap();
+    assert!(verify(&url, "golden", &[], &[]).status.success());
+
+    // A manifest altered after publication no longer matches the pointer's hash.
+    let latest = json(&store.join("golden/latest.json"));
+    let mpath = store.join(latest["manifestKey"].as_str().unwrap());
+    let altered = std::fs::read_to_string(&mpath)
+        .unwrap()
+        .replace("\"rows\": 7", "\"rows\": 8");
+    std::fs::write(&mpath, altered).unwrap();
+    let out = verify(&url, "golden", &[], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("latest.json records"), "{}", text(&out));
+
+    // A named snapshot, and a company with none.
+    let id = latest["snapshotId"].as_str().unwrap();
+    let out = verify(&url, "golden", &["--snapshot", id], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = verify(&url, "nobody", &[], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no published snapshot"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn s3_sync_publishes_verifies_and_multipart_leaves_no_open_upload() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("sync");
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    let url = format!("s3://{bucket}/some/prefix");
+    // Every file in parts, so multipart upload is exercised on these small files.
+    let out = sync(
+        &company.odbc,
+        "golden",
+        &state,
+        Some(&url),
+        &["--multipart-above", "0"],
+        &s3.env(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = verify(&url, "golden", &[], &s3.env());
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert_eq!(s3.open_uploads(&bucket), 0);
+    // The keys are under the prefix.
+    let (status, listing) = s3.http(
+        "GET",
+        &format!("/{bucket}?list-type=2&prefix=some/prefix/golden/latest.json"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        listing.contains("<Key>some/prefix/golden/latest.json</Key>"),
+        "{listing}"
+    );
+    // pyarrow reads the published file straight from S3.
+    let latest: Value = {
+        let (_, body) = s3.http("GET", &format!("/{bucket}/some/prefix/golden/latest.json"));
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    let id = latest["snapshotId"].as_str().unwrap();
+    let rows = py(
+        "import sys, json, pyarrow.fs as fs, pyarrow.parquet as pq\n\
+         s3 = fs.S3FileSystem(endpoint_override=sys.argv[1], scheme='http', access_key='test', secret_key='test', region='us-east-1')\n\
+         m = json.load(s3.open_input_file(sys.argv[2] + '/some/prefix/golden/snapshots/' + sys.argv[3] + '/manifest.json'))\n\
+         print(pq.read_table(sys.argv[2] + '/some/prefix/' + m['dataTypes']['invoices']['key'], filesystem=s3).num_rows)",
+        &[&s3.endpoint, &bucket, id],
+    );
+    assert_eq!(rows.trim(), "7");
+}
+
+fn s3_store(s3: &S3, bucket: &str) -> Store {
+    let mut config = StoreConfig::new(format!("s3://{bucket}/p"));
+    config.options = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    Store::open(&config).expect("open the S3 store")
+}
+
+#[test]
+fn conditional_writes_really_are_conditional_on_the_s3_server_and_the_local_folder() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("cond");
+    let dir = tempdir();
+    let local = Store::open(&StoreConfig::new(file_url(dir.path()))).unwrap();
+    let remote = s3_store(&s3, &bucket);
+    let rt = connector::publish::runtime();
+    rt.block_on(async {
+        for store in [&local, &remote] {
+            let raw = store.object_store();
+            let key = store.path("c/latest.json");
+            let put = |mode: PutMode, body: &'static str| {
+                let raw = raw.clone();
+                let key = key.clone();
+                async move {
+                    raw.put_opts(
+                        &key,
+                        PutPayload::from_static(body.as_bytes()),
+                        PutOptions::from(mode),
+                    )
+                    .await
+                }
+            };
+            put(PutMode::Create, "one").await.expect("first create");
+            let second = put(PutMode::Create, "two").await;
+            assert!(
+                matches!(
+                    second,
+                    Err(object_store::Error::AlreadyExists { .. })
+                        | Err(object_store::Error::Precondition { .. })
+                ),
+                "{}: create over an existing object was not refused: {second:?}",
+                store.url
+            );
+            let body = raw.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&body[..], b"one", "{}", store.url);
+            if store.url.starts_with("s3://") {
+                let meta = raw.head(&key).await.unwrap();
+                let current = UpdateVersion {
+                    e_tag: meta.e_tag.clone(),
+                    version: meta.version.clone(),
+                };
+                put(PutMode::Update(current.clone()), "three")
+                    .await
+                    .expect("update with the current ETag");
+                // The ETag read before that update is stale now: the write must be refused.
+                let stale = put(PutMode::Update(current), "four").await;
+                assert!(
+                    matches!(stale, Err(object_store::Error::Precondition { .. })),
+                    "an update with a stale ETag was not refused: {stale:?}"
+                );
+                let body = raw.get(&key).await.unwrap().bytes().await.unwrap();
+                assert_eq!(&body[..], b"three");
+            }
+        }
+    });
+}
+
+#[test]
+fn unreachable_store_keeps_snapshots_in_the_outbox_and_publishes_them_in_order_later() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("outbox");
+    let dir = tempdir();
+    let company = generated(&dir.path().join("company"), 13, 1_000);
+    let state = dir.path().join("state");
+    let url = format!("s3://{bucket}/x");
+    // Nothing listens on port 9 of loopback.
+    let mut down = s3.env();
+    down[0].1 = "http://127.0.0.1:9".into();
+    let queued = |n: usize| {
+        let out = sync(
+            &company.odbc,
+            "acme",
+            &state,
+            Some(&url),
+            &["--store-timeout", "1", "--outbox-limit", "2"],
+            &down,
+        );
+        assert_eq!(out.status.code(), Some(75), "run {n}: {}", text(&out));
+        assert!(text(&out).contains("outbox"), "{}", text(&out));
+    };
+    queued(1);
+    let change = |name: &str| {
+        company
+            .sqlite()
+            .execute("UPDATE SALES_LEDGER SET NAME = ?1 WHERE ACCOUNT_REF = (SELECT MIN(ACCOUNT_REF) FROM SALES_LEDGER)", [name])
+            .unwrap();
+    };
+    change("Second Name Ltd");
+    queued(2);
+    change("Third Name Ltd");
+    queued(3);
+    let outbox = state.join("companies/acme/outbox");
+    let mut waiting: Vec<String> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    waiting.sort();
+    assert_eq!(
+        waiting.len(),
+        2,
+        "the outbox keeps at most --outbox-limit snapshots: {waiting:?}"
+    );
+
+    // The store is back: the two waiting snapshots go first, in order, then a new one.
+    change("Fourth Name Ltd");
+    let json_path = dir.path().join("back.json");
+    let out = sync(
+        &company.odbc,
+        "acme",
+        &state,
+        Some(&url),
+        &["--json", json_path.to_str().unwrap()],
+        &s3.env(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = json(&json_path);
+    let published: Vec<&str> = report["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["snapshot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(published.len(), 3, "{report:#}");
+    assert_eq!(&published[..2], &[waiting[0].as_str(), waiting[1].as_str()]);
+    let mut sorted = published.clone();
+    sorted.sort();
+    assert_eq!(published, sorted, "published out of order");
+    assert_eq!(published[2], report["snapshot_id"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count(),
+        0
+    );
+    let out = verify(&url, "acme", &[], &s3.env());
+    assert!(
+        out.status.success() && text(&out).contains(published[2]),
+        "{}",
+        text(&out)
+    );
+    // The older ones are in the store too, whole.
+    for id in &published[..2] {
+        let out = verify(&url, "acme", &["--snapshot", id], &s3.env());
+        assert!(out.status.success(), "{id}: {}", text(&out));
+    }
+}
+
+#[test]
+fn permanent_store_errors_fail_at_once_and_say_what_to_fix() {
+    let s3 = S3::from_env();
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    let started = std::time::Instant::now();
+    let out = sync(
+        &company.odbc,
+        "golden",
+        &state,
+        Some("s3://no-such-bucket-here/x"),
+        &["--store-timeout", "60"],
+        &s3.env(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "a missing bucket was retried for {:?}",
+        started.elapsed()
+    );
+    let msg = text(&out);
+    assert!(
+        msg.contains("no-such-bucket-here") && msg.contains("bucket"),
+        "{msg}"
+    );
+
+    for (url, says) in [
+        ("ftp://x/y", "not supported"),
+        ("relative/folder", "no scheme"),
+    ] {
+        let out = sync(&company.odbc, "golden", &state, Some(url), &[], &[]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(says) && text(&out).contains(url),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = sync(&company.odbc, "../etc", &state, None, &[], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("company id \"../etc\""),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_second_sync_of_the_same_company_waits_for_the_first() {
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    let lock_dir = state.join("companies/golden");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let lock = std::fs::File::create(lock_dir.join("sync.lock")).unwrap();
+    lock.lock().unwrap();
+    let out = sync(&company.odbc, "golden", &state, None, &[], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("another sync of company golden"),
+        "{}",
+        text(&out)
+    );
+    drop(lock);
+    sync_ok(&company.odbc, "golden", &state, None, &[]);
+}
+
+#[test]
+fn a_failed_check_publishes_nothing_and_keeps_the_last_good_snapshot() {
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    sync_ok(&company.odbc, "golden", &state, None, &[]);
+    let before = std::fs::read(state.join("store/golden/latest.json")).unwrap();
+    // Break the books: one journal line's amount changes, the trial balance no longer balances.
+    company
+        .sqlite()
+        .execute("UPDATE AUDIT_JOURNAL SET AMOUNT = AMOUNT + 1 WHERE rowid = (SELECT MIN(rowid) FROM AUDIT_JOURNAL)", [])
+        .unwrap();
+    let out = sync(&company.odbc, "golden", &state, None, &[], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("normalisation failed") && text(&out).contains("trial_balance"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(state.join("store/golden/latest.json")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_dir(state.join("store/golden/snapshots"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(
+        verify(&file_url(&state.join("store")), "golden", &[], &[])
+            .status
+            .success()
+    );
+}
