@@ -277,7 +277,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = sync::sync(&SyncOptions {
                 source: &source,
                 company_id: &company,
-                store: store.store.clone().map(|url| store.config(url)),
+                store: Some(store.config(store.store.clone().unwrap_or_else(|| {
+                    publish::file_url(&connector::state::default_store_dir(&state_dir))
+                }))),
                 state_dir: &state_dir,
                 outbox_limit,
                 progress: std::io::stderr().is_terminal(),

@@ -274,15 +274,26 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     let mut stages = Vec::new();
     let mut published = Vec::new();
 
-    // Earlier snapshots first: the store may be reachable again.
-    if !outbox.pending()?.is_empty() {
-        let started = Instant::now();
+    // One look at the store first: its latest snapshot id (new ids must sort after it, even
+    // if this PC's clock went back), and whether it can be reached at all. A store that
+    // refuses us (credentials, bucket) fails the sync here, before any work.
+    let started = Instant::now();
+    let (in_store, reachable) = match runtime.block_on(store.latest(company)) {
+        Ok(latest) => (latest.map(|(l, _)| l.snapshot_id), true),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "The store cannot be reached now; the sync goes on and publishes at the end.");
+            (None, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Earlier snapshots first, oldest first.
+    if reachable && !outbox.pending()?.is_empty() {
         publish_waiting(&runtime, &store, &outbox, options.progress, &mut published)?;
-        stages.push(Stage {
-            name: "publish waiting",
-            seconds: started.elapsed().as_secs_f64(),
-        });
     }
+    stages.push(Stage {
+        name: "store check",
+        seconds: started.elapsed().as_secs_f64(),
+    });
 
     let started = Instant::now();
     let staging = dir.join("staging.duckdb");
@@ -300,9 +311,11 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     });
 
     let started = Instant::now();
+    let spinner = crate::telemetry::stage_spinner("normalising and checking", options.progress);
     let model = DataModel::embedded();
     let ws = Workspace::over_staging(&staging, None, &schema)?;
     let report = rules::normalise(&ws, &Rules::embedded(), &model)?;
+    spinner.finish_and_clear();
     report.ensure_passed()?;
     stages.push(Stage {
         name: "normalise",
@@ -310,7 +323,9 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     });
     crate::failpoint::hit("normalised");
 
+    let after = std::cmp::max(in_store, outbox.newest_id()?);
     let started = Instant::now();
+    let spinner = crate::telemetry::stage_spinner("writing Parquet files", options.progress);
     let snap = snapshot::write(
         ws.conn(),
         &SnapshotInput {
@@ -321,10 +336,12 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
                 .source
                 .data_path()
                 .map(|p| p.to_string_lossy().into_owned()),
+            after,
         },
         outbox.dir(),
     )?;
     drop(ws);
+    spinner.finish_and_clear();
     stages.push(Stage {
         name: "export",
         seconds: started.elapsed().as_secs_f64(),
@@ -396,6 +413,10 @@ fn publish_waiting(
             Ok(p) => {
                 outbox.remove(snap)?;
                 published.push(p);
+            }
+            Err(e @ PublishError::Corrupt { .. }) => {
+                tracing::error!(snapshot = %snap.manifest.snapshot_id, error = %e, "Set aside a waiting snapshot whose files were damaged.");
+                outbox.remove(snap)?;
             }
             Err(e) if e.is_transient() => {
                 bar.abandon();

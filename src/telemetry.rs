@@ -54,3 +54,18 @@ pub fn bytes_progress(label: &str, total: u64) -> ProgressBar {
     bar.set_prefix(label.to_owned());
     bar
 }
+
+/// A spinner with a label and the time elapsed, for a stage without a count; hidden unless
+/// `enabled` and standard error is a terminal.
+pub fn stage_spinner(label: &str, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}

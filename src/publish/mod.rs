@@ -15,8 +15,12 @@
 //!    removed).
 //! 2. Each data file is uploaded under its SHA-256 unless that key already exists: an
 //!    unchanged data type costs one HEAD request. Files of at least the multipart threshold go
-//!    in parts; a failed multipart upload is aborted. Writes use "create if absent", so two
-//!    publishers never overwrite each other's bytes (the bytes are the same anyway).
+//!    in parts: their uploads are started one after another, each id journalled before the
+//!    next request, then all files are sent a few at a time; a failed multipart upload is
+//!    aborted. Writes use "create if absent", so two publishers never overwrite each other's
+//!    bytes (the bytes are the same anyway). The one window left: a process killed between
+//!    S3 creating an upload and the journal recording its id leaves that upload open; an S3
+//!    lifecycle rule (AbortIncompleteMultipartUpload) on the bucket removes such leftovers.
 //! 3. Every data key is checked to be present with its size; only then is the manifest put.
 //! 4. `latest.json` is replaced with a conditional write (S3 `If-Match` on the ETag read, or
 //!    `If-None-Match: *` for the first one); on a lost race it is read again, and it is never
@@ -31,6 +35,7 @@
 //! Permanent ones (credentials, a missing bucket) fail at once with what to fix.
 
 mod outbox;
+mod s3_uploads;
 mod store;
 mod verify;
 
@@ -48,7 +53,7 @@ pub use outbox::Outbox;
 pub use store::{Backend, Store, StoreConfig, file_url, is_transient};
 pub use verify::{Problem, Verified, verify};
 
-use crate::snapshot::manifest::Latest;
+use crate::snapshot::manifest::{DataTypeEntry, Latest};
 use crate::snapshot::{self, SnapshotDir};
 
 /// Part size of multipart uploads (S3 wants at least 5 MiB for all parts but the last).
@@ -101,6 +106,18 @@ pub enum PublishError {
         /// What is wrong.
         detail: String,
     },
+    /// A waiting snapshot's file changed on disk after it was written.
+    #[error(
+        "the waiting snapshot file {path} is damaged: its SHA-256 is {actual}, not {expected}; the snapshot is set aside and the next sync makes a new one"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The hash it was written with.
+        expected: String,
+        /// The hash it has now.
+        actual: String,
+    },
     /// A local file (outbox, journal) could not be read or written.
     #[error("{doing} {path}: {source}")]
     Local {
@@ -152,7 +169,7 @@ impl Published {
 
 impl Store {
     fn error(&self, doing: &'static str, key: &Key, e: object_store::Error) -> PublishError {
-        if store::is_transient(&e) {
+        if store::is_transient(&self.backend, &e) {
             return PublishError::Unreachable {
                 url: self.url.clone(),
                 detail: format!("{doing} {key}: {e}"),
@@ -264,20 +281,17 @@ impl Store {
         })
     }
 
-    /// Whether `key` is missing from the store; an object there of another size is damage.
-    async fn missing(&self, key: &str, size: u64) -> Result<bool, PublishError> {
+    /// Whether `key` is in the store with `size` bytes (`Some(true)`), missing (`None`), or
+    /// there with another size (`Some(false)`: damaged, to be replaced by the right bytes).
+    async fn present(&self, key: &str, size: u64) -> Result<Option<bool>, PublishError> {
         let path = self.path(key);
         match self.inner.head(&path).await {
-            Ok(meta) if meta.size == size => Ok(false),
-            Ok(meta) => Err(PublishError::Damaged {
-                url: self.url.clone(),
-                key: path.to_string(),
-                detail: format!(
-                    "it is {} bytes, but its name is the SHA-256 of a {size}-byte file",
-                    meta.size
-                ),
-            }),
-            Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Ok(meta) if meta.size == size => Ok(Some(true)),
+            Ok(meta) => {
+                tracing::warn!(key = %path, bytes = meta.size, expected = size, "A data file in the store has the wrong size; uploading it again.");
+                Ok(Some(false))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("checking", &path, e)),
         }
     }
@@ -303,9 +317,14 @@ impl Store {
         Ok(id)
     }
 
-    /// Uploads a whole file in one request, "create if absent".
-    async fn put_whole(&self, local: &Path, key: &str) -> Result<(), PublishError> {
-        let path = self.path(key);
+    /// Uploads a whole file in one request: "create if absent", or replacing a damaged object.
+    async fn put_whole(
+        &self,
+        local: &Path,
+        entry: &DataTypeEntry,
+        replace: bool,
+    ) -> Result<(), PublishError> {
+        let path = self.path(&entry.key);
         crate::failpoint::hit("upload");
         let bytes = tokio::fs::read(local)
             .await
@@ -314,13 +333,15 @@ impl Store {
                 path: local.to_owned(),
                 source,
             })?;
+        check_hash(local, entry, &Sha256::digest(&bytes))?;
+        let mode = if replace {
+            PutMode::Overwrite
+        } else {
+            PutMode::Create
+        };
         match self
             .inner
-            .put_opts(
-                &path,
-                PutPayload::from(bytes),
-                PutOptions::from(PutMode::Create),
-            )
+            .put_opts(&path, PutPayload::from(bytes), PutOptions::from(mode))
             .await
         {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -328,49 +349,70 @@ impl Store {
         }
     }
 
+    /// Streams a large file to a store without a multipart API of its own (a local folder:
+    /// written to a `…#N` file, renamed into place when complete).
+    async fn put_streamed(&self, local: &Path, entry: &DataTypeEntry) -> Result<(), PublishError> {
+        let path = self.path(&entry.key);
+        crate::failpoint::hit("upload");
+        let mut upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.error("starting an upload of", &path, e))?;
+        let sent = async {
+            let mut hasher = Sha256::new();
+            let mut chunks = read_chunks(local).await?;
+            while let Some(buf) = chunks.next_chunk().await? {
+                hasher.update(&buf);
+                upload
+                    .put_part(PutPayload::from(buf))
+                    .await
+                    .map_err(|e| self.error("uploading a part of", &path, e))?;
+                crate::failpoint::hit("upload-part");
+            }
+            check_hash(local, entry, &hasher.finalize())
+        }
+        .await;
+        match sent {
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error("completing the upload of", &path, e)),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Sends a started multipart upload's parts and completes it; aborts it on failure.
     async fn send_parts(
         &self,
         local: &Path,
-        key: &str,
+        entry: &DataTypeEntry,
         id: &MultipartId,
         outbox: &Outbox,
     ) -> Result<(), PublishError> {
-        use tokio::io::AsyncReadExt;
         let mp = self
             .multipart
             .as_ref()
             .expect("only called for multipart stores");
-        let path = self.path(key);
-        let local_err = |source| PublishError::Local {
-            doing: "reading",
-            path: local.to_owned(),
-            source,
-        };
+        let path = self.path(&entry.key);
         let sent = async {
-            let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+            let mut hasher = Sha256::new();
+            let mut chunks = read_chunks(local).await?;
             let mut parts = Vec::new();
-            loop {
-                let mut buf = Vec::with_capacity(PART_SIZE);
-                (&mut file)
-                    .take(PART_SIZE as u64)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(local_err)?;
-                if buf.is_empty() && !parts.is_empty() {
-                    break;
-                }
-                let last = buf.len() < PART_SIZE;
+            while let Some(buf) = chunks.next_chunk().await? {
+                hasher.update(&buf);
                 let part = mp
                     .put_part(&path, id, parts.len(), PutPayload::from(buf))
                     .await
                     .map_err(|e| self.error("uploading a part of", &path, e))?;
                 parts.push(part);
                 crate::failpoint::hit("upload-part");
-                if last {
-                    break;
-                }
             }
+            check_hash(local, entry, &hasher.finalize())?;
             mp.complete_multipart(&path, id, parts)
                 .await
                 .map_err(|e| self.error("completing the upload of", &path, e))
@@ -403,6 +445,29 @@ impl Store {
     /// Aborts the multipart uploads a killed run journalled, and removes a local folder's
     /// half-written files under `company_id`.
     async fn clean_abandoned(&self, company_id: &str, outbox: &Outbox) -> Result<(), PublishError> {
+        // S3: every upload still open under the company was left by a stopped run (one sync
+        // per company at a time), journalled or not.
+        if let (Some(listing), Some(mp)) = (&self.s3_uploads, &self.multipart) {
+            let prefix = format!("{}/", self.path(company_id));
+            match listing.list(&prefix).await {
+                Ok(open) => {
+                    for (key, id) in open {
+                        let path = Key::from(key.as_str());
+                        match mp.abort_multipart(&path, &id).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                                tracing::info!(key = %path, "Aborted a multipart upload left by an interrupted sync.");
+                                outbox.forget_upload(&id)?;
+                            }
+                            Err(e) => return Err(self.error("aborting an upload of", &path, e)),
+                        }
+                    }
+                }
+                // Not fatal: the journal below still covers what this connector started.
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not list the open multipart uploads; relying on the journal.");
+                }
+            }
+        }
         for (key, id) in outbox.journalled_uploads()? {
             let Some(mp) = &self.multipart else {
                 outbox.forget_upload(&id)?;
@@ -439,27 +504,28 @@ impl Store {
         };
         // 1. Which files the store lacks (an unchanged data type's file is there already).
         let checked = futures::stream::iter(m.data_types.iter().map(|(name, entry)| async move {
-            Ok::<_, PublishError>((name, entry, self.missing(&entry.key, entry.bytes).await?))
+            Ok::<_, PublishError>((name, entry, self.present(&entry.key, entry.bytes).await?))
         }))
         .buffer_unordered(CONCURRENT_UPLOADS)
         .collect::<Vec<_>>()
         .await;
         let mut to_send = Vec::new();
         for result in checked {
-            let (name, entry, missing) = result?;
-            if missing {
-                to_send.push((name, entry));
+            let (name, entry, present) = result?;
+            if present != Some(true) {
+                // `Some(false)`: there, but damaged; replaced.
+                to_send.push((name, entry, present.is_some()));
             } else {
                 report.files_skipped += 1;
                 report.bytes_skipped += entry.bytes;
                 progress.inc(entry.bytes);
             }
         }
-        to_send.sort_by_key(|(name, _)| name.as_str());
+        to_send.sort_by_key(|(name, _, _)| name.as_str());
         // 2. Multipart uploads are started one after another, each id journalled before the
         //    next request: a stop at any later point leaves every open upload in the journal.
         let mut ids = std::collections::BTreeMap::new();
-        for (name, entry) in to_send.iter().filter(|(_, e)| self.in_parts(e.bytes)) {
+        for (name, entry, _) in to_send.iter().filter(|(_, e, _)| self.in_parts(e.bytes)) {
             match self.start_parts(&entry.key, outbox).await {
                 Ok(id) => {
                     ids.insert(name.as_str(), id);
@@ -475,11 +541,16 @@ impl Store {
         }
         // 3. Then every missing file is sent, several at a time.
         let ids = &ids;
-        let sent = futures::stream::iter(to_send.iter().map(|(name, entry)| async move {
+        let sent = futures::stream::iter(to_send.iter().map(|(name, entry, replace)| async move {
             let local = snap.file(name);
             match ids.get(name.as_str()) {
-                Some(id) => self.send_parts(&local, &entry.key, id, outbox).await?,
-                None => self.put_whole(&local, &entry.key).await?,
+                Some(id) => self.send_parts(&local, entry, id, outbox).await?,
+                None if matches!(self.backend, Backend::Local(_))
+                    && entry.bytes >= self.multipart_threshold =>
+                {
+                    self.put_streamed(&local, entry).await?
+                }
+                None => self.put_whole(&local, entry, *replace).await?,
             }
             progress.inc(entry.bytes);
             Ok::<_, PublishError>(())
@@ -488,7 +559,7 @@ impl Store {
         .collect::<Vec<_>>()
         .await;
         sent.into_iter().collect::<Result<Vec<()>, _>>()?;
-        for (name, entry) in &to_send {
+        for (name, entry, _) in &to_send {
             report.files_uploaded += 1;
             report.bytes_uploaded += entry.bytes;
             report.changed.push(name.to_string());
@@ -546,6 +617,63 @@ impl Store {
             "Published the snapshot."
         );
         Ok(report)
+    }
+}
+
+/// A local file read in parts of [`PART_SIZE`] (at least one part, possibly empty).
+struct Chunks {
+    file: tokio::fs::File,
+    path: PathBuf,
+    sent_one: bool,
+}
+
+async fn read_chunks(path: &Path) -> Result<Chunks, PublishError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| PublishError::Local {
+            doing: "reading",
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Chunks {
+        file,
+        path: path.to_owned(),
+        sent_one: false,
+    })
+}
+
+impl Chunks {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, PublishError> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::with_capacity(PART_SIZE);
+        (&mut self.file)
+            .take(PART_SIZE as u64)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|source| PublishError::Local {
+                doing: "reading",
+                path: self.path.clone(),
+                source,
+            })?;
+        if buf.is_empty() && self.sent_one {
+            return Ok(None);
+        }
+        self.sent_one = true;
+        Ok(Some(buf))
+    }
+}
+
+/// Fails when a local file's bytes no longer hash to the SHA-256 its key is named after.
+fn check_hash(local: &Path, entry: &DataTypeEntry, digest: &[u8]) -> Result<(), PublishError> {
+    let actual = snapshot::hex(digest);
+    if actual == entry.sha256 {
+        Ok(())
+    } else {
+        Err(PublishError::Corrupt {
+            path: local.to_owned(),
+            expected: entry.sha256.clone(),
+            actual,
+        })
     }
 }
 

@@ -64,8 +64,14 @@ impl Outbox {
         {
             let path = entry.path();
             if path.is_dir() && path.extension().is_some_and(|e| e == "partial") {
-                tracing::info!(folder = %path.display(), "Removed a snapshot an interrupted sync left half-written.");
-                std::fs::remove_dir_all(&path).map_err(local("removing", &path))?;
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(folder = %path.display(), "Removed a snapshot folder an interrupted sync left behind.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(folder = %path.display(), error = %e, "Could not remove a left-over snapshot folder yet.")
+                    }
+                }
             }
         }
         Ok(())
@@ -81,15 +87,27 @@ impl Outbox {
             .filter(|name| manifest::is_snapshot_id(name))
             .collect();
         ids.sort();
-        ids.iter()
-            .map(|id| {
-                SnapshotDir::open(&self.dir.join(id)).map_err(|e| PublishError::Local {
-                    doing: "reading the waiting snapshot",
-                    path: self.dir.join(id),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
-            .collect()
+        let mut pending = Vec::new();
+        for id in ids {
+            match SnapshotDir::open(&self.dir.join(&id)) {
+                Ok(snap) => pending.push(snap),
+                // Not something this connector can publish (damaged by hand, or from another
+                // version): set aside, never in the way of newer snapshots.
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "Set aside a waiting snapshot that cannot be read.");
+                    self.set_aside(&self.dir.join(&id))?;
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Renames a snapshot folder to `ID.partial` (atomic), for removal now or by the next
+    /// [`Outbox::remove_partial`]: a folder keeps its snapshot id only while it is whole.
+    fn set_aside(&self, path: &Path) -> Result<PathBuf, PublishError> {
+        let aside = files::sibling(path, "partial");
+        std::fs::rename(path, &aside).map_err(local("setting aside", path))?;
+        Ok(aside)
     }
 
     /// Drops the oldest waiting snapshots beyond [`Outbox::limit`]; returns their ids.
@@ -109,9 +127,20 @@ impl Outbox {
         Ok(dropped)
     }
 
-    /// Removes a published snapshot.
+    /// Removes a published (or dropped) snapshot: renamed first, so that a removal cut short
+    /// leaves a `.partial` folder, cleaned up later, never a half snapshot under its id.
     pub fn remove(&self, snap: &SnapshotDir) -> Result<(), PublishError> {
-        std::fs::remove_dir_all(&snap.path).map_err(local("removing", &snap.path))
+        let aside = self.set_aside(&snap.path)?;
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            // Windows: a file held open by a scanner; the next sync removes it.
+            tracing::warn!(folder = %aside.display(), error = %e, "Could not remove a published snapshot's folder yet.");
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot id waiting, if any.
+    pub fn newest_id(&self) -> Result<Option<String>, PublishError> {
+        Ok(self.pending()?.pop().map(|s| s.manifest.snapshot_id))
     }
 
     fn journal_path(&self) -> PathBuf {

@@ -15,7 +15,7 @@ use super::PublishError;
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// `file:///folder`, `s3://bucket/prefix` (AWS settings from the usual `AWS_*`
-    /// environment variables), or `gs://`, `az://`, `https://` with those cargo features.
+    /// environment variables), or `gs://`, `az://` with those cargo features.
     pub url: String,
     /// How long to keep retrying a transient failure (timeouts, 5xx, connection refused)
     /// before giving up and leaving the snapshot in the outbox.
@@ -48,12 +48,13 @@ pub enum Backend {
     Remote,
 }
 
-/// A backend, its multipart API if any, the key prefix, and its kind.
+/// A backend, its multipart API if any, the key prefix, its kind, and S3's upload listing.
 type Opened = (
     Arc<dyn ObjectStore>,
     Option<Arc<dyn MultipartStore>>,
     String,
     Backend,
+    Option<super::s3_uploads::S3Uploads>,
 );
 
 /// An opened store: every key is under `prefix`.
@@ -70,6 +71,8 @@ pub struct Store {
     pub backend: Backend,
     /// Files at least this big go in parts.
     pub multipart_threshold: u64,
+    /// S3's list of open multipart uploads, for S3 stores.
+    pub(super) s3_uploads: Option<super::s3_uploads::S3Uploads>,
 }
 
 impl std::fmt::Debug for Store {
@@ -85,7 +88,8 @@ fn retry(timeout: Duration) -> RetryConfig {
             max_backoff: Duration::from_secs(15),
             base: 2.0,
         },
-        max_retries: 10,
+        // The timeout decides when to stop, not a count.
+        max_retries: 1_000,
         retry_timeout: timeout,
     }
 }
@@ -101,7 +105,7 @@ impl Store {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad("it has no scheme: use file:///folder or s3://bucket/prefix".into())
         })?;
-        let (store, multipart, prefix, backend): Opened = match scheme {
+        let (store, multipart, prefix, backend, s3_uploads): Opened = match scheme {
             "file" => {
                 let folder = file_url_path(rest).map_err(bad)?;
                 std::fs::create_dir_all(&folder).map_err(|e| {
@@ -111,8 +115,15 @@ impl Store {
                     ))
                 })?;
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&folder)
-                    .map_err(|e| bad(e.to_string()))?;
-                (Arc::new(local), None, String::new(), Backend::Local(folder))
+                    .map_err(|e| bad(e.to_string()))?
+                    .with_fsync(true);
+                (
+                    Arc::new(local),
+                    None,
+                    String::new(),
+                    Backend::Local(folder),
+                    None,
+                )
             }
             "s3" | "s3a" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -126,14 +137,40 @@ impl Store {
                         .map_err(|_| bad(format!("{key} is not an S3 setting")))?;
                     builder = builder.with_config(key, value);
                 }
-                let s3 = builder
+                use object_store::aws::AmazonS3ConfigKey as K;
+                let has = |k: K| builder.get_config_value(&k).is_some_and(|v| !v.is_empty());
+                let role = [
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                ]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some());
+                if !(has(K::AccessKeyId) && has(K::SecretAccessKey))
+                    && !has(K::SkipSignature)
+                    && !role
+                {
+                    return Err(bad(
+                        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION)".into(),
+                    ));
+                }
+                let builder = builder
                     .with_bucket_name(bucket)
                     .with_retry(retry(config.retry_timeout))
-                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+                let s3 = builder
+                    .clone()
                     .build()
                     .map_err(|e| bad(format!("{e} (check the AWS_* settings)")))?;
                 let s3 = Arc::new(s3);
-                (s3.clone(), Some(s3), prefix.to_owned(), Backend::Remote)
+                let listing = super::s3_uploads::S3Uploads::new(s3.clone(), &builder, bucket);
+                (
+                    s3.clone(),
+                    Some(s3),
+                    prefix.to_owned(),
+                    Backend::Remote,
+                    listing,
+                )
             }
             #[cfg(feature = "gcp")]
             "gs" => {
@@ -144,7 +181,13 @@ impl Store {
                     .build()
                     .map_err(|e| bad(format!("{e} (check the GOOGLE_* settings)")))?;
                 let gcs = Arc::new(gcs);
-                (gcs.clone(), Some(gcs), prefix.to_owned(), Backend::Remote)
+                (
+                    gcs.clone(),
+                    Some(gcs),
+                    prefix.to_owned(),
+                    Backend::Remote,
+                    None,
+                )
             }
             #[cfg(feature = "azure")]
             "az" | "azure" | "abfs" => {
@@ -155,7 +198,13 @@ impl Store {
                     .map_err(|e| bad(format!("{e} (check the AZURE_* settings)")))?;
                 let prefix = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
                 let az = Arc::new(az);
-                (az.clone(), Some(az), prefix.to_owned(), Backend::Remote)
+                (
+                    az.clone(),
+                    Some(az),
+                    prefix.to_owned(),
+                    Backend::Remote,
+                    None,
+                )
             }
             other => {
                 return Err(bad(format!(
@@ -173,6 +222,7 @@ impl Store {
             url: url.to_owned(),
             backend,
             multipart_threshold: config.multipart_threshold,
+            s3_uploads,
         })
     }
 
@@ -191,38 +241,95 @@ impl Store {
     }
 }
 
-/// The folder of a `file://` URL's remainder (`/abs/path`, or `C:/…` on Windows).
+/// The folder of a `file://` URL's remainder (after `file://`).
 fn file_url_path(rest: &str) -> Result<PathBuf, String> {
-    let path = rest.strip_prefix("localhost").unwrap_or(rest);
-    if path.is_empty() {
+    file_url_to_path(rest, cfg!(windows)).map(PathBuf::from)
+}
+
+/// `file://` URL remainder → path, the Windows way (`/C:/x` → `C:\x`, `server/share` →
+/// `\\server\share`) or the Unix way; `%XX` escapes decoded.
+fn file_url_to_path(rest: &str, windows: bool) -> Result<String, String> {
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    if rest.is_empty() || rest == "/" {
         return Err("it names no folder: file:///absolute/folder".into());
     }
-    #[cfg(windows)]
-    let path = path.strip_prefix('/').unwrap_or(path);
-    let path = PathBuf::from(path);
-    if !path.is_absolute() {
+    let decoded = percent_decode(rest)?;
+    if windows {
+        let unc = decoded.trim_start_matches('/');
+        let drive = unc.as_bytes();
+        if drive.len() >= 2 && drive[0].is_ascii_alphabetic() && drive[1] == b':' {
+            return Ok(unc.replace('/', "\\"));
+        }
+        // file://server/share/… or file:////server/share/…: a network share.
+        if !decoded.starts_with('/') || decoded.starts_with("//") {
+            return Ok(format!("\\\\{}", unc.replace('/', "\\")));
+        }
         return Err(format!(
-            "the folder {} is not absolute: file:///absolute/folder",
-            path.display()
+            "{decoded} is not a Windows folder: file:///C:/folder or file://server/share/folder"
         ));
     }
-    Ok(path)
+    if !decoded.starts_with('/') {
+        return Err(format!(
+            "the folder {decoded} is not absolute (or names a remote host): file:///absolute/folder"
+        ));
+    }
+    Ok(decoded)
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{text} has a % that is not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text} decodes to invalid UTF-8"))
 }
 
 /// The `file://` URL of a local folder.
 pub fn file_url(folder: &std::path::Path) -> String {
-    let s = folder.to_string_lossy().replace('\\', "/");
-    if s.starts_with('/') {
-        format!("file://{s}")
-    } else {
-        format!("file:///{s}")
+    path_to_file_url(&folder.to_string_lossy(), cfg!(windows))
+}
+
+fn path_to_file_url(path: &str, windows: bool) -> String {
+    let encode = |p: &str| {
+        p.replace('%', "%25")
+            .replace(' ', "%20")
+            .replace('#', "%23")
+            .replace('?', "%3F")
+    };
+    if !windows {
+        return format!("file://{}", encode(path));
+    }
+    let path = path
+        .strip_prefix(r"\\?\UNC\")
+        .map(|unc| format!(r"\\{unc}"))
+        .unwrap_or_else(|| path.strip_prefix(r"\\?\").unwrap_or(path).to_owned());
+    match path.strip_prefix(r"\\") {
+        Some(unc) => format!("file://{}", encode(&unc.replace('\\', "/"))),
+        None => format!("file:///{}", encode(&path.replace('\\', "/"))),
     }
 }
 
 /// Whether an error from the store is worth retrying later (the network, the server being
 /// down or slow), as opposed to one a person must fix (credentials, a missing bucket, a bad
 /// setting), which fails the sync at once.
-pub fn is_transient(error: &object_store::Error) -> bool {
+pub fn is_transient(backend: &Backend, error: &object_store::Error) -> bool {
+    // A local folder does not come and go like a network: permission denied, a full disk or a
+    // file system without hard links need a person.
+    if let Backend::Local(_) = backend {
+        return false;
+    }
     use object_store::Error as E;
     match error {
         E::PermissionDenied { .. }
@@ -236,11 +343,12 @@ pub fn is_transient(error: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             // A 4xx answer other than a timeout or throttling is a request the store will
             // never accept (object_store names the status only in its message).
+            // A redirect means the region or endpoint is wrong.
             let text = source.to_string();
-            let client_error = text.contains("status code: 4")
+            let client_error = (text.contains("status code: 4") || text.contains("status code: 3"))
                 && !text.contains("status code: 408")
                 && !text.contains("status code: 429");
-            !client_error
+            !client_error && !text.contains("redirect")
         }
         _ => true,
     }
@@ -256,6 +364,32 @@ mod tests {
         let store = Store::open(&StoreConfig::new(file_url(dir.path()))).unwrap();
         assert_eq!(store.path("acme/latest.json").as_ref(), "acme/latest.json");
         assert_eq!(store.backend, Backend::Local(dir.path().to_owned()));
+    }
+
+    #[test]
+    fn file_urls_round_trip_on_both_platforms() {
+        for (path, url, windows) in [
+            ("/home/ann/My Data", "file:///home/ann/My%20Data", false),
+            (
+                r"C:\Users\Ann\My Data",
+                "file:///C:/Users/Ann/My%20Data",
+                true,
+            ),
+            (r"\\server\share\sage", "file://server/share/sage", true),
+        ] {
+            assert_eq!(path_to_file_url(path, windows), url);
+            let rest = url.strip_prefix("file://").unwrap();
+            assert_eq!(file_url_to_path(rest, windows).unwrap(), path, "{url}");
+        }
+        // Verbatim Windows paths, and the four-slash form of a share.
+        assert_eq!(path_to_file_url(r"\\?\C:\x", true), "file:///C:/x");
+        assert_eq!(
+            path_to_file_url(r"\\?\UNC\srv\sh\x", true),
+            "file://srv/sh/x"
+        );
+        assert_eq!(file_url_to_path("//srv/sh/x", true).unwrap(), r"\\srv\sh\x");
+        assert!(file_url_to_path("host/x", false).is_err());
+        assert!(file_url_to_path("/a%2", false).is_err());
     }
 
     #[test]

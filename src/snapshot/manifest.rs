@@ -2,7 +2,8 @@
 //!
 //! The format is defined by `schemas/manifest.schema.json` (JSON Schema); a golden example is
 //! `fixtures/snapshot/manifest.json`. Money is written as decimal strings, never as JSON
-//! numbers, so no reader turns it into a float.
+//! numbers, so no reader turns it into a float. Readers ignore fields they do not know (a
+//! compatible addition); an incompatible change bumps [`MANIFEST_VERSION`].
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,7 @@ pub const MANIFEST_VERSION: u32 = 1;
 
 /// One snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// [`MANIFEST_VERSION`] of the writer.
     pub manifest_version: u32,
@@ -38,7 +39,7 @@ pub struct Manifest {
 
 /// The program that wrote the snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ConnectorFacts {
     /// Its version (Cargo package version).
     pub version: String,
@@ -46,7 +47,7 @@ pub struct ConnectorFacts {
 
 /// Facts about the Sage company the data came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceFacts {
     /// Sage's own "Unique Company Id" (COMPANY.COMPANYID): stable across moves of the data.
     pub sage_company_id: Option<String>,
@@ -62,7 +63,7 @@ pub struct SourceFacts {
 
 /// One data type's file in the snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DataTypeEntry {
     /// Object key of the Parquet file, relative to the store's root (content-addressed:
     /// `COMPANY/data/DATATYPE/SHA256.parquet`).
@@ -79,7 +80,7 @@ pub struct DataTypeEntry {
 
 /// A data type's control totals, as normalisation computed them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ControlTotals {
     /// Records, deleted ones included.
     pub records: u64,
@@ -91,7 +92,7 @@ pub struct ControlTotals {
 
 /// A check's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CheckEntry {
     /// Check name.
     pub name: String,
@@ -117,7 +118,7 @@ impl Manifest {
 
 /// The content of a company's `latest` pointer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Latest {
     /// The snapshot now current.
     pub snapshot_id: String,
@@ -134,6 +135,22 @@ pub fn new_snapshot_id(now: chrono::DateTime<chrono::Utc>) -> String {
         now.format("%Y%m%dT%H%M%S%3fZ"),
         rand::random::<u32>()
     )
+}
+
+/// A new snapshot id for `now` that sorts after `floor` even if the clock went back: the
+/// millisecond after `floor`'s when `now` is not later.
+pub fn new_snapshot_id_after(now: chrono::DateTime<chrono::Utc>, floor: Option<&str>) -> String {
+    let floor_time = floor
+        .and_then(|id| id.get(..19))
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y%m%dT%H%M%S%3fZ").ok())
+        .map(|t| t.and_utc());
+    match floor_time {
+        Some(t) if t >= now => {
+            tracing::warn!(clock = %now, last = %t, "The clock is behind the last snapshot's time; the new snapshot id follows the last one.");
+            new_snapshot_id(t + chrono::Duration::milliseconds(1))
+        }
+        _ => new_snapshot_id(now),
+    }
 }
 
 /// Whether `id` has the shape [`new_snapshot_id`] gives.
@@ -164,5 +181,21 @@ mod tests {
         assert!(is_snapshot_id(&a) && is_snapshot_id(&b));
         assert!(!is_snapshot_id("20261129T090501002Z"));
         assert!(!is_snapshot_id("../../etc/passwd-0000000000000000"));
+    }
+
+    #[test]
+    fn ids_follow_the_last_one_when_the_clock_goes_back() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        let future = "20261130T120000000Z-00000000";
+        let id = new_snapshot_id_after(now, Some(future));
+        assert!(
+            id.starts_with("20261130T120000001Z-") && id.as_str() > future,
+            "{id}"
+        );
+        let past = "20261128T120000000Z-ffffffff";
+        assert!(new_snapshot_id_after(now, Some(past)).starts_with("20261129T090000000Z-"));
+        assert!(new_snapshot_id_after(now, None).starts_with("20261129T090000000Z-"));
     }
 }

@@ -96,6 +96,9 @@ pub struct SnapshotInput<'a> {
     pub report: &'a Report,
     /// The Sage data folder, when the connection names one.
     pub data_path: Option<String>,
+    /// The newest snapshot id already made (in the store or the outbox): the new id sorts
+    /// after it even if the PC's clock went back.
+    pub after: Option<String>,
 }
 
 /// A whole snapshot in a local folder.
@@ -161,7 +164,7 @@ pub fn write(
 ) -> Result<SnapshotDir, SnapshotError> {
     let started = Instant::now();
     let now = chrono::Utc::now();
-    let snapshot_id = manifest::new_snapshot_id(now);
+    let snapshot_id = manifest::new_snapshot_id_after(now, input.after.as_deref());
     let path = parent.join(&snapshot_id);
     let partial = files::sibling(&path, PARTIAL_SUFFIX);
     let io = |doing: &'static str, p: &Path| {

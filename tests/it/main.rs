@@ -6,6 +6,7 @@
 mod errors;
 mod extract;
 mod golden;
+#[cfg(unix)]
 mod kill;
 mod rules;
 mod simulator;

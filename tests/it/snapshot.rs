@@ -533,6 +533,46 @@ fn conditional_writes_really_are_conditional_on_the_s3_server_and_the_local_fold
 }
 
 #[test]
+fn open_multipart_uploads_under_the_company_are_aborted_even_unjournalled() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("orphans");
+    let store = s3_store(&s3, &bucket);
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    // Uploads started and never finished, as by a process killed between S3 creating them and
+    // the journal recording them: one under this company, one under another company.
+    let raw = store.object_store();
+    let rt = connector::publish::runtime();
+    rt.block_on(async {
+        for key in [
+            "p/golden/data/invoices/x.parquet",
+            "p/other/data/invoices/x.parquet",
+        ] {
+            let mut upload = raw
+                .put_multipart(&object_store::path::Path::from(key))
+                .await
+                .unwrap();
+            upload
+                .put_part(PutPayload::from_static(b"partial"))
+                .await
+                .unwrap();
+            std::mem::forget(upload); // no abort on drop: left open
+        }
+    });
+    assert_eq!(s3.open_uploads(&bucket), 2);
+    let state = dir.path().join("state");
+    let url = format!("s3://{bucket}/p");
+    let out = sync(&company.odbc, "golden", &state, Some(&url), &[], &s3.env());
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, listing) = s3.http("GET", &format!("/{bucket}?uploads"));
+    assert_eq!(s3.open_uploads(&bucket), 1, "{listing}");
+    assert!(
+        listing.contains("p/other/"),
+        "the other company's upload was touched: {listing}"
+    );
+}
+
+#[test]
 fn unreachable_store_keeps_snapshots_in_the_outbox_and_publishes_them_in_order_later() {
     let s3 = S3::from_env();
     let bucket = s3.bucket("outbox");
