@@ -32,7 +32,7 @@ fn encode(value: &str) -> String {
 }
 
 /// The text of every `<tag>…</tag>` in `xml`, XML entities decoded.
-fn elements<'a>(xml: &'a str, tag: &str) -> Vec<String> {
+fn elements(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     xml.split(open.as_str())
         .skip(1)

@@ -146,10 +146,8 @@ impl Store {
                 ]
                 .iter()
                 .any(|v| std::env::var_os(v).is_some());
-                if !(has(K::AccessKeyId) && has(K::SecretAccessKey))
-                    && !has(K::SkipSignature)
-                    && !role
-                {
+                let keys = has(K::AccessKeyId) && has(K::SecretAccessKey);
+                if !(keys || has(K::SkipSignature) || role) {
                     return Err(bad(
                         "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION)".into(),
                     ));

@@ -247,7 +247,10 @@ fn run_kills(target: Target, dir: &Path) {
                 Some((s3, bucket)) => s3.open_uploads(bucket),
                 None => target.keys().iter().filter(|k| k.contains('#')).count(),
             };
-            assert!(left > 0, "the kill at {point} left nothing half-done to clean up");
+            assert!(
+                left > 0,
+                "the kill at {point} left nothing half-done to clean up"
+            );
         }
         let out = sync(
             &company.odbc,
