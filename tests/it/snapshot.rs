@@ -666,6 +666,65 @@ fn unreachable_store_keeps_snapshots_in_the_outbox_and_publishes_them_in_order_l
     }
 }
 
+/// A TCP relay to `target` on a loopback port that drops every connection for the first
+/// `outage`, then relays: a store that is down for a while, then back.
+fn flaky_relay(target: &str, outage: std::time::Duration) -> String {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let target = target.to_owned();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if started.elapsed() < outage {
+                drop(client); // connection closed at once: a transient failure
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_store_that_is_down_for_a_while_is_ridden_out_by_retries_with_backoff() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("outage");
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let state = dir.path().join("state");
+    let mut env = s3.env();
+    env[0].1 = flaky_relay(
+        s3.endpoint.trim_start_matches("http://"),
+        std::time::Duration::from_secs(3),
+    );
+    let url = format!("s3://{bucket}/x");
+    let started = std::time::Instant::now();
+    let out = sync(
+        &company.odbc,
+        "golden",
+        &state,
+        Some(&url),
+        &["--store-timeout", "60"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(started.elapsed().as_secs() >= 3, "the outage was not felt");
+    assert!(verify(&url, "golden", &[], &s3.env()).status.success());
+}
+
 #[test]
 fn permanent_store_errors_fail_at_once_and_say_what_to_fix() {
     let s3 = S3::from_env();
@@ -715,7 +774,7 @@ fn permanent_store_errors_fail_at_once_and_say_what_to_fix() {
 }
 
 #[test]
-fn a_second_sync_of_the_same_company_waits_for_the_first() {
+fn a_second_sync_of_the_same_company_is_refused_while_one_runs() {
     let dir = tempdir();
     let company = golden(&dir.path().join("company"));
     let state = dir.path().join("state");
