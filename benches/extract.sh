@@ -18,19 +18,7 @@ if [ ! -x "$TOOLS/bin/odbc2parquet" ]; then
   env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" odbc2parquet
 fi
 
-SIM_ID=$(sha1sum "$BIN/sage50-sim" | cut -c1-8)
-for d in "$OUT"/company-*; do  # companies made by older simulator builds
-  [[ -e "$d" && "$d" != *-"$SIM_ID" ]] && rm -rf "$d"
-done
-company() { # splits -> prints connection string; generated once per size and simulator build
-  local splits=$1 dir=$OUT/company-$1-$SIM_ID
-  if [ ! -f "$dir/odbc.txt" ]; then
-    rm -rf "$dir"
-    "$BIN/sage50-sim" --out "$dir" --seed 1 --transactions $((splits / 2 + splits / 20)) --max-splits "$splits" > "$dir.odbc.tmp"
-    mv "$dir.odbc.tmp" "$dir/odbc.txt"
-  fi
-  cat "$dir/odbc.txt"
-}
+source "$(dirname "$0")/company.sh"
 
 measure() { # label command... -> appends "label seconds peak_kb" to $OUT/runs.txt
   local label=$1; shift

@@ -12,15 +12,8 @@ ROUNDS=${ROUNDS:-3}
 SPLITS=${SPLITS:-1000000}
 mkdir -p "$OUT"
 
-SIM_ID=$(sha1sum "$BIN/sage50-sim" | cut -c1-8)
-DIR=$OUT/company-$SPLITS-$SIM_ID
-if [ ! -f "$DIR/odbc.txt" ]; then
-  echo "Generating the $SPLITS-split company (once per simulator build)" >&2
-  rm -rf "$DIR"
-  "$BIN/sage50-sim" --out "$DIR" --seed 1 --transactions $((SPLITS / 2 + SPLITS / 20)) --max-splits "$SPLITS" > "$DIR.odbc.tmp"
-  mv "$DIR.odbc.tmp" "$DIR/odbc.txt"
-fi
-CS=$(cat "$DIR/odbc.txt")
+source "$(dirname "$0")/company.sh"
+CS=$(company "$SPLITS")
 STAGING=$OUT/staging-normalise.duckdb
 
 measure() { # label command... -> appends "label seconds peak_kb" to $OUT/normalise-runs.txt

@@ -16,19 +16,14 @@ PY=${CONNECTOR_TEST_PYTHON:-$CACHE/venv/bin/python}
 ENDPOINT=${CONNECTOR_TEST_S3_ENDPOINT:-http://127.0.0.1:54330}
 mkdir -p "$OUT"
 
-SIM_ID=$(sha1sum "$BIN/sage50-sim" | cut -c1-8)
-DIR=$OUT/company-$SPLITS-$SIM_ID
-if [ ! -f "$DIR/odbc.txt" ]; then
-  echo "Generating the $SPLITS-split company (once per simulator build)" >&2
-  rm -rf "$DIR"
-  "$BIN/sage50-sim" --out "$DIR" --seed 1 --transactions $((SPLITS / 2 + SPLITS / 20)) --max-splits "$SPLITS" > "$DIR.odbc.tmp"
-  mv "$DIR.odbc.tmp" "$DIR/odbc.txt"
-fi
+source "$(dirname "$0")/company.sh"
+ORIGINAL=$(company "$SPLITS")
+DIR=$(company_dir "$SPLITS")
 # The third sync edits the company: work on a copy.
 WORK=$OUT/sync-company
 rm -rf "$WORK" && mkdir -p "$WORK/ACCDATA" && cp "$DIR/ACCDATA/SAGE50.DB" "$WORK/ACCDATA/"
 DB=$WORK/ACCDATA/SAGE50.DB
-CS=$(sed "s#$DIR#$WORK#" "$DIR/odbc.txt")
+CS=${ORIGINAL//$DIR/$WORK}
 STATE=$OUT/sync-state
 rm -rf "$STATE"
 

@@ -446,29 +446,20 @@ impl Store {
     /// half-written files under `company_id`.
     async fn clean_abandoned(&self, company_id: &str, outbox: &Outbox) -> Result<(), PublishError> {
         // S3: every upload still open under the company was left by a stopped run (one sync
-        // per company at a time), journalled or not.
-        if let (Some(listing), Some(mp)) = (&self.s3_uploads, &self.multipart) {
-            let prefix = format!("{}/", self.path(company_id));
-            match listing.list(&prefix).await {
-                Ok(open) => {
-                    for (key, id) in open {
-                        let path = Key::from(key.as_str());
-                        match mp.abort_multipart(&path, &id).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                                tracing::info!(key = %path, "Aborted a multipart upload left by an interrupted sync.");
-                                outbox.forget_upload(&id)?;
-                            }
-                            Err(e) => return Err(self.error("aborting an upload of", &path, e)),
-                        }
-                    }
-                }
-                // Not fatal: the journal below still covers what this connector started.
+        // per company at a time), journalled or not. Elsewhere: the journal.
+        let mut abandoned = Vec::new();
+        if let Some(listing) = &self.s3_uploads {
+            match listing.list(&format!("{}/", self.path(company_id))).await {
+                Ok(open) => abandoned.extend(open),
                 Err(e) => {
                     tracing::warn!(error = %e, "Could not list the open multipart uploads; relying on the journal.");
                 }
             }
         }
-        for (key, id) in outbox.journalled_uploads()? {
+        abandoned.extend(outbox.journalled_uploads()?);
+        abandoned.sort();
+        abandoned.dedup();
+        for (key, id) in abandoned {
             let Some(mp) = &self.multipart else {
                 outbox.forget_upload(&id)?;
                 continue;
