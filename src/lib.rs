@@ -14,6 +14,7 @@ pub mod model;
 pub mod publish;
 pub mod rules;
 pub mod schema;
+pub mod server;
 pub mod sim;
 pub mod snapshot;
 pub mod source;

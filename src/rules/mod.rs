@@ -451,43 +451,53 @@ pub(crate) fn describe(
 }
 
 fn control_totals(ws: &Workspace, model: &DataModel) -> Result<Vec<DataTypeTotals>, RulesError> {
-    let mut out = Vec::new();
-    for dt in &model.types {
-        let money: Vec<&str> = dt
-            .fields
-            .iter()
-            .filter(|f| f.ty == FieldType::Money)
-            .map(|f| f.name.as_str())
-            .collect();
-        let deleted = ident(IS_DELETED_FIELD);
-        let mut cols = vec![
-            "count(*)".to_owned(),
-            format!("count(*) FILTER (WHERE {deleted})"),
-        ];
-        cols.extend(money.iter().map(|m| {
-            format!(
-                "coalesce(sum({}) FILTER (WHERE NOT {deleted}), 0)::DECIMAL(38, 2)::VARCHAR",
-                ident(m)
-            )
-        }));
-        let sql = format!("SELECT {} FROM main.{}", cols.join(", "), ident(&dt.name));
-        let totals = ws
-            .conn()
-            .query_row(&sql, [], |r| {
-                let sums = (2..cols.len())
-                    .map(|i| r.get::<_, String>(i))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(DataTypeTotals {
-                    data_type: dt.name.clone(),
-                    rows: r.get::<_, i64>(0)? as u64,
-                    deleted: r.get::<_, i64>(1)? as u64,
-                    sums: money.iter().map(|m| (*m).to_owned()).zip(sums).collect(),
-                })
-            })
-            .map_err(duck(format!("computing the control totals of {}", dt.name)))?;
-        out.push(totals);
-    }
-    Ok(out)
+    model
+        .types
+        .iter()
+        .map(|dt| {
+            totals_of(ws.conn(), dt, &format!("main.{}", ident(&dt.name)))
+                .map_err(duck(format!("computing the control totals of {}", dt.name)))
+        })
+        .collect()
+}
+
+/// The control totals of data type `dt` held in `table` (a quoted table expression): records,
+/// deleted records, and the exact sum of each top-level money field over the live records.
+/// The server recomputes them the same way from the published Parquet.
+pub fn totals_of(
+    conn: &duckdb::Connection,
+    dt: &crate::model::DataType,
+    table: &str,
+) -> duckdb::Result<DataTypeTotals> {
+    let money: Vec<&str> = dt
+        .fields
+        .iter()
+        .filter(|f| f.ty == FieldType::Money)
+        .map(|f| f.name.as_str())
+        .collect();
+    let deleted = ident(IS_DELETED_FIELD);
+    let mut cols = vec![
+        "count(*)".to_owned(),
+        format!("count(*) FILTER (WHERE {deleted})"),
+    ];
+    cols.extend(money.iter().map(|m| {
+        format!(
+            "coalesce(sum({}) FILTER (WHERE NOT {deleted}), 0)::DECIMAL(38, 2)::VARCHAR",
+            ident(m)
+        )
+    }));
+    let sql = format!("SELECT {} FROM {table}", cols.join(", "));
+    conn.query_row(&sql, [], |r| {
+        let sums = (2..cols.len())
+            .map(|i| r.get::<_, String>(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DataTypeTotals {
+            data_type: dt.name.clone(),
+            rows: r.get::<_, i64>(0)? as u64,
+            deleted: r.get::<_, i64>(1)? as u64,
+            sums: money.iter().map(|m| (*m).to_owned()).zip(sums).collect(),
+        })
+    })
 }
 
 impl Report {

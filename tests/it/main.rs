@@ -9,6 +9,7 @@ mod golden;
 #[cfg(unix)]
 mod kill;
 mod rules;
+mod server;
 mod simulator;
 mod snapshot;
 mod support;

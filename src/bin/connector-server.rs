@@ -1,0 +1,99 @@
+//! `connector-server`: serves published snapshots to API clients. Parses and dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use connector::publish::StoreConfig;
+use connector::server::control::ControlPlane;
+use connector::server::{self, ServeOptions};
+
+/// Serves the data connectors publish: API clients query it over HTTP.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch the store for new snapshots and answer API requests until SIGINT/SIGTERM.
+    Serve {
+        /// Store URL: file:///folder, or s3://bucket/prefix with the usual AWS_* variables.
+        #[arg(long)]
+        store: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Folder for the control database and the data cache.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+        /// Seconds between two looks at each company's latest snapshot.
+        #[arg(long, default_value_t = 2.0)]
+        poll_secs: f64,
+        /// Requests per second allowed per API key (bursts of twice that).
+        #[arg(long, default_value_t = 200.0)]
+        rate_limit: f64,
+    },
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an API client; prints its API key, once (only its hash is kept).
+    CreateClient {
+        /// The client's name.
+        name: String,
+        /// Folder of the control database.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    connector::telemetry::init("info");
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Serve {
+            store,
+            listen,
+            state_dir,
+            poll_secs,
+            rate_limit,
+        } => {
+            let options = ServeOptions {
+                store: StoreConfig::new(store),
+                listen,
+                state_dir,
+                poll: Duration::from_secs_f64(poll_secs.max(0.05)),
+                rate_per_sec: rate_limit.max(0.1),
+            };
+            connector::publish::runtime()
+                .block_on(server::serve(options))
+                .map_err(Into::into)
+        }
+        Command::Admin {
+            command: AdminCommand::CreateClient { name, state_dir },
+        } => server::open_control(&state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|control| Ok(control.create_client(&name)?))
+            .map(|(client, key)| {
+                println!("client {} ({})", client.name, client.id);
+                println!("API key (shown once, keep it safe): {key}");
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "The command failed.");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

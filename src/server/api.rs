@@ -1,0 +1,590 @@
+//! The HTTP API: JSON over axum. Every route but `/healthz` and `/metrics` needs
+//! `Authorization: Bearer <api key>`; a company that is not the caller's is a 404, the same
+//! answer as one that does not exist. Bad requests are 4xx with a message naming the field or
+//! token at fault, never a 500.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::control::{Client, Company, ControlPlane};
+use super::ingest::{Live, LiveSet};
+use super::query;
+use crate::model::DataModel;
+
+/// Largest page.
+pub const MAX_PAGE_SIZE: u64 = 5000;
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE_SIZE: u64 = 100;
+
+/// What every handler shares.
+pub struct AppState {
+    /// Clients, companies, history.
+    pub control: Arc<dyn ControlPlane>,
+    /// Loaded snapshots.
+    pub live: Arc<LiveSet>,
+    /// The data model served.
+    pub model: DataModel,
+    /// Requests per second allowed per API key (burst: twice that).
+    pub rate_per_sec: f64,
+    /// Token buckets per client: (tokens, last refill).
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Wakes the ingest loop (the "snapshot published" call).
+    pub wake: tokio::sync::Notify,
+}
+
+impl AppState {
+    /// State for a server.
+    pub fn new(
+        control: Arc<dyn ControlPlane>,
+        live: Arc<LiveSet>,
+        model: DataModel,
+        rate_per_sec: f64,
+    ) -> Self {
+        AppState {
+            control,
+            live,
+            model,
+            rate_per_sec,
+            buckets: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes a token from `client`'s bucket; `Err(seconds)` until one is there.
+    fn admit(&self, client: &str) -> Result<(), u64> {
+        let burst = self.rate_per_sec * 2.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(client.to_owned()).or_insert((burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate_per_sec).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Prometheus counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests answered, by class.
+    pub requests_2xx: AtomicU64,
+    /// 4xx answers.
+    pub requests_4xx: AtomicU64,
+    /// 5xx answers.
+    pub requests_5xx: AtomicU64,
+    /// Requests refused by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Snapshots that went live.
+    pub snapshots_live: AtomicU64,
+    /// Snapshots refused at ingest.
+    pub snapshots_failed: AtomicU64,
+}
+
+/// An error answer: status and message.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, message.into())
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "A request failed inside the server.");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; it has been logged".into(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(json!({"error": self.1, "status": self.0.as_u16()})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/companies", post(create_company).get(list_companies))
+        .route("/companies/{id}", get(get_company))
+        .route("/companies/{id}/dataStatus", get(data_status))
+        .route("/companies/{id}/snapshots", get(list_snapshots))
+        .route(
+            "/companies/{id}/snapshots/published",
+            post(snapshot_published),
+        )
+        .route("/companies/{id}/data/{data_type}", get(list_records))
+        .route(
+            "/companies/{id}/data/{data_type}/{record_id}",
+            get(get_record),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let counter = match response.status().as_u16() {
+        200..=299 => &state.metrics.requests_2xx,
+        400..=499 => &state.metrics.requests_4xx,
+        _ => &state.metrics.requests_5xx,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send your API key as Authorization: Bearer <key>".into(),
+        )
+        .into_response();
+    };
+    let client = match state.control.client_by_key(key) {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            return ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
+                .into_response();
+        }
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    if let Err(wait) = state.admit(&client.id) {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let mut response = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests for this API key; retry in {wait} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
+    request.extensions_mut().insert(client);
+    next.run(request).await
+}
+
+/// The caller's company, or 404 (also for another client's company).
+fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
+    state
+        .control
+        .companies(&client.id)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))
+}
+
+#[derive(Deserialize)]
+struct NewCompany {
+    name: Option<String>,
+}
+
+async fn create_company(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    body: Result<Json<NewCompany>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Company>)> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad(format!(
+            "the body must be JSON like {{\"name\": \"Acme Ltd\"}}: {e}"
+        ))
+    })?;
+    let name = body
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty() && n.chars().count() <= 200)
+        .ok_or_else(|| ApiError::bad("field \"name\" is required: 1 to 200 characters"))?;
+    let company = state
+        .control
+        .create_company(&client.id, &name)
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(company)))
+}
+
+async fn list_companies(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+) -> ApiResult<Json<Value>> {
+    let companies = state
+        .control
+        .companies(&client.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "results": companies })))
+}
+
+async fn get_company(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Company>> {
+    owned(&state, &client, &id).map(Json)
+}
+
+async fn data_status(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    owned(&state, &client, &id)?;
+    let live = state.live.live(&id);
+    let mut out = serde_json::Map::new();
+    for dt in &state.model.types {
+        let status = match &live {
+            Some(l) => json!({
+                "dataType": dt.name,
+                "status": "Fetched",
+                "lastSuccessfulSync": l.went_live_at,
+                "snapshotId": l.snapshot_id,
+                "sourceExtractedAt": l.manifest.source.extracted_at,
+                "recordCount": l.records.get(&dt.name).copied().unwrap_or(0),
+            }),
+            None => json!({
+                "dataType": dt.name,
+                "status": "NotSynced",
+                "lastSuccessfulSync": null,
+                "snapshotId": null,
+                "sourceExtractedAt": null,
+                "recordCount": 0,
+            }),
+        };
+        out.insert(dt.name.clone(), status);
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn list_snapshots(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    owned(&state, &client, &id)?;
+    let snapshots = state.control.snapshots(&id).map_err(ApiError::internal)?;
+    Ok(Json(json!({ "results": snapshots })))
+}
+
+async fn snapshot_published(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    owned(&state, &client, &id)?;
+    state.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "checking the store now"})),
+    ))
+}
+
+/// Query-string parameters of a data listing.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    query: Option<String>,
+    order_by: Option<String>,
+    page: Option<String>,
+    page_size: Option<String>,
+    snapshot: Option<String>,
+}
+
+fn number(name: &str, value: Option<&str>, default: u64, max: u64) -> ApiResult<u64> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "{name} must be a whole number from 1 to {max}, not {value:?}"
+            ))
+        })
+}
+
+/// The snapshot a request reads: the live one, or `snapshot=`.
+fn snapshot_for(state: &AppState, company: &str, wanted: Option<&str>) -> ApiResult<Arc<Live>> {
+    match wanted {
+        Some(id) => state.live.snapshot(company, id).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "snapshot {id} is not loaded: GET /companies/{company}/snapshots lists them (the latest {} are queryable)",
+                super::ingest::KEEP_SNAPSHOTS
+            ))
+        }),
+        None => state
+            .live
+            .live(company)
+            .ok_or_else(|| ApiError::not_found(format!("company {company} has no data yet: its first sync has not been published"))),
+    }
+}
+
+fn data_type<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a crate::model::DataType> {
+    state.model.get(name).ok_or_else(|| {
+        let names: Vec<&str> = state.model.types.iter().map(|t| t.name.as_str()).collect();
+        ApiError::not_found(format!(
+            "unknown data type {name:?}; the data types are {}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// The served record: every model field and `modifiedDate`, money and decimals as exact
+/// decimal strings (never through a float), date-times as RFC 3339 UTC.
+fn select_list(dt: &crate::model::DataType) -> String {
+    let mut cols: Vec<String> = dt
+        .fields
+        .iter()
+        .map(|f| format!("{} AS {}", json_expr(f, &quote(&f.name)), quote(&f.name)))
+        .collect();
+    cols.push(format!(
+        "{} AS {}",
+        scalar_expr(
+            crate::model::FieldType::Datetime,
+            &quote(query::MODIFIED_DATE)
+        ),
+        quote(query::MODIFIED_DATE)
+    ));
+    cols.join(", ")
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn scalar_expr(ty: crate::model::FieldType, expr: &str) -> String {
+    use crate::model::FieldType as T;
+    match ty {
+        T::Money | T::Decimal => format!("CAST({expr} AS VARCHAR)"),
+        T::Datetime => format!("strftime({expr}, '%Y-%m-%dT%H:%M:%S.%gZ')"),
+        _ => expr.to_owned(),
+    }
+}
+
+/// The SQL giving field `f` (value `expr`) in its served form, nested fields included.
+fn json_expr(f: &crate::model::Field, expr: &str) -> String {
+    use crate::model::FieldType as T;
+    let object = |e: &str| {
+        let parts: Vec<String> = f
+            .fields
+            .iter()
+            .map(|sub| {
+                format!(
+                    "{} := {}",
+                    quote(&sub.name),
+                    json_expr(sub, &format!("{e}.{}", quote(&sub.name)))
+                )
+            })
+            .collect();
+        format!(
+            "CASE WHEN {e} IS NULL THEN NULL ELSE struct_pack({}) END",
+            parts.join(", ")
+        )
+    };
+    match (f.ty, f.items) {
+        (T::Object, _) => object(expr),
+        (T::Array, Some(item)) => {
+            format!("list_transform({expr}, x -> {})", scalar_expr(item, "x"))
+        }
+        (T::Array, None) => format!("list_transform({expr}, x -> {})", object("x")),
+        (ty, _) => scalar_expr(ty, expr),
+    }
+}
+
+async fn list_records(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path((id, dt_name)): Path<(String, String)>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
+    owned(&state, &client, &id)?;
+    let dt = data_type(&state, &dt_name)?.clone();
+    let filter = query::parse(&dt, params.query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad(format!("query: {e}")))?;
+    let order = query::order_by(&dt, params.order_by.as_deref()).map_err(|e| ApiError::bad(e.0))?;
+    let page = number("page", params.page.as_deref(), 1, u32::MAX as u64)?;
+    let page_size = number(
+        "pageSize",
+        params.page_size.as_deref(),
+        DEFAULT_PAGE_SIZE,
+        MAX_PAGE_SIZE,
+    )?;
+    let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
+    let table = live.table(&dt.name);
+    let where_sql = if filter.sql.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filter.sql)
+    };
+    let (total, rows) = tokio::task::spawn_blocking(move || -> duckdb::Result<(u64, Vec<String>)> {
+        let conn = live.connection()?;
+        let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
+        let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
+        let sql = format!(
+            "SELECT to_json(x)::VARCHAR FROM (SELECT {} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {}) x",
+            select_list(&dt),
+            (page - 1) * page_size
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok((total as u64, rows))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
+        .collect();
+    let base = format!("/companies/{id}/data/{dt_name}");
+    let link = |p: u64| {
+        let mut q = format!("{base}?page={p}&pageSize={page_size}");
+        for (k, v) in [
+            ("query", &params.query),
+            ("orderBy", &params.order_by),
+            ("snapshot", &params.snapshot),
+        ] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", urlencode(v)));
+            }
+        }
+        json!({ "href": q })
+    };
+    let mut links = serde_json::Map::new();
+    links.insert("self".into(), link(page));
+    if page > 1 {
+        links.insert("previous".into(), link(page - 1));
+    }
+    if page * page_size < total {
+        links.insert("next".into(), link(page + 1));
+    }
+    Ok(Json(json!({
+        "results": results,
+        "pageNumber": page,
+        "pageSize": page_size,
+        "totalResults": total,
+        "_links": links,
+    })))
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn get_record(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path((id, dt_name, record_id)): Path<(String, String, String)>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<Value>> {
+    owned(&state, &client, &id)?;
+    let dt = data_type(&state, &dt_name)?.clone();
+    let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
+    let table = live.table(&dt.name);
+    let record_id_owned = record_id.clone();
+    let row = tokio::task::spawn_blocking(move || -> duckdb::Result<Option<String>> {
+        let conn = live.connection()?;
+        let sql = format!(
+            "SELECT to_json(x)::VARCHAR FROM (SELECT {} FROM {table} WHERE \"id\" = ?) x",
+            select_list(&dt)
+        );
+        match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0)) {
+            Ok(row) => Ok(Some(row)),
+            Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let row = row
+        .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
+    Ok(Json(
+        serde_json::from_str(&row).map_err(ApiError::internal)?,
+    ))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let body = format!(
+        "# HELP connector_http_requests_total HTTP requests answered, by status class.\n\
+         # TYPE connector_http_requests_total counter\n\
+         connector_http_requests_total{{class=\"2xx\"}} {}\n\
+         connector_http_requests_total{{class=\"4xx\"}} {}\n\
+         connector_http_requests_total{{class=\"5xx\"}} {}\n\
+         # HELP connector_rate_limited_total Requests refused by the per-key rate limit.\n\
+         # TYPE connector_rate_limited_total counter\n\
+         connector_rate_limited_total {}\n\
+         # HELP connector_snapshots_live_total Snapshots that went live.\n\
+         # TYPE connector_snapshots_live_total counter\n\
+         connector_snapshots_live_total {}\n\
+         # HELP connector_snapshots_failed_total Snapshots refused at ingest.\n\
+         # TYPE connector_snapshots_failed_total counter\n\
+         connector_snapshots_failed_total {}\n",
+        m.requests_2xx.load(Ordering::Relaxed),
+        m.requests_4xx.load(Ordering::Relaxed),
+        m.requests_5xx.load(Ordering::Relaxed),
+        m.rate_limited.load(Ordering::Relaxed),
+        m.snapshots_live.load(Ordering::Relaxed),
+        m.snapshots_failed.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

@@ -1,0 +1,345 @@
+//! The control plane: API clients and their hashed keys, companies, and snapshot history.
+//!
+//! [`ControlPlane`] is the interface; [`SqliteControl`] implements it in one embedded SQLite
+//! file (`STATE/control.sqlite3`), the default for one machine. A PostgreSQL implementation
+//! takes its place when the server outgrows one machine: the interface speaks in whole
+//! operations, never in SQL, so nothing above it changes.
+//!
+//! API keys are 256 random bits. Only their SHA-256 is stored (a salt adds nothing to a key
+//! that cannot be guessed), looked up by hash and compared in constant time.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::snapshot::hex;
+
+/// Why the control plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The database failed.
+    #[error("control database {path}: {detail}")]
+    Db {
+        /// The file.
+        path: String,
+        /// SQLite's message.
+        detail: String,
+    },
+}
+
+/// An API client (a lender, an accounting app).
+#[derive(Debug, Clone, Serialize)]
+pub struct Client {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A company an API client owns.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Company {
+    /// Its id (the connector's `--company`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Owner.
+    #[serde(skip)]
+    pub client_id: String,
+}
+
+/// One snapshot the server has seen for a company.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRecord {
+    /// The company.
+    #[serde(skip)]
+    pub company_id: String,
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// `live`, `superseded` or `failed`.
+    pub status: String,
+    /// Why it failed, when it did.
+    pub detail: Option<String>,
+    /// When the connector made it.
+    pub created_at: Option<String>,
+    /// When the server took it in (or refused it).
+    pub ingested_at: String,
+    /// Records per data type, when it went live.
+    pub records: Option<serde_json::Value>,
+}
+
+/// The control plane's operations.
+pub trait ControlPlane: Send + Sync {
+    /// Creates a client; returns it and its API key (shown once, never stored).
+    fn create_client(&self, name: &str) -> Result<(Client, String), ControlError>;
+    /// The client an API key belongs to.
+    fn client_by_key(&self, key: &str) -> Result<Option<Client>, ControlError>;
+    /// Creates a company owned by `client_id`.
+    fn create_company(&self, client_id: &str, name: &str) -> Result<Company, ControlError>;
+    /// A client's companies.
+    fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError>;
+    /// Every company (the ingest loop watches them all).
+    fn all_companies(&self) -> Result<Vec<Company>, ControlError>;
+    /// Records what happened to a snapshot (a second record for the same id replaces it).
+    fn record_snapshot(&self, record: &SnapshotRecord) -> Result<(), ControlError>;
+    /// A company's snapshots, newest first.
+    fn snapshots(&self, company_id: &str) -> Result<Vec<SnapshotRecord>, ControlError>;
+}
+
+/// [`ControlPlane`] in SQLite.
+pub struct SqliteControl {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS clients (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS companies (
+    id TEXT PRIMARY KEY, client_id TEXT NOT NULL REFERENCES clients(id), name TEXT NOT NULL,
+    created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS companies_client ON companies(client_id);
+CREATE TABLE IF NOT EXISTS snapshots (
+    company_id TEXT NOT NULL REFERENCES companies(id), snapshot_id TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT, created_at TEXT, ingested_at TEXT NOT NULL, records TEXT,
+    PRIMARY KEY (company_id, snapshot_id));
+";
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `prefix` and 32 random bytes as hex.
+fn random_id(prefix: &str, bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    format!("{prefix}{}", hex(&raw))
+}
+
+/// SHA-256 of an API key, hex.
+fn key_hash(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl SqliteControl {
+    /// Opens (creating) the control database at `path`.
+    pub fn open(path: &Path) -> Result<Self, ControlError> {
+        let shown = path.display().to_string();
+        let err = |e: rusqlite::Error| ControlError::Db {
+            path: shown.clone(),
+            detail: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteControl {
+            conn: Mutex::new(conn),
+            path: shown,
+        })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> ControlError + '_ {
+        move |e| ControlError::Db {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn company_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Company> {
+    Ok(Company {
+        id: r.get(0)?,
+        client_id: r.get(1)?,
+        name: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+impl ControlPlane for SqliteControl {
+    fn create_client(&self, name: &str) -> Result<(Client, String), ControlError> {
+        let client = Client {
+            id: random_id("cl_", 8),
+            name: name.to_owned(),
+        };
+        let key = random_id("ck_", 32);
+        self.db()
+            .execute(
+                "INSERT INTO clients (id, name, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![client.id, client.name, key_hash(&key), now()],
+            )
+            .map_err(self.err())?;
+        Ok((client, key))
+    }
+
+    fn client_by_key(&self, key: &str) -> Result<Option<Client>, ControlError> {
+        let wanted = key_hash(key);
+        let found: Option<(String, String, String)> = self
+            .db()
+            .query_row(
+                "SELECT id, name, key_hash FROM clients WHERE key_hash = ?1",
+                [&wanted],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(found
+            .filter(|(_, _, stored)| constant_time_eq(stored.as_bytes(), wanted.as_bytes()))
+            .map(|(id, name, _)| Client { id, name }))
+    }
+
+    fn create_company(&self, client_id: &str, name: &str) -> Result<Company, ControlError> {
+        let company = Company {
+            id: random_id("co", 10),
+            client_id: client_id.to_owned(),
+            name: name.to_owned(),
+            created_at: now(),
+        };
+        self.db()
+            .execute(
+                "INSERT INTO companies (id, client_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    company.id,
+                    company.client_id,
+                    company.name,
+                    company.created_at
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(company)
+    }
+
+    fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 ORDER BY created_at, id")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([client_id], company_row)
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    fn all_companies(&self) -> Result<Vec<Company>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT id, client_id, name, created_at FROM companies ORDER BY id")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], company_row)
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    fn record_snapshot(&self, r: &SnapshotRecord) -> Result<(), ControlError> {
+        let db = self.db();
+        if r.status == "live" {
+            db.execute(
+                "UPDATE snapshots SET status = 'superseded' WHERE company_id = ?1 AND status = 'live'",
+                [&r.company_id],
+            )
+            .map_err(self.err())?;
+        }
+        db.execute(
+            "INSERT OR REPLACE INTO snapshots (company_id, snapshot_id, status, detail, created_at, ingested_at, records)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                r.company_id,
+                r.snapshot_id,
+                r.status,
+                r.detail,
+                r.created_at,
+                r.ingested_at,
+                r.records.as_ref().map(|v| v.to_string())
+            ],
+        )
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn snapshots(&self, company_id: &str) -> Result<Vec<SnapshotRecord>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT snapshot_id, status, detail, created_at, ingested_at, records FROM snapshots
+                 WHERE company_id = ?1 ORDER BY snapshot_id DESC",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([company_id], |r| {
+                Ok(SnapshotRecord {
+                    company_id: company_id.to_owned(),
+                    snapshot_id: r.get(0)?,
+                    status: r.get(1)?,
+                    detail: r.get(2)?,
+                    created_at: r.get(3)?,
+                    ingested_at: r.get(4)?,
+                    records: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|s| serde_json::from_str(&s).ok()),
+                })
+            })
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_hashed_and_found_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite3");
+        let control = SqliteControl::open(&path).unwrap();
+        let (client, key) = control.create_client("Lender").unwrap();
+        assert!(key.starts_with("ck_") && key.len() == 67, "{key}");
+        assert_eq!(control.client_by_key(&key).unwrap().unwrap().id, client.id);
+        assert!(control.client_by_key(&key[..66]).unwrap().is_none());
+        assert!(control.client_by_key("").unwrap().is_none());
+        // The key itself is nowhere in the database file.
+        drop(control);
+        let bytes = std::fs::read(&path).unwrap();
+        let needle = key.as_bytes();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn companies_belong_to_their_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = SqliteControl::open(&dir.path().join("c.sqlite3")).unwrap();
+        let (a, _) = control.create_client("A").unwrap();
+        let (b, _) = control.create_client("B").unwrap();
+        let ca = control.create_company(&a.id, "Acme").unwrap();
+        assert!(crate::state::valid_company_id(&ca.id), "{}", ca.id);
+        assert_eq!(control.companies(&a.id).unwrap().len(), 1);
+        assert!(control.companies(&b.id).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,450 @@
+//! Ingest: a company's newly published snapshot, checked and loaded, then swapped in whole.
+//!
+//! Takes a company's `latest.json` in the store; produces a [`Live`] snapshot that requests
+//! read. Steps, none of which touches what is being served:
+//! 1. The manifest is read and its versions and company checked.
+//! 2. Each data file is fetched into a content-addressed cache (`STATE/cache/SHA256.parquet`),
+//!    its size and SHA-256 checked on the way in.
+//! 3. Each data type is loaded into the company's DuckDB database (`STATE/db/COMPANY.duckdb`),
+//!    in a schema of its own per snapshot (`s_SNAPSHOTID`), in one transaction that also
+//!    records the snapshot in `main._snapshots`: a server stopped mid-load, even killed, finds
+//!    the database as before. Row counts and control totals are recomputed from the loaded
+//!    rows and must equal the manifest's. A restarted server takes its loaded snapshots back
+//!    from there, so `modifiedDate` survives restarts.
+//! 4. `modifiedDate`: a record whose content (every field) equals its previous version keeps
+//!    that version's `modifiedDate`; a new or changed one gets the time the snapshot went
+//!    live. A record of the previous snapshot missing from this one stays, `isDeleted = true`.
+//! 5. Going live is one swap of an `Arc` under a lock: a request holds the snapshot it
+//!    started with until it finishes, so none sees a mix of two snapshots or fails during the
+//!    swap. The previous [`KEEP_SNAPSHOTS`] snapshots stay loaded for `snapshot=` queries.
+//!
+//! A failure at any step leaves the live snapshot as it was and is returned (and recorded
+//! by the caller as a failed snapshot).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use duckdb::Connection;
+use sha2::{Digest, Sha256};
+
+use crate::model::{DataModel, SCHEMA_VERSION};
+use crate::publish::Store;
+use crate::snapshot::hex;
+use crate::snapshot::manifest::{MANIFEST_VERSION, Manifest};
+use crate::staging::ident;
+
+use super::query::MODIFIED_DATE;
+
+/// Snapshots kept loaded per company (the live one and the ones before it).
+pub const KEEP_SNAPSHOTS: usize = 3;
+/// Column holding a record's content hash (not served).
+const HASH_COLUMN: &str = "_content_hash";
+
+/// Why a snapshot could not go live.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {snapshot} of company {company}: {detail}")]
+pub struct IngestError {
+    /// The company.
+    pub company: String,
+    /// The snapshot (or "?" when the manifest could not be read).
+    pub snapshot: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// One loaded snapshot.
+pub struct Live {
+    /// Its id.
+    pub snapshot_id: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// When it went live (RFC 3339).
+    pub went_live_at: String,
+    /// Records per data type as served (deleted ones carried from earlier snapshots included).
+    pub records: HashMap<String, u64>,
+    /// Schema in the company database.
+    pub schema: String,
+    db: Arc<Mutex<Connection>>,
+}
+
+impl Live {
+    /// A connection of its own to the company database, for one request.
+    pub fn connection(&self) -> duckdb::Result<Connection> {
+        self.db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+    }
+
+    /// The quoted table of a data type.
+    pub fn table(&self, data_type: &str) -> String {
+        format!("{}.{}", ident(&self.schema), ident(data_type))
+    }
+}
+
+/// Per company: its database and loaded snapshots, newest first (the first is live).
+pub struct LiveSet {
+    companies: RwLock<HashMap<String, Vec<Arc<Live>>>>,
+    databases: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
+    /// Where the company databases are.
+    dir: PathBuf,
+}
+
+/// Table recording, in a company database, the snapshots loaded into it.
+const SNAPSHOTS_TABLE: &str = "main._snapshots";
+
+impl LiveSet {
+    /// Company databases in `STATE/db/`.
+    pub fn new(state_dir: &Path) -> Self {
+        LiveSet {
+            companies: RwLock::default(),
+            databases: Mutex::default(),
+            dir: state_dir.join("db"),
+        }
+    }
+
+    /// Takes back the snapshots a company's database holds (after a restart).
+    pub fn restore(&self, company: &str) -> Result<usize, String> {
+        if !self.dir.join(format!("{company}.duckdb")).exists() {
+            return Ok(0);
+        }
+        let db = self.database(company).map_err(|e| e.to_string())?;
+        let conn = db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT schema_name, manifest, went_live_at, records FROM {SNAPSHOTS_TABLE} ORDER BY snapshot_id DESC LIMIT {KEEP_SNAPSHOTS}"
+            ))
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| e.to_string())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut list = Vec::new();
+        for (schema, manifest, went_live_at, records) in rows {
+            let manifest = Manifest::from_json(manifest.as_bytes()).map_err(|e| e.to_string())?;
+            list.push(Arc::new(Live {
+                snapshot_id: manifest.snapshot_id.clone(),
+                manifest,
+                went_live_at,
+                records: serde_json::from_str(&records).map_err(|e| e.to_string())?,
+                schema,
+                db: db.clone(),
+            }));
+        }
+        let n = list.len();
+        self.companies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(company.to_owned(), list);
+        Ok(n)
+    }
+
+    /// The live snapshot of a company.
+    pub fn live(&self, company: &str) -> Option<Arc<Live>> {
+        self.read().get(company).and_then(|v| v.first().cloned())
+    }
+
+    /// A loaded snapshot of a company by id.
+    pub fn snapshot(&self, company: &str, id: &str) -> Option<Arc<Live>> {
+        self.read()
+            .get(company)
+            .and_then(|v| v.iter().find(|l| l.snapshot_id == id).cloned())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Arc<Live>>>> {
+        self.companies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn database(&self, company: &str) -> Result<Arc<Mutex<Connection>>, duckdb::Error> {
+        let mut dbs = self.databases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = dbs.get(company) {
+            return Ok(db.clone());
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        let conn = Connection::open(self.dir.join(format!("{company}.duckdb")))?;
+        conn.execute_batch(&format!(
+            "SET preserve_insertion_order = false;
+             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR PRIMARY KEY, schema_name VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);"
+        ))?;
+        let db = Arc::new(Mutex::new(conn));
+        dbs.insert(company.to_owned(), db.clone());
+        Ok(db)
+    }
+
+    /// Makes `live` the company's live snapshot; drops snapshots beyond [`KEEP_SNAPSHOTS`].
+    fn swap_in(&self, company: &str, live: Arc<Live>) {
+        let dropped = {
+            let mut map = self.companies.write().unwrap_or_else(|e| e.into_inner());
+            let list = map.entry(company.to_owned()).or_default();
+            list.insert(0, live);
+            list.split_off(list.len().min(KEEP_SNAPSHOTS))
+        };
+        // Requests still reading a dropped snapshot hold their own connection; DuckDB keeps
+        // the schema's data alive for their transaction.
+        for old in dropped {
+            if let Ok(conn) = old.connection() {
+                let _ = conn.execute_batch(&format!(
+                    "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {SNAPSHOTS_TABLE} WHERE snapshot_id = '{}'; COMMIT;",
+                    ident(&old.schema),
+                    old.snapshot_id.replace('\'', "''")
+                ));
+            }
+        }
+    }
+}
+
+/// Where fetched data files are cached.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache")
+}
+
+/// Checks and loads the snapshot `latest.json` names, and makes it live. Returns it, or
+/// `None` when it is live already.
+pub async fn ingest(
+    store: &Store,
+    live: &LiveSet,
+    model: &DataModel,
+    company: &str,
+    state_dir: &Path,
+) -> Result<Option<Arc<Live>>, IngestError> {
+    let fail = |snapshot: &str, detail: String| IngestError {
+        company: company.to_owned(),
+        snapshot: snapshot.to_owned(),
+        detail,
+    };
+    let Some((latest, _)) = store
+        .latest(company)
+        .await
+        .map_err(|e| fail("?", e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let id = latest.snapshot_id.clone();
+    if live.live(company).is_some_and(|l| l.snapshot_id == id) {
+        return Ok(None);
+    }
+    let bytes = store
+        .get_bytes(&latest.manifest_key)
+        .await
+        .map_err(|e| fail(&id, e.to_string()))?
+        .ok_or_else(|| {
+            fail(
+                &id,
+                format!("its manifest {} is missing", latest.manifest_key),
+            )
+        })?;
+    if hex(&Sha256::digest(&bytes)) != latest.manifest_sha256 {
+        return Err(fail(
+            &id,
+            "its manifest does not match the SHA-256 in latest.json".into(),
+        ));
+    }
+    let manifest = Manifest::from_json(&bytes)
+        .map_err(|e| fail(&id, format!("its manifest is not valid: {e}")))?;
+    if manifest.manifest_version != MANIFEST_VERSION || manifest.schema_version > SCHEMA_VERSION {
+        return Err(fail(
+            &id,
+            format!(
+                "manifest version {} / schema version {} is not one this server reads ({MANIFEST_VERSION} / up to {SCHEMA_VERSION}): upgrade the server",
+                manifest.manifest_version, manifest.schema_version
+            ),
+        ));
+    }
+    if manifest.company_id != company || manifest.snapshot_id != id {
+        return Err(fail(
+            &id,
+            format!(
+                "its manifest describes company {} snapshot {}",
+                manifest.company_id, manifest.snapshot_id
+            ),
+        ));
+    }
+    for dt in &model.types {
+        if !manifest.data_types.contains_key(&dt.name) {
+            return Err(fail(
+                &id,
+                format!("data type {} is missing from the manifest", dt.name),
+            ));
+        }
+    }
+    // 2. Fetch into the cache, checking every byte.
+    let cache = cache_dir(state_dir);
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| fail(&id, format!("cannot create {}: {e}", cache.display())))?;
+    let mut files = HashMap::new();
+    for (name, entry) in &manifest.data_types {
+        let path = cache.join(format!("{}.parquet", entry.sha256));
+        if !path.exists() {
+            let data = store
+                .get_bytes(&entry.key)
+                .await
+                .map_err(|e| fail(&id, e.to_string()))?
+                .ok_or_else(|| {
+                    fail(
+                        &id,
+                        format!("{name}: {} is missing from the store", entry.key),
+                    )
+                })?;
+            if data.len() as u64 != entry.bytes || hex(&Sha256::digest(&data)) != entry.sha256 {
+                return Err(fail(
+                    &id,
+                    format!("{name}: {} does not match its size and SHA-256", entry.key),
+                ));
+            }
+            let tmp = crate::files::sibling(&path, "tmp");
+            crate::files::write_synced(&tmp, &data)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| fail(&id, format!("cannot cache {}: {e}", path.display())))?;
+        }
+        files.insert(name.clone(), path);
+    }
+    // 3-5. Load, check, carry modifiedDate and deletions, swap.
+    let db = live
+        .database(company)
+        .map_err(|e| fail(&id, e.to_string()))?;
+    let previous = live.live(company);
+    let model = model.clone();
+    let company_owned = company.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || {
+        load(
+            &db,
+            &model,
+            &manifest,
+            &files,
+            previous.as_deref(),
+            &company_owned,
+        )
+    })
+    .await
+    .map_err(|e| fail(&id, e.to_string()))?
+    .map_err(|detail| fail(&id, detail))?;
+    let loaded = Arc::new(loaded);
+    live.swap_in(company, loaded.clone());
+    tracing::info!(company, snapshot = %id, "A new snapshot is live.");
+    Ok(Some(loaded))
+}
+
+fn load(
+    db: &Arc<Mutex<Connection>>,
+    model: &DataModel,
+    manifest: &Manifest,
+    files: &HashMap<String, PathBuf>,
+    previous: Option<&Live>,
+    company: &str,
+) -> Result<Live, String> {
+    let conn = db
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .try_clone()
+        .map_err(|e| e.to_string())?;
+    let schema = format!("s_{}", manifest.snapshot_id.replace('-', "_"));
+    let went_live_at = chrono::Utc::now();
+    let stamp = went_live_at.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let q = |sql: &str| {
+        conn.execute_batch(sql)
+            .map_err(|e| format!("{e} (in: {sql})"))
+    };
+    q(&format!(
+        "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
+        ident(&schema)
+    ))?;
+    let mut records = HashMap::new();
+    let result = (|| {
+        for dt in &model.types {
+            let file = files[&dt.name].to_string_lossy().replace('\'', "''");
+            let table = format!("{}.{}", ident(&schema), ident(&dt.name));
+            let raw = format!("{}.{}", ident(&schema), ident(&format!("_raw_{}", dt.name)));
+            q(&format!(
+                "CREATE TABLE {raw} AS SELECT * FROM read_parquet('{file}')"
+            ))?;
+            // Control totals recomputed from the rows, against the manifest's.
+            let totals = crate::rules::totals_of(&conn, dt, &raw).map_err(|e| e.to_string())?;
+            let expected = &manifest.data_types[&dt.name].control_totals;
+            if totals.rows != expected.records
+                || totals.deleted != expected.deleted
+                || totals.sums != expected.sums
+            {
+                return Err(format!(
+                    "{}: the data does not add up to the manifest's control totals (records {} vs {}, deleted {} vs {}, sums {:?} vs {:?})",
+                    dt.name,
+                    totals.rows,
+                    expected.records,
+                    totals.deleted,
+                    expected.deleted,
+                    totals.sums,
+                    expected.sums
+                ));
+            }
+            let hash = format!("md5(to_json(r)::VARCHAR) AS {}", ident(HASH_COLUMN));
+            match previous {
+                Some(prev) => {
+                    let old = prev.table(&dt.name);
+                    q(&format!(
+                        "CREATE TABLE {table} AS
+                         WITH n AS (SELECT r.*, {hash} FROM {raw} r)
+                         SELECT n.*, CASE WHEN o.{h} = n.{h} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m}
+                         FROM n LEFT JOIN {old} o USING ({id});
+                         INSERT INTO {table}
+                         SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
+                         FROM {old} o ANTI JOIN {raw} n USING ({id});",
+                        h = ident(HASH_COLUMN),
+                        m = ident(MODIFIED_DATE),
+                        id = ident(crate::model::ID_FIELD),
+                        del = ident(crate::model::IS_DELETED_FIELD),
+                    ))?;
+                }
+                None => q(&format!(
+                    "CREATE TABLE {table} AS SELECT r.*, {hash}, TIMESTAMP '{stamp}' AS {m} FROM {raw} r",
+                    m = ident(MODIFIED_DATE)
+                ))?,
+            }
+            q(&format!("DROP TABLE {raw}"))?;
+            let n: i64 = conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .map_err(|e| e.to_string())?;
+            records.insert(dt.name.clone(), n as u64);
+        }
+        Ok(())
+    })();
+    let went_live = went_live_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let result = result.and_then(|()| {
+        conn.execute(
+            &format!("INSERT OR REPLACE INTO {SNAPSHOTS_TABLE} VALUES (?, ?, ?, ?, ?)"),
+            duckdb::params![
+                manifest.snapshot_id,
+                schema,
+                String::from_utf8_lossy(&manifest.to_json()).into_owned(),
+                went_live,
+                serde_json::to_string(&records).unwrap_or_default()
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+    if let Err(e) = result.and_then(|()| q("COMMIT")) {
+        let _ = q("ROLLBACK");
+        return Err(e);
+    }
+    tracing::debug!(company, schema, "Loaded a snapshot.");
+    Ok(Live {
+        snapshot_id: manifest.snapshot_id.clone(),
+        manifest: manifest.clone(),
+        went_live_at: went_live,
+        records,
+        schema,
+        db: db.clone(),
+    })
+}

@@ -1,0 +1,213 @@
+//! The server: loads published snapshots and answers API clients' queries.
+//!
+//! Takes a store URL (where connectors publish, see [`crate::publish`]) and a state folder;
+//! serves the HTTP API in [`api`]. Its parts:
+//! - [`control`]: API clients, hashed keys, companies, snapshot history (SQLite by default,
+//!   behind the [`control::ControlPlane`] interface);
+//! - [`ingest`]: a loop that watches each company's `latest.json` every `poll` interval (and at
+//!   once when a "snapshot published" call arrives), checks a new snapshot and swaps it in;
+//! - [`query`]: the query language, turned into SQL through an allow-list and bound values.
+//!
+//! Shutdown on SIGINT/SIGTERM is graceful: the listener stops, requests in flight finish.
+
+pub mod api;
+pub mod control;
+pub mod ingest;
+pub mod query;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::model::DataModel;
+use crate::publish::{Store, StoreConfig};
+use control::{ControlPlane, SnapshotRecord, SqliteControl};
+
+/// How to run the server.
+pub struct ServeOptions {
+    /// Where snapshots are published.
+    pub store: StoreConfig,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Control database and data cache.
+    pub state_dir: PathBuf,
+    /// How often each company's `latest.json` is read.
+    pub poll: Duration,
+    /// Requests per second per API key.
+    pub rate_per_sec: f64,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::publish::PublishError),
+    /// The control database failed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// The address could not be listened on.
+    #[error("cannot listen on {addr}: {source} (choose another --listen address)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state folder could not be made.
+    #[error("state folder {path}: {source}")]
+    State {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the control database in the state folder.
+pub fn open_control(state_dir: &std::path::Path) -> Result<SqliteControl, ServeError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| ServeError::State {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    Ok(SqliteControl::open(&state_dir.join("control.sqlite3"))?)
+}
+
+/// One pass of the ingest loop over every company.
+pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::path::Path) {
+    let companies = match state.control.all_companies() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Could not list the companies to watch.");
+            return;
+        }
+    };
+    for company in companies {
+        match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
+            Ok(Some(live)) => {
+                state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
+                let record = SnapshotRecord {
+                    company_id: company.id.clone(),
+                    snapshot_id: live.snapshot_id.clone(),
+                    status: "live".into(),
+                    detail: None,
+                    created_at: Some(live.manifest.created_at.clone()),
+                    ingested_at: live.went_live_at.clone(),
+                    records: serde_json::to_value(&live.records).ok(),
+                };
+                if let Err(e) = state.control.record_snapshot(&record) {
+                    tracing::error!(error = %e, "Could not record a live snapshot.");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Recorded once per snapshot id; the live snapshot stays as it was.
+                let already = state
+                    .control
+                    .snapshots(&company.id)
+                    .map(|s| {
+                        s.iter()
+                            .any(|r| r.snapshot_id == e.snapshot && r.status == "failed")
+                    })
+                    .unwrap_or(false);
+                if !already {
+                    state
+                        .metrics
+                        .snapshots_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
+                    if e.snapshot != "?" {
+                        let _ = state.control.record_snapshot(&SnapshotRecord {
+                            company_id: company.id.clone(),
+                            snapshot_id: e.snapshot.clone(),
+                            status: "failed".into(),
+                            detail: Some(e.detail.clone()),
+                            created_at: None,
+                            ingested_at: chrono::Utc::now()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            records: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let store = Store::open(&options.store)?;
+    let control: Arc<dyn ControlPlane> = Arc::new(open_control(&options.state_dir)?);
+    let live = Arc::new(ingest::LiveSet::new(&options.state_dir));
+    for company in control.all_companies()? {
+        match live.restore(&company.id) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(company = %company.id, snapshots = n, "Took back the loaded snapshots.")
+            }
+            Err(e) => {
+                tracing::warn!(company = %company.id, error = %e, "Could not take back the loaded snapshots; the latest is loaded again.")
+            }
+        }
+    }
+    let state = Arc::new(api::AppState::new(
+        control,
+        live,
+        DataModel::embedded(),
+        options.rate_per_sec,
+    ));
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().unwrap_or(options.listen);
+    tracing::info!(address = %bound, store = %store.url, "Serving the API.");
+    println!("listening on http://{bound}");
+    let watcher = {
+        let state = state.clone();
+        let state_dir = options.state_dir.clone();
+        tokio::spawn(async move {
+            loop {
+                ingest_all(&state, &store, &state_dir).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(options.poll) => {}
+                    _ = state.wake.notified() => {}
+                }
+            }
+        })
+    };
+    let app = api::router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    watcher.abort();
+    tracing::info!("The server stopped.");
+    result.map_err(|source| ServeError::Listen {
+        addr: bound,
+        source,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("Shutting down: finishing requests in flight.");
+}

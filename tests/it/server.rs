@@ -1,0 +1,606 @@
+//! `connector-server` over real HTTP on loopback: the real server process, a real store the
+//! real connector published to, and an HTTP client that knows nothing of the server's code.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Company, golden, sync_ok, tempdir, text};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_connector-server");
+
+/// A running server; stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    state: PathBuf,
+    store: String,
+}
+
+impl Server {
+    fn start(state: &Path, store: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(SERVER)
+            .args([
+                "serve",
+                "--store",
+                store,
+                "--listen",
+                "127.0.0.1:0",
+                "--poll-secs",
+                "0.2",
+                "--state-dir",
+            ])
+            .arg(state)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start connector-server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            base,
+            state: state.to_owned(),
+            store: store.to_owned(),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// An API client and its key, made with the admin command.
+    fn client(&self, name: &str) -> String {
+        let out = Command::new(SERVER)
+            .args(["admin", "create-client", name, "--state-dir"])
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .filter(|k| k.starts_with("ck_"))
+                    .map(str::to_owned)
+            })
+            .expect("an API key is printed")
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req.send().await.expect("the server answers");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let text = resp.text().await.unwrap();
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, value, headers)
+        })
+    }
+
+    fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let (s, v, _) = self.call("GET", Some(key), path, None);
+        assert_ne!(s, 500, "{path}: {v}");
+        (s, v)
+    }
+
+    fn ok(&self, key: &str, path: &str) -> Value {
+        let (s, v) = self.get(key, path);
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+
+    fn company(&self, key: &str, name: &str) -> String {
+        let (s, v, _) = self.call(
+            "POST",
+            Some(key),
+            "/companies",
+            Some(json!({ "name": name })),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until `snapshot` (or any, when None) is the company's live snapshot.
+    fn wait_live(&self, key: &str, company: &str, snapshot: Option<&str>) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, status) = self.get(key, &format!("/companies/{company}/dataStatus"));
+            if code == 429 {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            assert_eq!(code, 200, "{status}");
+            let live = &status["invoices"]["snapshotId"];
+            if live.is_string() && snapshot.is_none_or(|s| live == s) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no snapshot went live: {status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn latest_id(store_dir: &Path, company: &str) -> String {
+    let latest: Value = serde_json::from_slice(
+        &std::fs::read(store_dir.join(company).join("latest.json")).unwrap(),
+    )
+    .unwrap();
+    latest["snapshotId"].as_str().unwrap().to_owned()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: Server,
+    key: String,
+    company_id: String,
+    company: Company,
+    store_dir: PathBuf,
+    connector_state: PathBuf,
+}
+
+impl Setup {
+    fn sync(&self) -> String {
+        sync_ok(
+            &self.company.odbc,
+            &self.company_id,
+            &self.connector_state,
+            Some(&self.server.store),
+            &[],
+        );
+        latest_id(&self.store_dir, &self.company_id)
+    }
+}
+
+/// A server, a client, a company created through the API, and the golden company synced to it.
+fn setup(extra: &[&str]) -> Setup {
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = connector::publish::file_url(&store_dir);
+    let server = Server::start(&dir.path().join("server"), &store, extra);
+    let key = server.client("Lender");
+    let company_id = server.company(&key, "Golden Café Ltd");
+    let company = golden(&dir.path().join("company"));
+    let connector_state = dir.path().join("connector");
+    let setup = Setup {
+        server,
+        key,
+        company_id,
+        company,
+        store_dir,
+        connector_state,
+        _dir: dir,
+    };
+    let id = setup.sync();
+    setup
+        .server
+        .wait_live(&setup.key, &setup.company_id, Some(&id));
+    setup
+}
+
+#[test]
+fn a_synced_company_is_served_with_the_hand_computed_figures_paged_and_filtered() {
+    let s = setup(&[]);
+    let (key, co) = (&s.key, &s.company_id);
+    let all = s.server.ok(key, &format!("/companies/{co}/data/invoices"));
+    assert_eq!(all["totalResults"], 7, "{all}");
+    assert_eq!(all["pageNumber"], 1);
+    assert_eq!(all["pageSize"], 100);
+    // Figures from fixtures/golden/normalised.toml, worked out by hand; money as exact strings.
+    let split = s
+        .server
+        .ok(key, &format!("/companies/{co}/data/invoices/4-SI-20250520"));
+    assert_eq!(split["totalAmount"], "54.18", "{split}");
+    assert_eq!(split["issueDate"], "2025-05-20");
+    let deleted = s.server.ok(
+        key,
+        &format!("/companies/{co}/data/invoices?query=isDeleted%3Dtrue"),
+    );
+    assert_eq!(deleted["totalResults"], 1);
+    assert_eq!(deleted["results"][0]["id"], "19");
+    // Paging: every id once, in order, across pages of 2, with next/previous links.
+    let mut seen = Vec::new();
+    let mut page = 1;
+    loop {
+        let v = s.server.ok(
+            key,
+            &format!("/companies/{co}/data/invoices?pageSize=2&page={page}&orderBy=-issueDate"),
+        );
+        seen.extend(v["results"].as_array().unwrap().iter().map(|r| {
+            (
+                r["issueDate"].as_str().unwrap().to_owned(),
+                r["id"].as_str().unwrap().to_owned(),
+            )
+        }));
+        assert_eq!(v["_links"]["previous"].is_object(), page > 1, "{v}");
+        if !v["_links"]["next"].is_object() {
+            break;
+        }
+        page += 1;
+    }
+    assert_eq!(seen.len(), 7);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(
+        seen.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        sorted.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        "not ordered by issueDate descending"
+    );
+    // Filters: grouping, ||, dates, decimals, dot paths, contains.
+    let q = |query: &str| {
+        let encoded: String = query
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        s.server.ok(
+            key,
+            &format!("/companies/{co}/data/invoices?query={encoded}"),
+        )["totalResults"]
+            .as_u64()
+            .unwrap()
+    };
+    // "4" 300.36 and "16" 500.45 are the only live invoices over 300.
+    assert_eq!(q("totalAmount>300&&isDeleted=false"), 2);
+    assert_eq!(
+        q("{issueDate>=2025-05-01&&issueDate<2025-06-01}||id=\"16\""),
+        3
+    );
+    assert_eq!(
+        q("customerRef.id=ALPHA01||customerRef.id=MUNOZ01||customerRef.id=EURO01"),
+        7
+    );
+    assert_eq!(q("id~si-2025"), 2);
+}
+
+#[test]
+fn one_clients_key_never_reaches_another_clients_company() {
+    let s = setup(&[]);
+    let other = s.server.client("Other lender");
+    let co = &s.company_id;
+    for path in [
+        format!("/companies/{co}"),
+        format!("/companies/{co}/dataStatus"),
+        format!("/companies/{co}/snapshots"),
+        format!("/companies/{co}/data/invoices"),
+        format!("/companies/{co}/data/invoices/16"),
+        "/companies/co00000000000000000000".to_owned(),
+    ] {
+        let (status, body) = s.server.get(&other, &path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(
+            !body.to_string().contains("Golden"),
+            "{path} leaked: {body}"
+        );
+    }
+    let (s_, v, _) = s.server.call(
+        "POST",
+        Some(&other),
+        &format!("/companies/{co}/snapshots/published"),
+        None,
+    );
+    assert_eq!(s_, 404, "{v}");
+    assert_eq!(s.server.ok(&other, "/companies")["results"], json!([]));
+    assert_eq!(
+        s.server.ok(&s.key, "/companies")["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // No key, a wrong key.
+    for key in [None, Some("ck_wrong")] {
+        let (status, body, _) = s.server.call("GET", key, "/companies", None);
+        assert_eq!(status, 401, "{body}");
+    }
+}
+
+#[test]
+fn bad_requests_are_4xx_naming_the_fault_never_500() {
+    let s = setup(&[]);
+    let co = &s.company_id;
+    let long = "a".repeat(2100);
+    for (path, says) in [
+        (
+            format!("/companies/{co}/data/invoices?query=nosuch%3D1"),
+            "unknown field \"nosuch\"",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=issueDate%3Etomorrow"),
+            "is a date",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=%7Bstatus%3DPaid"),
+            "unbalanced braces",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=totalAmount%3E1x"),
+            "exact decimal",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=status%3D{long}%26%26"),
+            "limit is 2048",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?pageSize=0"),
+            "pageSize",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?pageSize=5001"),
+            "pageSize",
+        ),
+        (format!("/companies/{co}/data/invoices?page=-1"), "page"),
+        (
+            format!("/companies/{co}/data/invoices?orderBy=lineItems"),
+            "orderBy",
+        ),
+        (
+            format!("/companies/{co}/data/widgets"),
+            "unknown data type \"widgets\"",
+        ),
+        (format!("/companies/{co}/data/invoices/nope"), "not found"),
+        (
+            format!("/companies/{co}/data/invoices?snapshot=20200101T000000000Z-00000000"),
+            "not loaded",
+        ),
+    ] {
+        let (status, body) = s.server.get(&s.key, &path);
+        assert!((400..500).contains(&status), "{path}: {status} {body}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(says),
+            "{path}: {body}"
+        );
+    }
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(&s.key),
+        "/companies",
+        Some(json!({"nom": "x"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("\"name\""),
+        "{body}"
+    );
+}
+
+#[test]
+fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_restarts() {
+    let mut s = setup(&[]);
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    let before = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers?pageSize=100"),
+    );
+    let first: std::collections::BTreeMap<String, String> = before["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["modifiedDate"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // In Sage: one customer renamed, one stock item deleted.
+    let db = s.company.sqlite();
+    db.execute(
+        "UPDATE SALES_LEDGER SET NAME = 'Alpha Renamed Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+        [],
+    )
+    .unwrap();
+    let item: String = db
+        .query_row(
+            "SELECT STOCK_CODE FROM STOCK ORDER BY STOCK_CODE LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM STOCK WHERE STOCK_CODE = ?1", [&item])
+        .unwrap();
+    drop(db);
+    std::thread::sleep(Duration::from_millis(20));
+    let second = s.sync();
+    s.server.wait_live(&key, &co, Some(&second));
+    let after = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers?pageSize=100"),
+    );
+    for r in after["results"].as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        let changed = r["modifiedDate"].as_str().unwrap() != first[id];
+        assert_eq!(changed, id == "ALPHA01", "{id}: {r}");
+    }
+    // An incremental pull from the first snapshot's time returns just what changed.
+    let since = &first["ALPHA01"];
+    let later = after["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "ALPHA01")
+        .unwrap()["modifiedDate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(later.as_str() > since.as_str());
+    let pulled = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers?query=modifiedDate%3E%3D{later}"),
+    );
+    assert_eq!(pulled["totalResults"], 1, "{pulled}");
+    let gone = s
+        .server
+        .ok(&key, &format!("/companies/{co}/data/items/{item}"));
+    assert_eq!(gone["isDeleted"], true, "{gone}");
+    // The previous snapshot is still queryable, and history lists both.
+    let snaps = s.server.ok(&key, &format!("/companies/{co}/snapshots"));
+    let ids: Vec<&str> = snaps["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["snapshotId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{snaps}");
+    assert_eq!(snaps["results"][0]["status"], "live");
+    let old = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers/ALPHA01?snapshot={}", ids[1]),
+    );
+    assert_ne!(old["customerName"], "Alpha Renamed Ltd");
+    // A restart keeps every modifiedDate.
+    let state = s.server.state.clone();
+    let store = s.server.store.clone();
+    s.server.stop();
+    s.server = Server::start(&state, &store, &[]);
+    let restarted = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers?pageSize=100"),
+    );
+    assert_eq!(restarted["results"], after["results"]);
+}
+
+#[test]
+fn a_snapshot_that_fails_verification_is_recorded_and_the_previous_one_stays_live() {
+    let s = setup(&[]);
+    let (key, co) = (&s.key, &s.company_id);
+    let good = latest_id(&s.store_dir, co);
+    // A snapshot whose manifest claims other control totals than its data: written by hand
+    // into the store, as a broken publisher would.
+    let latest_path = s.store_dir.join(co).join("latest.json");
+    let latest: Value = serde_json::from_slice(&std::fs::read(&latest_path).unwrap()).unwrap();
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(s.store_dir.join(latest["manifestKey"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let bad_id = "29991231T235959999Z-0badf00d";
+    manifest["snapshotId"] = json!(bad_id);
+    manifest["dataTypes"]["invoices"]["controlTotals"]["sums"]["totalAmount"] = json!("1.00");
+    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    let key_path = format!("{co}/snapshots/{bad_id}/manifest.json");
+    std::fs::create_dir_all(s.store_dir.join(&key_path).parent().unwrap()).unwrap();
+    std::fs::write(s.store_dir.join(&key_path), &bytes).unwrap();
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        &latest_path,
+        serde_json::to_vec(
+            &json!({"snapshotId": bad_id, "manifestKey": key_path, "manifestSha256": sha}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
+        if let Some(f) = snaps["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == "failed")
+        {
+            break f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bad snapshot was not recorded: {snaps}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(failed["snapshotId"], bad_id);
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("control totals"),
+        "{failed}"
+    );
+    let status = s.server.ok(key, &format!("/companies/{co}/dataStatus"));
+    assert_eq!(status["invoices"]["snapshotId"], good.as_str());
+    assert_eq!(
+        s.server.ok(key, &format!("/companies/{co}/data/invoices"))["totalResults"],
+        7
+    );
+}
+
+#[test]
+fn health_metrics_and_the_rate_limit() {
+    let s = setup(&["--rate-limit", "1"]);
+    let (status, body, _) = s.server.call("GET", None, "/healthz", None);
+    assert_eq!((status, body), (200, Value::String("ok\n".into())));
+    // Burst of 2 at 1 request/s: the third call in a row is refused with Retry-After.
+    let mut refused = None;
+    for _ in 0..5 {
+        let (status, body, headers) = s.server.call("GET", Some(&s.key), "/companies", None);
+        if status == 429 {
+            refused = Some((body, headers));
+            break;
+        }
+    }
+    let (body, headers) = refused.expect("no request was rate-limited");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert!(
+        body["error"].as_str().unwrap().contains("retry in"),
+        "{body}"
+    );
+    let (_, metrics, _) = s.server.call("GET", None, "/metrics", None);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("connector_rate_limited_total 1")
+            || metrics.contains("connector_rate_limited_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("connector_snapshots_live_total 1"),
+        "{metrics}"
+    );
+}
