@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the ingest loop (the "snapshot published" call).
     pub wake: tokio::sync::Notify,
+    /// The OpenAPI document, generated from the model.
+    openapi: Value,
 }
 
 impl AppState {
@@ -56,11 +58,12 @@ impl AppState {
         AppState {
             control,
             live,
-            model,
             rate_per_sec,
             buckets: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             wake: tokio::sync::Notify::new(),
+            openapi: super::openapi::document(&model),
+            model,
         }
     }
 
@@ -154,6 +157,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|State(state): State<Arc<AppState>>| async move { Json(state.openapi.clone()) }),
+        )
         .route("/metrics", get(metrics))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))

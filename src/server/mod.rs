@@ -13,6 +13,7 @@
 pub mod api;
 pub mod control;
 pub mod ingest;
+pub mod openapi;
 pub mod query;
 
 use std::net::SocketAddr;

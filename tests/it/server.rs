@@ -605,3 +605,75 @@ fn health_metrics_and_the_rate_limit() {
         "{metrics}"
     );
 }
+
+#[test]
+fn the_openapi_document_is_generated_from_the_schemas_and_matches_what_is_served() {
+    let s = setup(&[]);
+    let (status, doc, _) = s.server.call("GET", None, "/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let model = connector::model::DataModel::embedded();
+    for dt in &model.types {
+        let schema = &doc["components"]["schemas"][&dt.name];
+        for f in &dt.fields {
+            assert!(
+                schema["properties"][&f.name].is_object(),
+                "{}.{} missing from the OpenAPI document",
+                dt.name,
+                f.name
+            );
+        }
+        let list = &doc["paths"][format!("/companies/{{companyId}}/data/{}", dt.name)]["get"];
+        assert!(
+            list["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "query"),
+            "{}",
+            dt.name
+        );
+        // Every key of a served record is in the document, with the documented JSON type.
+        let page = s.server.ok(
+            &s.key,
+            &format!("/companies/{}/data/{}?pageSize=5", s.company_id, dt.name),
+        );
+        for record in page["results"].as_array().unwrap() {
+            for (k, v) in record.as_object().unwrap() {
+                let prop = &schema["properties"][k];
+                assert!(
+                    prop.is_object(),
+                    "{}: served field {k} is not documented",
+                    dt.name
+                );
+                let types: Vec<&str> = match &prop["type"] {
+                    Value::String(t) => vec![t.as_str()],
+                    Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                    _ => vec![],
+                };
+                let actual = match v {
+                    Value::Null => "null",
+                    Value::Bool(_) => "boolean",
+                    Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                    Value::Number(_) => "number",
+                    Value::String(_) => "string",
+                    Value::Array(_) => "array",
+                    Value::Object(_) => "object",
+                };
+                assert!(
+                    types.contains(&actual),
+                    "{}.{k}: served {actual}, documented {types:?}",
+                    dt.name
+                );
+            }
+        }
+    }
+    // The document is public; the data is not.
+    let (status, _, _) = s.server.call(
+        "GET",
+        None,
+        &format!("/companies/{}/data/invoices", s.company_id),
+        None,
+    );
+    assert_eq!(status, 401);
+}
