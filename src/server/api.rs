@@ -451,7 +451,7 @@ async fn list_records(
     Extension(client): Extension<Client>,
     Path((id, dt_name)): Path<(String, String)>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
     owned(&state, &client, &id)?;
     let dt = data_type(&state, &dt_name)?.clone();
@@ -466,6 +466,7 @@ async fn list_records(
         MAX_PAGE_SIZE,
     )?;
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
+    let answered_by = live.snapshot_id.clone();
     let table = live.table(&dt.name);
     let where_sql = if filter.sql.is_empty() {
         String::new()
@@ -514,13 +515,25 @@ async fn list_records(
     if page * page_size < total {
         links.insert("next".into(), link(page + 1));
     }
-    Ok(Json(json!({
-        "results": results,
-        "pageNumber": page,
-        "pageSize": page_size,
-        "totalResults": total,
-        "_links": links,
-    })))
+    Ok(with_snapshot(
+        &answered_by,
+        Json(json!({
+            "results": results,
+            "pageNumber": page,
+            "pageSize": page_size,
+            "totalResults": total,
+            "_links": links,
+        })),
+    ))
+}
+
+/// Names the snapshot that answered, in `X-Snapshot-Id`.
+fn with_snapshot(snapshot: &str, body: Json<Value>) -> Response {
+    let mut response = body.into_response();
+    if let Ok(value) = HeaderValue::from_str(snapshot) {
+        response.headers_mut().insert("x-snapshot-id", value);
+    }
+    response
 }
 
 fn urlencode(value: &str) -> String {
@@ -541,10 +554,11 @@ async fn get_record(
     Extension(client): Extension<Client>,
     Path((id, dt_name, record_id)): Path<(String, String, String)>,
     Query(params): Query<ListParams>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     owned(&state, &client, &id)?;
     let dt = data_type(&state, &dt_name)?.clone();
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
+    let answered_by = live.snapshot_id.clone();
     let table = live.table(&dt.name);
     let record_id_owned = record_id.clone();
     let row = tokio::task::spawn_blocking(move || -> duckdb::Result<Option<String>> {
@@ -564,8 +578,9 @@ async fn get_record(
     .map_err(ApiError::internal)?;
     let row = row
         .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
-    Ok(Json(
-        serde_json::from_str(&row).map_err(ApiError::internal)?,
+    Ok(with_snapshot(
+        &answered_by,
+        Json(serde_json::from_str(&row).map_err(ApiError::internal)?),
     ))
 }
 

@@ -677,3 +677,119 @@ fn the_openapi_document_is_generated_from_the_schemas_and_matches_what_is_served
     );
     assert_eq!(status, 401);
 }
+
+#[test]
+fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
+    let s = setup(&["--rate-limit", "100000"]);
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    // The name each snapshot gives ALPHA01.
+    let mut names = std::collections::BTreeMap::new();
+    names.insert(
+        latest_id(&s.store_dir, &co),
+        s.server
+            .ok(&key, &format!("/companies/{co}/data/customers/ALPHA01"))["customerName"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = s.server.base.clone();
+    let load = {
+        let (stop, key, co) = (stop.clone(), key.clone(), co.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = reqwest::Client::new();
+                let mut tasks = Vec::new();
+                for t in 0..16 {
+                    let (client, stop, key, base, co) = (
+                        client.clone(),
+                        stop.clone(),
+                        key.clone(),
+                        base.clone(),
+                        co.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        let mut seen = Vec::new();
+                        let mut failures = Vec::new();
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let path = if t % 2 == 0 {
+                                format!("{base}/companies/{co}/data/customers/ALPHA01")
+                            } else {
+                                format!("{base}/companies/{co}/data/customers?query=id%3DALPHA01")
+                            };
+                            match client.get(&path).bearer_auth(&key).send().await {
+                                Ok(resp) => {
+                                    let status = resp.status().as_u16();
+                                    let snap = resp
+                                        .headers()
+                                        .get("x-snapshot-id")
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned);
+                                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                                    let record = if t % 2 == 0 {
+                                        body.clone()
+                                    } else {
+                                        body["results"][0].clone()
+                                    };
+                                    match (status, snap, record["customerName"].as_str()) {
+                                        (200, Some(snap), Some(name)) => {
+                                            seen.push((snap, name.to_owned()))
+                                        }
+                                        other => failures.push(format!("{other:?} {body}")),
+                                    }
+                                }
+                                Err(e) => failures.push(e.to_string()),
+                            }
+                        }
+                        (seen, failures)
+                    }));
+                }
+                let mut seen = Vec::new();
+                let mut failures = Vec::new();
+                for t in tasks {
+                    let (s, f) = t.await.unwrap();
+                    seen.extend(s);
+                    failures.extend(f);
+                }
+                (seen, failures)
+            })
+        })
+    };
+    for round in 1..=3 {
+        let name = format!("Alpha Round {round} Ltd");
+        s.company
+            .sqlite()
+            .execute(
+                "UPDATE SALES_LEDGER SET NAME = ?1 WHERE ACCOUNT_REF = 'ALPHA01'",
+                [&name],
+            )
+            .unwrap();
+        let id = s.sync();
+        names.insert(id.clone(), name);
+        s.server.wait_live(&key, &co, Some(&id));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, failures) = load.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed answers, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(seen.len() > 100, "only {} answers under load", seen.len());
+    let snapshots: std::collections::BTreeSet<&String> = seen.iter().map(|(s, _)| s).collect();
+    assert!(snapshots.len() >= 3, "the load saw only {snapshots:?}");
+    for (snap, name) in &seen {
+        assert_eq!(
+            Some(name),
+            names.get(snap),
+            "snapshot {snap} answered with another snapshot's data"
+        );
+    }
+}
