@@ -36,6 +36,12 @@ enum Command {
         /// Requests per second allowed per API key (bursts of twice that).
         #[arg(long, default_value_t = 200.0)]
         rate_limit: f64,
+        /// Let webhooks target loopback, private and link-local addresses (for tests only).
+        #[arg(long)]
+        allow_private_webhooks: bool,
+        /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
+        #[arg(long, default_value_t = 1.0, hide = true)]
+        webhook_backoff_scale: f64,
     },
     /// Operator commands.
     Admin {
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
             state_dir,
             poll_secs,
             rate_limit,
+            allow_private_webhooks,
+            webhook_backoff_scale,
         } => {
             let options = ServeOptions {
                 store: StoreConfig::new(store),
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
                 state_dir,
                 poll: Duration::from_secs_f64(poll_secs.max(0.05)),
                 rate_per_sec: rate_limit.max(0.1),
+                allow_internal_webhooks: allow_private_webhooks,
+                webhook_backoff_scale: webhook_backoff_scale.max(0.0),
             };
             connector::publish::runtime()
                 .block_on(server::serve(options))

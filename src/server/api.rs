@@ -45,6 +45,10 @@ pub struct AppState {
     pub wake: tokio::sync::Notify,
     /// The OpenAPI document, generated from the model.
     openapi: Value,
+    /// Wakes the webhook delivery worker.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Webhooks may target internal addresses (tests only).
+    allow_internal_webhooks: bool,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
         live: Arc<LiveSet>,
         model: DataModel,
         rate_per_sec: f64,
+        allow_internal_webhooks: bool,
     ) -> Self {
         AppState {
             control,
@@ -63,6 +68,8 @@ impl AppState {
             metrics: Metrics::default(),
             wake: tokio::sync::Notify::new(),
             openapi: super::openapi::document(&model),
+            webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            allow_internal_webhooks,
             model,
         }
     }
@@ -151,6 +158,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/companies/{id}/data/{data_type}/{record_id}",
             get(get_record),
         )
+        .route("/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/webhooks/{id}/deliveries", get(list_deliveries))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -609,4 +618,83 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         m.snapshots_failed.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewWebhook {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+}
+
+async fn create_webhook(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    body: Result<Json<NewWebhook>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(body) = body.map_err(|e| ApiError::bad(format!("the body must be JSON like {{\"url\": \"https://…\", \"eventTypes\": [\"data.synced\"]}}: {e}")))?;
+    let url = body
+        .url
+        .ok_or_else(|| ApiError::bad("field \"url\" is required"))?;
+    let types = body.event_types.unwrap_or_else(|| {
+        super::webhooks::EVENT_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    });
+    if types.is_empty() {
+        return Err(ApiError::bad(
+            "field \"eventTypes\" must name at least one event type",
+        ));
+    }
+    if let Some(bad) = types
+        .iter()
+        .find(|t| !super::webhooks::EVENT_TYPES.contains(&t.as_str()))
+    {
+        return Err(ApiError::bad(format!(
+            "eventTypes: unknown event type {bad:?}; the types are {}",
+            super::webhooks::EVENT_TYPES.join(", ")
+        )));
+    }
+    super::webhooks::check_target(&url, state.allow_internal_webhooks)
+        .await
+        .map_err(ApiError::bad)?;
+    let hook = state
+        .control
+        .create_webhook(&client.id, &url, &types)
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": hook.id, "url": hook.url, "eventTypes": hook.event_types, "createdAt": hook.created_at,
+            "secret": hook.secret,
+        })),
+    ))
+}
+
+async fn list_webhooks(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+) -> ApiResult<Json<Value>> {
+    let hooks = state
+        .control
+        .webhooks(&client.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "results": hooks })))
+}
+
+async fn list_deliveries(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let hooks = state
+        .control
+        .webhooks(&client.id)
+        .map_err(ApiError::internal)?;
+    if !hooks.iter().any(|h| h.id == id) {
+        return Err(ApiError::not_found(format!("webhook {id} not found")));
+    }
+    let deliveries = state.control.deliveries(&id).map_err(ApiError::internal)?;
+    Ok(Json(json!({ "results": deliveries })))
 }

@@ -75,8 +75,103 @@ pub struct SnapshotRecord {
     pub records: Option<serde_json::Value>,
 }
 
+/// A webhook subscription.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// Its id.
+    pub id: String,
+    /// Owner.
+    #[serde(skip)]
+    pub client_id: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types it wants.
+    pub event_types: Vec<String>,
+    /// The signing secret (`whsec_…`); shown only when the subscription is created.
+    #[serde(skip)]
+    pub secret: String,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// One event to deliver to one webhook.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Its id: the `webhook-id` header, the same on every retry.
+    pub id: String,
+    /// The subscription.
+    pub webhook_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The JSON body sent.
+    #[serde(skip)]
+    pub payload: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt (pending only).
+    #[serde(skip)]
+    pub next_attempt_at: i64,
+    /// When the event was made.
+    pub created_at: String,
+    /// When a 2xx answer came.
+    pub delivered_at: Option<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Every attempt: time, HTTP status, error.
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// When.
+    pub at: String,
+    /// The receiver's HTTP status, if it answered.
+    pub status_code: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
 /// The control plane's operations.
 pub trait ControlPlane: Send + Sync {
+    /// Subscribes `client_id` to events; the secret is generated here.
+    fn create_webhook(
+        &self,
+        client_id: &str,
+        url: &str,
+        event_types: &[String],
+    ) -> Result<Webhook, ControlError>;
+    /// A client's subscriptions.
+    fn webhooks(&self, client_id: &str) -> Result<Vec<Webhook>, ControlError>;
+    /// Queues an event for every subscription of `client_id` that wants `event_type` (one
+    /// transaction: all or none).
+    fn enqueue_event(
+        &self,
+        client_id: &str,
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<usize, ControlError>;
+    /// Pending deliveries due at `now_ms`, oldest first, with their webhook.
+    fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Delivery, Webhook)>, ControlError>;
+    /// Records an attempt; `next_attempt_at` None means no more tries (delivered or failed).
+    fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        delivered: bool,
+        next_attempt_at: Option<i64>,
+    ) -> Result<(), ControlError>;
+    /// A webhook's deliveries with their attempts, newest first.
+    fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError>;
     /// Creates a client; returns it and its API key (shown once, never stored).
     fn create_client(&self, name: &str) -> Result<(Client, String), ControlError>;
     /// The client an API key belongs to.
@@ -106,6 +201,17 @@ CREATE TABLE IF NOT EXISTS companies (
     id TEXT PRIMARY KEY, client_id TEXT NOT NULL REFERENCES clients(id), name TEXT NOT NULL,
     created_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS companies_client ON companies(client_id);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY, client_id TEXT NOT NULL REFERENCES clients(id), url TEXT NOT NULL,
+    event_types TEXT NOT NULL, secret TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY, webhook_id TEXT NOT NULL REFERENCES webhooks(id), event_type TEXT NOT NULL,
+    payload TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL, created_at TEXT NOT NULL, delivered_at TEXT, last_error TEXT);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id TEXT NOT NULL REFERENCES deliveries(id), at TEXT NOT NULL, status_code INTEGER,
+    error TEXT);
 CREATE TABLE IF NOT EXISTS snapshots (
     company_id TEXT NOT NULL REFERENCES companies(id), snapshot_id TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT, created_at TEXT, ingested_at TEXT NOT NULL, records TEXT,
@@ -176,7 +282,194 @@ fn company_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Company> {
     })
 }
 
+fn webhook_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+    Ok(Webhook {
+        id: r.get(0)?,
+        client_id: r.get(1)?,
+        url: r.get(2)?,
+        event_types: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+        secret: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+const WEBHOOK_COLUMNS: &str = "w.id, w.client_id, w.url, w.event_types, w.secret, w.created_at";
+const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_type, d.payload, d.status, d.attempts, d.next_attempt_at, d.created_at, d.delivered_at, d.last_error";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        id: r.get(0)?,
+        webhook_id: r.get(1)?,
+        event_type: r.get(2)?,
+        payload: r.get(3)?,
+        status: r.get(4)?,
+        attempts: r.get(5)?,
+        next_attempt_at: r.get(6)?,
+        created_at: r.get(7)?,
+        delivered_at: r.get(8)?,
+        last_error: r.get(9)?,
+        attempt_log: Vec::new(),
+    })
+}
+
 impl ControlPlane for SqliteControl {
+    fn create_webhook(
+        &self,
+        client_id: &str,
+        url: &str,
+        event_types: &[String],
+    ) -> Result<Webhook, ControlError> {
+        use base64::Engine;
+        let raw: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let hook = Webhook {
+            id: random_id("wh_", 10),
+            client_id: client_id.to_owned(),
+            url: url.to_owned(),
+            event_types: event_types.to_vec(),
+            secret: format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            ),
+            created_at: now(),
+        };
+        self.db()
+            .execute(
+                "INSERT INTO webhooks (id, client_id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![hook.id, hook.client_id, hook.url, serde_json::to_string(&hook.event_types).unwrap_or_default(), hook.secret, hook.created_at],
+            )
+            .map_err(self.err())?;
+        Ok(hook)
+    }
+
+    fn webhooks(&self, client_id: &str) -> Result<Vec<Webhook>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.client_id = ?1 ORDER BY w.created_at, w.id"))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([client_id], webhook_row)
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    fn enqueue_event(
+        &self,
+        client_id: &str,
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<usize, ControlError> {
+        let hooks: Vec<Webhook> = self
+            .webhooks(client_id)?
+            .into_iter()
+            .filter(|h| h.event_types.iter().any(|t| t == event_type))
+            .collect();
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for hook in &hooks {
+            tx.execute(
+                "INSERT INTO deliveries (id, webhook_id, event_type, payload, status, attempts, next_attempt_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6)",
+                params![random_id("msg_", 12), hook.id, event_type, payload.to_string(), now_ms, now()],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(hooks.len())
+    }
+
+    fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Delivery, Webhook)>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(&format!(
+                "SELECT {DELIVERY_COLUMNS}, {WEBHOOK_COLUMNS} FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 ORDER BY d.next_attempt_at, d.created_at LIMIT ?2"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![now_ms, limit as i64], |r| {
+                let d = delivery_row(r)?;
+                let w = Webhook {
+                    id: r.get(10)?,
+                    client_id: r.get(11)?,
+                    url: r.get(12)?,
+                    event_types: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
+                    secret: r.get(14)?,
+                    created_at: r.get(15)?,
+                };
+                Ok((d, w))
+            })
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        Ok(rows)
+    }
+
+    fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        delivered: bool,
+        next_attempt_at: Option<i64>,
+    ) -> Result<(), ControlError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        tx.execute(
+            "INSERT INTO attempts (delivery_id, at, status_code, error) VALUES (?1, ?2, ?3, ?4)",
+            params![delivery_id, attempt.at, attempt.status_code, attempt.error],
+        )
+        .map_err(self.err())?;
+        let status = match (delivered, next_attempt_at) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "pending",
+            (false, None) => "failed",
+        };
+        tx.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, status = ?2, next_attempt_at = coalesce(?3, next_attempt_at),
+                 delivered_at = CASE WHEN ?4 THEN ?5 ELSE delivered_at END, last_error = ?6 WHERE id = ?1",
+            params![delivery_id, status, next_attempt_at, delivered, attempt.at, attempt.error],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.webhook_id = ?1 ORDER BY d.created_at DESC, d.id"))
+            .map_err(self.err())?;
+        let mut rows = stmt
+            .query_map([webhook_id], delivery_row)
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())?;
+        let mut attempts = db
+            .prepare(
+                "SELECT at, status_code, error FROM attempts WHERE delivery_id = ?1 ORDER BY rowid",
+            )
+            .map_err(self.err())?;
+        for d in &mut rows {
+            d.attempt_log = attempts
+                .query_map([&d.id], |r| {
+                    Ok(Attempt {
+                        at: r.get(0)?,
+                        status_code: r.get(1)?,
+                        error: r.get(2)?,
+                    })
+                })
+                .map_err(self.err())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(self.err())?;
+        }
+        Ok(rows)
+    }
+
     fn create_client(&self, name: &str) -> Result<(Client, String), ControlError> {
         let client = Client {
             id: random_id("cl_", 8),

@@ -63,6 +63,8 @@ pub struct Live {
     pub went_live_at: String,
     /// Records per data type as served (deleted ones carried from earlier snapshots included).
     pub records: HashMap<String, u64>,
+    /// Per data type: what changed since the snapshot before (empty for a restored one).
+    pub changes: std::collections::BTreeMap<String, Changes>,
     /// Schema in the company database.
     pub schema: String,
     db: Arc<Mutex<Connection>>,
@@ -81,6 +83,17 @@ impl Live {
     pub fn table(&self, data_type: &str) -> String {
         format!("{}.{}", ident(&self.schema), ident(data_type))
     }
+}
+
+/// Records added, modified and deleted in a data type by a snapshot.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Changes {
+    /// New records.
+    pub added: u64,
+    /// Records whose content changed.
+    pub modified: u64,
+    /// Records that disappeared or became deleted.
+    pub deleted: u64,
 }
 
 /// Per company: its database and loaded snapshots, newest first (the first is live).
@@ -140,6 +153,7 @@ impl LiveSet {
                 manifest,
                 went_live_at,
                 records: serde_json::from_str(&records).map_err(|e| e.to_string())?,
+                changes: Default::default(),
                 schema,
                 db: db.clone(),
             }));
@@ -362,6 +376,7 @@ fn load(
         ident(&schema)
     ))?;
     let mut records = HashMap::new();
+    let mut changes = std::collections::BTreeMap::new();
     let result = (|| {
         for dt in &model.types {
             let file = files[&dt.name].to_string_lossy().replace('\'', "''");
@@ -412,6 +427,31 @@ fn load(
                 ))?,
             }
             q(&format!("DROP TABLE {raw}"))?;
+            let (h, del, id) = (
+                ident(HASH_COLUMN),
+                ident(crate::model::IS_DELETED_FIELD),
+                ident(crate::model::ID_FIELD),
+            );
+            let counted = match previous {
+                Some(prev) => conn.query_row(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE o.{id} IS NULL AND NOT t.{del}),
+                                count(*) FILTER (WHERE o.{id} IS NOT NULL AND o.{h} <> t.{h} AND NOT t.{del}),
+                                count(*) FILTER (WHERE t.{del} AND (o.{id} IS NULL OR NOT o.{del}))
+                         FROM {table} t LEFT JOIN {} o USING ({id})",
+                        prev.table(&dt.name)
+                    ),
+                    [],
+                    |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, modified: r.get::<_, i64>(1)? as u64, deleted: r.get::<_, i64>(2)? as u64 }),
+                ),
+                None => conn.query_row(
+                    &format!("SELECT count(*) FILTER (WHERE NOT {del}) FROM {table}"),
+                    [],
+                    |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, ..Changes::default() }),
+                ),
+            }
+            .map_err(|e| e.to_string())?;
+            changes.insert(dt.name.clone(), counted);
             let n: i64 = conn
                 .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .map_err(|e| e.to_string())?;
@@ -444,6 +484,7 @@ fn load(
         manifest: manifest.clone(),
         went_live_at: went_live,
         records,
+        changes,
         schema,
         db: db.clone(),
     })

@@ -15,6 +15,7 @@ pub mod control;
 pub mod ingest;
 pub mod openapi;
 pub mod query;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ pub struct ServeOptions {
     pub poll: Duration,
     /// Requests per second per API key.
     pub rate_per_sec: f64,
+    /// Let webhooks target loopback and private addresses (tests only).
+    pub allow_internal_webhooks: bool,
+    /// Multiplies the webhook retry delays (tests shorten them).
+    pub webhook_backoff_scale: f64,
 }
 
 /// Why the server could not run.
@@ -89,6 +94,27 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
         match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
             Ok(Some(live)) => {
                 state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
+                let before = company_status(&*state.control, &company.id);
+                emit(
+                    state,
+                    &company.client_id,
+                    "data.synced",
+                    serde_json::json!({
+                        "companyId": company.id,
+                        "snapshotId": live.snapshot_id,
+                        "dataTypes": live.changes,
+                    }),
+                );
+                if before != "Fetched" {
+                    emit(
+                        state,
+                        &company.client_id,
+                        "company.status_changed",
+                        serde_json::json!({
+                            "companyId": company.id, "from": before, "to": "Fetched",
+                        }),
+                    );
+                }
                 let record = SnapshotRecord {
                     company_id: company.id.clone(),
                     snapshot_id: live.snapshot_id.clone(),
@@ -137,6 +163,42 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
     }
 }
 
+/// A company's status from its snapshot history: `NotSynced`, `Fetched` or `Failing`.
+fn company_status(control: &dyn ControlPlane, company: &str) -> &'static str {
+    match control
+        .snapshots(company)
+        .ok()
+        .and_then(|s| s.into_iter().next())
+    {
+        None => "NotSynced",
+        Some(r) if r.status == "failed" => "Failing",
+        Some(_) => "Fetched",
+    }
+}
+
+/// Queues an event for the client's subscribers and wakes the delivery worker.
+fn emit(state: &api::AppState, client_id: &str, event_type: &str, data: serde_json::Value) {
+    let body = serde_json::json!({
+        "type": event_type,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": data,
+    });
+    match state.control.enqueue_event(client_id, event_type, &body) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                event = event_type,
+                subscriptions = n,
+                "Queued a webhook event."
+            );
+            state.webhook_wake.notify_one();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, event = event_type, "Could not queue a webhook event.")
+        }
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
@@ -158,6 +220,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         live,
         DataModel::embedded(),
         options.rate_per_sec,
+        options.allow_internal_webhooks,
     ));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -181,11 +244,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             }
         })
     };
+    let deliveries = tokio::spawn(webhooks::deliver_forever(
+        state.control.clone(),
+        state.webhook_wake.clone(),
+        options.allow_internal_webhooks,
+        options.webhook_backoff_scale,
+    ));
     let app = api::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     watcher.abort();
+    deliveries.abort();
     tracing::info!("The server stopped.");
     result.map_err(|source| ServeError::Listen {
         addr: bound,

@@ -793,3 +793,285 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
         );
     }
 }
+
+/// A webhook receiver on loopback: records every request and answers the status the test sets.
+struct Receiver {
+    url: String,
+    requests:
+        std::sync::Arc<std::sync::Mutex<Vec<(std::collections::BTreeMap<String, String>, String)>>>,
+    /// Statuses to answer, in order; after the last, that last one again.
+    answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl Receiver {
+    fn start(answers: Vec<u16>) -> Receiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(answers));
+        let (req, ans) = (requests.clone(), answers.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = stream.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            break (head.to_owned(), rest[..len].to_owned());
+                        }
+                    }
+                };
+                let headers = head
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                req.lock().unwrap().push((headers, body));
+                let status = {
+                    let mut a = ans.lock().unwrap();
+                    if a.len() > 1 { a.remove(0) } else { a[0] }
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver {
+            url,
+            requests,
+            answers,
+        }
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<(std::collections::BTreeMap<String, String>, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.requests.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} webhook requests arrived",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Checks a Standard Webhooks signature with Python's own hmac (not the server's code).
+fn python_verifies(
+    secret: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> bool {
+    let out = Command::new(std::env::var("CONNECTOR_TEST_PYTHON").expect("CONNECTOR_TEST_PYTHON"))
+        .arg("-c")
+        .arg(
+            "import sys, hmac, hashlib, base64\n\
+             secret, msg_id, ts, sig, body = sys.argv[1:6]\n\
+             key = base64.b64decode(secret.removeprefix('whsec_'))\n\
+             want = base64.b64encode(hmac.new(key, f'{msg_id}.{ts}.{body}'.encode(), hashlib.sha256).digest()).decode()\n\
+             print(any(s == 'v1,' + want for s in sig.split()))",
+        )
+        .args([secret, &headers["webhook-id"], &headers["webhook-timestamp"], &headers["webhook-signature"], body])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+#[test]
+fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
+    let mut s = setup(&[
+        "--allow-private-webhooks",
+        "--webhook-backoff-scale",
+        "0.001",
+    ]);
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    let receiver = Receiver::start(vec![500, 503, 200]);
+    let (status, hook, _) = s.server.call(
+        "POST",
+        Some(&key),
+        "/webhooks",
+        Some(json!({"url": receiver.url, "eventTypes": ["data.synced", "company.status_changed"]})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    // A change in Sage, a sync: one data.synced event.
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Hooked Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let id = s.sync();
+    s.server.wait_live(&key, &co, Some(&id));
+    let got = receiver.wait_for(3);
+    let ids: std::collections::BTreeSet<&String> =
+        got.iter().map(|(h, _)| &h["webhook-id"]).collect();
+    assert_eq!(ids.len(), 1, "retries must keep the webhook-id: {ids:?}");
+    for (headers, body) in &got {
+        assert!(
+            python_verifies(&secret, headers, body),
+            "bad signature: {headers:?}"
+        );
+    }
+    let event: Value = serde_json::from_str(&got[2].1).unwrap();
+    assert_eq!(event["type"], "data.synced");
+    assert_eq!(event["data"]["snapshotId"], id.as_str());
+    assert_eq!(
+        event["data"]["dataTypes"]["customers"],
+        json!({"added": 0, "modified": 1, "deleted": 0})
+    );
+    assert_eq!(
+        event["data"]["dataTypes"]["accounts"],
+        json!({"added": 0, "modified": 0, "deleted": 0})
+    );
+    // The deliveries, with their attempts, are visible to the client.
+    let hook_id = hook["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        let list = s
+            .server
+            .ok(&key, &format!("/webhooks/{hook_id}/deliveries"));
+        let d = list["results"][0].clone();
+        if d["status"] == "delivered" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let codes: Vec<u64> = delivery["attemptLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["statusCode"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [500, 503, 200]);
+    // Another client cannot see them.
+    let other = s.server.client("Other");
+    assert_eq!(
+        s.server
+            .get(&other, &format!("/webhooks/{hook_id}/deliveries"))
+            .0,
+        404
+    );
+
+    // The receiver goes down; an event is queued; the server restarts; nothing is lost.
+    *receiver.answers.lock().unwrap() = vec![500];
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Hooked Again Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let id2 = s.sync();
+    s.server.wait_live(&key, &co, Some(&id2));
+    receiver.wait_for(4);
+    let state = s.server.state.clone();
+    let store = s.server.store.clone();
+    s.server.stop();
+    *receiver.answers.lock().unwrap() = vec![200];
+    s.server = Server::start(
+        &state,
+        &store,
+        &[
+            "--allow-private-webhooks",
+            "--webhook-backoff-scale",
+            "0.001",
+        ],
+    );
+    let got = receiver.wait_for(5);
+    let last: Value = serde_json::from_str(&got.last().unwrap().1).unwrap();
+    assert_eq!(last["data"]["snapshotId"], id2.as_str(), "{last}");
+    assert_eq!(got[3].0["webhook-id"], got.last().unwrap().0["webhook-id"]);
+}
+
+#[test]
+fn webhooks_to_private_addresses_are_refused_and_a_dead_receiver_ends_failed() {
+    let s = setup(&["--webhook-backoff-scale", "0.00002"]);
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.1/x",
+        "ftp://example.invalid/x",
+    ] {
+        let (status, body, _) =
+            s.server
+                .call("POST", Some(&s.key), "/webhooks", Some(json!({"url": url})));
+        assert_eq!(status, 400, "{url}: {body}");
+    }
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(&s.key),
+        "/webhooks",
+        Some(json!({"url": "https://example.invalid/", "eventTypes": ["data.exploded"]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("data.exploded"),
+        "{body}"
+    );
+
+    let s = setup(&[
+        "--allow-private-webhooks",
+        "--webhook-backoff-scale",
+        "0.00002",
+    ]);
+    let receiver = Receiver::start(vec![500]);
+    let (_, hook, _) = s.server.call(
+        "POST",
+        Some(&s.key),
+        "/webhooks",
+        Some(json!({"url": receiver.url})),
+    );
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Dead Letter Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let id = s.sync();
+    s.server.wait_live(&s.key, &s.company_id, Some(&id));
+    let hook_id = hook["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        let list = s
+            .server
+            .ok(&s.key, &format!("/webhooks/{hook_id}/deliveries"));
+        let d = list["results"][0].clone();
+        if d["status"] == "failed" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(delivery["attempts"], 11, "{delivery}");
+    assert!(
+        delivery["lastError"].as_str().unwrap().contains("500"),
+        "{delivery}"
+    );
+}
