@@ -794,11 +794,13 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
     }
 }
 
+/// A received request: lower-cased headers and the body.
+type Received = (std::collections::BTreeMap<String, String>, String);
+
 /// A webhook receiver on loopback: records every request and answers the status the test sets.
 struct Receiver {
     url: String,
-    requests:
-        std::sync::Arc<std::sync::Mutex<Vec<(std::collections::BTreeMap<String, String>, String)>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     /// Statuses to answer, in order; after the last, that last one again.
     answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
 }
@@ -861,7 +863,7 @@ impl Receiver {
         }
     }
 
-    fn wait_for(&self, n: usize) -> Vec<(std::collections::BTreeMap<String, String>, String)> {
+    fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.requests.lock().unwrap().clone();
