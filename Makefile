@@ -19,6 +19,7 @@ FEATURES := --features bundled
 endif
 BIN := $(CARGO_TARGET_DIR)/debug
 DEMO_DIR ?= $(CACHE)/demo
+DEMO_PORT ?= 8080
 # A throwaway PostgreSQL on loopback, for the rejected-credentials test through psqlODBC.
 export CONNECTOR_TEST_PG_PORT ?= 54329
 PG_DIR ?= /var/tmp/connector-test-pg
@@ -32,7 +33,7 @@ export CONNECTOR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(CONNECTOR_TEST_S3_PORT)
 export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
-	postgresql sqlite3 python3 python3-venv time npm
+	postgresql sqlite3 python3 python3-venv time npm curl
 
 .PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync pg-up pg-down s3-up s3-down
 
@@ -109,6 +110,8 @@ demo: build venv
 	@$(BIN)/connector snapshot verify "file://$(DEMO_DIR)/state/store" demo
 	@echo "== pyarrow, knowing nothing of the connector, reads the published invoices"
 	@$(CONNECTOR_TEST_PYTHON) .ci/read-snapshot.py "$(DEMO_DIR)/state/store" demo invoices
+	@echo "== The server: an API client, a company created through the API, the sample company synced into it"
+	@bash .ci/demo-server.sh "$(BIN)" "$(DEMO_DIR)" "$(DEMO_PORT)"
 
 bench-extract: build
 	@bash benches/extract.sh
