@@ -35,7 +35,7 @@ export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 python3-venv time npm curl
 
-.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync pg-up pg-down s3-up s3-down
+.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api pg-up pg-down s3-up s3-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -123,3 +123,6 @@ bench-sync: build
 	@bash .ci/s3.sh up "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"
 	@status=0; bash benches/sync.sh || status=$$?; \
 	  bash .ci/s3.sh down "$(S3_DIR)" "$(CONNECTOR_TEST_S3_PORT)" "$(VENV)"; exit $$status
+
+bench-api: build
+	@bash benches/api.sh

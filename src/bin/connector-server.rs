@@ -42,6 +42,10 @@ enum Command {
         /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
         #[arg(long, default_value_t = 1.0, hide = true)]
         webhook_backoff_scale: f64,
+        /// Benchmark peer: answer data requests by reading the Parquet files with a fresh
+        /// DuckDB per request (what `make bench-api` measures the server against).
+        #[arg(long, hide = true)]
+        naive: bool,
     },
     /// Operator commands.
     Admin {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             rate_limit,
             allow_private_webhooks,
             webhook_backoff_scale,
+            naive,
         } => {
             let options = ServeOptions {
                 store: StoreConfig::new(store),
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
                 rate_per_sec: rate_limit.max(0.1),
                 allow_internal_webhooks: allow_private_webhooks,
                 webhook_backoff_scale: webhook_backoff_scale.max(0.0),
+                naive,
             };
             connector::publish::runtime()
                 .block_on(server::serve(options))

@@ -49,6 +49,9 @@ pub struct AppState {
     pub webhook_wake: Arc<tokio::sync::Notify>,
     /// Webhooks may target internal addresses (tests only).
     allow_internal_webhooks: bool,
+    /// Benchmark peer: answer every data request by reading the snapshot's Parquet file with
+    /// a fresh DuckDB, instead of the loaded tables.
+    pub naive: bool,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             openapi: super::openapi::document(&model),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             allow_internal_webhooks,
+            naive: false,
             model,
         }
     }
@@ -476,14 +480,14 @@ async fn list_records(
     )?;
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
     let answered_by = live.snapshot_id.clone();
-    let table = live.table(&dt.name);
+    let naive = state.naive;
     let where_sql = if filter.sql.is_empty() {
         String::new()
     } else {
         format!("WHERE {}", filter.sql)
     };
     let (total, rows) = tokio::task::spawn_blocking(move || -> duckdb::Result<(u64, Vec<String>)> {
-        let conn = live.connection()?;
+        let (conn, table) = source(naive, &live, &dt.name)?;
         let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
         let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
         let sql = format!(
@@ -536,6 +540,27 @@ async fn list_records(
     ))
 }
 
+/// Where a request reads a data type: a connection and a table expression. Normally the
+/// snapshot's loaded table; for the naive benchmark peer, its Parquet file read afresh.
+fn source(
+    naive: bool,
+    live: &Live,
+    data_type: &str,
+) -> duckdb::Result<(duckdb::Connection, String)> {
+    if !naive {
+        return Ok((live.connection()?, live.table(data_type)));
+    }
+    let file = live
+        .parquet_file(data_type)
+        .map(|p| p.to_string_lossy().replace('\'', "''"))
+        .unwrap_or_default();
+    let stamp = live.went_live_at.trim_end_matches('Z').replace('T', " ");
+    Ok((
+        duckdb::Connection::open_in_memory()?,
+        format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM read_parquet('{file}'))"),
+    ))
+}
+
 /// Names the snapshot that answered, in `X-Snapshot-Id`.
 fn with_snapshot(snapshot: &str, body: Json<Value>) -> Response {
     let mut response = body.into_response();
@@ -568,10 +593,10 @@ async fn get_record(
     let dt = data_type(&state, &dt_name)?.clone();
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
     let answered_by = live.snapshot_id.clone();
-    let table = live.table(&dt.name);
+    let naive = state.naive;
     let record_id_owned = record_id.clone();
     let row = tokio::task::spawn_blocking(move || -> duckdb::Result<Option<String>> {
-        let conn = live.connection()?;
+        let (conn, table) = source(naive, &live, &dt.name)?;
         let sql = format!(
             "SELECT to_json(x)::VARCHAR FROM (SELECT {} FROM {table} WHERE \"id\" = ?) x",
             select_list(&dt)

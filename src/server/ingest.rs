@@ -68,6 +68,8 @@ pub struct Live {
     /// Schema in the company database.
     pub schema: String,
     db: Arc<Mutex<Connection>>,
+    /// Where its Parquet files are cached (`SHA256.parquet`).
+    cache: PathBuf,
 }
 
 impl Live {
@@ -82,6 +84,14 @@ impl Live {
     /// The quoted table of a data type.
     pub fn table(&self, data_type: &str) -> String {
         format!("{}.{}", ident(&self.schema), ident(data_type))
+    }
+
+    /// The cached Parquet file of a data type (what the naive peer of the benchmark reads).
+    pub fn parquet_file(&self, data_type: &str) -> Option<PathBuf> {
+        self.manifest
+            .data_types
+            .get(data_type)
+            .map(|e| self.cache.join(format!("{}.parquet", e.sha256)))
     }
 }
 
@@ -102,6 +112,8 @@ pub struct LiveSet {
     databases: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
     /// Where the company databases are.
     dir: PathBuf,
+    /// Where data files are cached.
+    cache: PathBuf,
 }
 
 /// Table recording, in a company database, the snapshots loaded into it.
@@ -114,6 +126,7 @@ impl LiveSet {
             companies: RwLock::default(),
             databases: Mutex::default(),
             dir: state_dir.join("db"),
+            cache: cache_dir(state_dir),
         }
     }
 
@@ -156,6 +169,7 @@ impl LiveSet {
                 changes: Default::default(),
                 schema,
                 db: db.clone(),
+                cache: self.cache.clone(),
             }));
         }
         let n = list.len();
@@ -332,6 +346,7 @@ pub async fn ingest(
     let previous = live.live(company);
     let model = model.clone();
     let company_owned = company.to_owned();
+    let cache_owned = cache.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         load(
             &db,
@@ -340,6 +355,7 @@ pub async fn ingest(
             &files,
             previous.as_deref(),
             &company_owned,
+            cache_owned,
         )
     })
     .await
@@ -358,6 +374,7 @@ fn load(
     files: &HashMap<String, PathBuf>,
     previous: Option<&Live>,
     company: &str,
+    cache: PathBuf,
 ) -> Result<Live, String> {
     let conn = db
         .lock()
@@ -487,5 +504,6 @@ fn load(
         changes,
         schema,
         db: db.clone(),
+        cache,
     })
 }

@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub allow_internal_webhooks: bool,
     /// Multiplies the webhook retry delays (tests shorten them).
     pub webhook_backoff_scale: f64,
+    /// Benchmark peer: read Parquet per request (see [`api::AppState::naive`]).
+    pub naive: bool,
 }
 
 /// Why the server could not run.
@@ -215,13 +217,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             }
         }
     }
-    let state = Arc::new(api::AppState::new(
+    let mut state = api::AppState::new(
         control,
         live,
         DataModel::embedded(),
         options.rate_per_sec,
         options.allow_internal_webhooks,
-    ));
+    );
+    state.naive = options.naive;
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# make bench-api: the 1,000,000-split company live in connector-server, measured with wrk (64
+# connections on loopback) on three queries:
+#   (a) a page of 100 invoices filtered on status and a date range, newest first;
+#   (b) one invoice by id;
+#   (c) an incremental pull: invoices with modifiedDate >= the snapshot's time, 100 a page;
+# then the same queries against the naive peer (the same server answering each request by
+# reading the published Parquet with a fresh DuckDB: `serve --naive`), with the answers
+# compared. Then, under load (a), a new snapshot is published: time from `latest.json`
+# changing to the new snapshot being served, and every failed request counted.
+set -euo pipefail
+CACHE=${CACHE:-$HOME/.cache/connector}
+BIN=${CARGO_TARGET_DIR:-$CACHE/target}/debug
+OUT=$CACHE/bench
+PY=${CONNECTOR_TEST_PYTHON:-$CACHE/venv/bin/python}
+SPLITS=${SPLITS:-1000000}
+SECS=${SECS:-10}
+PORT=${PORT:-18200}
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+mkdir -p "$OUT"
+source "$(dirname "$0")/company.sh"
+ORIGINAL=$(company "$SPLITS")
+DIR=$(company_dir "$SPLITS")
+W=$OUT/api
+rm -rf "$W" && mkdir -p "$W/company/ACCDATA" "$W/store"
+cp "$DIR/ACCDATA/SAGE50.DB" "$W/company/ACCDATA/"   # the last step edits the company
+CS=${ORIGINAL//$DIR/$W/company}
+STORE=file://$W/store
+BASE=http://127.0.0.1:$PORT
+KEY=$("$BIN/connector-server" admin create-client bench --state-dir "$W/server" | sed -n 's/^API key.*: //p')
+SERVER=
+start() { # extra args
+  "$BIN/connector-server" serve --store "$STORE" --listen "127.0.0.1:$PORT" --state-dir "$W/server" \
+    --rate-limit 1000000000 --poll-secs 0.2 "$@" > "$W/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.05; done
+  echo "the server did not start" >&2; exit 1
+}
+stop() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+trap stop EXIT
+api() { curl -sf -H "Authorization: Bearer $KEY" "$BASE$1"; }
+live_id() { api "/companies/$CO/dataStatus" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["invoices"]["snapshotId"] or "")'; }
+
+start
+CO=$(curl -sf -X POST "$BASE/companies" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d '{"name":"bench"}' \
+  | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "sync 1: publishing the $SPLITS-split company" >&2
+"$BIN/connector" sync --odbc "$CS" --company "$CO" --store "$STORE" --state-dir "$W/connector" > "$W/sync1.out" 2> "$W/sync1.log"
+FIRST=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshotId"])' "$W/store/$CO/latest.json")
+until [ "$(live_id)" = "$FIRST" ]; do sleep 0.1; done
+WENT_LIVE=$(api "/companies/$CO/dataStatus" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["invoices"]["lastSuccessfulSync"])')
+A="/companies/$CO/data/invoices?query=status%3DPaid%26%26issueDate%3E%3D2025-06-01%26%26issueDate%3C2025-09-01&orderBy=-issueDate&pageSize=100"
+ID=$(api "$A" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["results"][50]["id"])')
+B="/companies/$CO/data/invoices/$ID"
+C="/companies/$CO/data/invoices?query=modifiedDate%3E%3D${WENT_LIVE//:/%3A}&pageSize=100"
+
+measure() { # label path -> appends "label rps p50 p99 errors" to $W/runs.txt
+  wrk -t2 -c64 -d"${SECS}s" --latency -H "Authorization: Bearer $KEY" "$BASE$2" > "$W/wrk-$1.txt"
+  "$PY" - "$1" "$W/wrk-$1.txt" >> "$W/runs.txt" <<'PY'
+import re, sys
+label, path = sys.argv[1:3]
+text = open(path).read()
+def ms(tag):
+    m = re.search(rf"^\s*{tag}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+sock = re.search(r"Socket errors:.*", text)
+print(label, rps, ms(50), ms(99), int(bad.group(1)) if bad else 0, sock.group(0).replace(" ", "_") if sock else "none")
+PY
+}
+: > "$W/runs.txt"
+for q in a b c; do
+  path=$A; [ $q = b ] && path=$B; [ $q = c ] && path=$C
+  api "$path" > "$W/answer-server-$q.json"
+  echo "server, query ($q)" >&2; measure "server-$q" "$path"
+done
+stop
+start --naive
+until [ "$(live_id)" = "$FIRST" ]; do sleep 0.1; done
+for q in a b c; do
+  path=$A; [ $q = b ] && path=$B; [ $q = c ] && path=$C
+  api "$path" > "$W/answer-naive-$q.json"
+  echo "naive, query ($q)" >&2; measure "naive-$q" "$path"
+done
+stop
+start
+until [ "$(live_id)" = "$FIRST" ]; do sleep 0.1; done
+
+# A new snapshot goes live under load: a customer renamed in Sage, synced again.
+sqlite3 "$W/company/ACCDATA/SAGE50.DB" "UPDATE SALES_LEDGER SET NAME = NAME || ' (renamed)' WHERE ACCOUNT_REF = (SELECT MIN(ACCOUNT_REF) FROM SALES_LEDGER)"
+wrk -t2 -c64 -d120s --latency -H "Authorization: Bearer $KEY" "$BASE$A" > "$W/wrk-swap.txt" &
+WRK=$!
+echo "sync 2 under load" >&2
+"$PY" - "$W/store/$CO/latest.json" "$BASE/companies/$CO/dataStatus" "$KEY" > "$W/swap.txt" <<'PY' &
+import json, sys, time, urllib.request
+path, url, key = sys.argv[1:4]
+first = open(path).read()
+while open(path).read() == first:
+    time.sleep(0.005)
+changed = time.time()
+new = json.loads(open(path).read())["snapshotId"]
+while True:
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + key})
+    if json.load(urllib.request.urlopen(req))["invoices"]["snapshotId"] == new:
+        break
+    time.sleep(0.01)
+print(new, round(time.time() - changed, 3))
+PY
+WATCH=$!
+"$BIN/connector" sync --odbc "$CS" --company "$CO" --store "$STORE" --state-dir "$W/connector" > "$W/sync2.out" 2> "$W/sync2.log"
+wait $WATCH
+wait $WRK
+"$PY" - "$W" "$SECS" <<'PY' | tee "$OUT/api.md"
+import json, re, sys
+w, secs = sys.argv[1:3]
+runs = {}
+for line in open(f"{w}/runs.txt"):
+    label, rps, p50, p99, bad, sock = line.split()
+    runs[label] = (float(rps), float(p50), float(p99), int(bad), sock)
+names = {"a": "(a) 100 invoices, status + date range, newest first", "b": "(b) one invoice by id", "c": "(c) incremental pull, modifiedDate >= T"}
+print(f"wrk, 2 threads, 64 connections, {secs} s per run, loopback.\n")
+print("| query | server req/s | p50 ms | p99 ms | naive req/s | p50 ms | p99 ms | server / naive | same answer |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+failed = 0
+for q in "abc":
+    s, n = runs[f"server-{q}"], runs[f"naive-{q}"]
+    same = json.load(open(f"{w}/answer-server-{q}.json")) == json.load(open(f"{w}/answer-naive-{q}.json"))
+    failed += s[3] + n[3]
+    print(f"| {names[q]} | {s[0]:,.0f} | {s[1]:.2f} | {s[2]:.2f} | {n[0]:,.0f} | {n[1]:.2f} | {n[2]:.2f} | **{s[0]/n[0]:.1f}×** | {'yes' if same else 'NO'} |")
+snap, seconds = open(f"{w}/swap.txt").read().split()
+swap = open(f"{w}/wrk-swap.txt").read()
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", swap)
+sock = re.search(r"Socket errors:.*", swap)
+reqs = re.search(r"(\d+) requests in", swap).group(1)
+print(f"\nNew snapshot {snap}: served {seconds} s after latest.json changed (target < 5 s).")
+print(f"Under load (a) for 120 s while it was published and swapped in: {int(reqs):,} requests, "
+      f"{int(bad.group(1)) if bad else 0} non-2xx, {sock.group(0) if sock else 'no socket errors'}.")
+PY
