@@ -55,7 +55,7 @@ B="/companies/$CO/data/invoices/$ID"
 C="/companies/$CO/data/invoices?query=modifiedDate%3E%3D${WENT_LIVE//:/%3A}&pageSize=100"
 
 measure() { # label path -> appends "label rps p50 p99 errors" to $W/runs.txt
-  wrk -t2 -c64 -d"${SECS}s" --latency -H "Authorization: Bearer $KEY" "$BASE$2" > "$W/wrk-$1.txt"
+  wrk -t2 -c64 -d"${SECS}s" --timeout 10s --latency -H "Authorization: Bearer $KEY" "$BASE$2" > "$W/wrk-$1.txt"
   "$PY" - "$1" "$W/wrk-$1.txt" >> "$W/runs.txt" <<'PY'
 import re, sys
 label, path = sys.argv[1:3]
@@ -65,6 +65,8 @@ def ms(tag):
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+if rps == 0:
+    print(label, 0.0, 0.0, 0.0, 0, "none"); sys.exit(0)
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 sock = re.search(r"Socket errors:.*", text)
 print(label, rps, ms(50), ms(99), int(bad.group(1)) if bad else 0, sock.group(0).replace(" ", "_") if sock else "none")
@@ -90,7 +92,7 @@ until [ "$(live_id)" = "$FIRST" ]; do sleep 0.1; done
 
 # A new snapshot goes live under load: a customer renamed in Sage, synced again.
 sqlite3 "$W/company/ACCDATA/SAGE50.DB" "UPDATE SALES_LEDGER SET NAME = NAME || ' (renamed)' WHERE ACCOUNT_REF = (SELECT MIN(ACCOUNT_REF) FROM SALES_LEDGER)"
-wrk -t2 -c64 -d120s --latency -H "Authorization: Bearer $KEY" "$BASE$A" > "$W/wrk-swap.txt" &
+wrk -t2 -c64 -d120s --timeout 10s --latency -H "Authorization: Bearer $KEY" "$BASE$A" > "$W/wrk-swap.txt" &
 WRK=$!
 echo "sync 2 under load" >&2
 "$PY" - "$W/store/$CO/latest.json" "$BASE/companies/$CO/dataStatus" "$KEY" > "$W/swap.txt" <<'PY' &
@@ -128,7 +130,8 @@ for q in "abc":
     s, n = runs[f"server-{q}"], runs[f"naive-{q}"]
     same = json.load(open(f"{w}/answer-server-{q}.json")) == json.load(open(f"{w}/answer-naive-{q}.json"))
     failed += s[3] + n[3]
-    print(f"| {names[q]} | {s[0]:,.0f} | {s[1]:.2f} | {s[2]:.2f} | {n[0]:,.0f} | {n[1]:.2f} | {n[2]:.2f} | **{s[0]/n[0]:.1f}×** | {'yes' if same else 'NO'} |")
+    ratio = f"**{s[0]/n[0]:.1f}×**" if n[0] > 0 else "∞ (naive: none answered)"
+    print(f"| {names[q]} | {s[0]:,.0f} | {s[1]:.2f} | {s[2]:.2f} | {n[0]:,.1f} | {n[1]:.2f} | {n[2]:.2f} | {ratio} | {'yes' if same else 'NO'} |")
 snap, seconds = open(f"{w}/swap.txt").read().split()
 swap = open(f"{w}/wrk-swap.txt").read()
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", swap)

@@ -66,6 +66,13 @@ enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// After publishing, tell this connector-server (base URL) so it serves the new data
+        /// at once instead of at its next poll.
+        #[arg(long, requires = "server_key_env")]
+        server: Option<String>,
+        /// Name of the environment variable holding the API key for --server.
+        #[arg(long, value_name = "VAR")]
+        server_key_env: Option<String>,
     },
     /// Published snapshots.
     Snapshot {
@@ -266,8 +273,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             login,
             outbox_limit,
             json,
+            server,
+            server_key_env,
         } => {
             let source = login.source(&odbc)?;
+            let notify = match (server, server_key_env) {
+                (Some(server), Some(var)) => Some(sync::Notify {
+                    server,
+                    key: Secret::new(std::env::var(&var).map_err(|_| {
+                        anyhow::anyhow!("--server-key-env names {var}, which is not set: export the API key in it")
+                    })?),
+                }),
+                _ => None,
+            };
             let state_dir = match state_dir {
                 Some(dir) => dir,
                 None => {
@@ -283,6 +301,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 state_dir: &state_dir,
                 outbox_limit,
                 progress: std::io::stderr().is_terminal(),
+                notify,
             })?;
             print!("{}", report.summary());
             if let Some(path) = json {

@@ -91,6 +91,42 @@ pub struct SyncOptions<'a> {
     pub outbox_limit: usize,
     /// Progress bars (drawn only on a terminal).
     pub progress: bool,
+    /// The server to tell when a snapshot is published, and the API key to tell it with.
+    pub notify: Option<Notify>,
+}
+
+/// Where to send the "snapshot published" call.
+pub struct Notify {
+    /// The server's base URL (`https://api.example.com`).
+    pub server: String,
+    /// An API key of the client that owns the company.
+    pub key: crate::source::Secret,
+}
+
+/// Tells the server a snapshot was published, so it looks now instead of at its next poll.
+/// A failure is only logged: the server finds the snapshot by polling anyway.
+async fn notify_server(notify: &Notify, company: &str) {
+    let url = format!(
+        "{}/companies/{company}/snapshots/published",
+        notify.server.trim_end_matches('/')
+    );
+    let sent = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(notify.key.expose())
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(server = %notify.server, "Told the server a snapshot was published.");
+        }
+        Ok(r) => {
+            tracing::warn!(server = %notify.server, status = r.status().as_u16(), "The server refused the snapshot-published call; it will find the snapshot when it next looks.")
+        }
+        Err(e) => {
+            tracing::warn!(server = %notify.server, error = %e, "Could not tell the server a snapshot was published; it will find it when it next looks.")
+        }
+    }
 }
 
 /// Seconds one stage took.
@@ -353,6 +389,13 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     // The outcome of this last attempt is the one that counts.
     let waiting_because =
         publish_waiting(&runtime, &store, &outbox, options.progress, &mut published)?;
+    if let Some(notify) = options
+        .notify
+        .as_ref()
+        .filter(|_| published.len() > first_new)
+    {
+        runtime.block_on(notify_server(notify, company));
+    }
     stages.push(Stage {
         name: "publish",
         seconds: started.elapsed().as_secs_f64(),

@@ -397,23 +397,23 @@ fn data_type<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a crate::model:
     })
 }
 
-/// The served record: every model field and `modifiedDate`, money and decimals as exact
-/// decimal strings (never through a float), date-times as RFC 3339 UTC.
-fn select_list(dt: &crate::model::DataType) -> String {
-    let mut cols: Vec<String> = dt
+/// The SQL of a served record as JSON text: every model field and `modifiedDate`, money and
+/// decimals as exact decimal strings (never through a float), date-times as RFC 3339 UTC.
+fn record_json(dt: &crate::model::DataType) -> String {
+    let mut fields: Vec<String> = dt
         .fields
         .iter()
-        .map(|f| format!("{} AS {}", json_expr(f, &quote(&f.name)), quote(&f.name)))
+        .map(|f| format!("{} := {}", quote(&f.name), json_expr(f, &quote(&f.name))))
         .collect();
-    cols.push(format!(
-        "{} AS {}",
+    fields.push(format!(
+        "{} := {}",
+        quote(query::MODIFIED_DATE),
         scalar_expr(
             crate::model::FieldType::Datetime,
             &quote(query::MODIFIED_DATE)
-        ),
-        quote(query::MODIFIED_DATE)
+        )
     ));
-    cols.join(", ")
+    format!("to_json(struct_pack({}))::VARCHAR", fields.join(", "))
 }
 
 fn quote(name: &str) -> String {
@@ -490,14 +490,27 @@ async fn list_records(
         let (conn, table) = source(naive, &live, &dt.name)?;
         let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
         let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
-        let sql = format!(
-            "SELECT to_json(x)::VARCHAR FROM (SELECT {} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {}) x",
-            select_list(&dt),
-            (page - 1) * page_size
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok((total as u64, rows))
+        let offset = (page - 1) * page_size;
+        let record = record_json(&dt);
+        if naive {
+            let sql = format!("SELECT {record} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            return Ok((total as u64, rows));
+        }
+        // The page's rows first (a sort of row numbers only), then the JSON of just those rows:
+        // building nested JSON for every matching row would cost far more than the page.
+        let mut stmt = conn.prepare(&format!("SELECT rowid FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}"))?;
+        let rowids: Vec<i64> = stmt.query_map(params_ref.as_slice(), |r| r.get(0))?.collect::<Result<_, _>>()?;
+        if rowids.is_empty() {
+            return Ok((total as u64, Vec::new()));
+        }
+        let list: Vec<String> = rowids.iter().map(i64::to_string).collect();
+        let mut stmt = conn.prepare(&format!("SELECT rowid, {record} FROM {table} WHERE rowid IN ({})", list.join(",")))?;
+        let mut by_rowid: HashMap<i64, String> = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok((total as u64, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect()))
     })
     .await
     .map_err(ApiError::internal)?
@@ -597,10 +610,7 @@ async fn get_record(
     let record_id_owned = record_id.clone();
     let row = tokio::task::spawn_blocking(move || -> duckdb::Result<Option<String>> {
         let (conn, table) = source(naive, &live, &dt.name)?;
-        let sql = format!(
-            "SELECT to_json(x)::VARCHAR FROM (SELECT {} FROM {table} WHERE \"id\" = ?) x",
-            select_list(&dt)
-        );
+        let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
         match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0)) {
             Ok(row) => Ok(Some(row)),
             Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),

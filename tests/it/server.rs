@@ -22,6 +22,11 @@ struct Server {
 
 impl Server {
     fn start(state: &Path, store: &str, extra: &[&str]) -> Server {
+        let poll: &[&str] = if extra.contains(&"--poll-secs") {
+            &[]
+        } else {
+            &["--poll-secs", "0.2"]
+        };
         let mut child = Command::new(SERVER)
             .args([
                 "serve",
@@ -29,14 +34,16 @@ impl Server {
                 store,
                 "--listen",
                 "127.0.0.1:0",
-                "--poll-secs",
-                "0.2",
                 "--state-dir",
             ])
             .arg(state)
+            .args(poll)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr({
+                std::fs::create_dir_all(state).unwrap();
+                std::fs::File::create(state.join("server.err")).unwrap()
+            })
             .spawn()
             .expect("start connector-server");
         let mut line = String::new();
@@ -46,7 +53,10 @@ impl Server {
         let base = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .unwrap_or_else(|| {
+                let err = std::fs::read_to_string(state.join("server.err")).unwrap_or_default();
+                panic!("unexpected first line: {line:?}; stderr: {err}")
+            })
             .to_owned();
         Server {
             child,
@@ -1075,5 +1085,50 @@ fn webhooks_to_private_addresses_are_refused_and_a_dead_receiver_ends_failed() {
     assert!(
         delivery["lastError"].as_str().unwrap().contains("500"),
         "{delivery}"
+    );
+}
+
+#[test]
+fn the_connector_tells_the_server_a_snapshot_was_published() {
+    // The server looks at the store once at start and then only when told.
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = connector::publish::file_url(&store_dir);
+    let server = Server::start(&dir.path().join("server"), &store, &["--poll-secs", "3600"]);
+    let key = server.client("Lender");
+    let co = server.company(&key, "Told Ltd");
+    let company = golden(&dir.path().join("company"));
+    let out = std::process::Command::new(crate::support::CONNECTOR)
+        .args([
+            "sync",
+            "--odbc",
+            &company.odbc,
+            "--company",
+            &co,
+            "--store",
+            &store,
+            "--server",
+            &server.base,
+            "--server-key-env",
+            "TEST_API_KEY",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("connector"))
+        .env("TEST_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains(&key),
+        "the API key appeared in the connector's output"
+    );
+    let started = Instant::now();
+    let id = latest_id(&store_dir, &co);
+    server.wait_live(&key, &co, Some(&id));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "served only after {:?}",
+        started.elapsed()
     );
 }
