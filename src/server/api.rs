@@ -506,7 +506,7 @@ async fn list_records(
             return Ok((total as u64, Vec::new()));
         }
         let list: Vec<String> = rowids.iter().map(i64::to_string).collect();
-        let mut stmt = conn.prepare(&format!("SELECT rowid, {record} FROM {table} WHERE rowid IN ({})", list.join(",")))?;
+        let mut stmt = conn.prepare(&format!("SELECT t.rowid, {record} FROM {table} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", list.join(",")))?;
         let mut by_rowid: HashMap<i64, String> = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<_, _>>()?;
