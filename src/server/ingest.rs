@@ -5,12 +5,15 @@
 //! 1. The manifest is read and its versions and company checked.
 //! 2. Each data file is fetched into a content-addressed cache (`STATE/cache/SHA256.parquet`),
 //!    its size and SHA-256 checked on the way in.
-//! 3. Each data type is loaded into the company's DuckDB database (`STATE/db/COMPANY.duckdb`),
-//!    in a schema of its own per snapshot (`s_SNAPSHOTID`), in one transaction that also
-//!    records the snapshot in `main._snapshots`: a server stopped mid-load, even killed, finds
-//!    the database as before. Row counts and control totals are recomputed from the loaded
-//!    rows and must equal the manifest's. A restarted server takes its loaded snapshots back
-//!    from there, so `modifiedDate` survives restarts.
+//! 3. Control totals are recomputed from the Parquet and must equal the manifest's. Each data
+//!    type is loaded into the company's in-memory DuckDB database, in a schema of its own per
+//!    snapshot (`s_SNAPSHOTID`).
+//! 6. After the swap, the live snapshot's state is saved to `STATE/db/COMPANY.duckdb` in one
+//!    transaction: each record's content hash and `modifiedDate`, and the rows of records kept
+//!    as deleted (those are in no Parquet file). A restarted server rebuilds the live snapshot
+//!    from the cached Parquet and that state, so `modifiedDate` survives restarts; a server
+//!    stopped before the save finds the previous state, and the new snapshot is simply
+//!    ingested again.
 //! 4. `modifiedDate`: a record whose content (every field) equals its previous version keeps
 //!    that version's `modifiedDate`; a new or changed one gets the time the snapshot went
 //!    live. A record of the previous snapshot missing from this one stays, `isDeleted = true`.
@@ -116,8 +119,8 @@ pub struct LiveSet {
     cache: PathBuf,
 }
 
-/// Table recording, in a company database, the snapshots loaded into it.
-const SNAPSHOTS_TABLE: &str = "main._snapshots";
+/// In the saved state: the live snapshot (one row).
+const SNAPSHOTS_TABLE: &str = "persist.main._snapshots";
 
 impl LiveSet {
     /// Company databases in `STATE/db/`.
@@ -130,7 +133,8 @@ impl LiveSet {
         }
     }
 
-    /// Takes back the snapshots a company's database holds (after a restart).
+    /// Rebuilds a company's live snapshot from its saved state and the cached Parquet (after a
+    /// restart). Returns how many snapshots are back (0 or 1).
     pub fn restore(&self, company: &str) -> Result<usize, String> {
         if !self.dir.join(format!("{company}.duckdb")).exists() {
             return Ok(0);
@@ -141,43 +145,120 @@ impl LiveSet {
             .unwrap_or_else(|e| e.into_inner())
             .try_clone()
             .map_err(|e| e.to_string())?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT schema_name, manifest, went_live_at, records FROM {SNAPSHOTS_TABLE} ORDER BY snapshot_id DESC LIMIT {KEEP_SNAPSHOTS}"
-            ))
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| {
+        let row = conn.query_row(
+            &format!("SELECT manifest, went_live_at, records FROM {SNAPSHOTS_TABLE} LIMIT 1"),
+            [],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
                 ))
-            })
-            .map_err(|e| e.to_string())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let mut list = Vec::new();
-        for (schema, manifest, went_live_at, records) in rows {
-            let manifest = Manifest::from_json(manifest.as_bytes()).map_err(|e| e.to_string())?;
-            list.push(Arc::new(Live {
-                snapshot_id: manifest.snapshot_id.clone(),
-                manifest,
-                went_live_at,
-                records: serde_json::from_str(&records).map_err(|e| e.to_string())?,
-                changes: Default::default(),
-                schema,
-                db: db.clone(),
-                cache: self.cache.clone(),
-            }));
+            },
+        );
+        let (manifest, went_live_at, records) = match row {
+            Ok(row) => row,
+            Err(duckdb::Error::QueryReturnedNoRows) => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        };
+        let manifest = Manifest::from_json(manifest.as_bytes()).map_err(|e| e.to_string())?;
+        let schema = schema_of(&manifest.snapshot_id);
+        let q = |sql: &str| {
+            conn.execute_batch(sql)
+                .map_err(|e| format!("{e} (in: {sql})"))
+        };
+        q(&format!(
+            "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
+            ident(&schema)
+        ))?;
+        let rebuilt = (|| {
+            for (name, entry) in &manifest.data_types {
+                let file = self.cache.join(format!("{}.parquet", entry.sha256));
+                if !file.exists() {
+                    return Err(format!("{} is no longer cached", file.display()));
+                }
+                let file = file.to_string_lossy().replace('\'', "''");
+                q(&format!(
+                    "CREATE TABLE {s}.{t} AS SELECT r.*, p.{h}, p.{m} FROM read_parquet('{file}') r JOIN persist.main.{st} p USING ({id});
+                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};",
+                    s = ident(&schema),
+                    t = ident(name),
+                    h = ident(HASH_COLUMN),
+                    m = ident(MODIFIED_DATE),
+                    id = ident(crate::model::ID_FIELD),
+                    st = ident(&format!("st_{name}")),
+                    del = ident(&format!("del_{name}")),
+                ))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = rebuilt.and_then(|()| q("COMMIT")) {
+            let _ = q("ROLLBACK");
+            return Err(e);
         }
-        let n = list.len();
+        let live = Arc::new(Live {
+            snapshot_id: manifest.snapshot_id.clone(),
+            manifest,
+            went_live_at,
+            records: serde_json::from_str(&records).map_err(|e| e.to_string())?,
+            changes: Default::default(),
+            schema,
+            db: db.clone(),
+            cache: self.cache.clone(),
+        });
         self.companies
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(company.to_owned(), list);
-        Ok(n)
+            .insert(company.to_owned(), vec![live]);
+        Ok(1)
+    }
+
+    /// Saves the state a restart needs to rebuild `live` (see the module header, step 6); run
+    /// after the swap, off the path to serving.
+    pub fn save(&self, live: &Live) -> Result<(), String> {
+        let conn = live.connection().map_err(|e| e.to_string())?;
+        let q = |sql: &str| {
+            conn.execute_batch(sql)
+                .map_err(|e| format!("{e} (in: {sql})"))
+        };
+        q("BEGIN TRANSACTION")?;
+        let saved = (|| {
+            for name in live.manifest.data_types.keys() {
+                let file = live
+                    .parquet_file(name)
+                    .map(|p| p.to_string_lossy().replace('\'', "''"))
+                    .unwrap_or_default();
+                q(&format!(
+                    "CREATE OR REPLACE TABLE persist.main.{st} AS SELECT {id}, {h}, {m} FROM {table};
+                     CREATE OR REPLACE TABLE persist.main.{del} AS SELECT t.* FROM {table} t ANTI JOIN read_parquet('{file}') p USING ({id});",
+                    st = ident(&format!("st_{name}")),
+                    del = ident(&format!("del_{name}")),
+                    id = ident(crate::model::ID_FIELD),
+                    h = ident(HASH_COLUMN),
+                    m = ident(MODIFIED_DATE),
+                    table = live.table(name),
+                ))?;
+            }
+            conn.execute(&format!("DELETE FROM {SNAPSHOTS_TABLE}"), [])
+                .and_then(|_| {
+                    conn.execute(
+                        &format!("INSERT INTO {SNAPSHOTS_TABLE} VALUES (?, ?, ?, ?)"),
+                        duckdb::params![
+                            live.snapshot_id,
+                            String::from_utf8_lossy(&live.manifest.to_json()).into_owned(),
+                            live.went_live_at,
+                            serde_json::to_string(&live.records).unwrap_or_default()
+                        ],
+                    )
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })();
+        if let Err(e) = saved.and_then(|()| q("COMMIT")) {
+            let _ = q("ROLLBACK");
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The live snapshot of a company.
@@ -202,10 +283,16 @@ impl LiveSet {
             return Ok(db.clone());
         }
         let _ = std::fs::create_dir_all(&self.dir);
-        let conn = Connection::open(self.dir.join(format!("{company}.duckdb")))?;
+        let file = self
+            .dir
+            .join(format!("{company}.duckdb"))
+            .to_string_lossy()
+            .replace('\'', "''");
+        let conn = Connection::open_in_memory()?;
         conn.execute_batch(&format!(
             "SET preserve_insertion_order = false;
-             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR PRIMARY KEY, schema_name VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);"
+             ATTACH '{file}' AS persist;
+             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);"
         ))?;
         let db = Arc::new(Mutex::new(conn));
         dbs.insert(company.to_owned(), db.clone());
@@ -225,13 +312,17 @@ impl LiveSet {
         for old in dropped {
             if let Ok(conn) = old.connection() {
                 let _ = conn.execute_batch(&format!(
-                    "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE; DELETE FROM {SNAPSHOTS_TABLE} WHERE snapshot_id = '{}'; COMMIT;",
-                    ident(&old.schema),
-                    old.snapshot_id.replace('\'', "''")
+                    "DROP SCHEMA IF EXISTS {} CASCADE;",
+                    ident(&old.schema)
                 ));
             }
         }
     }
+}
+
+/// The schema a snapshot is loaded into.
+fn schema_of(snapshot_id: &str) -> String {
+    format!("s_{}", snapshot_id.replace('-', "_"))
 }
 
 /// Where fetched data files are cached.
@@ -381,7 +472,7 @@ fn load(
         .unwrap_or_else(|e| e.into_inner())
         .try_clone()
         .map_err(|e| e.to_string())?;
-    let schema = format!("s_{}", manifest.snapshot_id.replace('-', "_"));
+    let schema = schema_of(&manifest.snapshot_id);
     let went_live_at = chrono::Utc::now();
     let stamp = went_live_at.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
     let q = |sql: &str| {
@@ -476,20 +567,6 @@ fn load(
         Ok(())
     })();
     let went_live = went_live_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let result = result.and_then(|()| {
-        conn.execute(
-            &format!("INSERT OR REPLACE INTO {SNAPSHOTS_TABLE} VALUES (?, ?, ?, ?, ?)"),
-            duckdb::params![
-                manifest.snapshot_id,
-                schema,
-                String::from_utf8_lossy(&manifest.to_json()).into_owned(),
-                went_live,
-                serde_json::to_string(&records).unwrap_or_default()
-            ],
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    });
     if let Err(e) = result.and_then(|()| q("COMMIT")) {
         let _ = q("ROLLBACK");
         return Err(e);

@@ -129,6 +129,11 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
                 if let Err(e) = state.control.record_snapshot(&record) {
                     tracing::error!(error = %e, "Could not record a live snapshot.");
                 }
+                let (set, saving) = (state.live.clone(), live.clone());
+                let saved = tokio::task::spawn_blocking(move || set.save(&saving)).await;
+                if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r) {
+                    tracing::error!(company = %company.id, error = %e, "Could not save the live snapshot's state; after a restart it is ingested again.");
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -235,11 +240,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let bound = listener.local_addr().unwrap_or(options.listen);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
+    // The ingest loop stops between passes at shutdown, so a snapshot being loaded or its
+    // state being saved is finished, not cut off.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let state = state.clone();
         let state_dir = options.state_dir.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            loop {
+            while !stopping.load(Ordering::SeqCst) {
                 ingest_all(&state, &store, &state_dir).await;
                 tokio::select! {
                     _ = tokio::time::sleep(options.poll) => {}
@@ -248,6 +257,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             }
         })
     };
+    let wake_on_stop = state.clone();
     let deliveries = tokio::spawn(webhooks::deliver_forever(
         state.control.clone(),
         state.webhook_wake.clone(),
@@ -258,7 +268,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    watcher.abort();
+    stopping.store(true, Ordering::SeqCst);
+    wake_on_stop.wake.notify_one();
+    if tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("The ingest loop did not finish within 60 s of shutdown.");
+    }
     deliveries.abort();
     tracing::info!("The server stopped.");
     result.map_err(|source| ServeError::Listen {

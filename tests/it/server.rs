@@ -490,7 +490,14 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         .ok(&key, &format!("/companies/{co}/data/items/{item}"));
     assert_eq!(gone["isDeleted"], true, "{gone}");
     // The previous snapshot is still queryable, and history lists both.
-    let snaps = s.server.ok(&key, &format!("/companies/{co}/snapshots"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snaps = loop {
+        let snaps = s.server.ok(&key, &format!("/companies/{co}/snapshots"));
+        if snaps["results"].as_array().unwrap().len() >= 2 || Instant::now() > deadline {
+            break snaps;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let ids: Vec<&str> = snaps["results"]
         .as_array()
         .unwrap()
