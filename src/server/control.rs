@@ -271,6 +271,21 @@ impl SqliteControl {
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Every row of a query, mapped.
+    fn rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, ControlError> {
+        let db = self.db();
+        let mut stmt = db.prepare(sql).map_err(self.err())?;
+        stmt.query_map(params, f)
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())
+    }
 }
 
 fn company_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Company> {
@@ -342,15 +357,11 @@ impl ControlPlane for SqliteControl {
     }
 
     fn webhooks(&self, client_id: &str) -> Result<Vec<Webhook>, ControlError> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.client_id = ?1 ORDER BY w.created_at, w.id"))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([client_id], webhook_row)
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
+        let rows = self.rows(
+            &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.client_id = ?1 ORDER BY w.created_at, w.id"),
+            [client_id],
+            webhook_row,
+        )?;
         Ok(rows)
     }
 
@@ -385,15 +396,13 @@ impl ControlPlane for SqliteControl {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare(&format!(
+        let rows = self.rows(
+            &format!(
                 "SELECT {DELIVERY_COLUMNS}, {WEBHOOK_COLUMNS} FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
                  WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 ORDER BY d.next_attempt_at, d.created_at LIMIT ?2"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![now_ms, limit as i64], |r| {
+            ),
+            params![now_ms, limit as i64],
+            |r| {
                 let d = delivery_row(r)?;
                 let w = Webhook {
                     id: r.get(10)?,
@@ -404,10 +413,8 @@ impl ControlPlane for SqliteControl {
                     created_at: r.get(15)?,
                 };
                 Ok((d, w))
-            })
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
+            },
+        )?;
         Ok(rows)
     }
 
@@ -440,15 +447,12 @@ impl ControlPlane for SqliteControl {
     }
 
     fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError> {
+        let mut rows = self.rows(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.webhook_id = ?1 ORDER BY d.created_at DESC, d.id"),
+            [webhook_id],
+            delivery_row,
+        )?;
         let db = self.db();
-        let mut stmt = db
-            .prepare(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.webhook_id = ?1 ORDER BY d.created_at DESC, d.id"))
-            .map_err(self.err())?;
-        let mut rows = stmt
-            .query_map([webhook_id], delivery_row)
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
         let mut attempts = db
             .prepare(
                 "SELECT at, status_code, error FROM attempts WHERE delivery_id = ?1 ORDER BY rowid",
@@ -523,28 +527,20 @@ impl ControlPlane for SqliteControl {
     }
 
     fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 ORDER BY created_at, id")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([client_id], company_row)
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
+        let rows = self.rows(
+            "SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 ORDER BY created_at, id",
+            [client_id],
+            company_row,
+        )?;
         Ok(rows)
     }
 
     fn all_companies(&self) -> Result<Vec<Company>, ControlError> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT id, client_id, name, created_at FROM companies ORDER BY id")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], company_row)
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
+        let rows = self.rows(
+            "SELECT id, client_id, name, created_at FROM companies ORDER BY id",
+            [],
+            company_row,
+        )?;
         Ok(rows)
     }
 
@@ -575,15 +571,11 @@ impl ControlPlane for SqliteControl {
     }
 
     fn snapshots(&self, company_id: &str) -> Result<Vec<SnapshotRecord>, ControlError> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare(
-                "SELECT snapshot_id, status, detail, created_at, ingested_at, records FROM snapshots
+        let rows = self.rows(
+            "SELECT snapshot_id, status, detail, created_at, ingested_at, records FROM snapshots
                  WHERE company_id = ?1 ORDER BY snapshot_id DESC",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([company_id], |r| {
+            [company_id],
+            |r| {
                 Ok(SnapshotRecord {
                     company_id: company_id.to_owned(),
                     snapshot_id: r.get(0)?,
@@ -595,10 +587,8 @@ impl ControlPlane for SqliteControl {
                         .get::<_, Option<String>>(5)?
                         .and_then(|s| serde_json::from_str(&s).ok()),
                 })
-            })
-            .map_err(self.err())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err())?;
+            },
+        )?;
         Ok(rows)
     }
 }
