@@ -51,7 +51,7 @@ use sha2::{Digest, Sha256};
 
 pub use outbox::Outbox;
 pub use store::{Backend, Store, StoreConfig, file_url, is_transient};
-pub use verify::{Problem, Verified, verify};
+pub use verify::{Problem, Verified, check_data, check_manifest, verify};
 
 use crate::snapshot::manifest::{DataTypeEntry, Latest};
 use crate::snapshot::{self, SnapshotDir};
@@ -698,19 +698,6 @@ fn remove_staged_files(dir: &Path) -> Result<(), PublishError> {
         }
     }
     Ok(())
-}
-
-/// Reads the objects under a company (for tests and `snapshot verify`): key and size.
-pub async fn list(store: &Store, company_id: &str) -> Result<Vec<(String, u64)>, PublishError> {
-    let prefix = store.path(company_id);
-    let mut out = Vec::new();
-    let mut stream = store.inner.list(Some(&prefix));
-    while let Some(meta) = stream.next().await {
-        let meta = meta.map_err(|e| store.error("listing", &prefix, e))?;
-        out.push((meta.location.to_string(), meta.size));
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// A runtime for the store client (two workers: these machines have two cores).

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{PublishError, Store};
 use crate::model::SCHEMA_VERSION;
-use crate::snapshot::manifest::{MANIFEST_VERSION, Manifest};
+use crate::snapshot::manifest::{DataTypeEntry, MANIFEST_VERSION, Manifest};
 use crate::snapshot::{self, hex, parquet_row_count};
 
 /// One thing wrong with a snapshot.
@@ -96,52 +96,16 @@ pub async fn verify(
         report.problems = problems;
         return Ok(report);
     };
-    if let Some(sha) = expected_sha.filter(|sha| *sha != hex(&Sha256::digest(&bytes))) {
-        problems.push(Problem {
-            key: manifest_key.clone(),
-            what: format!("its SHA-256 differs from the {sha} that latest.json records"),
-        });
-    }
-    let manifest = match Manifest::from_json(&bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            problems.push(Problem {
-                key: manifest_key,
-                what: format!("not a valid manifest: {e}"),
-            });
-            report.problems = problems;
-            return Ok(report);
-        }
+    let (manifest, found) =
+        check_manifest(&bytes, company_id, &snapshot_id, expected_sha.as_deref());
+    problems.extend(found.into_iter().map(|what| Problem {
+        key: manifest_key.clone(),
+        what,
+    }));
+    let Some(manifest) = manifest else {
+        report.problems = problems;
+        return Ok(report);
     };
-    let mut expect = |ok: bool, what: String| {
-        if !ok {
-            problems.push(Problem {
-                key: manifest_key.clone(),
-                what,
-            });
-        }
-    };
-    expect(
-        manifest.manifest_version == MANIFEST_VERSION,
-        format!(
-            "manifestVersion {} is not {MANIFEST_VERSION}, the one this connector reads",
-            manifest.manifest_version
-        ),
-    );
-    expect(
-        manifest.schema_version <= SCHEMA_VERSION,
-        format!(
-            "schemaVersion {} is newer than this connector's {SCHEMA_VERSION}",
-            manifest.schema_version
-        ),
-    );
-    expect(
-        manifest.company_id == company_id && manifest.snapshot_id == snapshot_id,
-        format!(
-            "it describes company {} snapshot {}, not {company_id} {snapshot_id}",
-            manifest.company_id, manifest.snapshot_id
-        ),
-    );
     for (name, entry) in &manifest.data_types {
         let key = &entry.key;
         let fault = |what: String| Problem {
@@ -165,19 +129,10 @@ pub async fn verify(
         };
         report.files += 1;
         report.bytes += data.len() as u64;
-        if data.len() as u64 != entry.bytes {
-            problems.push(fault(format!(
-                "{} bytes, the manifest says {}",
-                data.len(),
-                entry.bytes
-            )));
-        }
-        let sha = hex(&Sha256::digest(&data));
-        if sha != entry.sha256 {
-            problems.push(fault(format!(
-                "SHA-256 {sha}, the manifest says {}",
-                entry.sha256
-            )));
+        let found = check_data(entry, &data);
+        let hash_ok = !found.iter().any(|p| p.starts_with("SHA-256"));
+        problems.extend(found.into_iter().map(fault));
+        if !hash_ok {
             continue;
         }
         match parquet_row_count(data) {
@@ -192,4 +147,66 @@ pub async fn verify(
     report.manifest = Some(manifest);
     report.problems = problems;
     Ok(report)
+}
+
+/// Checks a manifest's bytes: its SHA-256 against the one `latest.json` records (when known),
+/// that it parses, its format and schema versions, and that it describes this company and
+/// snapshot. Returns the manifest when it parses, and every problem found. The server runs
+/// the same checks before a snapshot goes live.
+pub fn check_manifest(
+    bytes: &[u8],
+    company_id: &str,
+    snapshot_id: &str,
+    expected_sha: Option<&str>,
+) -> (Option<Manifest>, Vec<String>) {
+    let mut problems = Vec::new();
+    if let Some(sha) = expected_sha.filter(|sha| *sha != hex(&Sha256::digest(bytes))) {
+        problems.push(format!(
+            "its SHA-256 differs from the {sha} that latest.json records"
+        ));
+    }
+    let manifest = match Manifest::from_json(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("not a valid manifest: {e}"));
+            return (None, problems);
+        }
+    };
+    if manifest.manifest_version != MANIFEST_VERSION {
+        problems.push(format!(
+            "manifestVersion {} is not {MANIFEST_VERSION}, the one this connector reads",
+            manifest.manifest_version
+        ));
+    }
+    if manifest.schema_version > SCHEMA_VERSION {
+        problems.push(format!(
+            "schemaVersion {} is newer than this connector's {SCHEMA_VERSION}",
+            manifest.schema_version
+        ));
+    }
+    if manifest.company_id != company_id || manifest.snapshot_id != snapshot_id {
+        problems.push(format!(
+            "it describes company {} snapshot {}, not {company_id} {snapshot_id}",
+            manifest.company_id, manifest.snapshot_id
+        ));
+    }
+    (Some(manifest), problems)
+}
+
+/// What is wrong with a data file's bytes against its manifest entry: its size, its SHA-256
+/// (a problem starting "SHA-256").
+pub fn check_data(entry: &DataTypeEntry, data: &[u8]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if data.len() as u64 != entry.bytes {
+        problems.push(format!(
+            "{} bytes, the manifest says {}",
+            data.len(),
+            entry.bytes
+        ));
+    }
+    let sha = hex(&Sha256::digest(data));
+    if sha != entry.sha256 {
+        problems.push(format!("SHA-256 {sha}, the manifest says {}", entry.sha256));
+    }
+    problems
 }

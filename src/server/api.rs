@@ -39,6 +39,9 @@ pub struct AppState {
     pub rate_per_sec: f64,
     /// Token buckets per client: (tokens, last refill).
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// SHA-256 of keys already found valid (keys are never revoked) → their client: no
+    /// database look-up per request, and no raw key compared (or kept) here.
+    known_keys: Mutex<HashMap<String, Client>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Wakes the ingest loop (the "snapshot published" call).
@@ -68,6 +71,7 @@ impl AppState {
             live,
             rate_per_sec,
             buckets: Mutex::new(HashMap::new()),
+            known_keys: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             wake: tokio::sync::Notify::new(),
             openapi: super::openapi::document(&model),
@@ -209,8 +213,26 @@ async fn authenticate(
         )
         .into_response();
     };
-    let client = match state.control.client_by_key(key) {
-        Ok(Some(client)) => client,
+    let hash = super::control::key_hash(key);
+    let known = state
+        .known_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&hash)
+        .cloned();
+    let found = match known {
+        Some(client) => Ok(Some(client)),
+        None => state.control.client_by_key(key),
+    };
+    let client = match found {
+        Ok(Some(client)) => {
+            state
+                .known_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash, client.clone());
+            client
+        }
         Ok(None) => {
             return ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
                 .into_response();
@@ -237,10 +259,8 @@ async fn authenticate(
 fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
     state
         .control
-        .companies(&client.id)
+        .company(&client.id, id)
         .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|c| c.id == id)
         .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))
 }
 

@@ -180,6 +180,8 @@ pub trait ControlPlane: Send + Sync {
     fn create_company(&self, client_id: &str, name: &str) -> Result<Company, ControlError>;
     /// A client's companies.
     fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError>;
+    /// One company, if `client_id` owns it.
+    fn company(&self, client_id: &str, company_id: &str) -> Result<Option<Company>, ControlError>;
     /// Every company (the ingest loop watches them all).
     fn all_companies(&self) -> Result<Vec<Company>, ControlError>;
     /// Records what happened to a snapshot (a second record for the same id replaces it).
@@ -229,7 +231,7 @@ fn random_id(prefix: &str, bytes: usize) -> String {
 }
 
 /// SHA-256 of an API key, hex.
-fn key_hash(key: &str) -> String {
+pub(crate) fn key_hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
@@ -298,13 +300,18 @@ fn company_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Company> {
 }
 
 fn webhook_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+    webhook_at(r, 0)
+}
+
+/// A webhook from [`WEBHOOK_COLUMNS`] starting at column `at`.
+fn webhook_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Webhook> {
     Ok(Webhook {
-        id: r.get(0)?,
-        client_id: r.get(1)?,
-        url: r.get(2)?,
-        event_types: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
-        secret: r.get(4)?,
-        created_at: r.get(5)?,
+        id: r.get(at)?,
+        client_id: r.get(at + 1)?,
+        url: r.get(at + 2)?,
+        event_types: serde_json::from_str(&r.get::<_, String>(at + 3)?).unwrap_or_default(),
+        secret: r.get(at + 4)?,
+        created_at: r.get(at + 5)?,
     })
 }
 
@@ -402,18 +409,8 @@ impl ControlPlane for SqliteControl {
                  WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 ORDER BY d.next_attempt_at, d.created_at LIMIT ?2"
             ),
             params![now_ms, limit as i64],
-            |r| {
-                let d = delivery_row(r)?;
-                let w = Webhook {
-                    id: r.get(10)?,
-                    client_id: r.get(11)?,
-                    url: r.get(12)?,
-                    event_types: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
-                    secret: r.get(14)?,
-                    created_at: r.get(15)?,
-                };
-                Ok((d, w))
-            },
+            // The webhook's columns follow the delivery's ten.
+            |r| Ok((delivery_row(r)?, webhook_at(r, 10)?)),
         )?;
         Ok(rows)
     }
@@ -533,6 +530,16 @@ impl ControlPlane for SqliteControl {
             company_row,
         )?;
         Ok(rows)
+    }
+
+    fn company(&self, client_id: &str, company_id: &str) -> Result<Option<Company>, ControlError> {
+        Ok(self
+            .rows(
+                "SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 AND id = ?2",
+                [client_id, company_id],
+                company_row,
+            )?
+            .pop())
     }
 
     fn all_companies(&self) -> Result<Vec<Company>, ControlError> {

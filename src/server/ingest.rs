@@ -29,12 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use duckdb::Connection;
-use sha2::{Digest, Sha256};
 
-use crate::model::{DataModel, SCHEMA_VERSION};
+use crate::model::DataModel;
 use crate::publish::Store;
-use crate::snapshot::hex;
-use crate::snapshot::manifest::{MANIFEST_VERSION, Manifest};
+use crate::snapshot::manifest::Manifest;
 use crate::staging::ident;
 
 use super::query::MODIFIED_DATE;
@@ -54,6 +52,9 @@ pub struct IngestError {
     pub snapshot: String,
     /// What is wrong.
     pub detail: String,
+    /// Whether the snapshot may load at a later try (the store or the local disk failed,
+    /// not the snapshot); a snapshot refused for its content is not checked again.
+    pub retry: bool,
 }
 
 /// One loaded snapshot.
@@ -117,6 +118,8 @@ pub struct LiveSet {
     dir: PathBuf,
     /// Where data files are cached.
     cache: PathBuf,
+    /// (company, snapshot) pairs already refused: not loaded and checked again at every poll.
+    refused: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// In the saved state: the live snapshot (one row).
@@ -130,6 +133,7 @@ impl LiveSet {
             databases: Mutex::default(),
             dir: state_dir.join("db"),
             cache: cache_dir(state_dir),
+            refused: Mutex::default(),
         }
     }
 
@@ -343,54 +347,68 @@ pub async fn ingest(
         company: company.to_owned(),
         snapshot: snapshot.to_owned(),
         detail,
+        retry: false,
+    };
+    let later = |snapshot: &str, detail: String| IngestError {
+        retry: true,
+        ..fail(snapshot, detail)
     };
     let Some((latest, _)) = store
         .latest(company)
         .await
-        .map_err(|e| fail("?", e.to_string()))?
+        .map_err(|e| later("?", e.to_string()))?
     else {
         return Ok(None);
     };
     let id = latest.snapshot_id.clone();
-    if live.live(company).is_some_and(|l| l.snapshot_id == id) {
+    let key = (company.to_owned(), id.clone());
+    let refused = || live.refused.lock().unwrap_or_else(|e| e.into_inner());
+    if live.live(company).is_some_and(|l| l.snapshot_id == id) || refused().contains(&key) {
         return Ok(None);
     }
+    let result = check_and_load(store, live, model, company, state_dir, &latest).await;
+    if result.as_ref().is_err_and(|e| !e.retry) {
+        // Its content is wrong, and a published snapshot never changes: no second look.
+        refused().insert(key);
+    }
+    result.map(Some)
+}
+
+async fn check_and_load(
+    store: &Store,
+    live: &LiveSet,
+    model: &DataModel,
+    company: &str,
+    state_dir: &Path,
+    latest: &crate::snapshot::manifest::Latest,
+) -> Result<Arc<Live>, IngestError> {
+    let fail = |snapshot: &str, detail: String| IngestError {
+        company: company.to_owned(),
+        snapshot: snapshot.to_owned(),
+        detail,
+        retry: false,
+    };
+    let later = |snapshot: &str, detail: String| IngestError {
+        retry: true,
+        ..fail(snapshot, detail)
+    };
+    let id = latest.snapshot_id.clone();
     let bytes = store
         .get_bytes(&latest.manifest_key)
         .await
-        .map_err(|e| fail(&id, e.to_string()))?
+        .map_err(|e| later(&id, e.to_string()))?
         .ok_or_else(|| {
             fail(
                 &id,
                 format!("its manifest {} is missing", latest.manifest_key),
             )
         })?;
-    if hex(&Sha256::digest(&bytes)) != latest.manifest_sha256 {
-        return Err(fail(
-            &id,
-            "its manifest does not match the SHA-256 in latest.json".into(),
-        ));
-    }
-    let manifest = Manifest::from_json(&bytes)
-        .map_err(|e| fail(&id, format!("its manifest is not valid: {e}")))?;
-    if manifest.manifest_version != MANIFEST_VERSION || manifest.schema_version > SCHEMA_VERSION {
-        return Err(fail(
-            &id,
-            format!(
-                "manifest version {} / schema version {} is not one this server reads ({MANIFEST_VERSION} / up to {SCHEMA_VERSION}): upgrade the server",
-                manifest.manifest_version, manifest.schema_version
-            ),
-        ));
-    }
-    if manifest.company_id != company || manifest.snapshot_id != id {
-        return Err(fail(
-            &id,
-            format!(
-                "its manifest describes company {} snapshot {}",
-                manifest.company_id, manifest.snapshot_id
-            ),
-        ));
-    }
+    let (manifest, problems) =
+        crate::publish::check_manifest(&bytes, company, &id, Some(&latest.manifest_sha256));
+    let manifest = match manifest {
+        Some(m) if problems.is_empty() => m,
+        _ => return Err(fail(&id, format!("its manifest: {}", problems.join("; ")))),
+    };
     for dt in &model.types {
         if !manifest.data_types.contains_key(&dt.name) {
             return Err(fail(
@@ -402,7 +420,7 @@ pub async fn ingest(
     // 2. Fetch into the cache, checking every byte.
     let cache = cache_dir(state_dir);
     std::fs::create_dir_all(&cache)
-        .map_err(|e| fail(&id, format!("cannot create {}: {e}", cache.display())))?;
+        .map_err(|e| later(&id, format!("cannot create {}: {e}", cache.display())))?;
     let mut files = HashMap::new();
     for (name, entry) in &manifest.data_types {
         let path = cache.join(format!("{}.parquet", entry.sha256));
@@ -410,30 +428,31 @@ pub async fn ingest(
             let data = store
                 .get_bytes(&entry.key)
                 .await
-                .map_err(|e| fail(&id, e.to_string()))?
+                .map_err(|e| later(&id, e.to_string()))?
                 .ok_or_else(|| {
                     fail(
                         &id,
                         format!("{name}: {} is missing from the store", entry.key),
                     )
                 })?;
-            if data.len() as u64 != entry.bytes || hex(&Sha256::digest(&data)) != entry.sha256 {
+            let problems = crate::publish::check_data(entry, &data);
+            if !problems.is_empty() {
                 return Err(fail(
                     &id,
-                    format!("{name}: {} does not match its size and SHA-256", entry.key),
+                    format!("{name}: {}: {}", entry.key, problems.join("; ")),
                 ));
             }
             let tmp = crate::files::sibling(&path, "tmp");
             crate::files::write_synced(&tmp, &data)
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| fail(&id, format!("cannot cache {}: {e}", path.display())))?;
+                .map_err(|e| later(&id, format!("cannot cache {}: {e}", path.display())))?;
         }
         files.insert(name.clone(), path);
     }
     // 3-5. Load, check, carry modifiedDate and deletions, swap.
     let db = live
         .database(company)
-        .map_err(|e| fail(&id, e.to_string()))?;
+        .map_err(|e| later(&id, e.to_string()))?;
     let previous = live.live(company);
     let model = model.clone();
     let company_owned = company.to_owned();
@@ -450,12 +469,12 @@ pub async fn ingest(
         )
     })
     .await
-    .map_err(|e| fail(&id, e.to_string()))?
+    .map_err(|e| later(&id, e.to_string()))?
     .map_err(|detail| fail(&id, detail))?;
     let loaded = Arc::new(loaded);
     live.swap_in(company, loaded.clone());
     tracing::info!(company, snapshot = %id, "A new snapshot is live.");
-    Ok(Some(loaded))
+    Ok(loaded)
 }
 
 fn load(

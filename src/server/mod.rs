@@ -136,6 +136,9 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
                 }
             }
             Ok(None) => {}
+            Err(e) if e.retry => {
+                tracing::warn!(company = %company.id, error = %e, "Could not load a published snapshot now; the next poll tries again.");
+            }
             Err(e) => {
                 // Recorded once per snapshot id; the live snapshot stays as it was.
                 let already = state
