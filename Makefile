@@ -35,7 +35,7 @@ export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 python3-venv time npm curl
 
-.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api pg-up pg-down s3-up s3-down
+.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-link pg-up pg-down s3-up s3-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -110,6 +110,8 @@ demo: build venv
 	@$(BIN)/connector snapshot verify "file://$(DEMO_DIR)/state/store" demo
 	@echo "== pyarrow, knowing nothing of the connector, reads the published invoices"
 	@$(CONNECTOR_TEST_PYTHON) .ci/read-snapshot.py "$(DEMO_DIR)/state/store" demo invoices
+	@echo "== Linking, as a Sage user meets it: the API client's link URL, the link page, the connector's settings page"
+	@bash .ci/demo-link.sh "$(BIN)" "$(DEMO_DIR)"
 	@echo "== The server: an API client, a company created through the API, the sample company synced into it"
 	@bash .ci/demo-server.sh "$(BIN)" "$(DEMO_DIR)" "$(DEMO_PORT)"
 
@@ -126,3 +128,6 @@ bench-sync: build
 
 bench-api: build
 	@bash benches/api.sh
+
+bench-link: build
+	@bash benches/link.sh

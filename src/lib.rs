@@ -7,10 +7,12 @@
 //! [`schema`] holds the source tables as data and [`model`] our data types; [`sim`] is the
 //! Sage 50 simulator used by tests, benchmarks and the demo.
 
+pub mod agent;
 pub mod extract;
 pub mod failpoint;
 pub mod files;
 pub mod model;
+pub mod protocol;
 pub mod publish;
 pub mod rules;
 pub mod schema;

@@ -63,16 +63,60 @@ enum Command {
         /// Unpublished snapshots kept in the outbox at most.
         #[arg(long, default_value_t = sync::OUTBOX_LIMIT)]
         outbox_limit: usize,
-        /// Also write the summary as JSON to this file.
+        /// Also write the summary as JSON to this file (on failure: the reason code and the
+        /// message).
         #[arg(long)]
         json: Option<PathBuf>,
-        /// After publishing, tell this connector-server (base URL) so it serves the new data
-        /// at once instead of at its next poll.
-        #[arg(long, requires = "server_key_env")]
+        /// Publish through this connector-server (base URL) with the company's device
+        /// credential, instead of writing to a store: the credential comes from the secret
+        /// store where `connector run` keeps it, or from --credential-env.
+        #[arg(long, conflicts_with = "store")]
         server: Option<String>,
-        /// Name of the environment variable holding the API key for --server.
-        #[arg(long, value_name = "VAR")]
-        server_key_env: Option<String>,
+        /// Name of the environment variable holding the device credential for --server.
+        #[arg(long, value_name = "VAR", requires = "server")]
+        credential_env: Option<String>,
+    },
+    /// Connect to a Sage company and print what Sage says (company, last transaction date) as
+    /// JSON: the settings page's Test.
+    Probe {
+        /// ODBC connection string.
+        #[arg(long)]
+        odbc: String,
+        #[command(flatten)]
+        login: SageLogin,
+    },
+    /// The agent: links companies (loopback listener and settings page), checks in with the
+    /// server, and syncs each company on its schedule, until stopped.
+    Run {
+        /// The connector-server's base URL.
+        #[arg(long, env = "CONNECTOR_SERVER")]
+        server: String,
+        /// Where the connector keeps its files (default: the platform's per-user state folder).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The loopback port of the link hand-over and the settings page (0: any free port).
+        #[arg(long, default_value_t = connector::protocol::DEFAULT_LOOPBACK_PORT)]
+        port: u16,
+        /// ODBC connection string of a Sage company; {VERSION}, {ACCDATA} and {DATA_DIR} are
+        /// filled in from the company chosen.
+        #[arg(long, default_value = connector::agent::discovery::DEFAULT_TEMPLATE)]
+        odbc_template: String,
+        /// The folder holding Sage's settings folders (2026, V33, …) with their COMPANY files.
+        #[arg(long, env = connector::agent::discovery::ROOT_ENV)]
+        sage_root: Option<PathBuf>,
+        /// Longest check-in long poll, in seconds.
+        #[arg(long, default_value_t = 50)]
+        checkin_wait_secs: u64,
+        /// Seconds a sync keeps retrying an unreachable server before its snapshot waits in
+        /// the outbox.
+        #[arg(long, default_value_t = 60)]
+        publish_timeout_secs: u64,
+    },
+    /// Print the address that opens the running agent's settings page.
+    Settings {
+        /// The agent's state folder.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Published snapshots.
     Snapshot {
@@ -274,35 +318,67 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             outbox_limit,
             json,
             server,
-            server_key_env,
+            credential_env,
         } => {
-            let source = login.source(&odbc)?;
-            let notify = match (server, server_key_env) {
-                (Some(server), Some(var)) => Some(sync::Notify {
-                    server,
-                    key: Secret::new(std::env::var(&var).map_err(|_| {
-                        anyhow::anyhow!("--server-key-env names {var}, which is not set: export the API key in it")
-                    })?),
-                }),
-                _ => None,
-            };
             let state_dir = match state_dir {
                 Some(dir) => dir,
                 None => {
                     connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
                 }
             };
-            let report = sync::sync(&SyncOptions {
-                source: &source,
-                company_id: &company,
-                store: Some(store.config(store.store.clone().unwrap_or_else(|| {
-                    publish::file_url(&connector::state::default_store_dir(&state_dir))
-                }))),
-                state_dir: &state_dir,
-                outbox_limit,
-                progress: std::io::stderr().is_terminal(),
-                notify,
-            })?;
+            let via_server = match server {
+                Some(server) => {
+                    let credential: publish::CredentialSource = match credential_env {
+                        Some(var) => {
+                            let value = std::env::var(&var).map_err(|_| {
+                                anyhow::anyhow!("--credential-env names {var}, which is not set: export the device credential in it")
+                            })?;
+                            Box::new(move || Some(value.clone()))
+                        }
+                        None => {
+                            // Read at every call: the agent may rotate it during the sync.
+                            let secrets = connector::agent::secrets::open(&state_dir);
+                            let name = connector::agent::config::device_secret(&company);
+                            Box::new(move || secrets.get(&name).ok().flatten())
+                        }
+                    };
+                    Some(publish::ServerPublisher::new(
+                        &server,
+                        &company,
+                        credential,
+                        std::time::Duration::from_secs(store.store_timeout),
+                    ))
+                }
+                None => None,
+            };
+            let outcome = login
+                .source(&odbc)
+                .map_err(sync::SyncError::from)
+                .and_then(|source| {
+                    sync::sync(&SyncOptions {
+                        source: &source,
+                        company_id: &company,
+                        store: Some(store.config(store.store.clone().unwrap_or_else(|| {
+                            publish::file_url(&connector::state::default_store_dir(&state_dir))
+                        }))),
+                        state_dir: &state_dir,
+                        outbox_limit,
+                        progress: std::io::stderr().is_terminal(),
+                        via_server,
+                    })
+                });
+            let report = match outcome {
+                Ok(report) => report,
+                Err(e) => {
+                    if let Some(path) = &json {
+                        let failure = serde_json::json!({
+                            "ok": false, "reason": e.reason(), "message": e.to_string(),
+                        });
+                        let _ = std::fs::write(path, serde_json::to_vec_pretty(&failure)?);
+                    }
+                    return Err(e.into());
+                }
+            };
             print!("{}", report.summary());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -354,6 +430,69 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Rules { command } => run_rules(command).map(|()| ExitCode::SUCCESS),
+        Command::Probe { odbc, login } => {
+            let answer = match login
+                .source(&odbc)
+                .and_then(|source| extract::probe(&source))
+            {
+                Ok(probe) => serde_json::json!({"ok": true, "probe": probe}),
+                Err(e) => serde_json::json!({
+                    "ok": false, "reason": e.reason(), "message": e.to_string(),
+                    "advice": e.reason().advice(),
+                }),
+            };
+            println!("{answer}");
+            Ok(if answer["ok"] == serde_json::json!(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Run {
+            server,
+            state_dir,
+            port,
+            odbc_template,
+            sage_root,
+            checkin_wait_secs,
+            publish_timeout_secs,
+        } => {
+            let state_dir = match state_dir {
+                Some(dir) => dir,
+                None => {
+                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
+                }
+            };
+            let agent = connector::agent::Agent::new(connector::agent::AgentOptions {
+                state_dir,
+                server,
+                port,
+                odbc_template,
+                sage_root: sage_root.unwrap_or_else(connector::agent::discovery::default_root),
+                checkin_wait: std::time::Duration::from_secs(checkin_wait_secs.clamp(1, 60)),
+                exe: std::env::current_exe()?,
+                publish_timeout_secs,
+            })?;
+            publish::runtime().block_on(connector::agent::run(agent))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings { state_dir } => {
+            let state_dir = match state_dir {
+                Some(dir) => dir,
+                None => {
+                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
+                }
+            };
+            let path = connector::agent::config::agent_dir(&state_dir).join("settings-url");
+            let url = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the connector is not running for {} ({e}): start it with `connector run`",
+                    state_dir.display()
+                )
+            })?;
+            println!("{}", url.trim());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Drain { odbc } => {
             let source = SourceConfig::new(&odbc, None, None);
             let started = std::time::Instant::now();

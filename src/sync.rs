@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::extract::{self, ExtractError, ExtractOptions};
 use crate::model::DataModel;
-use crate::publish::{Outbox, PublishError, Published, Store, StoreConfig};
+use crate::publish::{Outbox, PublishError, Published, ServerPublisher, Store, StoreConfig};
 use crate::rules::{self, Rules, RulesError, Workspace};
 use crate::schema::SourceSchema;
 use crate::snapshot::{self, SnapshotError, SnapshotInput};
@@ -77,6 +77,29 @@ pub enum SyncError {
     Publish(#[from] PublishError),
 }
 
+impl SyncError {
+    /// The reason code the agent, the server and the API client see for this failure.
+    pub fn reason(&self) -> crate::protocol::Reason {
+        use crate::protocol::Reason as R;
+        match self {
+            SyncError::Extract(e) => e.reason(),
+            SyncError::Rules(_) => R::ChecksFailed,
+            SyncError::Snapshot(_) | SyncError::State { .. } | SyncError::NoStateDir => {
+                R::LocalStorage
+            }
+            SyncError::Publish(PublishError::Server {
+                reason: Some(r), ..
+            }) => *r,
+            SyncError::Publish(PublishError::Server { status: 401, .. }) => R::DeviceRevoked,
+            SyncError::Publish(PublishError::Server { .. }) => R::CommitRefused,
+            SyncError::Publish(PublishError::Unreachable { .. }) => R::Offline,
+            SyncError::Publish(PublishError::Local { .. }) => R::LocalStorage,
+            SyncError::Publish(_) => R::Other,
+            SyncError::BadCompanyId(_) | SyncError::Busy { .. } => R::Other,
+        }
+    }
+}
+
 /// What to sync, from where, to where.
 pub struct SyncOptions<'a> {
     /// The Sage company over ODBC.
@@ -91,40 +114,41 @@ pub struct SyncOptions<'a> {
     pub outbox_limit: usize,
     /// Progress bars (drawn only on a terminal).
     pub progress: bool,
-    /// The server to tell when a snapshot is published, and the API key to tell it with.
-    pub notify: Option<Notify>,
+    /// Publish through this server with the company's device credential instead of writing
+    /// to a store (the desktop then holds no store credential; `store` is ignored).
+    pub via_server: Option<ServerPublisher>,
 }
 
-/// Where to send the "snapshot published" call.
-pub struct Notify {
-    /// The server's base URL (`https://api.example.com`).
-    pub server: String,
-    /// An API key of the client that owns the company.
-    pub key: crate::source::Secret,
+/// Where a sync publishes: a store it writes itself, or the server that writes for it.
+enum Destination<'a> {
+    Store(Store),
+    Server(&'a ServerPublisher),
 }
 
-/// Tells the server a snapshot was published, so it looks now instead of at its next poll.
-/// A failure is only logged: the server finds the snapshot by polling anyway.
-async fn notify_server(notify: &Notify, company: &str) {
-    let url = format!(
-        "{}/companies/{company}/snapshots/published",
-        notify.server.trim_end_matches('/')
-    );
-    let sent = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(notify.key.expose())
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await;
-    match sent {
-        Ok(r) if r.status().is_success() => {
-            tracing::info!(server = %notify.server, "Told the server a snapshot was published.");
+impl Destination<'_> {
+    fn url(&self) -> String {
+        match self {
+            Destination::Store(s) => s.url.clone(),
+            Destination::Server(s) => s.base.clone(),
         }
-        Ok(r) => {
-            tracing::warn!(server = %notify.server, status = r.status().as_u16(), "The server refused the snapshot-published call; it will find the snapshot when it next looks.")
+    }
+
+    async fn latest(&self, company: &str) -> Result<Option<String>, PublishError> {
+        match self {
+            Destination::Store(s) => Ok(s.latest(company).await?.map(|(l, _)| l.snapshot_id)),
+            Destination::Server(s) => s.latest().await,
         }
-        Err(e) => {
-            tracing::warn!(server = %notify.server, error = %e, "Could not tell the server a snapshot was published; it will find it when it next looks.")
+    }
+
+    async fn publish(
+        &self,
+        snap: &crate::snapshot::SnapshotDir,
+        outbox: &Outbox,
+        bar: &ProgressBar,
+    ) -> Result<Published, PublishError> {
+        match self {
+            Destination::Store(s) => s.publish(snap, outbox, bar).await,
+            Destination::Server(s) => s.publish(snap, bar).await,
         }
     }
 }
@@ -303,7 +327,10 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
             options.state_dir,
         )))
     });
-    let store = Store::open(&store_config)?;
+    let store = match &options.via_server {
+        Some(server) => Destination::Server(server),
+        None => Destination::Store(Store::open(&store_config)?),
+    };
     let outbox = Outbox::open(&dir.join("outbox"), options.outbox_limit)?;
     outbox.remove_partial()?;
     let runtime = crate::publish::runtime();
@@ -315,7 +342,7 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     // refuses us (credentials, bucket) fails the sync here, before any work.
     let started = Instant::now();
     let (in_store, reachable) = match runtime.block_on(store.latest(company)) {
-        Ok(latest) => (latest.map(|(l, _)| l.snapshot_id), true),
+        Ok(latest) => (latest, true),
         Err(e) if e.is_transient() => {
             tracing::warn!(error = %e, "The store cannot be reached now; the sync goes on and publishes at the end.");
             (None, false)
@@ -389,13 +416,6 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     // The outcome of this last attempt is the one that counts.
     let waiting_because =
         publish_waiting(&runtime, &store, &outbox, options.progress, &mut published)?;
-    if let Some(notify) = options
-        .notify
-        .as_ref()
-        .filter(|_| published.len() > first_new)
-    {
-        runtime.block_on(notify_server(notify, company));
-    }
     stages.push(Stage {
         name: "publish",
         seconds: started.elapsed().as_secs_f64(),
@@ -422,7 +442,7 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
         .collect();
     drop(lock);
     Ok(SyncReport {
-        store: store.url.clone(),
+        store: store.url(),
         snapshot_id: snap.manifest.snapshot_id.clone(),
         extracted_rows: extracted.total_rows(),
         data_types,
@@ -439,7 +459,7 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
 /// on a permanent one.
 fn publish_waiting(
     runtime: &tokio::runtime::Runtime,
-    store: &Store,
+    store: &Destination<'_>,
     outbox: &Outbox,
     progress: bool,
     published: &mut Vec<Published>,
@@ -456,6 +476,16 @@ fn publish_waiting(
             Ok(p) => {
                 outbox.remove(snap)?;
                 published.push(p);
+            }
+            Err(
+                e @ PublishError::Server {
+                    status: 400 | 422, ..
+                },
+            ) => {
+                bar.abandon();
+                tracing::error!(snapshot = %snap.manifest.snapshot_id, error = %e, "The server refused a snapshot; it is set aside and the next sync makes a new one.");
+                outbox.remove(snap)?;
+                return Err(e.into());
             }
             Err(e @ PublishError::Corrupt { .. }) => {
                 tracing::error!(snapshot = %snap.manifest.snapshot_id, error = %e, "Set aside a waiting snapshot whose files were damaged.");

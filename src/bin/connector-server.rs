@@ -46,6 +46,19 @@ enum Command {
         /// DuckDB per request (what `make bench-api` measures the server against).
         #[arg(long, hide = true)]
         naive: bool,
+        /// The server's public base URL, as browsers and connectors reach it (link URLs and
+        /// upload grants); default: http:// and the address listened on.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// The port of the connector's loopback listener that the link page sends browsers to.
+        #[arg(long, default_value_t = connector::protocol::DEFAULT_LOOPBACK_PORT)]
+        loopback_port: u16,
+        /// Seconds a company's link stays usable.
+        #[arg(long, default_value_t = 3600)]
+        link_ttl_secs: i64,
+        /// Rotate a device credential at check-in once it is this many seconds old.
+        #[arg(long, default_value_t = 86_400)]
+        rotate_after_secs: i64,
     },
     /// Operator commands.
     Admin {
@@ -60,6 +73,14 @@ enum AdminCommand {
     CreateClient {
         /// The client's name.
         name: String,
+        /// Folder of the control database.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+    },
+    /// Revoke a connector (device): its credential stops working at once.
+    RevokeDevice {
+        /// The device id (`dev…`, from GET /companies/{id}/devices).
+        device_id: String,
         /// Folder of the control database.
         #[arg(long, default_value = "server-state")]
         state_dir: PathBuf,
@@ -79,6 +100,10 @@ fn main() -> ExitCode {
             allow_private_webhooks,
             webhook_backoff_scale,
             naive,
+            public_url,
+            loopback_port,
+            link_ttl_secs,
+            rotate_after_secs,
         } => {
             let options = ServeOptions {
                 store: StoreConfig::new(store),
@@ -89,6 +114,10 @@ fn main() -> ExitCode {
                 allow_internal_webhooks: allow_private_webhooks,
                 webhook_backoff_scale: webhook_backoff_scale.max(0.0),
                 naive,
+                public_url,
+                loopback_port,
+                link_ttl_secs: link_ttl_secs.max(1),
+                rotate_after_secs: rotate_after_secs.max(0),
             };
             connector::publish::runtime()
                 .block_on(server::serve(options))
@@ -102,6 +131,23 @@ fn main() -> ExitCode {
             .map(|(client, key)| {
                 println!("client {} ({})", client.name, client.id);
                 println!("API key (shown once, keep it safe): {key}");
+            }),
+        Command::Admin {
+            command:
+                AdminCommand::RevokeDevice {
+                    device_id,
+                    state_dir,
+                },
+        } => server::open_control(&state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|control| match control.revoke_device(&device_id)? {
+                Some(d) => {
+                    println!("device {} of company {} revoked", d.id, d.company_id);
+                    Ok(())
+                }
+                None => {
+                    anyhow::bail!("no device {device_id}: GET /companies/{{id}}/devices lists them")
+                }
             }),
     };
     match result {

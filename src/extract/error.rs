@@ -117,3 +117,24 @@ pub enum ExtractError {
         detail: String,
     },
 }
+
+impl ExtractError {
+    /// The reason code of this failure (see [`crate::protocol::Reason`]).
+    pub fn reason(&self) -> crate::protocol::Reason {
+        use crate::protocol::Reason as R;
+        match self {
+            ExtractError::DataFolderNotFound { .. } => R::DataFolderNotFound,
+            ExtractError::DriverNotInstalled { .. } => R::DriverMissing,
+            ExtractError::CredentialsRejected { .. } | ExtractError::PasswordEnvMissing { .. } => {
+                R::CredentialsRejected
+            }
+            ExtractError::DatasetLocked { .. } => R::CompanyLocked,
+            ExtractError::TableMissing { .. }
+            | ExtractError::ColumnMissing { .. }
+            | ExtractError::ColumnType { .. } => R::SageSchema,
+            ExtractError::Fetch { .. } => R::SageData,
+            ExtractError::Connect { .. } => R::Other,
+            ExtractError::Staging { .. } => R::LocalStorage,
+        }
+    }
+}

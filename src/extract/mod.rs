@@ -16,6 +16,7 @@
 mod convert;
 mod drain;
 mod error;
+mod probe;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 pub use drain::drain;
 pub use error::ExtractError;
+pub use probe::{Probe, probe};
 
 use crate::schema::{ColumnType, SourceSchema, Table};
 use crate::source::SourceConfig;

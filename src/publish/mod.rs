@@ -38,6 +38,7 @@ mod outbox;
 mod s3_uploads;
 mod store;
 mod verify;
+mod via_server;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,6 +53,7 @@ use sha2::{Digest, Sha256};
 pub use outbox::Outbox;
 pub use store::{Backend, Store, StoreConfig, file_url, is_transient};
 pub use verify::{Problem, Verified, check_data, check_manifest, verify};
+pub use via_server::{CredentialSource, ServerPublisher};
 
 use crate::snapshot::manifest::{DataTypeEntry, Latest};
 use crate::snapshot::{self, SnapshotDir};
@@ -117,6 +119,18 @@ pub enum PublishError {
         expected: String,
         /// The hash it has now.
         actual: String,
+    },
+    /// The server refused a call of the publication (see [`crate::protocol`]).
+    #[error("the server {url} refused the snapshot (HTTP {status}): {detail}")]
+    Server {
+        /// The server.
+        url: String,
+        /// Its HTTP status.
+        status: u16,
+        /// Its reason code, if it gave one.
+        reason: Option<crate::protocol::Reason>,
+        /// What it said.
+        detail: String,
     },
     /// A local file (outbox, journal) could not be read or written.
     #[error("{doing} {path}: {source}")]
@@ -235,9 +249,14 @@ impl Store {
         Ok(Some((latest, version)))
     }
 
-    /// Points `latest` at `new` unless it already names a newer snapshot. Returns whether
-    /// it now names `new`.
-    async fn advance_latest(&self, company_id: &str, new: &Latest) -> Result<bool, PublishError> {
+    /// Points `latest` at `new` unless it already names a newer snapshot (a conditional
+    /// write; see the module header). Returns whether it now names `new`. The server calls it
+    /// when a connector commits a snapshot.
+    pub async fn advance_latest(
+        &self,
+        company_id: &str,
+        new: &Latest,
+    ) -> Result<bool, PublishError> {
         let path = self.path(&snapshot::latest_key(company_id));
         let payload = serde_json::to_vec_pretty(new).expect("a pointer serialises");
         for _ in 0..10 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
+use object_store::signer::Signer;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 use super::PublishError;
@@ -55,6 +56,7 @@ type Opened = (
     String,
     Backend,
     Option<super::s3_uploads::S3Uploads>,
+    Option<Arc<dyn Signer>>,
 );
 
 /// An opened store: every key is under `prefix`.
@@ -73,6 +75,8 @@ pub struct Store {
     pub multipart_threshold: u64,
     /// S3's list of open multipart uploads, for S3 stores.
     pub(super) s3_uploads: Option<super::s3_uploads::S3Uploads>,
+    /// Pre-signs URLs, for stores that can (S3): the server hands them to connectors.
+    pub signer: Option<Arc<dyn Signer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,7 +109,7 @@ impl Store {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad("it has no scheme: use file:///folder or s3://bucket/prefix".into())
         })?;
-        let (store, multipart, prefix, backend, s3_uploads): Opened = match scheme {
+        let (store, multipart, prefix, backend, s3_uploads, signer): Opened = match scheme {
             "file" => {
                 let folder = file_url_path(rest).map_err(bad)?;
                 std::fs::create_dir_all(&folder).map_err(|e| {
@@ -122,6 +126,7 @@ impl Store {
                     None,
                     String::new(),
                     Backend::Local(folder),
+                    None,
                     None,
                 )
             }
@@ -164,10 +169,11 @@ impl Store {
                 let listing = super::s3_uploads::S3Uploads::new(s3.clone(), &builder, bucket);
                 (
                     s3.clone(),
-                    Some(s3),
+                    Some(s3.clone()),
                     prefix.to_owned(),
                     Backend::Remote,
                     listing,
+                    Some(s3),
                 )
             }
             #[cfg(feature = "gcp")]
@@ -181,10 +187,11 @@ impl Store {
                 let gcs = Arc::new(gcs);
                 (
                     gcs.clone(),
-                    Some(gcs),
+                    Some(gcs.clone()),
                     prefix.to_owned(),
                     Backend::Remote,
                     None,
+                    Some(gcs),
                 )
             }
             #[cfg(feature = "azure")]
@@ -198,10 +205,11 @@ impl Store {
                 let az = Arc::new(az);
                 (
                     az.clone(),
-                    Some(az),
+                    Some(az.clone()),
                     prefix.to_owned(),
                     Backend::Remote,
                     None,
+                    Some(az),
                 )
             }
             other => {
@@ -221,6 +229,7 @@ impl Store {
             backend,
             multipart_threshold: config.multipart_threshold,
             s3_uploads,
+            signer,
         })
     }
 

@@ -55,6 +55,28 @@ pub struct AppState {
     /// Benchmark peer: answer every data request by reading the snapshot's Parquet file with
     /// a fresh DuckDB, instead of the loaded tables.
     pub naive: bool,
+    /// Where connectors publish (device routes: grants, uploads, commit).
+    pub store: Option<crate::publish::Store>,
+    /// The server's state folder (the ingest cache that commit fills).
+    pub state_dir: std::path::PathBuf,
+    /// The server's public base URL (link URLs, upload grants).
+    pub public_url: String,
+    /// The connector's loopback port the link page sends browsers to.
+    pub loopback_port: u16,
+    /// Where the link page's download link points.
+    pub download_url: String,
+    /// Seconds a link stays usable.
+    pub link_ttl_secs: i64,
+    /// Device credentials older than this are rotated at check-in.
+    pub rotate_after_secs: i64,
+    /// Seconds between check-ins, told to connectors.
+    pub checkin_secs: u64,
+    /// Seconds between scheduled syncs, told to connectors.
+    pub sync_every_secs: u64,
+    /// Upload grants of the server's own upload route.
+    pub grants: super::devices::GrantTable,
+    /// Wakes a company's long-polling check-in when work is queued for it.
+    company_wakes: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl AppState {
@@ -79,7 +101,28 @@ impl AppState {
             allow_internal_webhooks,
             naive: false,
             model,
+            store: None,
+            state_dir: std::path::PathBuf::from("server-state"),
+            public_url: "http://127.0.0.1:8080".into(),
+            loopback_port: crate::protocol::DEFAULT_LOOPBACK_PORT,
+            download_url: "/download".into(),
+            link_ttl_secs: 3600,
+            rotate_after_secs: 24 * 3600,
+            checkin_secs: 15 * 60,
+            sync_every_secs: 24 * 3600,
+            grants: Default::default(),
+            company_wakes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The notifier of a company's long-polling check-ins.
+    pub fn company_wake(&self, company: &str) -> Arc<tokio::sync::Notify> {
+        self.company_wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(company.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Takes a token from `client`'s bucket; `Err(seconds)` until one is there.
@@ -166,14 +209,50 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/companies/{id}/data/{data_type}/{record_id}",
             get(get_record),
         )
+        .route("/companies/{id}/link", post(new_link))
+        .route("/companies/{id}/sync", post(request_sync))
+        .route("/companies/{id}/devices", get(list_devices))
+        .route(
+            "/companies/{id}/devices/{device_id}",
+            axum::routing::delete(revoke_device),
+        )
         .route("/webhooks", post(create_webhook).get(list_webhooks))
         .route("/webhooks/{id}/deliveries", get(list_deliveries))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
+    use super::devices;
+    use crate::protocol::{CHECKIN, COMMIT, GRANTS, LATEST, RESULT, UPLOAD};
+    let at = |what: &str| format!("/companies/{{id}}/connector/{what}");
+    let connector = Router::new()
+        .route(&at(CHECKIN), post(devices::checkin))
+        .route(&at(GRANTS), post(devices::grants))
+        .route(
+            &format!("/companies/{{id}}/connector/{UPLOAD}/{{token}}"),
+            axum::routing::put(devices::upload),
+        )
+        .route(&at(COMMIT), post(devices::commit))
+        .route(&at(LATEST), get(devices::latest))
+        .route(&at(RESULT), post(devices::result))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            16 * 1024 * 1024 * 1024,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            devices::authenticate,
+        ));
+    use super::link;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/link/{token}", get(link::link_page))
+        .route("/link/{token}/start", post(link::start))
+        .route("/link/{token}/code", post(link::enter_code))
+        .route("/download", get(link::download))
+        .route(crate::protocol::REDEEM_PATH, post(link::redeem))
+        .route(crate::protocol::DEVICE_CODE_PATH, post(link::device_code))
+        .route(crate::protocol::DEVICE_TOKEN_PATH, post(link::device_token))
+        .merge(connector)
         .route(
             "/openapi.json",
             get(|State(state): State<Arc<AppState>>| async move { Json(state.openapi.clone()) }),
@@ -265,15 +344,56 @@ fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct NewCompany {
     name: Option<String>,
+    redirect_url: Option<String>,
+}
+
+/// Checks a redirect URL: absolute https, or http to this machine (development).
+fn check_redirect(url: &str) -> ApiResult<()> {
+    let ok = url.len() <= 2000
+        && (url.starts_with("https://")
+            || url.starts_with("http://localhost")
+            || url.starts_with("http://127.0.0.1")
+            || url.starts_with("http://[::1]"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "field \"redirectUrl\" must be an absolute https:// URL (http:// only for localhost), at most 2000 characters",
+        ))
+    }
+}
+
+/// A new link for a company, as the client sees it.
+fn link_for(state: &AppState, company: &Company) -> ApiResult<Value> {
+    let token = state
+        .control
+        .create_link(&company.id, state.link_ttl_secs)
+        .map_err(ApiError::internal)?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(state.link_ttl_secs);
+    Ok(json!({
+        "linkUrl": format!("{}/link/{token}", state.public_url),
+        "linkExpiresAt": expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
+}
+
+/// A company with a fresh link.
+fn with_link(state: &AppState, company: &Company) -> ApiResult<Value> {
+    let mut value = serde_json::to_value(company).map_err(ApiError::internal)?;
+    if let (Some(obj), Value::Object(link)) = (value.as_object_mut(), link_for(state, company)?) {
+        obj.extend(link);
+    }
+    Ok(value)
 }
 
 async fn create_company(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
     body: Result<Json<NewCompany>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Company>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body.map_err(|e| {
         ApiError::bad(format!(
             "the body must be JSON like {{\"name\": \"Acme Ltd\"}}: {e}"
@@ -284,11 +404,79 @@ async fn create_company(
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty() && n.chars().count() <= 200)
         .ok_or_else(|| ApiError::bad("field \"name\" is required: 1 to 200 characters"))?;
+    if let Some(url) = &body.redirect_url {
+        check_redirect(url)?;
+    }
     let company = state
         .control
-        .create_company(&client.id, &name)
+        .create_company(&client.id, &name, body.redirect_url.as_deref())
         .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(company)))
+    Ok((StatusCode::CREATED, Json(with_link(&state, &company)?)))
+}
+
+/// `POST /companies/{id}/link`: a new link (the last one expired or was used).
+async fn new_link(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let company = owned(&state, &client, &id)?;
+    Ok((StatusCode::CREATED, Json(link_for(&state, &company)?)))
+}
+
+/// `POST /companies/{id}/sync`: queues a sync; a connector checking in gets it at once.
+async fn request_sync(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    owned(&state, &client, &id)?;
+    let request = state
+        .control
+        .request_sync(&id)
+        .map_err(ApiError::internal)?;
+    state.company_wake(&id).notify_waiters();
+    tracing::info!(company = %id, request = %request, "A sync was requested through the API.");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"requestId": request, "status": "queued"})),
+    ))
+}
+
+/// `GET /companies/{id}/devices`: the connectors linked to a company.
+async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    owned(&state, &client, &id)?;
+    let devices = state.control.devices(&id).map_err(ApiError::internal)?;
+    Ok(Json(json!({ "results": devices })))
+}
+
+/// `DELETE /companies/{id}/devices/{device_id}`: revokes a connector.
+async fn revoke_device(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path((id, device_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    owned(&state, &client, &id)?;
+    let known = state
+        .control
+        .devices(&id)
+        .map_err(ApiError::internal)?
+        .iter()
+        .any(|d| d.id == device_id);
+    if !known {
+        return Err(ApiError::not_found(format!("device {device_id} not found")));
+    }
+    let device = state
+        .control
+        .revoke_device(&device_id)
+        .map_err(ApiError::internal)?;
+    state.company_wake(&id).notify_waiters();
+    tracing::info!(company = %id, device = %device_id, "A connector was revoked by its client.");
+    Ok(Json(json!(device)))
 }
 
 async fn list_companies(
@@ -306,8 +494,33 @@ async fn get_company(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Company>> {
-    owned(&state, &client, &id).map(Json)
+) -> ApiResult<Json<Value>> {
+    let company = owned(&state, &client, &id)?;
+    let mut value = serde_json::to_value(&company).map_err(ApiError::internal)?;
+    let devices = state.control.devices(&id).map_err(ApiError::internal)?;
+    let last = state
+        .control
+        .last_sync_result(&id)
+        .map_err(ApiError::internal)?;
+    let connector = devices.iter().find(|d| d.revoked_at.is_none());
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("linked".into(), json!(connector.is_some()));
+        obj.insert(
+            "connector".into(),
+            json!(connector.map(|d| json!({
+                "deviceId": d.id, "lastSeenAt": d.last_seen_at, "status": d.status,
+            }))),
+        );
+        obj.insert(
+            "lastSyncResult".into(),
+            json!(last.map(|r| json!({
+                "ok": r.ok, "reason": r.reason, "advice": r.reason.map(|x| x.advice()),
+                "message": r.message, "startedAt": r.started_at, "finishedAt": r.finished_at,
+                "snapshotId": r.snapshot_id,
+            }))),
+        );
+    }
+    Ok(Json(value))
 }
 
 async fn data_status(

@@ -49,6 +49,8 @@ pub struct Company {
     pub name: String,
     /// When it was created (RFC 3339).
     pub created_at: String,
+    /// Where the link page sends the browser back to when linking is done.
+    pub redirect_url: Option<String>,
     /// Owner.
     #[serde(skip)]
     pub client_id: String,
@@ -177,7 +179,87 @@ pub trait ControlPlane: Send + Sync {
     /// The client an API key belongs to.
     fn client_by_key(&self, key: &str) -> Result<Option<Client>, ControlError>;
     /// Creates a company owned by `client_id`.
-    fn create_company(&self, client_id: &str, name: &str) -> Result<Company, ControlError>;
+    fn create_company(
+        &self,
+        client_id: &str,
+        name: &str,
+        redirect_url: Option<&str>,
+    ) -> Result<Company, ControlError>;
+    /// A company by id, whoever owns it (link pages and device routes).
+    fn company_by_id(&self, company_id: &str) -> Result<Option<Company>, ControlError>;
+    /// A new link for a company: its token (`lk_…`), single use, valid `ttl_secs`.
+    fn create_link(&self, company_id: &str, ttl_secs: i64) -> Result<String, ControlError>;
+    /// The link a token names: its company and whether it can still be used.
+    fn link(&self, token: &str) -> Result<Option<(Company, LinkState)>, ControlError>;
+    /// A one-time code for the loopback hand-over of a usable link, bound to `state`.
+    fn create_link_code(
+        &self,
+        token: &str,
+        state: &str,
+        ttl_secs: i64,
+    ) -> Result<Option<String>, ControlError>;
+    /// Redeems a loopback code: it must be unused, unexpired, carry its `state`, name its
+    /// company, and its link must be unused. Uses the code and the link (one transaction).
+    fn redeem_link_code(
+        &self,
+        code: &str,
+        state: &str,
+        company_id: &str,
+    ) -> Result<Result<Company, &'static str>, ControlError>;
+    /// Starts a device-code flow: (secret device code, user code).
+    fn create_device_code(
+        &self,
+        device_name: &str,
+        ttl_secs: i64,
+    ) -> Result<(String, String), ControlError>;
+    /// Binds a typed user code to a usable link's company (and uses the link).
+    fn approve_user_code(
+        &self,
+        token: &str,
+        user_code: &str,
+    ) -> Result<Result<Company, &'static str>, ControlError>;
+    /// Where a device-code flow is; `Approved` is answered once.
+    fn poll_device_code(&self, device_code: &str) -> Result<DevicePoll, ControlError>;
+    /// A new device of a company, and its credential (shown once, stored hashed).
+    fn create_device(&self, company_id: &str, name: &str)
+    -> Result<(Device, String), ControlError>;
+    /// The device a credential belongs to (a rotated credential's first use retires the old).
+    fn authenticate_device(&self, credential: &str) -> Result<DeviceAuth, ControlError>;
+    /// A new credential for a device whose current one is older than `older_than_secs` (or
+    /// whose last rotation was not yet used); `None` when no rotation is due.
+    fn rotate_device(
+        &self,
+        device_id: &str,
+        older_than_secs: i64,
+    ) -> Result<Option<String>, ControlError>;
+    /// Revokes a device; returns it (with its company) if it existed.
+    fn revoke_device(&self, device_id: &str) -> Result<Option<Device>, ControlError>;
+    /// Whether a device is revoked (`None`: no such device).
+    fn device_revoked(&self, device_id: &str) -> Result<Option<bool>, ControlError>;
+    /// A company's devices, newest first.
+    fn devices(&self, company_id: &str) -> Result<Vec<Device>, ControlError>;
+    /// Records what a device said at check-in.
+    fn record_checkin(
+        &self,
+        device_id: &str,
+        status: &serde_json::Value,
+    ) -> Result<(), ControlError>;
+    /// Queues a sync of a company; returns the request id (an untaken one is reused).
+    fn request_sync(&self, company_id: &str) -> Result<String, ControlError>;
+    /// Takes the company's oldest untaken sync request.
+    fn take_sync_request(&self, company_id: &str) -> Result<Option<String>, ControlError>;
+    /// Records a sync's outcome reported by a device.
+    fn record_sync_result(
+        &self,
+        company_id: &str,
+        device_id: &str,
+        result: &crate::protocol::SyncResult,
+    ) -> Result<(), ControlError>;
+    /// The company's last reported sync outcome.
+    fn last_sync_result(
+        &self,
+        company_id: &str,
+    ) -> Result<Option<crate::protocol::SyncResult>, ControlError>;
     /// A client's companies.
     fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError>;
     /// One company, if `client_id` owns it.
@@ -218,7 +300,32 @@ CREATE TABLE IF NOT EXISTS snapshots (
     company_id TEXT NOT NULL REFERENCES companies(id), snapshot_id TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT, created_at TEXT, ingested_at TEXT NOT NULL, records TEXT,
     PRIMARY KEY (company_id, snapshot_id));
+CREATE TABLE IF NOT EXISTS links (
+    token_hash TEXT PRIMARY KEY, company_id TEXT NOT NULL REFERENCES companies(id),
+    expires_at INTEGER NOT NULL, used_at TEXT, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS link_codes (
+    code_hash TEXT PRIMARY KEY, link_hash TEXT NOT NULL REFERENCES links(token_hash),
+    company_id TEXT NOT NULL, state TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at TEXT);
+CREATE TABLE IF NOT EXISTS device_codes (
+    device_code_hash TEXT PRIMARY KEY, user_code TEXT NOT NULL UNIQUE, device_name TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, company_id TEXT, link_hash TEXT, used_at TEXT);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, company_id TEXT NOT NULL REFERENCES companies(id), name TEXT NOT NULL,
+    secret_hash TEXT NOT NULL, next_hash TEXT, prev_hash TEXT, prev_until INTEGER,
+    rotated_at INTEGER NOT NULL, revoked_at TEXT, created_at TEXT NOT NULL, last_seen_at TEXT,
+    status TEXT);
+CREATE INDEX IF NOT EXISTS devices_company ON devices(company_id);
+CREATE TABLE IF NOT EXISTS sync_requests (
+    id TEXT PRIMARY KEY, company_id TEXT NOT NULL REFERENCES companies(id), requested_at TEXT NOT NULL,
+    taken_at TEXT, finished_at TEXT, outcome TEXT);
+CREATE TABLE IF NOT EXISTS sync_results (
+    company_id TEXT NOT NULL REFERENCES companies(id), device_id TEXT NOT NULL, ok INTEGER NOT NULL,
+    reason TEXT, message TEXT, snapshot_id TEXT, started_at TEXT, finished_at TEXT,
+    received_at TEXT NOT NULL);
 ";
+
+/// Columns added to tables of earlier versions (`ALTER TABLE … ADD COLUMN`, once).
+const MIGRATIONS: &[(&str, &str, &str)] = &[("companies", "redirect_url", "TEXT")];
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -230,20 +337,123 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex(&raw))
 }
 
+/// A random token of `bytes` bytes, hex.
+pub fn random_token(bytes: usize) -> String {
+    random_id("", bytes)
+}
+
 /// SHA-256 of an API key, hex.
 pub(crate) fn key_hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// Equality that takes the same time wherever the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Seconds a rotated-out device credential keeps working after its successor's first use.
+pub const ROTATION_GRACE_SECS: i64 = 15 * 60;
+
+fn device_credential(id: &str, secret: &str) -> String {
+    format!("{}{id}_{secret}", crate::protocol::DEVICE_CREDENTIAL_PREFIX)
+}
+
+/// Whether a link can still be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Unused and unexpired.
+    Usable,
+    /// A connector was linked with it already.
+    Used,
+    /// Past its time.
+    Expired,
+}
+
+/// Where a device-code flow is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// The user has not typed the code yet.
+    Pending,
+    /// Typed on a link page: the device may be created (answered once).
+    Approved {
+        /// The link's company.
+        company_id: String,
+        /// The device's name.
+        device_name: String,
+    },
+    /// Not typed in time.
+    Expired,
+    /// Not a code (or already answered).
+    Unknown,
+}
+
+/// A connector linked to a company.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Its id.
+    pub id: String,
+    /// Its company.
+    pub company_id: String,
+    /// The PC's name.
+    pub name: String,
+    /// When it was linked.
+    pub created_at: String,
+    /// When it last called.
+    pub last_seen_at: Option<String>,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// What it said at its last check-in.
+    pub status: Option<serde_json::Value>,
+}
+
+/// What a presented device credential is.
+#[derive(Debug, Clone)]
+pub enum DeviceAuth {
+    /// A valid credential of this device.
+    Valid(Device),
+    /// The device's credential, but the device was revoked.
+    Revoked(Device),
+    /// Not a credential.
+    Invalid,
+}
+
+const DEVICE_COLUMNS: &str = "id, company_id, name, created_at, last_seen_at, revoked_at, status";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: r.get(0)?,
+        company_id: r.get(1)?,
+        name: r.get(2)?,
+        created_at: r.get(3)?,
+        last_seen_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        status: r
+            .get::<_, Option<String>>(6)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+    })
+}
+
 impl SqliteControl {
+    fn device(&self, id: &str) -> Result<Option<Device>, ControlError> {
+        Ok(self
+            .rows(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                [id],
+                device_row,
+            )?
+            .pop())
+    }
+
     /// Opens (creating) the control database at `path`.
     pub fn open(path: &Path) -> Result<Self, ControlError> {
         let shown = path.display().to_string();
@@ -257,6 +467,21 @@ impl SqliteControl {
         )
         .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        for (table, column, ty) in MIGRATIONS {
+            let has: bool = conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"
+                    ),
+                    [column],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .map_err(err)?;
+            }
+        }
         Ok(SqliteControl {
             conn: Mutex::new(conn),
             path: shown,
@@ -296,8 +521,11 @@ fn company_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Company> {
         client_id: r.get(1)?,
         name: r.get(2)?,
         created_at: r.get(3)?,
+        redirect_url: r.get(4)?,
     })
 }
+
+const COMPANY_COLUMNS: &str = "id, client_id, name, created_at, redirect_url";
 
 fn webhook_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
     webhook_at(r, 0)
@@ -502,30 +730,545 @@ impl ControlPlane for SqliteControl {
             .map(|(id, name, _)| Client { id, name }))
     }
 
-    fn create_company(&self, client_id: &str, name: &str) -> Result<Company, ControlError> {
+    fn create_company(
+        &self,
+        client_id: &str,
+        name: &str,
+        redirect_url: Option<&str>,
+    ) -> Result<Company, ControlError> {
         let company = Company {
             id: random_id("co", 10),
             client_id: client_id.to_owned(),
             name: name.to_owned(),
             created_at: now(),
+            redirect_url: redirect_url.map(str::to_owned),
         };
         self.db()
             .execute(
-                "INSERT INTO companies (id, client_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO companies (id, client_id, name, created_at, redirect_url) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     company.id,
                     company.client_id,
                     company.name,
-                    company.created_at
+                    company.created_at,
+                    company.redirect_url
                 ],
             )
             .map_err(self.err())?;
         Ok(company)
     }
 
+    fn company_by_id(&self, company_id: &str) -> Result<Option<Company>, ControlError> {
+        Ok(self
+            .rows(
+                &format!("SELECT {COMPANY_COLUMNS} FROM companies WHERE id = ?1"),
+                [company_id],
+                company_row,
+            )?
+            .pop())
+    }
+
+    fn create_link(&self, company_id: &str, ttl_secs: i64) -> Result<String, ControlError> {
+        let token = random_id("lk_", 24);
+        self.db()
+            .execute(
+                "INSERT INTO links (token_hash, company_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key_hash(&token), company_id, now_ms() + ttl_secs * 1000, now()],
+            )
+            .map_err(self.err())?;
+        Ok(token)
+    }
+
+    fn link(&self, token: &str) -> Result<Option<(Company, LinkState)>, ControlError> {
+        let found: Option<(String, i64, Option<String>)> = self
+            .db()
+            .query_row(
+                "SELECT company_id, expires_at, used_at FROM links WHERE token_hash = ?1",
+                [key_hash(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((company_id, expires_at, used_at)) = found else {
+            return Ok(None);
+        };
+        let state = if used_at.is_some() {
+            LinkState::Used
+        } else if expires_at <= now_ms() {
+            LinkState::Expired
+        } else {
+            LinkState::Usable
+        };
+        Ok(self.company_by_id(&company_id)?.map(|c| (c, state)))
+    }
+
+    fn create_link_code(
+        &self,
+        token: &str,
+        state: &str,
+        ttl_secs: i64,
+    ) -> Result<Option<String>, ControlError> {
+        if !matches!(self.link(token)?, Some((_, LinkState::Usable))) {
+            return Ok(None);
+        }
+        let Some((company, _)) = self.link(token)? else {
+            return Ok(None);
+        };
+        let code = random_id("", 32);
+        self.db()
+            .execute(
+                "INSERT INTO link_codes (code_hash, link_hash, company_id, state, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key_hash(&code), key_hash(token), company.id, state, now_ms() + ttl_secs * 1000],
+            )
+            .map_err(self.err())?;
+        Ok(Some(code))
+    }
+
+    fn redeem_link_code(
+        &self,
+        code: &str,
+        state: &str,
+        company_id: &str,
+    ) -> Result<Result<Company, &'static str>, ControlError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            i64,
+        );
+        let found: Option<Row> = tx
+            .query_row(
+                "SELECT c.link_hash, c.company_id, c.state, c.expires_at, c.used_at, l.used_at, l.expires_at
+                 FROM link_codes c JOIN links l ON l.token_hash = c.link_hash WHERE c.code_hash = ?1",
+                [key_hash(code)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((
+            link_hash,
+            code_company,
+            code_state,
+            expires_at,
+            used_at,
+            link_used,
+            link_expires,
+        )) = found
+        else {
+            return Ok(Err(
+                "this code is not valid: start again from the link page",
+            ));
+        };
+        let verdict = if used_at.is_some() {
+            Err("this code was already used: start again from the link page")
+        } else if expires_at <= now_ms() || link_expires <= now_ms() {
+            Err("this code has expired: start again from the link page")
+        } else if !constant_time_eq(code_state.as_bytes(), state.as_bytes()) {
+            Err("this code does not belong to this request (state differs)")
+        } else if code_company != company_id {
+            Err("this code is for another company")
+        } else if link_used.is_some() {
+            Err("this link was already used: ask the app for a new one")
+        } else {
+            Ok(())
+        };
+        if verdict.is_ok() {
+            let at = now();
+            tx.execute(
+                "UPDATE link_codes SET used_at = ?2 WHERE code_hash = ?1",
+                params![key_hash(code), at],
+            )
+            .map_err(self.err())?;
+            tx.execute(
+                "UPDATE links SET used_at = ?2 WHERE token_hash = ?1",
+                params![link_hash, at],
+            )
+            .map_err(self.err())?;
+        } else if used_at.is_none() {
+            // A code presented wrongly is burnt: it cannot be tried again with other values.
+            tx.execute(
+                "UPDATE link_codes SET used_at = ?2 WHERE code_hash = ?1",
+                params![key_hash(code), now()],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        drop(db);
+        match verdict {
+            Ok(()) => Ok(self
+                .company_by_id(company_id)?
+                .ok_or("this company no longer exists")),
+            Err(why) => Ok(Err(why)),
+        }
+    }
+
+    fn create_device_code(
+        &self,
+        device_name: &str,
+        ttl_secs: i64,
+    ) -> Result<(String, String), ControlError> {
+        const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+        let device_code = random_id("", 32);
+        let user: String = (0..8)
+            .map(|_| LETTERS[rand::random_range(0..LETTERS.len())] as char)
+            .collect();
+        let user_code = format!("{}-{}", &user[..4], &user[4..]);
+        self.db()
+            .execute(
+                "INSERT INTO device_codes (device_code_hash, user_code, device_name, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key_hash(&device_code), user, device_name, now_ms() + ttl_secs * 1000],
+            )
+            .map_err(self.err())?;
+        Ok((device_code, user_code))
+    }
+
+    fn approve_user_code(
+        &self,
+        token: &str,
+        user_code: &str,
+    ) -> Result<Result<Company, &'static str>, ControlError> {
+        let typed: String = user_code
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let company = match self.link(token)? {
+            Some((c, LinkState::Usable)) => c,
+            Some((_, LinkState::Used)) => {
+                return Ok(Err("this link was already used: ask the app for a new one"));
+            }
+            Some((_, LinkState::Expired)) => {
+                return Ok(Err("this link has expired: ask the app for a new one"));
+            }
+            None => return Ok(Err("this link is not valid")),
+        };
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let found: Option<(i64, Option<String>)> = tx
+            .query_row(
+                "SELECT expires_at, company_id FROM device_codes WHERE user_code = ?1",
+                [&typed],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let verdict = match found {
+            None => Err("no connector shows this code: check the code in the connector's window"),
+            Some((expires, _)) if expires <= now_ms() => {
+                Err("this code has expired: ask the connector for a new one")
+            }
+            Some((_, Some(_))) => Err("this code was already used"),
+            Some(_) => Ok(()),
+        };
+        if verdict.is_ok() {
+            tx.execute(
+                "UPDATE device_codes SET company_id = ?2, link_hash = ?3 WHERE user_code = ?1",
+                params![typed, company.id, key_hash(token)],
+            )
+            .map_err(self.err())?;
+            tx.execute(
+                "UPDATE links SET used_at = ?2 WHERE token_hash = ?1",
+                params![key_hash(token), now()],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(verdict.map(|()| company))
+    }
+
+    fn poll_device_code(&self, device_code: &str) -> Result<DevicePoll, ControlError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let found: Option<(i64, Option<String>, Option<String>, String)> = tx
+            .query_row(
+                "SELECT expires_at, company_id, used_at, device_name FROM device_codes WHERE device_code_hash = ?1",
+                [key_hash(device_code)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let poll = match found {
+            None => DevicePoll::Unknown,
+            Some((_, _, Some(_), _)) => DevicePoll::Unknown,
+            Some((_, Some(company_id), None, device_name)) => {
+                tx.execute(
+                    "UPDATE device_codes SET used_at = ?2 WHERE device_code_hash = ?1",
+                    params![key_hash(device_code), now()],
+                )
+                .map_err(self.err())?;
+                DevicePoll::Approved {
+                    company_id,
+                    device_name,
+                }
+            }
+            Some((expires, None, None, _)) if expires <= now_ms() => DevicePoll::Expired,
+            Some(_) => DevicePoll::Pending,
+        };
+        tx.commit().map_err(self.err())?;
+        Ok(poll)
+    }
+
+    fn create_device(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> Result<(Device, String), ControlError> {
+        let id = random_id("dev", 8);
+        let secret = random_id("", 32);
+        let device = Device {
+            id: id.clone(),
+            company_id: company_id.to_owned(),
+            name: name.to_owned(),
+            created_at: now(),
+            last_seen_at: None,
+            revoked_at: None,
+            status: None,
+        };
+        self.db()
+            .execute(
+                "INSERT INTO devices (id, company_id, name, secret_hash, rotated_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, company_id, name, key_hash(&secret), now_ms(), device.created_at],
+            )
+            .map_err(self.err())?;
+        Ok((device, device_credential(&id, &secret)))
+    }
+
+    fn authenticate_device(&self, credential: &str) -> Result<DeviceAuth, ControlError> {
+        let Some((id, secret)) = credential
+            .strip_prefix(crate::protocol::DEVICE_CREDENTIAL_PREFIX)
+            .and_then(|rest| rest.rsplit_once('_'))
+        else {
+            return Ok(DeviceAuth::Invalid);
+        };
+        let wanted = key_hash(secret);
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        );
+        let found: Option<Row> = tx
+            .query_row(
+                "SELECT secret_hash, next_hash, prev_hash, prev_until, revoked_at FROM devices WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((current, next, prev, prev_until, revoked)) = found else {
+            return Ok(DeviceAuth::Invalid);
+        };
+        let is = |h: &Option<String>| {
+            h.as_ref()
+                .is_some_and(|h| constant_time_eq(h.as_bytes(), wanted.as_bytes()))
+        };
+        let valid = if constant_time_eq(current.as_bytes(), wanted.as_bytes()) {
+            true
+        } else if is(&next) {
+            // The rotated credential's first use: the old one stays valid a little longer,
+            // for requests already under way with it, then never again.
+            tx.execute(
+                "UPDATE devices SET prev_hash = secret_hash, prev_until = ?2, secret_hash = next_hash, next_hash = NULL WHERE id = ?1",
+                params![id, now_ms() + ROTATION_GRACE_SECS * 1000],
+            )
+            .map_err(self.err())?;
+            true
+        } else {
+            is(&prev) && prev_until.is_some_and(|t| t > now_ms())
+        };
+        if valid {
+            tx.execute(
+                "UPDATE devices SET last_seen_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        drop(db);
+        if !valid {
+            return Ok(DeviceAuth::Invalid);
+        }
+        let device = self.device(id)?.ok_or_else(|| ControlError::Db {
+            path: self.path.clone(),
+            detail: format!("device {id} vanished"),
+        })?;
+        Ok(if revoked.is_some() {
+            DeviceAuth::Revoked(device)
+        } else {
+            DeviceAuth::Valid(device)
+        })
+    }
+
+    fn rotate_device(
+        &self,
+        device_id: &str,
+        older_than_secs: i64,
+    ) -> Result<Option<String>, ControlError> {
+        let secret = random_id("", 32);
+        let changed = self
+            .db()
+            .execute(
+                "UPDATE devices SET next_hash = ?2, rotated_at = ?3
+                 WHERE id = ?1 AND revoked_at IS NULL AND (next_hash IS NOT NULL OR rotated_at <= ?4)",
+                params![
+                    device_id,
+                    key_hash(&secret),
+                    now_ms(),
+                    now_ms() - older_than_secs * 1000
+                ],
+            )
+            .map_err(self.err())?;
+        Ok((changed == 1).then(|| device_credential(device_id, &secret)))
+    }
+
+    fn revoke_device(&self, device_id: &str) -> Result<Option<Device>, ControlError> {
+        self.db()
+            .execute(
+                "UPDATE devices SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+                params![device_id, now()],
+            )
+            .map_err(self.err())?;
+        self.device(device_id)
+    }
+
+    fn device_revoked(&self, device_id: &str) -> Result<Option<bool>, ControlError> {
+        Ok(self.device(device_id)?.map(|d| d.revoked_at.is_some()))
+    }
+
+    fn devices(&self, company_id: &str) -> Result<Vec<Device>, ControlError> {
+        self.rows(
+            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE company_id = ?1 ORDER BY created_at DESC, id"),
+            [company_id],
+            device_row,
+        )
+    }
+
+    fn record_checkin(
+        &self,
+        device_id: &str,
+        status: &serde_json::Value,
+    ) -> Result<(), ControlError> {
+        self.db()
+            .execute(
+                "UPDATE devices SET status = ?2, last_seen_at = ?3 WHERE id = ?1",
+                params![device_id, status.to_string(), now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn request_sync(&self, company_id: &str) -> Result<String, ControlError> {
+        let db = self.db();
+        let open: Option<String> = db
+            .query_row(
+                "SELECT id FROM sync_requests WHERE company_id = ?1 AND taken_at IS NULL ORDER BY requested_at LIMIT 1",
+                [company_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if let Some(id) = open {
+            return Ok(id);
+        }
+        let id = random_id("sr_", 10);
+        db.execute(
+            "INSERT INTO sync_requests (id, company_id, requested_at) VALUES (?1, ?2, ?3)",
+            params![id, company_id, now()],
+        )
+        .map_err(self.err())?;
+        Ok(id)
+    }
+
+    fn take_sync_request(&self, company_id: &str) -> Result<Option<String>, ControlError> {
+        let db = self.db();
+        let open: Option<String> = db
+            .query_row(
+                "SELECT id FROM sync_requests WHERE company_id = ?1 AND taken_at IS NULL ORDER BY requested_at LIMIT 1",
+                [company_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if let Some(id) = &open {
+            db.execute(
+                "UPDATE sync_requests SET taken_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map_err(self.err())?;
+        }
+        Ok(open)
+    }
+
+    fn record_sync_result(
+        &self,
+        company_id: &str,
+        device_id: &str,
+        r: &crate::protocol::SyncResult,
+    ) -> Result<(), ControlError> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO sync_results (company_id, device_id, ok, reason, message, snapshot_id, started_at, finished_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                company_id,
+                device_id,
+                r.ok,
+                r.reason.map(|x| x.code()),
+                r.message,
+                r.snapshot_id,
+                r.started_at,
+                r.finished_at,
+                now()
+            ],
+        )
+        .map_err(self.err())?;
+        if let Some(id) = &r.request_id {
+            db.execute(
+                "UPDATE sync_requests SET finished_at = ?2, outcome = ?3 WHERE id = ?1 AND company_id = ?4",
+                params![id, r.finished_at, if r.ok { "ok" } else { "failed" }, company_id],
+            )
+            .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn last_sync_result(
+        &self,
+        company_id: &str,
+    ) -> Result<Option<crate::protocol::SyncResult>, ControlError> {
+        Ok(self
+            .rows(
+                "SELECT ok, reason, message, snapshot_id, started_at, finished_at FROM sync_results
+                 WHERE company_id = ?1 ORDER BY rowid DESC LIMIT 1",
+                [company_id],
+                |r| {
+                    Ok(crate::protocol::SyncResult {
+                        request_id: None,
+                        ok: r.get(0)?,
+                        reason: r
+                            .get::<_, Option<String>>(1)?
+                            .and_then(|c| crate::protocol::Reason::from_code(&c)),
+                        message: r.get(2)?,
+                        snapshot_id: r.get(3)?,
+                        started_at: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        finished_at: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    })
+                },
+            )?
+            .pop())
+    }
+
     fn companies(&self, client_id: &str) -> Result<Vec<Company>, ControlError> {
         let rows = self.rows(
-            "SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 ORDER BY created_at, id",
+            &format!("SELECT {COMPANY_COLUMNS} FROM companies WHERE client_id = ?1 ORDER BY created_at, id"),
             [client_id],
             company_row,
         )?;
@@ -535,7 +1278,9 @@ impl ControlPlane for SqliteControl {
     fn company(&self, client_id: &str, company_id: &str) -> Result<Option<Company>, ControlError> {
         Ok(self
             .rows(
-                "SELECT id, client_id, name, created_at FROM companies WHERE client_id = ?1 AND id = ?2",
+                &format!(
+                    "SELECT {COMPANY_COLUMNS} FROM companies WHERE client_id = ?1 AND id = ?2"
+                ),
                 [client_id, company_id],
                 company_row,
             )?
@@ -544,7 +1289,7 @@ impl ControlPlane for SqliteControl {
 
     fn all_companies(&self) -> Result<Vec<Company>, ControlError> {
         let rows = self.rows(
-            "SELECT id, client_id, name, created_at FROM companies ORDER BY id",
+            &format!("SELECT {COMPANY_COLUMNS} FROM companies ORDER BY id"),
             [],
             company_row,
         )?;
@@ -627,7 +1372,7 @@ mod tests {
         let control = SqliteControl::open(&dir.path().join("c.sqlite3")).unwrap();
         let (a, _) = control.create_client("A").unwrap();
         let (b, _) = control.create_client("B").unwrap();
-        let ca = control.create_company(&a.id, "Acme").unwrap();
+        let ca = control.create_company(&a.id, "Acme", None).unwrap();
         assert!(crate::state::valid_company_id(&ca.id), "{}", ca.id);
         assert_eq!(control.companies(&a.id).unwrap().len(), 1);
         assert!(control.companies(&b.id).unwrap().is_empty());

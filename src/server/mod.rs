@@ -12,7 +12,9 @@
 
 pub mod api;
 pub mod control;
+pub mod devices;
 pub mod ingest;
+pub mod link;
 pub mod openapi;
 pub mod query;
 pub mod webhooks;
@@ -45,6 +47,14 @@ pub struct ServeOptions {
     pub webhook_backoff_scale: f64,
     /// Benchmark peer: read Parquet per request (see [`api::AppState::naive`]).
     pub naive: bool,
+    /// The public base URL (link URLs, upload grants); default `http://` + the bound address.
+    pub public_url: Option<String>,
+    /// The connector's loopback port the link page sends browsers to.
+    pub loopback_port: u16,
+    /// Seconds a link stays usable.
+    pub link_ttl_secs: i64,
+    /// Device credentials older than this are rotated at check-in.
+    pub rotate_after_secs: i64,
 }
 
 /// Why the server could not run.
@@ -233,7 +243,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         options.allow_internal_webhooks,
     );
     state.naive = options.naive;
-    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -241,6 +250,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             source,
         })?;
     let bound = listener.local_addr().unwrap_or(options.listen);
+    state.store = Some(store.clone());
+    state.state_dir = options.state_dir.clone();
+    state.public_url = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_owned();
+    state.loopback_port = options.loopback_port;
+    state.link_ttl_secs = options.link_ttl_secs;
+    state.rotate_after_secs = options.rotate_after_secs;
+    let state = Arc::new(state);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
     // The ingest loop stops between passes at shutdown, so a snapshot being loaded or its
@@ -287,7 +308,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

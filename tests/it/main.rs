@@ -3,11 +3,14 @@
 //! the results back from real DuckDB files, and publish to a real local folder and a real
 //! S3-compatible server process on loopback (`make test` starts it), read back by pyarrow.
 
+mod agent;
+mod desktop;
 mod errors;
 mod extract;
 mod golden;
 #[cfg(unix)]
 mod kill;
+mod link;
 mod rules;
 mod server;
 mod simulator;

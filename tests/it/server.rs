@@ -13,29 +13,29 @@ use crate::support::{Company, golden, sync_ok, tempdir, text};
 const SERVER: &str = env!("CARGO_BIN_EXE_connector-server");
 
 /// A running server; stopped with SIGTERM when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    state: PathBuf,
-    store: String,
+    pub(crate) base: String,
+    pub(crate) state: PathBuf,
+    pub(crate) store: String,
 }
 
 impl Server {
-    fn start(state: &Path, store: &str, extra: &[&str]) -> Server {
+    pub(crate) fn start(state: &Path, store: &str, extra: &[&str]) -> Server {
         let poll: &[&str] = if extra.contains(&"--poll-secs") {
             &[]
         } else {
             &["--poll-secs", "0.2"]
         };
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(SERVER)
-            .args([
-                "serve",
-                "--store",
-                store,
-                "--listen",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
+            .args(["serve", "--store", store])
+            .args(listen)
+            .arg("--state-dir")
             .arg(state)
             .args(poll)
             .args(extra)
@@ -66,7 +66,7 @@ impl Server {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -74,7 +74,7 @@ impl Server {
     }
 
     /// An API client and its key, made with the admin command.
-    fn client(&self, name: &str) -> String {
+    pub(crate) fn client(&self, name: &str) -> String {
         let out = Command::new(SERVER)
             .args(["admin", "create-client", name, "--state-dir"])
             .arg(&self.state)
@@ -93,7 +93,7 @@ impl Server {
             .expect("an API key is printed")
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         key: Option<&str>,
@@ -122,19 +122,19 @@ impl Server {
         })
     }
 
-    fn get(&self, key: &str, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, key: &str, path: &str) -> (u16, Value) {
         let (s, v, _) = self.call("GET", Some(key), path, None);
         assert_ne!(s, 500, "{path}: {v}");
         (s, v)
     }
 
-    fn ok(&self, key: &str, path: &str) -> Value {
+    pub(crate) fn ok(&self, key: &str, path: &str) -> Value {
         let (s, v) = self.get(key, path);
         assert_eq!(s, 200, "{path}: {v}");
         v
     }
 
-    fn company(&self, key: &str, name: &str) -> String {
+    pub(crate) fn company(&self, key: &str, name: &str) -> String {
         let (s, v, _) = self.call(
             "POST",
             Some(key),
@@ -146,7 +146,7 @@ impl Server {
     }
 
     /// Waits until `snapshot` (or any, when None) is the company's live snapshot.
-    fn wait_live(&self, key: &str, company: &str, snapshot: Option<&str>) -> Value {
+    pub(crate) fn wait_live(&self, key: &str, company: &str, snapshot: Option<&str>) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (code, status) = self.get(key, &format!("/companies/{company}/dataStatus"));
@@ -1092,50 +1092,5 @@ fn webhooks_to_private_addresses_are_refused_and_a_dead_receiver_ends_failed() {
     assert!(
         delivery["lastError"].as_str().unwrap().contains("500"),
         "{delivery}"
-    );
-}
-
-#[test]
-fn the_connector_tells_the_server_a_snapshot_was_published() {
-    // The server looks at the store once at start and then only when told.
-    let dir = tempdir();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = connector::publish::file_url(&store_dir);
-    let server = Server::start(&dir.path().join("server"), &store, &["--poll-secs", "3600"]);
-    let key = server.client("Lender");
-    let co = server.company(&key, "Told Ltd");
-    let company = golden(&dir.path().join("company"));
-    let out = std::process::Command::new(crate::support::CONNECTOR)
-        .args([
-            "sync",
-            "--odbc",
-            &company.odbc,
-            "--company",
-            &co,
-            "--store",
-            &store,
-            "--server",
-            &server.base,
-            "--server-key-env",
-            "TEST_API_KEY",
-            "--state-dir",
-        ])
-        .arg(dir.path().join("connector"))
-        .env("TEST_API_KEY", &key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        !text(&out).contains(&key),
-        "the API key appeared in the connector's output"
-    );
-    let started = Instant::now();
-    let id = latest_id(&store_dir, &co);
-    server.wait_live(&key, &co, Some(&id));
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "served only after {:?}",
-        started.elapsed()
     );
 }
