@@ -165,13 +165,11 @@ pub fn find_companies(root: &Path) -> Vec<FoundCompany> {
 /// The connection string of a company from a template (see [`DEFAULT_TEMPLATE`]).
 pub fn connection_string(template: &str, found: &FoundCompany) -> String {
     template
-        .replace("{{", "\u{1}")
-        .replace("}}", "\u{2}")
         .replace("{VERSION}", &found.version.to_string())
         .replace("{ACCDATA}", &found.accdata.display().to_string())
         .replace("{DATA_DIR}", &found.data_dir.display().to_string())
-        .replace('\u{1}', "{")
-        .replace('\u{2}', "}")
+        .replace("{{", "{")
+        .replace("}}", "}")
 }
 
 #[cfg(test)]
@@ -220,9 +218,13 @@ mod tests {
         }
         // V33's file is in Windows-1252: é is 0xE9.
         std::fs::create_dir_all(root.path().join("V33")).unwrap();
-        let mut cp1252 = b.display().to_string().replace('é', "\u{0}").into_bytes();
-        let at = cp1252.iter().position(|&c| c == 0).unwrap();
-        cp1252[at] = 0xE9;
+        let cp1252: Vec<u8> = b
+            .display()
+            .to_string()
+            .replace('é', "\u{0}")
+            .bytes()
+            .map(|c| if c == 0 { 0xE9 } else { c })
+            .collect();
         std::fs::write(root.path().join("V33").join("COMPANY"), cp1252).unwrap();
 
         let found = find_companies(root.path());

@@ -42,7 +42,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/settings/pause", post(pause))
         .route("/settings/quiet", post(quiet))
         .route("/settings/link-code", post(link_code))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             require_session,
         ));

@@ -215,7 +215,7 @@ fn a_snapshot_made_while_the_server_is_down_waits_and_is_published_when_it_retur
         .server
         .ok(&world.key, &format!("/companies/{id}/data/customers"));
     assert!(
-        customers["results"][0]["name"]
+        customers["results"][0]["customerName"]
             .as_str()
             .unwrap()
             .ends_with("(renamed)"),

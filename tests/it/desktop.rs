@@ -171,6 +171,8 @@ impl AgentProcess {
     /// Starts the same agent again (after `stop`).
     pub fn restart(&mut self) {
         self.stop();
+        // The status file is the stopped agent's until the new one writes its own.
+        let _ = std::fs::remove_file(self.state.join("agent").join("status.json"));
         let again = Self::spawn(&self.state, self.args.clone());
         let old = std::mem::replace(self, again);
         std::mem::forget(old);
