@@ -33,7 +33,7 @@ export CONNECTOR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(CONNECTOR_TEST_S3_PORT)
 export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
-	postgresql sqlite3 python3 python3-venv time npm curl
+	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver
 
 .PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-link pg-up pg-down s3-up s3-down
 

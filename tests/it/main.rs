@@ -11,8 +11,10 @@ mod golden;
 #[cfg(unix)]
 mod kill;
 mod link;
+mod link_browser;
 mod rules;
 mod server;
 mod simulator;
 mod snapshot;
 mod support;
+mod webdriver;
