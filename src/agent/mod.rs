@@ -436,6 +436,10 @@ impl Agent {
                     if !was {
                         self.write_status();
                     }
+                    // A little jitter before the next long poll, so that connectors do not
+                    // all call at the same instant after a server restart.
+                    let jitter = rand::random_range(0..500u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
                 Err(CallError::Revoked { detail, .. }) => {
                     tracing::error!(company, detail = %detail, "The server says this connector was revoked; syncing this company stops. Link it again from the app.");

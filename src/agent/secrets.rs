@@ -3,10 +3,11 @@
 //! Takes a name (`device:COMPANY`, `sage:COMPANY`) and a value; keeps it in the OS secret
 //! store where there is one that answers, else in a file only this user can read. Two real
 //! implementations of [`SecretStore`]:
-//! - [`SecretTool`]: the freedesktop Secret Service (GNOME Keyring, KWallet) through the
-//!   `secret-tool` command, used when it exists, a session bus is set and a probe round trip
-//!   works. Values go over stdin, never on a command line. On Windows and macOS the platform
-//!   stores (Credential Manager, Keychain) take this place in release builds.
+//! - the OS store: Windows Credential Manager and the macOS Keychain through the `keyring`
+//!   crate (`KeyringSecrets`, compiled only for those targets); on Linux the freedesktop Secret
+//!   Service (GNOME Keyring, KWallet) through the `secret-tool` command ([`SecretTool`]), used
+//!   when it exists, a session bus is set and a probe round trip works. Values go over stdin,
+//!   never on a command line.
 //! - [`FileSecrets`]: `STATE/secrets.json`, mode 0600, written whole (temporary file created
 //!   0600, synced, renamed); a file others can read is refused with the command that fixes it.
 //!
@@ -195,6 +196,58 @@ impl SecretStore for SecretTool {
     }
 }
 
+/// Windows Credential Manager / macOS Keychain.
+#[cfg(any(windows, target_os = "macos"))]
+#[derive(Debug)]
+pub struct KeyringSecrets;
+
+#[cfg(any(windows, target_os = "macos"))]
+impl KeyringSecrets {
+    fn entry(&self, name: &str) -> Result<keyring::Entry, SecretError> {
+        keyring::Entry::new(SERVICE, name).map_err(|e| self.err(name, e))
+    }
+
+    fn err(&self, name: &str, e: keyring::Error) -> SecretError {
+        SecretError::Store {
+            store: self.describe(),
+            name: name.to_owned(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+#[cfg(any(windows, target_os = "macos"))]
+impl SecretStore for KeyringSecrets {
+    fn get(&self, name: &str) -> Result<Option<String>, SecretError> {
+        match self.entry(name)?.get_password() {
+            Ok(v) => Ok(Some(v)),
+            Err(keyring::Error::NoEntry) => Ok(None),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
+    fn set(&self, name: &str, value: &str) -> Result<(), SecretError> {
+        self.entry(name)?
+            .set_password(value)
+            .map_err(|e| self.err(name, e))
+    }
+
+    fn delete(&self, name: &str) -> Result<(), SecretError> {
+        match self.entry(name)?.delete_credential() {
+            Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if cfg!(windows) {
+            "Windows Credential Manager".into()
+        } else {
+            "macOS Keychain".into()
+        }
+    }
+}
+
 /// Whether the Secret Service may be tried: a session bus is set and `secret-tool` exists.
 pub fn secret_service_candidate(env: impl Fn(&str) -> Option<String>) -> bool {
     env("DBUS_SESSION_BUS_ADDRESS").is_some_and(|v| !v.is_empty())
@@ -205,7 +258,19 @@ pub fn secret_service_candidate(env: impl Fn(&str) -> Option<String>) -> bool {
 
 /// The OS store when one answers, else the 0600 file in the state folder.
 pub fn open(state_dir: &Path) -> Box<dyn SecretStore> {
-    if cfg!(unix) && secret_service_candidate(|v| std::env::var(v).ok()) {
+    #[cfg(any(windows, target_os = "macos"))]
+    {
+        let store = KeyringSecrets;
+        let probe = format!("probe-{}", std::process::id());
+        if store.set(&probe, "probe").is_ok() && store.delete(&probe).is_ok() {
+            tracing::info!(store = %store.describe(), "Secrets are kept in the OS secret store.");
+            return Box::new(store);
+        }
+    }
+    if cfg!(unix)
+        && !cfg!(target_os = "macos")
+        && secret_service_candidate(|v| std::env::var(v).ok())
+    {
         let store = SecretTool;
         let probe = format!("probe-{}", std::process::id());
         let works = store.set(&probe, "probe").is_ok()

@@ -168,10 +168,18 @@ pub fn document(model: &DataModel) -> Value {
     );
     schemas.insert("Company".into(), json!({"type": "object", "required": ["id", "name", "createdAt"], "properties": {
         "id": {"type": "string", "description": "The company id; the connector publishes under it (connector sync --company ID)."},
-        "name": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"}}}));
+        "name": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"},
+        "redirectUrl": {"type": ["string", "null"], "description": "Where the link flow sends the Sage user's browser back to, with companyId and status (linked, failed) added."},
+        "linkUrl": {"type": "string", "description": "Only when created: the link page to send the Sage user to (single use)."},
+        "linkExpiresAt": {"type": "string", "format": "date-time"}}}));
+    schemas.insert("Device".into(), json!({"type": "object", "required": ["id", "companyId", "name", "createdAt"], "properties": {
+        "id": {"type": "string"}, "companyId": {"type": "string"}, "name": {"type": "string", "description": "The PC's name."},
+        "createdAt": {"type": "string", "format": "date-time"}, "lastSeenAt": {"type": ["string", "null"]},
+        "revokedAt": {"type": ["string", "null"]},
+        "status": {"description": "What the connector said at its last check-in: connectorVersion, os, state, lastSuccessAt, lastError (a reason code)."}}}));
     paths.insert("/companies".into(), json!({
         "post": {"operationId": "create_company", "summary": "Create a company",
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}}}}}},
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}, "redirectUrl": {"type": "string", "description": "https:// (http:// only for localhost)"}}}}}},
             "responses": {"201": {"description": "Created.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Company"}}}}, "400": error_response("No valid name.")}},
         "get": {"operationId": "list_companies", "summary": "Your companies",
             "responses": {"200": {"description": "Your companies.", "content": {"application/json": {"schema": {"type": "object", "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/Company"}}}}}}}}}
@@ -187,6 +195,18 @@ pub fn document(model: &DataModel) -> Value {
     paths.insert("/companies/{companyId}/snapshots/published".into(), json!({"post": {"operationId": "snapshot_published", "parameters": [company_param],
         "description": "Tells the server a snapshot was just published: it looks at the store now instead of at its next poll.",
         "responses": {"202": {"description": "The store is being checked."}, "404": error_response("No such company (or not yours).")}}}));
+    paths.insert("/companies/{companyId}/link".into(), json!({"post": {"operationId": "new_link", "parameters": [company_param],
+        "description": "A new link URL for the company (the last one expired or was used).",
+        "responses": {"201": {"description": "linkUrl and linkExpiresAt."}, "404": error_response("No such company (or not yours).")}}}));
+    paths.insert("/companies/{companyId}/sync".into(), json!({"post": {"operationId": "request_sync", "parameters": [company_param],
+        "description": "Queues a sync: a connector that is online starts it within seconds; otherwise at its next check-in.",
+        "responses": {"202": {"description": "requestId and status queued."}, "404": error_response("No such company (or not yours).")}}}));
+    paths.insert("/companies/{companyId}/devices".into(), json!({"get": {"operationId": "list_devices", "parameters": [company_param],
+        "responses": {"200": {"description": "The connectors linked to the company.", "content": {"application/json": {"schema": {"type": "object", "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}}}}}}}, "404": error_response("No such company (or not yours).")}}}));
+    paths.insert("/companies/{companyId}/devices/{deviceId}".into(), json!({"delete": {"operationId": "revoke_device",
+        "parameters": [company_param, {"name": "deviceId", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "description": "Revokes a connector: its credential stops working at once and it stops syncing the company.",
+        "responses": {"200": {"description": "The revoked device.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Device"}}}}, "404": error_response("No such company or device.")}}}));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Connector API", "version": format!("{}", crate::model::SCHEMA_VERSION),

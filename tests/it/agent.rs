@@ -225,7 +225,21 @@ fn a_snapshot_made_while_the_server_is_down_waits_and_is_published_when_it_retur
 
 #[test]
 fn a_revoked_connector_stops_syncing_with_a_reason_and_the_client_hears_of_failures() {
-    let world = World::new(&[]);
+    let world = World::new(&["--allow-private-webhooks"]);
+    // The client's webhook receiver: every body it is sent.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let keep = received.clone();
+    let receiver = crate::webdriver::PageServer::start(move |_, _, body| {
+        keep.lock().unwrap().push(body.to_owned());
+        (204, Vec::new(), String::new())
+    });
+    let (s, v, _) = world.server.call(
+        "POST",
+        Some(&world.key),
+        "/webhooks",
+        Some(json!({"url": format!("{}/hook", receiver.base()), "eventTypes": ["sync.failed"]})),
+    );
+    assert_eq!(s, 201, "{v}");
     let sage = golden(&world.dir.path().join("sage"));
     let (agent, ids) = linked(&world, &[&sage]);
     let id = &ids[0];
@@ -250,6 +264,21 @@ fn a_revoked_connector_stops_syncing_with_a_reason_and_the_client_hears_of_failu
         assert!(
             Instant::now() < deadline,
             "the failure was not reported: {company}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bodies = received.lock().unwrap().clone();
+        if let Some(b) = bodies.iter().find(|b| b.contains("sync.failed")) {
+            let event: serde_json::Value = serde_json::from_str(b).unwrap();
+            assert_eq!(event["data"]["companyId"], id.as_str(), "{event}");
+            assert_eq!(event["data"]["reason"], "data_folder_not_found", "{event}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sync.failed webhook: {bodies:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -591,3 +591,78 @@ fn the_server_refuses_a_commit_whose_files_are_not_what_the_manifest_says() {
     assert_eq!(after, latest);
     let _ = free_port();
 }
+
+#[test]
+fn on_an_s3_store_the_server_grants_pre_signed_uploads_and_the_desktop_holds_no_store_key() {
+    let s3 = crate::support::S3::from_env();
+    let bucket = s3.bucket("grants");
+    let dir = tempdir();
+    let store = format!("s3://{bucket}/published");
+    let server =
+        crate::server::Server::start_env(&dir.path().join("server"), &store, &[], &s3.env());
+    let key = server.client("Lender");
+    let (status, v, _) = server.call(
+        "POST",
+        Some(&key),
+        "/companies",
+        Some(json!({"name": "S3 Ltd", "redirectUrl": "https://app.example/x"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let link = v["linkUrl"].as_str().unwrap().to_owned();
+    let to = http(
+        "POST",
+        &format!("{link}/start"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some("port=47815".into()),
+    )
+    .header("location")
+    .unwrap();
+    let linked = http(
+        "POST",
+        &format!("{}/connector/link", server.base),
+        &[("content-type", "application/json")],
+        Some(json!({"code": param(&to, "code"), "state": param(&to, "state"), "companyId": id, "deviceName": "t"}).to_string()),
+    );
+    assert_eq!(linked.status, 200, "{}", linked.body);
+    let cred = linked.json()["credential"].as_str().unwrap().to_owned();
+    // The grants are pre-signed URLs of the store, not the server's own upload route.
+    let grants = http(
+        "POST",
+        &format!("{}/companies/{id}/connector/grants", server.base),
+        &[("authorization", &format!("Bearer {cred}")), ("content-type", "application/json")],
+        Some(json!({"snapshotId": "x", "files": [{"key": format!("{id}/data/invoices/{}.parquet", "a".repeat(64)), "sha256": "a".repeat(64), "bytes": 3}]}).to_string()),
+    )
+    .json();
+    let url = grants["uploads"][0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature"),
+        "{grants}"
+    );
+    assert_eq!(grants["uploads"][0]["viaServer"], false);
+    // A whole sync through those grants, with no AWS setting in the connector's environment.
+    let sage = golden(&dir.path().join("sage"));
+    let out = std::process::Command::new(crate::support::CONNECTOR)
+        .args([
+            "sync",
+            "--odbc",
+            &sage.odbc,
+            "--company",
+            &id,
+            "--server",
+            &server.base,
+            "--credential-env",
+            "TEST_DEVICE",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("connector"))
+        .env("TEST_DEVICE", &cred)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let status = server.wait_live(&key, &id, None);
+    assert_eq!(status["invoices"]["recordCount"], 7, "{status}");
+}

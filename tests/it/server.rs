@@ -22,6 +22,16 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(state: &Path, store: &str, extra: &[&str]) -> Server {
+        Self::start_env(state, store, extra, &[])
+    }
+
+    /// Starts a server with extra environment (the S3 settings of a store).
+    pub(crate) fn start_env(
+        state: &Path,
+        store: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let poll: &[&str] = if extra.contains(&"--poll-secs") {
             &[]
         } else {
@@ -39,6 +49,7 @@ impl Server {
             .arg(state)
             .args(poll)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::piped())
             .stderr({
                 std::fs::create_dir_all(state).unwrap();
