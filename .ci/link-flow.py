@@ -31,9 +31,9 @@ def request(method, url, body=None, headers=None, follow=False):
     opener = urllib.request.build_opener() if follow else urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(req, timeout=600) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def step(name, started):
@@ -47,10 +47,10 @@ status, headers, _ = request(
     "POST", link_url + "/start", f"port={port}".encode(),
     {"Content-Type": "application/x-www-form-urlencoded"})
 assert status == 303, status
-loopback = headers["Location"]
+loopback = headers["location"]
 status, headers, body = request("GET", loopback)
 assert status == 303, (status, body)
-cookie = headers["Set-Cookie"].split(";")[0]
+cookie = headers["set-cookie"].split(";")[0]
 status, _, page = request("GET", agent + "/settings", headers={"Cookie": cookie})
 token = page.decode().split('const TOKEN = "')[1].split('"')[0]
 step("link button → connector linked (code redeemed)", t)
