@@ -14,10 +14,10 @@ echo "   The API client created company $COMPANY with a redirect URL. Its link f
 echo "   $LINK_URL"
 if [ "${DEMO_LINK:-headless}" = browser ]; then
   echo "   Open it in a browser on this machine and follow it (the connector runs on port $AGENT_PORT)."
-  until grep -q '"up_to_date"' "$W/agent/status.json" 2>/dev/null; do sleep 1; done
+  until grep -q '"up_to_date"' "$W/agent/agent/status.json" 2>/dev/null; do sleep 1; done
 else
   echo "   Driving it headless (DEMO_LINK=browser to click through it yourself):"
   python3 "$(dirname "$0")/link-flow.py" "$BASE" "$KEY" "$LINK_URL" "$AGENT_PORT" "$W/agent" "$COMPANY" "$SAGE_DIR" | sed '$d'
 fi
-echo "   The browser is sent back to: $(python3 -c 'import json,sys; print([c for c in json.load(open(sys.argv[1]))["companies"]][0]["returnUrl"])' "$W/agent/status.json")"
-echo "   The connector's status: $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["companies"][0]; print(c["state"], "— last sync", c["lastSuccess"])' "$W/agent/status.json")"
+echo "   The browser is sent back to: $(python3 -c 'import json,sys; print([c for c in json.load(open(sys.argv[1]))["companies"]][0]["returnUrl"])' "$W/agent/agent/status.json")"
+echo "   The connector's status: $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["companies"][0]; print(c["state"], "— last sync", c["lastSuccess"])' "$W/agent/agent/status.json")"
