@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use odbc_api::{Connection, ConnectionOptions, Environment};
 
-use crate::extract::ExtractError;
+use crate::extract::{ExtractError, TextEncoding};
 
 /// A secret string that never prints itself.
 #[derive(Clone, Default)]
@@ -43,6 +43,9 @@ pub struct SourceConfig {
     user: Option<String>,
     password: Option<Secret>,
 }
+
+/// The connection-string key read by the connector and never passed to the driver.
+const TEXT_KEY: &str = crate::extract::text::SETTING;
 
 /// Connection-string keys whose values are secret.
 const SECRET_KEYS: &[&str] = &["PWD", "PASSWORD"];
@@ -83,6 +86,12 @@ impl SourceConfig {
             .map(PathBuf::from)
     }
 
+    /// How text is to be fetched: the connection string's `TextEncoding=` (default auto).
+    pub fn text_encoding(&self) -> Result<TextEncoding, ExtractError> {
+        let value = attribute(self.connection_string.expose(), &[TEXT_KEY]).unwrap_or_default();
+        TextEncoding::parse(&value).map_err(|detail| ExtractError::Setting { detail })
+    }
+
     /// The connection string with secrets replaced by `***`, for logs.
     pub fn display(&self) -> String {
         self.redact(self.connection_string.expose())
@@ -118,7 +127,11 @@ impl SourceConfig {
                     .iter()
                     .any(|u| k.eq_ignore_ascii_case(u));
                 let password_key = SECRET_KEYS.iter().any(|p| k.eq_ignore_ascii_case(p));
-                !(user_key && self.user.is_some() || password_key && self.password.is_some())
+                // The connector's own setting, not the driver's.
+                let ours = k.eq_ignore_ascii_case(TEXT_KEY);
+                !(ours
+                    || user_key && self.user.is_some()
+                    || password_key && self.password.is_some())
             })
             .map(|(_, _, raw)| raw)
             .collect();

@@ -153,6 +153,13 @@ impl Builder {
             .map_err(staging_err(&self.target))
     }
 
+    /// Drops a table of this generation, to load it again.
+    pub fn drop_table(&self, name: &str) -> Result<(), ExtractError> {
+        self.conn
+            .execute_batch(&format!("DROP TABLE IF EXISTS {}", ident(name)))
+            .map_err(staging_err(&self.target))
+    }
+
     /// Adds the columns the source lacked, after loading, so they read as NULL.
     pub fn add_missing_columns(
         &self,

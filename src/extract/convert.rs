@@ -3,11 +3,12 @@
 //! Takes a result set's column types and produces (1) the ODBC buffer description to bulk-fetch
 //! into and (2) the Arrow schema, then converts each fetched buffer into a batch. Every column
 //! is bound nullable: Sage leaves values out more often than its catalogue admits. Text is
-//! validated as UTF-8 and dates checked, and a bad value is reported with its column and row.
+//! fetched wide or narrow as [`TextMode`] says and decoded to UTF-8 (`text.rs`), dates are
+//! checked, and a bad value is reported with its column and row.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, PrimitiveArray, StringBuilder};
+use arrow::array::{ArrayRef, BooleanArray, PrimitiveArray, StringArray, StringBuilder};
 use arrow::buffer::{NullBuffer, ScalarBuffer};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Date32Type, Field, Float32Type, Float64Type, Int8Type, Int16Type,
@@ -15,10 +16,13 @@ use arrow::datatypes::{
 };
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
-use odbc_api::buffers::{BufferDesc, ColumnarDynBuffer, NullableSlice};
+use odbc_api::buffers::{AnyColumnBufferSlice, BufferDesc, ColumnarDynBuffer, NullableSlice};
 use odbc_api::{Bit, ResultSetMetadata};
 
-/// Longest text value fetched, in bytes, for columns whose declared size is unknown or huge.
+use super::text::{SETTING, TextMode, push_utf16};
+
+/// First buffer for a text value, in bytes, for columns whose declared size is unknown or
+/// huge; a longer value makes the table be fetched again with a buffer that fits it.
 pub const MAX_TEXT_BYTES: usize = 8_192;
 
 /// How to fetch and convert one result set.
@@ -27,14 +31,37 @@ pub struct Layout {
     pub descs: Vec<BufferDesc>,
     /// The Arrow schema of the converted batches.
     pub schema: SchemaRef,
+    /// How text columns are fetched and decoded.
+    pub text: TextMode,
 }
 
 impl Layout {
-    /// Describes the columns of a result set; `names` are their names in order.
+    /// Describes the columns of a result set; `names` are their names in order. `lengths`
+    /// holds, per column, a text length in bytes known to be needed (after a value did not
+    /// fit), overriding the declared one.
     pub fn of(
         cursor: &mut impl ResultSetMetadata,
         names: &[String],
+        text: TextMode,
+        lengths: &[Option<usize>],
     ) -> Result<Self, odbc_api::Error> {
+        let text_desc = |declared: Option<usize>, column: usize| {
+            let needed = lengths.get(column).copied().flatten();
+            match text {
+                // Declared lengths count characters: at most two UTF-16 units each.
+                TextMode::Wide => BufferDesc::WText {
+                    max_str_len: needed.map(|b| b.div_ceil(2)).unwrap_or_else(|| {
+                        declared.map_or(MAX_TEXT_BYTES / 2, |d| (d * 2).min(MAX_TEXT_BYTES / 2))
+                    }),
+                },
+                // And at most four bytes each in a narrow encoding (UTF-8's worst case).
+                TextMode::Narrow(_) => BufferDesc::Text {
+                    max_str_len: needed.unwrap_or_else(|| {
+                        declared.map_or(MAX_TEXT_BYTES, |d| (d * 4).min(MAX_TEXT_BYTES))
+                    }),
+                },
+            }
+        };
         let mut descs = Vec::with_capacity(names.len());
         let mut fields = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
@@ -51,19 +78,10 @@ impl Layout {
                     (d, DataType::Timestamp(TimeUnit::Microsecond, None))
                 }
                 Some(d @ BufferDesc::Bit { .. }) => (d, DataType::Boolean),
-                // Declared lengths count characters; UTF-8 needs up to four bytes each.
-                Some(BufferDesc::Text { max_str_len }) => (
-                    BufferDesc::Text {
-                        max_str_len: (max_str_len * 4).min(MAX_TEXT_BYTES),
-                    },
-                    DataType::Utf8,
-                ),
-                _ => (
-                    BufferDesc::Text {
-                        max_str_len: MAX_TEXT_BYTES,
-                    },
-                    DataType::Utf8,
-                ),
+                Some(BufferDesc::Text { max_str_len } | BufferDesc::WText { max_str_len }) => {
+                    (text_desc(Some(max_str_len), i), DataType::Utf8)
+                }
+                _ => (text_desc(None, i), DataType::Utf8),
             };
             descs.push(desc);
             fields.push(Field::new(name, arrow, true));
@@ -71,6 +89,7 @@ impl Layout {
         Ok(Layout {
             descs,
             schema: Arc::new(Schema::new(fields)),
+            text,
         })
     }
 
@@ -151,28 +170,69 @@ impl Layout {
                         .collect();
                     Arc::new(values)
                 }
-                _ => {
-                    let text = view.as_text().ok_or_else(bad)?;
-                    let mut builder = StringBuilder::with_capacity(rows, rows * 16);
-                    for row in 0..rows {
-                        match text.get(row) {
-                            None => builder.append_null(),
-                            Some(bytes) => {
-                                builder.append_value(std::str::from_utf8(bytes).map_err(|e| {
-                                    format!(
-                                        "column {}: row {row} is not valid UTF-8 text ({e})",
-                                        field.name()
-                                    )
-                                })?)
-                            }
-                        }
-                    }
-                    Arc::new(builder.finish())
-                }
+                _ => Arc::new(self.text_column(view, field.name(), rows)?),
             };
             columns.push(array);
         }
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+    }
+}
+
+impl Layout {
+    /// One text column, decoded to UTF-8 as the layout's [`TextMode`] says.
+    fn text_column(
+        &self,
+        view: AnyColumnBufferSlice<'_>,
+        name: &str,
+        rows: usize,
+    ) -> Result<StringArray, String> {
+        let mut builder = StringBuilder::with_capacity(rows, rows * 16);
+        match self.text {
+            TextMode::Wide => {
+                let text = view
+                    .as_wide_text()
+                    .ok_or_else(|| format!("column {name}: unexpected buffer type"))?;
+                let mut scratch = String::new();
+                for row in 0..rows {
+                    match text.get(row) {
+                        None => builder.append_null(),
+                        Some(units) => {
+                            scratch.clear();
+                            if !push_utf16(&mut scratch, units) {
+                                return Err(format!(
+                                    "column {name}: row {row} is not valid UTF-16 text (an \
+                                     unpaired surrogate); set {SETTING}= in the connection \
+                                     string to the driver's code page to read it narrow"
+                                ));
+                            }
+                            builder.append_value(&scratch);
+                        }
+                    }
+                }
+            }
+            TextMode::Narrow(narrow) => {
+                let text = view
+                    .as_text()
+                    .ok_or_else(|| format!("column {name}: unexpected buffer type"))?;
+                for row in 0..rows {
+                    match text.get(row) {
+                        None => builder.append_null(),
+                        Some(bytes) => match narrow.decode(bytes) {
+                            Some(s) => builder.append_value(s),
+                            None => {
+                                return Err(format!(
+                                    "column {name}: row {row} is not valid {} text; set \
+                                     {SETTING}= in the connection string to the driver's code \
+                                     page (windows-1252 on UK PCs) or to auto",
+                                    narrow.encoding.name()
+                                ));
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        Ok(builder.finish())
     }
 }
 

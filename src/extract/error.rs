@@ -102,6 +102,12 @@ pub enum ExtractError {
         /// The driver's message.
         detail: String,
     },
+    /// A setting of the connector's own in the connection string is wrong.
+    #[error("{detail}")]
+    Setting {
+        /// What is wrong and what is accepted.
+        detail: String,
+    },
     /// Connecting failed for another reason.
     #[error("cannot connect to the Sage data: {detail}")]
     Connect {
@@ -133,7 +139,7 @@ impl ExtractError {
             | ExtractError::ColumnMissing { .. }
             | ExtractError::ColumnType { .. } => R::SageSchema,
             ExtractError::Fetch { .. } => R::SageData,
-            ExtractError::Connect { .. } => R::Other,
+            ExtractError::Connect { .. } | ExtractError::Setting { .. } => R::Other,
             ExtractError::Staging { .. } => R::LocalStorage,
         }
     }

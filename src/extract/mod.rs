@@ -10,13 +10,17 @@
 //!    driver never waits on DuckDB, the two cores each have one busy thread, and memory holds
 //!    two fetch buffers and one batch, whatever the table size (DuckDB's own share is capped
 //!    in [`crate::staging`]).
-//! 3. Only when every table has arrived is the generation swapped in; any error leaves the
+//! 3. Text is fetched wide (UTF-16) where the driver allows, else narrow and decoded from the
+//!    driver's code page (`text.rs`); a value longer than its buffer makes the table be fetched
+//!    again with room for it, so nothing is cut short.
+//! 4. Only when every table has arrived is the generation swapped in; any error leaves the
 //!    previous one in place and names the table (and the column or row when known).
 
 mod convert;
 mod drain;
 mod error;
 mod probe;
+pub(crate) mod text;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -30,6 +34,7 @@ use tracing::{info, warn};
 pub use drain::drain;
 pub use error::ExtractError;
 pub use probe::{Probe, probe};
+pub use text::{TextEncoding, TextMode};
 
 use crate::schema::{ColumnType, SourceSchema, Table};
 use crate::source::SourceConfig;
@@ -118,6 +123,7 @@ fn load_all(
     let conn: SharedConnection<'static> =
         Arc::new(Mutex::new(source.connect(environment(source)?)?));
     let mut staged = Vec::with_capacity(options.schema.tables.len());
+    let mut text = source.text_encoding()?.first_mode();
     for table in &options.schema.tables {
         let plan = plan_table(&conn.lock().expect("connection lock"), source, table)?;
         let Some(plan) = plan else {
@@ -131,19 +137,93 @@ fn load_all(
             });
             continue;
         };
-        staged.push(load_table(builder, options, &conn, &plan)?);
+        staged.push(load_table(builder, options, &conn, &plan, &mut text)?);
         crate::failpoint::hit("extract-table");
     }
     Ok(staged)
 }
 
-/// Streams one table into staging and checks that every row arrived.
+/// Longest text value the connector fetches, in bytes; a longer one fails its table.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why one attempt at a table stopped.
+enum Attempt {
+    /// A text value did not fit its buffer: fetch again with `bytes` for that column.
+    Truncated { column: usize, bytes: Option<usize> },
+    /// The driver refused wide text buffers.
+    WideRefused(ExtractError),
+    /// Anything else: the table fails.
+    Failed(ExtractError),
+}
+
+impl From<ExtractError> for Attempt {
+    fn from(e: ExtractError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+/// Streams one table into staging and checks that every row arrived. Fetches it again when a
+/// text value was longer than its buffer (never cutting it short) or when the driver refuses
+/// wide text and the setting allows narrow (`text` then stays narrow for later tables).
 fn load_table(
     builder: &Builder,
     options: &ExtractOptions<'_>,
     conn: &SharedConnection<'static>,
     plan: &Plan<'_>,
+    text: &mut TextMode,
 ) -> Result<StagedTable, ExtractError> {
+    let name = plan.table.name.as_str();
+    let mut lengths: Vec<Option<usize>> = vec![None; plan.present.len()];
+    loop {
+        let err = match attempt_table(builder, options, conn, plan, *text, &lengths) {
+            Ok(staged) => return Ok(staged),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(e) => e,
+        };
+        builder.drop_table(name)?;
+        match err {
+            Attempt::Truncated { column, bytes } => {
+                let before = lengths[column].unwrap_or(0);
+                let needed = bytes
+                    .map(|b| b + 16)
+                    .unwrap_or(before.max(convert::MAX_TEXT_BYTES) * 4)
+                    .max(before * 2);
+                let column_name = plan.present[column].clone();
+                if needed > MAX_VALUE_BYTES {
+                    return Err(ExtractError::Fetch {
+                        table: name.to_owned(),
+                        column: Some(column_name),
+                        rows_before: 0,
+                        detail: format!(
+                            "a text value is longer than {MAX_VALUE_BYTES} bytes, the most the \
+                             connector reads; shorten it in Sage"
+                        ),
+                    });
+                }
+                warn!(table = %name, column = %column_name, bytes = needed, "A text value is longer than the column's declared length; the table is fetched again with room for it.");
+                lengths[column] = Some(needed);
+            }
+            Attempt::WideRefused(e) => match options.source.text_encoding()?.fallback() {
+                Some(narrow) => {
+                    warn!(table = %name, driver_said = %e, text = %narrow.describe(), "The driver refuses wide (UTF-16) text; reading text narrow instead.");
+                    *text = narrow;
+                }
+                None => return Err(e),
+            },
+            Attempt::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// One pass over a table, fetching text as `text` says.
+fn attempt_table(
+    builder: &Builder,
+    options: &ExtractOptions<'_>,
+    conn: &SharedConnection<'static>,
+    plan: &Plan<'_>,
+    text: TextMode,
+    lengths: &[Option<usize>],
+) -> Result<StagedTable, Attempt> {
     let started = Instant::now();
     let source = options.source;
     let name = plan.table.name.as_str();
@@ -164,6 +244,14 @@ fn load_table(
         path: builder.target().to_owned(),
         detail: format!("table {name}: {detail}"),
     };
+    // A failure before the first row while fetching wide is the driver refusing wide text.
+    let refused = |rows: u64, e: ExtractError| {
+        if rows == 0 && text == TextMode::Wide {
+            Attempt::WideRefused(e)
+        } else {
+            Attempt::Failed(e)
+        }
+    };
     let mut cursor = conn
         .clone()
         .into_cursor(&plan.query(), (), None)
@@ -172,13 +260,13 @@ fn load_table(
             other => other,
         })?
         .ok_or_else(|| fetch_err(0, "the query returned no result set".to_owned()))?;
-    let layout =
-        convert::Layout::of(&mut cursor, &plan.present).map_err(|e| fetch_err(0, e.to_string()))?;
+    let layout = convert::Layout::of(&mut cursor, &plan.present, text, lengths)
+        .map_err(|e| fetch_err(0, e.to_string()))?;
     let capacity = layout.rows_per_batch(MAX_BATCH_BYTES, MAX_BATCH_ROWS);
     let buffer = || ColumnarDynBuffer::from_descs(capacity, layout.descs.iter().copied());
     let block = cursor
         .bind_buffer(buffer())
-        .map_err(|e| fetch_err(0, e.to_string()))?;
+        .map_err(|e| refused(0, fetch_err(0, e.to_string())))?;
     // The driver fills one buffer on its own thread while this one converts and loads the
     // other.
     let mut fetcher = ConcurrentBlockCursor::from_block_cursor(block);
@@ -191,32 +279,25 @@ fn load_table(
     let bar = crate::telemetry::table_progress(name, options.progress);
     let (mut rows, mut loading) = (0u64, 0f64);
     loop {
-        let more = fetcher.fetch_into(&mut filled).map_err(|e| {
-            let column = match &e {
-                odbc_api::Error::TooLargeValueForBuffer { buffer_index, .. } => {
-                    plan.present.get(*buffer_index).cloned()
-                }
-                _ => None,
-            };
-            let mut err = fetch_err(rows, e.to_string());
-            if let (
-                ExtractError::Fetch {
-                    column: c, detail, ..
-                },
-                Some(column),
-            ) = (&mut err, column)
-            {
-                *c = Some(column);
-                detail.push_str(
-                    " (a text value is longer than the column length the driver declares)",
-                );
+        let more = match fetcher.fetch_into(&mut filled) {
+            Ok(more) => more,
+            Err(odbc_api::Error::TooLargeValueForBuffer {
+                buffer_index,
+                indicator,
+            }) => {
+                return Err(Attempt::Truncated {
+                    column: buffer_index,
+                    bytes: indicator,
+                });
             }
-            err
-        })?;
+            Err(e) => return Err(refused(rows, fetch_err(rows, e.to_string()))),
+        };
         if !more {
             break;
         }
-        let batch = layout.convert(&filled).map_err(|e| fetch_err(rows, e))?;
+        let batch = layout
+            .convert(&filled)
+            .map_err(|e| refused(rows, fetch_err(rows, e)))?;
         let n = batch.num_rows() as u64;
         let appending = Instant::now();
         appender
@@ -234,9 +315,7 @@ fn load_table(
 
     let counted = builder.count(name)?;
     if counted != rows {
-        return Err(staging_err(format!(
-            "fetched {rows} rows but staged {counted}"
-        )));
+        return Err(staging_err(format!("fetched {rows} rows but staged {counted}")).into());
     }
     if options.verify_counts {
         let source_rows = count_rows(&conn.lock().expect("connection lock"), source, plan.table)?;
@@ -246,7 +325,8 @@ fn load_table(
                 format!(
                     "the source now counts {source_rows} rows: Sage data changed during the sync; run it again"
                 ),
-            ));
+            )
+            .into());
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -256,6 +336,7 @@ fn load_table(
         seconds = format!("{seconds:.3}"),
         load_seconds = format!("{loading:.3}"),
         rows_per_sec = (rows as f64 / seconds.max(1e-9)) as u64,
+        text = %text.describe(),
         "Extracted table."
     );
     Ok(StagedTable {

@@ -8,6 +8,7 @@
 use odbc_api::Cursor;
 use serde::Serialize;
 
+use super::text::{TextEncoding, TextMode, push_utf16};
 use super::{ExtractError, environment};
 use crate::source::SourceConfig;
 
@@ -52,13 +53,48 @@ fn first_row(
     let Some(mut row) = cursor.next_row().map_err(err)? else {
         return Ok(None);
     };
+    let encoding = source.text_encoding()?;
     let mut values = Vec::with_capacity(columns);
     for i in 1..=columns {
-        let mut buf = Vec::new();
-        let present = row.get_text(i as u16, &mut buf).map_err(err)?;
-        values.push(present.then(|| String::from_utf8_lossy(&buf).trim().to_owned()));
+        values.push(text_value(&mut row, i as u16, encoding).map_err(err)?);
     }
     Ok(Some(values))
+}
+
+/// One value as text, read as the extractor reads text: wide where the setting and the
+/// driver allow, else narrow bytes decoded from the driver's code page.
+fn text_value(
+    row: &mut odbc_api::CursorRow<'_>,
+    column: u16,
+    encoding: TextEncoding,
+) -> Result<Option<String>, odbc_api::Error> {
+    let narrow = match encoding.first_mode() {
+        TextMode::Wide => {
+            let mut units = Vec::new();
+            match row.get_wide_text(column, &mut units) {
+                Ok(present) => {
+                    let mut s = String::new();
+                    return Ok(present.then(|| {
+                        if !push_utf16(&mut s, &units) {
+                            s = String::from_utf16_lossy(&units);
+                        }
+                        s.trim().to_owned()
+                    }));
+                }
+                Err(e) => match encoding.fallback() {
+                    Some(TextMode::Narrow(n)) => n,
+                    _ => return Err(e),
+                },
+            }
+        }
+        TextMode::Narrow(n) => n,
+    };
+    let mut bytes = Vec::new();
+    let present = row.get_text(column, &mut bytes)?;
+    Ok(present.then(|| match narrow.decode(&bytes) {
+        Some(s) => s.trim().to_owned(),
+        None => String::from_utf8_lossy(&bytes).trim().to_owned(),
+    }))
 }
 
 /// Connects and reads the facts; fails as a sync would.

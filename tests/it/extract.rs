@@ -181,11 +181,11 @@ fn a_failed_extraction_leaves_the_previous_staging_intact() {
     let splits: i64 = staging(&path)
         .query_row("SELECT COUNT(*) FROM AUDIT_SPLIT", [], |r| r.get(0))
         .unwrap();
-    // A value longer than the column length the driver declares, late in the table order.
+    // A value longer than any the connector reads, late in the table order.
     company
         .sqlite()
         .execute(
-            "UPDATE AUDIT_JOURNAL SET ACCOUNT_REF = printf('%.300c', 'x') WHERE rowid = 50",
+            "UPDATE AUDIT_JOURNAL SET ACCOUNT_REF = printf('%.5000000c', 'x') WHERE rowid = 50",
             [],
         )
         .unwrap();
@@ -193,7 +193,8 @@ fn a_failed_extraction_leaves_the_previous_staging_intact() {
     assert!(!out.status.success());
     let message = text(&out);
     assert!(
-        message.contains("reading table AUDIT_JOURNAL failed"),
+        message.contains("reading table AUDIT_JOURNAL failed")
+            && message.contains("column ACCOUNT_REF"),
         "{message}"
     );
     assert_eq!(
@@ -209,6 +210,39 @@ fn a_failed_extraction_leaves_the_previous_staging_intact() {
         !dir.path().join("staging.duckdb.building").exists(),
         "the abandoned generation is removed"
     );
+}
+
+#[test]
+fn a_value_longer_than_its_declared_column_arrives_whole() {
+    let dir = tempdir();
+    let company = generated(dir.path(), 25, 300);
+    let path = dir.path().join("staging.duckdb");
+    // ACCOUNT_REF is declared 8 characters; a Sage user's 300 and 20,000 still arrive whole.
+    let long: String = "\u{e9}x\u{2019}".repeat(100);
+    let longer = "y".repeat(20_000);
+    let sage = company.sqlite();
+    sage.execute(
+        "UPDATE AUDIT_JOURNAL SET ACCOUNT_REF = ?1 WHERE rowid = 7",
+        [&long],
+    )
+    .unwrap();
+    sage.execute(
+        "UPDATE AUDIT_JOURNAL SET ACCOUNT_REF = ?1 WHERE rowid = 9",
+        [&longer],
+    )
+    .unwrap();
+    extract_ok(&company.odbc, &path);
+    let db = staging(&path);
+    for value in [&long, &longer] {
+        let n: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM AUDIT_JOURNAL WHERE ACCOUNT_REF = ?",
+                [value],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "a value of {} characters", value.chars().count());
+    }
 }
 
 #[test]
