@@ -338,3 +338,123 @@ fn a_second_extraction_into_the_same_store_waits_its_turn() {
             > 0
     );
 }
+
+/// Runs SQL in the Windows-1252 test database with psql (its own client, UTF-8 on the wire):
+/// the source is written by a path that is not the one under test.
+fn psql_win1252(sql: &str) -> String {
+    let port = std::env::var("CONNECTOR_TEST_PG_PORT").expect(
+        "CONNECTOR_TEST_PG_PORT is set by `make test`, which starts PostgreSQL on loopback",
+    );
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "sage_manager"])
+        .args([
+            "-d",
+            "sage_win1252",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tA",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", "correct-horse")
+        .env("PGCLIENTENCODING", "UTF8")
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn text_in_windows_1252_arrives_as_its_characters_through_ansi_and_unicode_drivers() {
+    // Names a UK Sage company has, and a 60-character one (the column's declared length) made
+    // of characters that are one byte in Windows-1252 and two or three in UTF-8.
+    let names: Vec<String> = vec![
+        "Caf\u{e9} \u{a3}5 \u{2019}Round\u{2019} \u{20ac}uro Ltd".to_owned(),
+        "O\u{2019}Brien & Sons (\u{a3}) \u{2013} na\u{ef}ve r\u{e9}sum\u{e9}".to_owned(),
+        "\u{20ac}\u{a3}\u{e9}\u{2019}".repeat(15),
+        "plain ascii".to_owned(),
+    ];
+    assert_eq!(names[2].chars().count(), 60);
+    let table = "enc_customers";
+    assert_eq!(psql_win1252("SHOW server_encoding"), "WIN1252");
+    let values: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("({i}, '{}')", n.replace('\'', "''")))
+        .collect();
+    psql_win1252(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id integer, name varchar(60)); \
+         INSERT INTO {table} VALUES {}",
+        values.join(", ")
+    ));
+    // The database holds them as Windows-1252 bytes: £ is A3, € is 80, ’ is 92.
+    let hex = psql_win1252(&format!(
+        "SELECT encode(convert_to(name, 'WIN1252'), 'hex') FROM {table} WHERE id = 2"
+    ));
+    assert!(hex.starts_with("80a3e992"), "{hex}");
+
+    let dir = tempdir();
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(
+        &schema,
+        format!(
+            "[[table]]\nname = \"{table}\"\nkey = [\"id\"]\ncolumns = [\n  {{ name = \"id\", type = \"INTEGER\" }},\n  {{ name = \"name\", type = \"VARCHAR\", length = 60 }},\n]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::env::var("CONNECTOR_TEST_PG_PORT").unwrap();
+    let base = |driver: &str| {
+        format!(
+            "Driver={{{driver}}};Server=127.0.0.1;Port={port};Database=sage_win1252;SSLmode=disable;UID=sage_manager;PWD=correct-horse"
+        )
+    };
+    // The ANSI driver with the database's own encoding on the wire: narrow text is
+    // Windows-1252 bytes, as from Sage's driver on a UK PC.
+    let ansi = format!(
+        "{};ConnSettings=SET client_encoding TO 'WIN1252'",
+        base("PostgreSQL ANSI")
+    );
+    let cases = [
+        ("ANSI driver, default", ansi.clone()),
+        (
+            "ANSI driver, TextEncoding=windows-1252",
+            format!("{ansi};TextEncoding=windows-1252"),
+        ),
+        (
+            "ANSI driver, TextEncoding=1252 (a code page number)",
+            format!("{ansi};TextEncoding=1252"),
+        ),
+        ("Unicode driver, default", base("PostgreSQL Unicode")),
+    ];
+    for (case, odbc) in &cases {
+        let path = dir.path().join("staging.duckdb");
+        let out = extract(odbc, &path, &["--schema", schema.to_str().unwrap()]);
+        assert!(out.status.success(), "{case}: {}", text(&out));
+        let db = staging(&path);
+        let mut stmt = db
+            .prepare(&format!("SELECT name FROM \"{table}\" ORDER BY id"))
+            .unwrap();
+        let staged: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(staged, names, "{case}");
+    }
+    // Told the wrong code page, the table fails naming the column and the setting to change.
+    let path = dir.path().join("wrong.duckdb");
+    let out = extract(
+        &format!("{ansi};TextEncoding=utf-8"),
+        &path,
+        &["--schema", schema.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(
+        message.contains(&format!("reading table {table} failed"))
+            && message.contains("column name")
+            && message.contains("TextEncoding="),
+        "{message}"
+    );
+    assert!(!message.contains("correct-horse"), "{message}");
+}
