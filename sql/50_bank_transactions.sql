@@ -4,7 +4,9 @@
 -- rely on; every movement of a bank account is an AUDIT_JOURNAL line on its nominal code
 -- (receipts, payments, bank entries, transfers), so that is the source, line by line: the
 -- sum per bank equals the bank nominal's balance. The id is the journal line's Sage key
--- (TRAN_NUMBER-NOMINAL_CODE). recordRef points at the document (payment, bill payment) or,
+-- (TRAN_NUMBER-NOMINAL_CODE); a split that posts twice to one bank nominal (Sage allows it)
+-- gives its second and later lines -2, -3, … in order of amount, so ids are unique by
+-- construction and the first line keeps the id it always had. recordRef points at the document (payment, bill payment) or,
 -- for bank entries and transfers, at the journal entry.
 -- Built one slice of headers at a time (see slices in 00_conventions.sql): the postings' joins
 -- with their headers and splits stay small whatever the company's size.
@@ -13,7 +15,8 @@ WITH bank AS (
     SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
 )
 SELECT
-    j.tran_number::VARCHAR || '-' || j.nominal_code AS id,
+    j.tran_number::VARCHAR || '-' || j.nominal_code || CASE
+        WHEN j.nth = 1 THEN '' ELSE '-' || j.nth END AS id,
     {'id': j.nominal_code} AS bankAccountRef,
     j.posted_on AS date,
     j.amount AS amount,
@@ -31,7 +34,12 @@ SELECT
     j.deleted AS isDeleted,
     lineage('AUDIT_JOURNAL', j.tran_number::VARCHAR || '-' || j.nominal_code,
             CASE WHEN j.split_number IS NULL THEN [] ELSE [j.split_number] END) AS lineage
-FROM postings(k, true) j
+FROM (
+    SELECT *, row_number() OVER (
+        PARTITION BY tran_number, nominal_code
+        ORDER BY amount, posted_on, journal_type, line_deleted) AS nth
+    FROM postings(k, true)
+) j
 JOIN bank b ON b.code = j.nominal_code;
 
 CREATE OR REPLACE TABLE bankTransactions AS FROM bank_transactions_slice(0) LIMIT 0;

@@ -13,10 +13,11 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 11] = [
+const EVERY_CHECK: [&str; 12] = [
     "account_balances",
     "control_accounts",
     "documents_settle",
+    "known_types",
     "links_exist",
     "nominal_months",
     "payments_net_to_zero",
@@ -125,6 +126,40 @@ fn mutations_of_the_staged_data_make_a_named_check_fail() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn a_transaction_type_the_rules_do_not_know_is_warned_by_name_and_totals_hold() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 23, 600);
+    let clean = normalise(&staging, &Rules::embedded()).unwrap();
+    assert_eq!(status_of(&clean, "known_types"), CheckStatus::Pass);
+    // A journal's header, splits and postings retyped to a code no Sage release documents.
+    let header = "(SELECT min(HEADER_NUMBER) FROM AUDIT_HEADER WHERE TYPE = 'JD')";
+    let broken = mutated(
+        &staging,
+        "unknown_type",
+        &format!(
+            "UPDATE AUDIT_HEADER SET TYPE = 'XJ' WHERE HEADER_NUMBER = {header}; \
+             UPDATE AUDIT_SPLIT SET TYPE = 'XJ' WHERE HEADER_NUMBER = {header}; \
+             UPDATE AUDIT_JOURNAL SET TYPE = 'XJ' WHERE HEADER_NUMBER = {header}"
+        ),
+    );
+    let report = normalise(&broken, &Rules::embedded()).unwrap();
+    assert_eq!(status_of(&report, "known_types"), CheckStatus::Warn);
+    assert!(report.failed().is_empty(), "{}", report.summary());
+    let sample = &report
+        .checks
+        .iter()
+        .find(|c| c.name == "known_types")
+        .unwrap()
+        .sample;
+    assert!(
+        sample
+            .iter()
+            .any(|row| row.contains("TYPE 'XJ' in AUDIT_HEADER")),
+        "the warning names the type and the table: {sample:?}"
+    );
 }
 
 #[test]
