@@ -4,7 +4,9 @@
 -- nominal codes through its CATEGORY ranges, which the ODBC tables we read do not expose, so
 -- the classification follows Sage's default UK chart: 0010-1999 assets, 2000-2999
 -- liabilities, 3000-3999 capital and reserves (equity), 4000-4999 income, 5000-9999 purchases,
--- direct expenses and overheads (expense). Codes that are not numbers are 'Unknown'.
+-- direct expenses and overheads (expense), except 9998 Suspense and 9999 Mispostings, which
+-- Sage's chart places in the balance sheet (current liabilities), not the P&L: a suspense
+-- balance is money not yet explained, never a cost. Codes that are not numbers are 'Unknown'.
 -- currentBalance is Sage's own BALANCE (debit positive), never recomputed.
 CREATE OR REPLACE TABLE accounts AS
 WITH banks AS (
@@ -32,6 +34,7 @@ SELECT
         WHEN n.number < 3000 THEN 'Liability'
         WHEN n.number < 4000 THEN 'Equity'
         WHEN n.number < 5000 THEN 'Income'
+        WHEN n.number IN (9998, 9999) THEN 'Liability'
         ELSE 'Expense' END AS classification,
     n.account_type::BIGINT AS sageAccountType,
     CASE WHEN n.inactive THEN 'Archived' ELSE 'Active' END AS status,
