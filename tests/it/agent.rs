@@ -5,21 +5,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::desktop::{AgentProcess, World, link_and_set_up, sage_root, syncs_started};
+use crate::desktop::{AgentProcess, World, link_and_set_up, syncs_started};
 use crate::server::Server;
 use crate::support::{Company, generated, golden};
 
 /// A world with one linked, synced company.
 fn linked(world: &World, sages: &[&Company]) -> (AgentProcess, Vec<String>) {
     let dirs: Vec<&std::path::Path> = sages.iter().map(|s| s.dir.as_path()).collect();
-    let root = sage_root(&world.dir.path().join("sage-root"), &dirs);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&dirs);
     let mut ids = Vec::new();
     for (i, sage) in sages.iter().enumerate() {
         let (id, link) = world.company(&format!("Company {i}"), "https://app.example/done");

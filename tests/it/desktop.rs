@@ -309,6 +309,19 @@ pub struct World {
 }
 
 impl World {
+    /// A `connector run` agent of this world (state in `agent/`), finding the Sage companies
+    /// `sages` under its own Sage settings tree.
+    pub fn agent(&self, sages: &[&Path]) -> AgentProcess {
+        let root = sage_root(&self.dir.path().join("sage-root"), sages);
+        AgentProcess::start(
+            &self.dir.path().join("agent"),
+            &self.server.base,
+            self.port,
+            &root,
+            &[],
+        )
+    }
+
     /// A server whose link page sends browsers to the loopback `port`.
     pub fn new(extra: &[&str]) -> World {
         let dir = tempdir();

@@ -5,21 +5,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::desktop::{AgentProcess, World, free_port, http, link_and_set_up, param, sage_root};
+use crate::desktop::{World, free_port, http, link_and_set_up, param};
 use crate::support::{generated, golden, tempdir, text};
 
 #[test]
 fn linking_over_loopback_links_sets_up_syncs_and_serves_with_no_api_key_on_the_desktop() {
     let world = World::new(&[]);
     let sage = golden(&world.dir.path().join("sage"));
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let (id, link_url) = world.company("Golden Café Ltd", "https://app.example/done");
     // The link page names the company and carries the button.
     let page = http("GET", &link_url, &[], None);
@@ -82,14 +75,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn the_loopback_listener_refuses_other_hosts_origins_and_requests_without_the_token() {
     let world = World::new(&[]);
     let sage = golden(&world.dir.path().join("sage"));
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let (id, link_url) = world.company("Acme", "https://app.example/done");
     let loopback = world.start_link(&link_url);
     let answer = http("GET", &loopback, &[], None);
@@ -366,14 +352,7 @@ fn a_device_credential_is_rotated_at_check_in_and_the_old_one_retires_after_the_
 fn the_device_code_path_links_a_connector_whose_browser_is_elsewhere() {
     let world = World::new(&[]);
     let sage = golden(&world.dir.path().join("sage"));
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let (id, link_url) = world.company("Remote Ltd", "https://app.example/done");
     let session = agent.session();
     let code = session.post("/settings/link-code", json!({}));
@@ -412,14 +391,7 @@ fn test_shows_what_sage_says_or_exactly_what_is_wrong() {
     let world = World::new(&[]);
     let dir = tempdir();
     let sage = generated(&dir.path().join("sage"), 7, 300);
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let (id, link_url) = world.company("Sim Ltd", "https://app.example/done");
     let answer = http("GET", &world.start_link(&link_url), &[], None);
     let session = crate::desktop::Session::from_redirect(&agent, &answer);

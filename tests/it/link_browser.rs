@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::desktop::{AgentProcess, World, sage_root};
+use crate::desktop::World;
 use crate::support::generated;
 use crate::webdriver::{Browser, PageServer};
 
@@ -39,14 +39,7 @@ fn client_page(link: Arc<Mutex<String>>) -> PageServer {
 fn a_sage_user_links_in_a_browser_from_the_client_page_back_to_it_with_data_served() {
     let world = World::new(&[]);
     let sage = generated(&world.dir.path().join("sage"), 11, 400);
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let link = Arc::new(Mutex::new(String::new()));
     let page = client_page(link.clone());
     let (id, link_url) = world.company("Harbour Ltd", &format!("{}/done", page.base()));
@@ -103,14 +96,7 @@ fn a_sage_user_links_in_a_browser_from_the_client_page_back_to_it_with_data_serv
 fn a_sage_user_whose_browser_is_elsewhere_types_the_connectors_code_on_the_link_page() {
     let world = World::new(&[]);
     let sage = generated(&world.dir.path().join("sage"), 12, 200);
-    let root = sage_root(&world.dir.path().join("sage-root"), &[&sage.dir]);
-    let agent = AgentProcess::start(
-        &world.dir.path().join("agent"),
-        &world.server.base,
-        world.port,
-        &root,
-        &[],
-    );
+    let agent = world.agent(&[&sage.dir]);
     let (id, link_url) = world.company("Remote Ltd", "https://app.example/done");
     let browser = Browser::start();
     // On the PC with Sage: the connector's settings page shows a code.
