@@ -8,6 +8,21 @@
 -- sums are taken over the exact decimals, never over DOUBLEs. NULL counts as zero.
 CREATE OR REPLACE TEMP MACRO money(x) AS CAST(round(coalesce(x, 0)::DOUBLE, 2) AS DECIMAL(18, 2));
 
+-- An amount holding a fraction of a penny: Sage derives some base-currency amounts from
+-- foreign ones (foreign amount / rate) and stores them unrounded, e.g. 12.3456. Anything more
+-- than a thousandth of a penny from a whole penny is such an amount; DOUBLE's own noise on
+-- pence is far smaller. Rule 09 rounds these so that every split still balances, and the
+-- check sub_penny names each split that holds one.
+CREATE OR REPLACE TEMP MACRO sub_penny(x) AS
+    abs(coalesce(x, 0)::DOUBLE * 100 - round(coalesce(x, 0)::DOUBLE * 100)) > 0.001;
+
+-- A split's net amount. Rounded on their own, sub-penny NET, TAX and GROSS can stop adding up
+-- (10.004 + 2.003 = 12.007 rounds to 10.00 + 2.00 <> 12.01), so a split holding a sub-penny
+-- amount publishes gross and VAT rounded and net = gross - VAT. Others: money(net) as Sage has it.
+CREATE OR REPLACE TEMP MACRO split_net(net, tax, gross) AS CASE
+    WHEN sub_penny(net) OR sub_penny(tax) OR sub_penny(gross) THEN money(gross) - money(tax)
+    ELSE money(net) END;
+
 -- Rates, prices and quantities keep six places (they are not posted amounts).
 CREATE OR REPLACE TEMP MACRO exact6(x) AS CAST(round(x::DOUBLE, 6) AS DECIMAL(18, 6));
 

@@ -38,7 +38,7 @@ split AS (
         DEPT_NUMBER AS dept_number,
         PROJECT_ID AS project_id,
         txt(TAX_CODE) AS tax_code,
-        money(NET_AMOUNT) AS net,
+        split_net(NET_AMOUNT, TAX_AMOUNT, GROSS_AMOUNT) AS net,
         money(TAX_AMOUNT) AS tax,
         money(GROSS_AMOUNT) AS gross,
         money(AMOUNT_PAID) AS paid,

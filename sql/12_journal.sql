@@ -19,11 +19,13 @@ WITH posting AS (
         txt(TYPE) AS journal_type,
         "DATE" AS posted_on,
         txt(NOMINAL_CODE) AS nominal_code,
-        money(AMOUNT) AS amount,
+        -- money(AMOUNT), or rule 09's amount for postings holding a fraction of a penny
+        coalesce(r.rounded_amount, money(j.AMOUNT)) AS amount,
         txt(TAX_CODE) AS tax_code,
         DEPT_NUMBER AS dept_number,
         is_set(DELETED_FLAG) AS line_deleted
-    FROM sage.AUDIT_JOURNAL
+    FROM sage.AUDIT_JOURNAL j
+    LEFT JOIN work.rounded_postings r ON r.posting_row = j.rowid
     WHERE in_slice(HEADER_NUMBER, k)
       -- bankTransactions need only postings to bank nominals: filter before any join
       AND (NOT bank_only OR txt(NOMINAL_CODE) IN (SELECT txt(ACCOUNT_REF) FROM sage.BANK))

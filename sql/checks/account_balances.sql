@@ -4,8 +4,9 @@
 --               - unallocatedAmount of payments (a refund's is negative, so it adds).
 -- error:   the normalised documents differ from the live source splits' OUTSTANDING (signed
 --          by type): the rules changed a number.
--- warning: the source splits differ from SALES_LEDGER / PURCHASE_LEDGER BALANCE: Sage
---          disagrees with itself (Check Data would complain); names the account.
+-- warning: the source splits (summed at their own precision, then rounded) differ from
+--          SALES_LEDGER / PURCHASE_LEDGER BALANCE: Sage disagrees with itself (Check Data
+--          would complain); names the account.
 WITH normalised AS (
     SELECT 'customer' AS ledger, customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted
     UNION ALL SELECT 'customer', customerRef.id, -remainingCredit FROM creditNotes WHERE NOT isDeleted
@@ -16,10 +17,12 @@ WITH normalised AS (
 ),
 source AS (
     SELECT CASE WHEN split_type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'customer' ELSE 'supplier' END AS ledger,
-           account, ledger_sign(split_type) * outstanding AS amount
+           account, ledger_sign(split_type) * outstanding AS amount,
+           ledger_sign(split_type) * outstanding_raw AS raw
     FROM (
         SELECT coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS split_type, txt(h.ACCOUNT_REF) AS account,
-               money(s.OUTSTANDING) AS outstanding, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
+               money(s.OUTSTANDING) AS outstanding, coalesce(s.OUTSTANDING, 0)::DOUBLE AS outstanding_raw,
+               is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
         FROM sage.AUDIT_SPLIT s
         JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
     )
@@ -34,13 +37,14 @@ totals AS (
     SELECT ledger, account,
            coalesce(sum(amount) FILTER (WHERE src = 'n'), 0) AS normalised,
            coalesce(sum(amount) FILTER (WHERE src = 's'), 0) AS source_splits,
+           money(sum(raw) FILTER (WHERE src = 's')) AS source_splits_exact,
            coalesce(sum(amount) FILTER (WHERE src = 'l'), 0) AS sage_balance
-    FROM (SELECT 'n' AS src, * FROM normalised
+    FROM (SELECT 'n' AS src, *, NULL::DOUBLE AS raw FROM normalised
           UNION ALL SELECT 's', * FROM source
-          UNION ALL SELECT 'l', * FROM ledger)
+          UNION ALL SELECT 'l', *, NULL::DOUBLE FROM ledger)
     GROUP BY ledger, account
 )
 SELECT CASE WHEN normalised <> source_splits THEN 'error' ELSE 'warning' END AS severity, *
 FROM totals
-WHERE normalised <> source_splits OR source_splits <> sage_balance
+WHERE normalised <> source_splits OR source_splits_exact <> sage_balance
 ORDER BY severity, ledger, account;

@@ -4,8 +4,9 @@
 -- billPayments (gross: totalAmount carries the payment's sign, undone here).
 -- error:   the documents' totals or split count differ from the source splits of the header
 --          (a split was lost, duplicated or changed by the rules).
--- warning: the header's own NET/TAX/GROSS differ from the sum of its splits in Sage, or a
---          split names a header that does not exist (it cannot make a document).
+-- warning: the header's own NET/TAX/GROSS differ from the sum of its splits in Sage (both
+--          at the source's precision: summed, then rounded), or a split names a header that
+--          does not exist (it cannot make a document).
 WITH document AS (
     SELECT lineage.key AS header, lineage.splitNumbers AS splits, subTotal AS net, totalTaxAmount AS tax, totalAmount AS gross FROM invoices
     UNION ALL SELECT lineage.key, lineage.splitNumbers, subTotal, totalTaxAmount, totalAmount FROM creditNotes
@@ -29,10 +30,10 @@ splits AS (
     -- the header's own totals are over all its splits; the documents hold only the splits of
     -- document types (a header may mix, e.g., an invoice line and a receipt line)
     SELECT s.HEADER_NUMBER::VARCHAR AS header,
-           sum(money(s.NET_AMOUNT)) AS all_net, sum(money(s.TAX_AMOUNT)) AS all_tax,
-           sum(money(s.GROSS_AMOUNT)) AS all_gross,
+           money(sum(s.NET_AMOUNT::DOUBLE)) AS all_net, money(sum(s.TAX_AMOUNT::DOUBLE)) AS all_tax,
+           money(sum(s.GROSS_AMOUNT::DOUBLE)) AS all_gross,
            -- payments carry no net/tax: those are compared over invoice-like lines only
-           sum(money(s.NET_AMOUNT)) FILTER (WHERE with_tax) AS net,
+           sum(split_net(s.NET_AMOUNT, s.TAX_AMOUNT, s.GROSS_AMOUNT)) FILTER (WHERE with_tax) AS net,
            sum(money(s.TAX_AMOUNT)) FILTER (WHERE with_tax) AS tax,
            sum(money(s.GROSS_AMOUNT)) FILTER (WHERE document) AS gross,
            count(*) FILTER (WHERE document) AS splits,

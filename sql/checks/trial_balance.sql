@@ -18,7 +18,8 @@ overall AS (
 ),
 source AS (
     -- only looked at when the journal does not balance, to say whether Sage's does
-    SELECT coalesce(sum(money(j.AMOUNT)), 0) AS total
+    -- at the source's own precision: summed, then rounded
+    SELECT money(sum(j.AMOUNT::DOUBLE)) AS total
     FROM sage.AUDIT_JOURNAL j LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
     WHERE (SELECT total FROM overall) <> 0 AND NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
 )

@@ -23,8 +23,12 @@ struct Args {
     /// Stop once this many AUDIT_SPLIT rows exist (sizes benchmark companies by splits).
     #[arg(long)]
     max_splits: Option<u64>,
+    /// Per mille (0-1000) of unpaid foreign-currency document lines whose base amounts are
+    /// stored unrounded, as Sage derives them from the foreign amounts (e.g. 12.3457).
+    #[arg(long = "sub-penny", default_value_t = connector::sim::DEFAULT_SUB_PENNY_PERMILLE)]
+    sub_penny_permille: u16,
     /// Instead of generating, load this SQL script of INSERTs (e.g. fixtures/golden/company.sql).
-    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits"])]
+    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille"])]
     script: Option<PathBuf>,
     /// Print rows per table on standard error.
     #[arg(long)]
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
                 seed: args.seed,
                 transactions: args.transactions,
                 max_splits: args.max_splits,
+                sub_penny_permille: args.sub_penny_permille,
             },
         ),
     };

@@ -167,7 +167,10 @@ impl Workspace {
             if present.iter().any(|t| t.eq_ignore_ascii_case(&table.name)) {
                 ws.conn()
                     .execute_batch(&format!(
-                        "CREATE VIEW {SAGE_CATALOGUE}.{0} AS SELECT * FROM {STAGING_CATALOGUE}.main.{0}",
+                        // `rowid` as a column, so that rules can name a row as they can in
+                        // a table (a rule test case's Sage tables are tables)
+                        "CREATE VIEW {SAGE_CATALOGUE}.{0} AS \
+                         SELECT *, rowid AS rowid FROM {STAGING_CATALOGUE}.main.{0}",
                         ident(&table.name)
                     ))
                     .map_err(duck(format!("exposing staged table {}", table.name)))?;

@@ -70,7 +70,14 @@ pub struct SimOptions {
     pub transactions: u64,
     /// Stop early once this many splits exist (for benchmarks sized by AUDIT_SPLIT rows).
     pub max_splits: Option<u64>,
+    /// Per mille of the unpaid foreign-currency invoice, credit note, bill and bill credit
+    /// note splits whose base amounts are stored as Sage derives them from the foreign ones,
+    /// unrounded (`foreign / rate`, e.g. 12.3457): 0 to 1000.
+    pub sub_penny_permille: u16,
 }
+
+/// Default of [`SimOptions::sub_penny_permille`]: one in five unpaid foreign documents' lines.
+pub const DEFAULT_SUB_PENNY_PERMILLE: u16 = 200;
 
 /// What was written.
 #[derive(Debug, Clone)]
@@ -104,6 +111,12 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         )));
     }
     let schema = SourceSchema::embedded();
+    if options.sub_penny_permille > 1000 {
+        return Err(SimError::Options(format!(
+            "--sub-penny {} is out of range: use 0 to 1000 (per mille of foreign document lines)",
+            options.sub_penny_permille
+        )));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let n = options.transactions as usize;
     let company = write::Company::new(&mut rng, options.seed, n);
@@ -127,7 +140,9 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         &customer_due,
         &supplier_due,
     );
-    write_atomically(out, |tmp| write::write(tmp, &schema, &company, &ledger))
+    write_atomically(out, |tmp| {
+        write::write(tmp, &schema, &company, &ledger, options.sub_penny_permille)
+    })
 }
 
 /// Writes a company from a SQL script of INSERT statements over the schema's tables.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, Statement, params};
 
 use super::SimError;
 use super::company::{self, BANKS, CURRENCIES, DEPARTMENTS, NOMINALS, Party, TAX_CODES};
-use super::ledger::{Account, Ledger, TxType, journal_lines};
+use super::ledger::{Account, Ledger, Split, TxType, journal_lines};
 use crate::schema::SourceSchema;
 
 /// Days of transactions: two financial years, the second being the current one.
@@ -96,6 +96,29 @@ impl Dates {
 
 fn money(pence: i64) -> f64 {
     pence as f64 / 100.0
+}
+
+/// Amounts are kept in units of a hundredth of a penny where Sage may hold sub-penny values
+/// (journal postings, balances): a whole number of pence gives the same DOUBLE as [`money`].
+const UNITS_PER_PENNY: i64 = 100;
+
+fn units(u: i64) -> f64 {
+    u as f64 / 10_000.0
+}
+
+/// A split's net and VAT in units. Chosen unpaid foreign-currency document lines carry what
+/// Sage derives from the foreign amounts (foreign pence / rate, to a hundredth of a penny),
+/// which is usually not a whole number of pence; every other split is its whole pence.
+fn split_units(s: &Split, rate_e4: i64, sub_penny: bool) -> (i64, i64) {
+    let whole = (s.net * UNITS_PER_PENNY, s.tax * UNITS_PER_PENNY);
+    if !sub_penny || rate_e4 == 10_000 {
+        return whole;
+    }
+    let derived = |pence: i64| {
+        let foreign = super::ledger::round_div(pence * rate_e4, 10_000);
+        super::ledger::round_div(foreign * UNITS_PER_PENNY * 10_000, rate_e4)
+    };
+    (derived(s.net), derived(s.tax))
 }
 
 fn sql_err(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> SimError {
@@ -200,8 +223,9 @@ fn details(ty: TxType, n: u32) -> &'static str {
 /// Balances accumulated from the written journal.
 #[derive(Default)]
 struct Balances {
-    /// Per nominal: brought forward and 12 months of the current year, pence.
+    /// Per nominal: brought forward and 12 months of the current year, in units.
     nominal: HashMap<&'static str, [i64; 13]>,
+    /// Per customer and supplier, in units.
     customers: Vec<i64>,
     suppliers: Vec<i64>,
 }
@@ -225,6 +249,7 @@ pub fn write(
     schema: &SourceSchema,
     co: &Company,
     ledger: &Ledger,
+    sub_penny_permille: u16,
 ) -> Result<Vec<(String, u64)>, SimError> {
     let mut conn = open(path, schema)?;
     let dates = Dates::new();
@@ -236,7 +261,7 @@ pub fn write(
         suppliers: vec![0; co.suppliers.len()],
         ..Default::default()
     };
-    write_transactions(&tx, &dates, co, ledger, &mut bal)?;
+    write_transactions(&tx, &dates, co, ledger, &mut bal, sub_penny_permille)?;
     write_masters(&tx, &dates, co, &bal)?;
     tx.commit().map_err(sql_err("committing"))?;
     finish(conn, schema)
@@ -257,6 +282,7 @@ fn write_transactions(
     co: &Company,
     ledger: &Ledger,
     bal: &mut Balances,
+    sub_penny_permille: u16,
 ) -> Result<(), SimError> {
     let mut ins_header = insert(
         tx,
@@ -384,16 +410,23 @@ fn write_transactions(
         // Sage's header amounts are DOUBLE sums of the split DOUBLEs: keep its float noise.
         let (mut net, mut tax, mut gross, mut paid, mut outstanding) =
             (0f64, 0f64, 0f64, 0f64, 0f64);
+        let rate_e4 = CURRENCIES[h.currency as usize].rate_e4;
         for (k, s) in splits.iter().enumerate() {
             let sn = h.first_split + k as u32;
-            let (n, t, g, p) = (money(s.net), money(s.tax), money(s.gross()), money(s.paid));
+            let sub_penny = s.paid == 0
+                && matches!(s.ty, TxType::SI | TxType::SC | TxType::PI | TxType::PC)
+                && (sn as u64).wrapping_mul(2_654_435_761) % 1000 < sub_penny_permille as u64;
+            let (net_u, tax_u) = split_units(s, rate_e4, sub_penny);
+            let gross_u = net_u + tax_u;
+            let paid_u = s.paid * UNITS_PER_PENNY;
+            let (n, t, g, p) = (units(net_u), units(tax_u), units(gross_u), money(s.paid));
             net += n;
             tax += t;
             gross += g;
             paid += p;
-            let out = money(s.gross() - s.paid);
+            let out = units(gross_u - paid_u);
             outstanding += out;
-            let flag = if s.gross() == s.paid { "Y" } else { "N" };
+            let flag = if gross_u == paid_u { "Y" } else { "N" };
             let project = if s.project == 0 {
                 None
             } else {
@@ -424,7 +457,14 @@ fn write_transactions(
                     modify,
                 ])
                 .map_err(e("AUDIT_SPLIT"))?;
-            for (slot, (nominal, amount)) in journal_lines(s, bank_code).into_iter().enumerate() {
+            let in_units = Split {
+                net: net_u,
+                tax: tax_u,
+                ..*s
+            };
+            for (slot, (nominal, amount)) in
+                journal_lines(&in_units, bank_code).into_iter().enumerate()
+            {
                 // Slot 1 is VAT: Sage posts no zero VAT line.
                 if nominal.is_empty() || (slot == 1 && amount == 0) {
                     continue;
@@ -438,7 +478,7 @@ fn write_transactions(
                         dates.get(s.date),
                         acc,
                         nominal,
-                        money(amount),
+                        units(amount),
                         TAX_CODES[s.tax_code as usize].code,
                         s.dept as i16,
                         deleted,
@@ -449,7 +489,7 @@ fn write_transactions(
                 }
             }
             if !h.deleted {
-                let owed = h.ty.ledger_sign() * (s.gross() - s.paid);
+                let owed = h.ty.ledger_sign() * (gross_u - paid_u);
                 match h.account {
                     Account::Customer(c) => bal.customers[c as usize] += owed,
                     Account::Supplier(p) => bal.suppliers[p as usize] += owed,
@@ -673,12 +713,12 @@ fn write_masters(
     for (i, n) in NOMINALS.iter().enumerate() {
         let b = bal.nominal.get(n.code).copied().unwrap_or([0; 13]);
         let total: i64 = b.iter().sum();
-        let m: Vec<f64> = b.iter().map(|p| money(*p)).collect();
+        let m: Vec<f64> = b.iter().map(|u| units(*u)).collect();
         ins.execute(params![
             n.code,
             n.name,
             n.account_type,
-            money(total),
+            units(total),
             m[0],
             m[1],
             m[2],
@@ -744,7 +784,7 @@ fn write_masters(
                 CURRENCIES[p.currency as usize].number,
                 money(p.credit_limit),
                 p.due_days,
-                money(balances[i]),
+                units(balances[i]),
                 p.on_hold as i16,
                 p.inactive as i16,
                 dates.stamp(p.created.min(-1), i as u32),
@@ -782,7 +822,7 @@ fn write_masters(
             "",
             1,
             b.bank_type,
-            money(balance)
+            units(balance)
         ])
         .map_err(e("BANK"))?;
     }

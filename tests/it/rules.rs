@@ -13,7 +13,7 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 12] = [
+const EVERY_CHECK: [&str; 13] = [
     "account_balances",
     "control_accounts",
     "documents_settle",
@@ -24,6 +24,7 @@ const EVERY_CHECK: [&str; 12] = [
     "references",
     "required_fields",
     "split_headers",
+    "sub_penny",
     "trial_balance",
     "unique_ids",
 ];
@@ -465,4 +466,79 @@ fn the_same_staging_normalises_to_identical_records_every_time() {
         "ids, fields and the order inside lists are deterministic"
     );
     assert!(first.iter().all(|(_, h)| h.len() == 32));
+}
+
+#[test]
+fn sub_penny_amounts_are_rounded_so_every_split_balances_and_each_split_is_named() {
+    let dir = tempdir();
+    // Every unpaid foreign-currency document line stored as Sage derives it from the foreign
+    // amount (foreign / rate), usually with a fraction of a penny.
+    let company = crate::support::sim(
+        &dir.path().join("company"),
+        &[
+            "--seed",
+            "31",
+            "--transactions",
+            "4000",
+            "--sub-penny",
+            "1000",
+        ],
+    );
+    let sqlite = rusqlite::Connection::open(company.database()).unwrap();
+    let frac = |c: &str| format!("abs({c} * 100 - round({c} * 100)) > 0.001");
+    let expected: u64 = sqlite
+        .query_row(
+            &format!(
+                "SELECT count(DISTINCT SPLIT_NUMBER) FROM (
+                   SELECT SPLIT_NUMBER FROM AUDIT_SPLIT
+                   WHERE {} OR {} OR {} OR {} OR {}
+                   UNION ALL SELECT SPLIT_NUMBER FROM AUDIT_JOURNAL WHERE {})",
+                frac("NET_AMOUNT"),
+                frac("TAX_AMOUNT"),
+                frac("GROSS_AMOUNT"),
+                frac("AMOUNT_PAID"),
+                frac("OUTSTANDING"),
+                frac("AMOUNT")
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        expected >= 20,
+        "the simulator wrote sub-penny splits: {expected}"
+    );
+    let staging = dir.path().join("staging.duckdb");
+    extract_ok(&company.odbc, &staging);
+
+    let report = normalise(&staging, &Rules::embedded()).unwrap();
+    assert!(report.failed().is_empty(), "{}", report.summary());
+    let check = report
+        .checks
+        .iter()
+        .find(|c| c.name == "sub_penny")
+        .unwrap();
+    assert_eq!(check.status, CheckStatus::Warn, "{}", report.summary());
+    assert_eq!(check.warnings, expected, "one warning per split");
+    assert!(
+        check.sample[0].contains("split=") && check.sample[0].contains("header="),
+        "{:?}",
+        check.sample
+    );
+
+    // Rounding each posting on its own (what the rules did before) breaks double entry on
+    // this company, and the checks stop the sync.
+    let rules_dir = edited_rules(dir.path(), "12_journal.sql", |sql| {
+        sql.replace(
+            "coalesce(r.rounded_amount, money(j.AMOUNT))",
+            "money(j.AMOUNT)",
+        )
+    });
+    let report = normalise(&staging, &Rules::load(&rules_dir).unwrap()).unwrap();
+    let failed = failed_names(&report);
+    assert!(
+        failed.contains(&"trial_balance".to_owned()) && failed.contains(&"sub_penny".to_owned()),
+        "{}",
+        report.summary()
+    );
 }

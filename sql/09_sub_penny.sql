@@ -1,0 +1,62 @@
+-- Rule 09: postings holding a fraction of a penny, rounded so that every split still balances.
+--
+-- Why: Sage derives some base-currency amounts from foreign ones and stores them unrounded
+-- (../shared/sage50-reference.md, Foreign Trader). Rounding each posting on its own breaks
+-- double entry: a split posting -10.004, -2.003 and +12.007 becomes -10.00, -2.00, +12.01,
+-- 0.01 out, and the trial balance would fail at every sync. So, only for headers that hold
+-- such a posting (the rest keep money(AMOUNT), bit for bit):
+--   1. within each split, the pennies lost to rounding go back one at a time to the postings
+--      whose rounding moved them furthest the other way (largest remainder): the split's
+--      postings then sum to its source total rounded, 0.00 for every balanced split;
+--   2. within each header, what is still off (journals balance across their JD and JC
+--      splits, one posting each) goes the same way to postings of splits that do not balance
+--      on their own.
+-- Each posting moves less than a penny from its source amount. Ties go to the lower
+-- TRAN_NUMBER, so the same data rounds the same way every sync. rule 12 uses these amounts.
+CREATE OR REPLACE TABLE work.rounded_postings AS
+WITH posting AS (
+    SELECT
+        rowid AS posting_row,
+        TRAN_NUMBER AS tran_number,
+        AMOUNT::DOUBLE AS raw,
+        money(AMOUNT) AS rounded,
+        coalesce('H' || HEADER_NUMBER, 'T' || TRAN_NUMBER) AS header_key,
+        coalesce('S' || SPLIT_NUMBER, 'T' || TRAN_NUMBER) AS split_key
+    FROM sage.AUDIT_JOURNAL
+),
+affected AS (
+    SELECT * FROM posting
+    WHERE header_key IN (SELECT header_key FROM posting WHERE sub_penny(raw))
+),
+split_residual AS (
+    SELECT *,
+           money(sum(raw) OVER split) AS split_target,
+           ((money(sum(raw) OVER split) - sum(rounded) OVER split) * 100)::BIGINT AS residual
+    FROM affected
+    WINDOW split AS (PARTITION BY split_key)
+),
+split_rounded AS (
+    SELECT * EXCLUDE (rounded, residual),
+           rounded + CASE
+               WHEN row_number() OVER (PARTITION BY split_key
+                                       ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, posting_row)
+                    <= abs(residual)
+               THEN sign(residual) * 0.01 ELSE 0 END AS rounded
+    FROM split_residual
+),
+header_residual AS (
+    SELECT *,
+           split_target <> 0 AS unbalanced_split,
+           ((money(sum(raw) OVER header) - sum(rounded) OVER header) * 100)::BIGINT AS residual
+    FROM split_rounded
+    WINDOW header AS (PARTITION BY header_key)
+)
+SELECT
+    posting_row,
+    CAST(rounded + CASE
+        WHEN unbalanced_split
+         AND row_number() OVER (PARTITION BY header_key, unbalanced_split
+                                ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, posting_row)
+             <= abs(residual)
+        THEN sign(residual) * 0.01 ELSE 0 END AS DECIMAL(18, 2)) AS rounded_amount
+FROM header_residual;
