@@ -23,6 +23,24 @@ CREATE OR REPLACE TEMP MACRO split_net(net, tax, gross) AS CASE
     WHEN sub_penny(net) OR sub_penny(tax) OR sub_penny(gross) THEN money(gross) - money(tax)
     ELSE money(net) END;
 
+-- Classification of a nominal code in Sage's default UK chart: 0010-1999 assets, 2000-2999
+-- liabilities, 3000-3999 capital and reserves (equity), 4000-4999 income, 5000-9999
+-- purchases, direct expenses and overheads (expense), except 9998 Suspense and 9999
+-- Mispostings, which the chart places in the balance sheet (current liabilities): a suspense
+-- balance is money not yet explained, never a cost. Codes that are not numbers are 'Unknown'.
+CREATE OR REPLACE TEMP MACRO account_class(code) AS CASE
+    WHEN TRY_CAST(code AS INTEGER) IS NULL THEN 'Unknown'
+    WHEN TRY_CAST(code AS INTEGER) < 2000 THEN 'Asset'
+    WHEN TRY_CAST(code AS INTEGER) < 3000 THEN 'Liability'
+    WHEN TRY_CAST(code AS INTEGER) < 4000 THEN 'Equity'
+    WHEN TRY_CAST(code AS INTEGER) < 5000 THEN 'Income'
+    WHEN TRY_CAST(code AS INTEGER) IN (9998, 9999) THEN 'Liability'
+    ELSE 'Expense' END;
+
+-- Retained earnings, where Sage's Year End moves the P&L: 3200 ("Profit and Loss Account")
+-- in Sage's default UK chart.
+CREATE OR REPLACE TEMP MACRO retained_earnings() AS '3200';
+
 -- Rates, prices and quantities keep six places (they are not posted amounts).
 CREATE OR REPLACE TEMP MACRO exact6(x) AS CAST(round(x::DOUBLE, 6) AS DECIMAL(18, 6));
 

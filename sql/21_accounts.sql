@@ -2,11 +2,8 @@
 --
 -- Why: every posting names a nominal code; clients need its name and class. Sage classifies
 -- nominal codes through its CATEGORY ranges, which the ODBC tables we read do not expose, so
--- the classification follows Sage's default UK chart: 0010-1999 assets, 2000-2999
--- liabilities, 3000-3999 capital and reserves (equity), 4000-4999 income, 5000-9999 purchases,
--- direct expenses and overheads (expense), except 9998 Suspense and 9999 Mispostings, which
--- Sage's chart places in the balance sheet (current liabilities), not the P&L: a suspense
--- balance is money not yet explained, never a cost. Codes that are not numbers are 'Unknown'.
+-- the classification follows Sage's default UK chart (macro account_class), where 9998
+-- Suspense and 9999 Mispostings are balance-sheet liabilities.
 -- currentBalance is Sage's own BALANCE (debit positive), never recomputed.
 CREATE OR REPLACE TABLE accounts AS
 WITH banks AS (
@@ -17,10 +14,19 @@ nominal AS (
         txt(ACCOUNT_REF) AS code,
         txt(NAME) AS name,
         ACCOUNT_TYPE AS account_type,
-        TRY_CAST(txt(ACCOUNT_REF) AS INTEGER) AS number,
         is_set(INACTIVE_FLAG) AS inactive,
         money(BALANCE_BF) AS balance_bf,
         money(BALANCE) AS balance,
+        -- Sage's prior-year month figures (Year End moves the year's months there); the driver
+        -- may lack the columns (staged as NULL): then none
+        CASE WHEN coalesce(PRIOR_YR_MTH1, PRIOR_YR_MTH2, PRIOR_YR_MTH3, PRIOR_YR_MTH4, PRIOR_YR_MTH5,
+                           PRIOR_YR_MTH6, PRIOR_YR_MTH7, PRIOR_YR_MTH8, PRIOR_YR_MTH9,
+                           PRIOR_YR_MTH10, PRIOR_YR_MTH11, PRIOR_YR_MTH12) IS NOT NULL
+             THEN list_transform([PRIOR_YR_MTH1, PRIOR_YR_MTH2, PRIOR_YR_MTH3, PRIOR_YR_MTH4,
+                                  PRIOR_YR_MTH5, PRIOR_YR_MTH6, PRIOR_YR_MTH7, PRIOR_YR_MTH8,
+                                  PRIOR_YR_MTH9, PRIOR_YR_MTH10, PRIOR_YR_MTH11, PRIOR_YR_MTH12],
+                                 x -> money(x))
+             ELSE [] END AS prior_year,
         RECORD_MODIFY_DATE AS modified
     FROM sage.NOMINAL_LEDGER
 )
@@ -28,19 +34,13 @@ SELECT
     n.code AS id,
     n.code AS nominalCode,
     n.name AS name,
-    CASE
-        WHEN n.number IS NULL THEN 'Unknown'
-        WHEN n.number < 2000 THEN 'Asset'
-        WHEN n.number < 3000 THEN 'Liability'
-        WHEN n.number < 4000 THEN 'Equity'
-        WHEN n.number < 5000 THEN 'Income'
-        WHEN n.number IN (9998, 9999) THEN 'Liability'
-        ELSE 'Expense' END AS classification,
+    account_class(n.code) AS classification,
     n.account_type::BIGINT AS sageAccountType,
     CASE WHEN n.inactive THEN 'Archived' ELSE 'Active' END AS status,
     b.code IS NOT NULL AS isBankAccount,
     n.balance_bf AS balanceBroughtForward,
     n.balance AS currentBalance,
+    n.prior_year::DECIMAL(18, 2)[] AS priorYearMonthlyBalances,
     n.modified AS sourceModifiedDate,
     false AS isDeleted,
     lineage('NOMINAL_LEDGER', n.code, []) AS lineage

@@ -50,6 +50,8 @@ SELECT
     total_debit AS totalDebit,
     total_credit AS totalCredit,
     journal_lines AS journalLines,
+    -- posted by Sage's Year End (rule 13): a P&L over a period containing it leaves it out
+    coalesce(header_number IN (SELECT header_number FROM work.year_end_headers), false) AS isYearEnd,
     modified AS sourceModifiedDate,
     deleted AS isDeleted,
     lineage(CASE WHEN header_number IS NULL THEN 'AUDIT_JOURNAL' ELSE 'AUDIT_HEADER' END,

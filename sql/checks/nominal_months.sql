@@ -6,7 +6,10 @@
 -- warning: the live AUDIT_JOURNAL rows per nominal code and financial period (brought forward,
 --          months 1-12) differ from Sage's own NOMINAL_LEDGER balances (BALANCE_BF,
 --          BALANCE_MTH1..12, BALANCE): the source disagrees with itself, as Sage's Check
---          Data would report; names the nominal code and period.
+--          Data would report; names the nominal code and period. Likewise the prior financial
+--          year's months (PRIOR1..12) against PRIOR_YR_MTH1..12 where the driver has them,
+--          leaving out the Year End journal (journalEntries.isYearEnd), which Sage does not
+--          count in them.
 WITH fy AS (
     -- the company record's financial year (Sage's, or derived when Sage has none)
     SELECT financialYearStart AS fy_start FROM company LIMIT 1
@@ -18,7 +21,7 @@ normalised AS (
 ),
 source AS (
     SELECT txt(j.NOMINAL_CODE) AS nominal, j."DATE" AS posted_on, j.AMOUNT::DOUBLE AS raw,
-           sub_penny(j.AMOUNT) AS sub_penny
+           sub_penny(j.AMOUNT) AS sub_penny, j.HEADER_NUMBER AS header_number
     FROM sage.AUDIT_JOURNAL j
     LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
     WHERE NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
@@ -32,6 +35,33 @@ by_month AS (
                       count(*) FILTER (WHERE sub_penny) AS sub_penny_postings
                FROM source GROUP BY ALL) s
       ON n.nominal = s.nominal AND n.month IS NOT DISTINCT FROM s.month
+),
+year_end AS (
+    SELECT DISTINCT lineage.key AS header FROM journalEntries WHERE isYearEnd
+),
+prior_ledger AS (
+    -- only where the driver gave the prior-year columns
+    SELECT txt(ACCOUNT_REF) AS nominal,
+           unnest(['PRIOR1', 'PRIOR2', 'PRIOR3', 'PRIOR4', 'PRIOR5', 'PRIOR6', 'PRIOR7', 'PRIOR8',
+                   'PRIOR9', 'PRIOR10', 'PRIOR11', 'PRIOR12']) AS period,
+           unnest([PRIOR_YR_MTH1, PRIOR_YR_MTH2, PRIOR_YR_MTH3, PRIOR_YR_MTH4, PRIOR_YR_MTH5,
+                   PRIOR_YR_MTH6, PRIOR_YR_MTH7, PRIOR_YR_MTH8, PRIOR_YR_MTH9, PRIOR_YR_MTH10,
+                   PRIOR_YR_MTH11, PRIOR_YR_MTH12]) AS raw
+    FROM sage.NOMINAL_LEDGER
+),
+prior_journal AS (
+    SELECT nominal, 'PRIOR' || (1 + datediff('month', (SELECT fy_start FROM fy) - INTERVAL 12 MONTH, posted_on)) AS period,
+           money(sum(raw)) AS amount
+    FROM source
+    WHERE posted_on >= (SELECT fy_start FROM fy) - INTERVAL 12 MONTH AND posted_on < (SELECT fy_start FROM fy)
+      AND coalesce(header_number::VARCHAR NOT IN (SELECT header FROM year_end), true)
+    GROUP BY ALL
+),
+prior_compared AS (
+    SELECT l.nominal, l.period, money(l.raw) AS ledger, coalesce(j.amount, 0) AS journal
+    FROM prior_ledger l
+    LEFT JOIN prior_journal j ON j.nominal = l.nominal AND j.period = l.period
+    WHERE l.raw IS NOT NULL
 ),
 ledger AS (
     SELECT txt(ACCOUNT_REF) AS nominal,
@@ -64,4 +94,7 @@ FROM by_month WHERE abs(normalised - source) > 0.01 * sub_penny_postings
 UNION ALL
 SELECT 'warning', nominal, period, NULL, journal, ledger
 FROM by_period WHERE ledger <> journal
+UNION ALL
+SELECT 'warning', nominal, period, NULL, journal, ledger
+FROM prior_compared WHERE ledger <> journal
 ORDER BY severity, nominal, period;

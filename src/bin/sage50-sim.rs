@@ -27,8 +27,12 @@ struct Args {
     /// stored unrounded, as Sage derives them from the foreign amounts (e.g. 12.3457).
     #[arg(long = "sub-penny", default_value_t = connector::sim::DEFAULT_SUB_PENNY_PERMILLE)]
     sub_penny_permille: u16,
+    /// Do not run Sage's Year End at the end of the prior financial year (by default a
+    /// journal dated that day moves every P&L nominal to retained earnings, 3200).
+    #[arg(long)]
+    no_year_end: bool,
     /// Instead of generating, load this SQL script of INSERTs (e.g. fixtures/golden/company.sql).
-    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille"])]
+    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille", "no_year_end"])]
     script: Option<PathBuf>,
     /// Print rows per table on standard error.
     #[arg(long)]
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
                 transactions: args.transactions,
                 max_splits: args.max_splits,
                 sub_penny_permille: args.sub_penny_permille,
+                year_end: !args.no_year_end,
             },
         ),
     };

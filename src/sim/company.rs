@@ -187,6 +187,15 @@ pub const SALES_NOMINALS: &[&str] = &["4000", "4001", "4002", "4900"];
 pub const EXPENSE_NOMINALS: &[&str] = &[
     "5000", "5001", "7100", "7200", "7500", "7502", "7900", "0030",
 ];
+/// Retained earnings (Sage's "Profit and Loss Account"), where Year End moves the P&L.
+pub const RETAINED_EARNINGS: &str = "3200";
+
+/// Whether a nominal code is a profit and loss account in Sage's default UK chart (4000 to
+/// 9997: 9998 Suspense and 9999 Mispostings are balance-sheet accounts).
+pub fn is_profit_and_loss(code: &str) -> bool {
+    code.parse::<u32>().is_ok_and(|n| (4000..9998).contains(&n))
+}
+
 /// Nominals that journals post to.
 pub const JOURNAL_NOMINALS: &[&str] = &[
     "0030", "1001", "2210", "3000", "7000", "7100", "7900", "8200", "9998",

@@ -131,6 +131,8 @@ pub struct Header {
     pub amended: i32,
     /// Payment terms in days.
     pub due_days: i16,
+    /// Posted by Sage's Year End (moves the P&L to retained earnings).
+    pub year_end: bool,
 }
 
 /// One AUDIT_SPLIT row.
@@ -203,6 +205,9 @@ pub struct Size {
     pub suppliers: usize,
     /// Number of projects.
     pub projects: u16,
+    /// Run Sage's Year End for the financial year ending on this day, a fortnight after it
+    /// (as users do once the last invoices of the year are in).
+    pub year_end: Option<i32>,
 }
 
 /// An open document awaiting allocation: (header number, first split, split count).
@@ -301,8 +306,19 @@ pub fn generate(
     };
     let start = -size.span_days;
     let mut i: u64 = 0;
+    let mut year_end = size.year_end;
     while i < size.headers && (books.ledger.splits.len() as u64) < size.splits {
         let date = start + ((i as i128 * size.span_days as i128) / size.headers as i128) as i32;
+        if let Some(end) = year_end
+            && date > end + 14
+        {
+            year_end = None;
+            // the Year End journal is one of the company's transactions
+            if books.year_end(end) {
+                i += 1;
+                continue;
+            }
+        }
         let mut pick = books.rng.random_range(0..total);
         let mut ty = SI;
         for (t, w) in MIX {
@@ -404,6 +420,7 @@ impl Books<'_> {
             deleted: false,
             amended: date,
             due_days,
+            year_end: false,
         });
         self.ledger.headers.len() as u32
     }
@@ -747,6 +764,45 @@ impl Books<'_> {
             self.split(h, TxType::JC, date, n, TAX_T9, net);
         }
         self.maybe_delete(h);
+    }
+
+    /// Sage's Year End for the financial year ending on `end`: one journal dated `end` that
+    /// moves every profit and loss nominal's balance (the live postings dated up to `end`)
+    /// to retained earnings, JC for a debit balance, JD for a credit one.
+    /// Returns whether it posted anything (nothing when every P&L balance is zero).
+    fn year_end(&mut self, end: i32) -> bool {
+        let mut balances: std::collections::BTreeMap<&'static str, i64> = Default::default();
+        for s in &self.ledger.splits {
+            let h = &self.ledger.headers[s.header as usize - 1];
+            if s.date > end || h.deleted {
+                continue;
+            }
+            let bank = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
+            for (nominal, amount) in journal_lines(s, bank) {
+                if company::is_profit_and_loss(nominal) {
+                    *balances.entry(nominal).or_default() += amount;
+                }
+            }
+        }
+        balances.retain(|_, b| *b != 0);
+        let total: i64 = balances.values().sum();
+        let lines: Vec<(TxType, &'static str, i64)> = balances
+            .into_iter()
+            .map(|(n, b)| (if b > 0 { TxType::JC } else { TxType::JD }, n, b.abs()))
+            .chain((total != 0).then(|| {
+                let ty = if total > 0 { TxType::JD } else { TxType::JC };
+                (ty, company::RETAINED_EARNINGS, total.abs())
+            }))
+            .collect();
+        let Some((first, _, _)) = lines.first() else {
+            return false;
+        };
+        let h = self.header(*first, end, Account::None, None);
+        self.ledger.headers[h as usize - 1].year_end = true;
+        for (ty, nominal, amount) in lines {
+            self.split(h, ty, end, nominal, TAX_T9, amount);
+        }
+        true
     }
 
     /// A bank transfer: JC out of one bank, JD into another, one header.

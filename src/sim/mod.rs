@@ -74,6 +74,9 @@ pub struct SimOptions {
     /// note splits whose base amounts are stored as Sage derives them from the foreign ones,
     /// unrounded (`foreign / rate`, e.g. 12.3457): 0 to 1000.
     pub sub_penny_permille: u16,
+    /// Run Sage's Year End at the end of the prior financial year (the company spans two):
+    /// a journal moving every P&L nominal to retained earnings, as real companies have.
+    pub year_end: bool,
 }
 
 /// Default of [`SimOptions::sub_penny_permille`]: one in five unpaid foreign documents' lines.
@@ -127,6 +130,7 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         customers: company.customers.len(),
         suppliers: company.suppliers.len(),
         projects: company.projects,
+        year_end: options.year_end.then_some(write::PRIOR_YEAR_END),
     };
     let customer_currency: Vec<u8> = company.customers.iter().map(|p| p.currency).collect();
     let supplier_currency: Vec<u8> = company.suppliers.iter().map(|p| p.currency).collect();

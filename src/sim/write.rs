@@ -20,6 +20,10 @@ pub const SPAN_DAYS: i32 = 730;
 const EPOCH: (i32, u32, u32) = (2026, 4, 1);
 /// First day of the current financial year, as a day number.
 const FY_START: i32 = -365;
+/// Last day of the prior financial year, the day Sage's Year End journal is dated.
+pub const PRIOR_YEAR_END: i32 = FY_START - 1;
+/// Details of the Year End journal's header and lines.
+const YEAR_END_DETAILS: &str = "Year End - P&L transfer to retained earnings";
 /// Sage's DELETED_RECORDS.TABLE_ID for AUDIT_HEADER, in the simulator's numbering.
 pub const DELETED_TABLE_AUDIT_HEADER: i16 = 11;
 
@@ -225,6 +229,9 @@ fn details(ty: TxType, n: u32) -> &'static str {
 struct Balances {
     /// Per nominal: brought forward and 12 months of the current year, in units.
     nominal: HashMap<&'static str, [i64; 13]>,
+    /// Per nominal: the 12 months of the prior financial year without its Year End journal,
+    /// in units (Sage's prior-year columns).
+    prior: HashMap<&'static str, [i64; 12]>,
     /// Per customer and supplier, in units.
     customers: Vec<i64>,
     suppliers: Vec<i64>,
@@ -239,6 +246,18 @@ fn month_index(d: i32) -> usize {
     let months = (date.year_ce().1 as i32 - start.year_ce().1 as i32) * 12 + date.month0() as i32
         - start.month0() as i32;
     1 + months.clamp(0, 11) as usize
+}
+
+/// Month (0-11) of the prior financial year a day falls in, if it does.
+fn prior_month_index(d: i32) -> Option<usize> {
+    if d >= FY_START {
+        return None;
+    }
+    let (date, start) = (day(d), day(FY_START));
+    let months = (date.year_ce().1 as i32 - start.year_ce().1 as i32) * 12 + date.month0() as i32
+        - start.month0() as i32
+        + 12;
+    (0..12).contains(&months).then_some(months as usize)
 }
 
 use chrono::Datelike;
@@ -442,7 +461,11 @@ fn write_transactions(
                     dates.get(s.date),
                     acc,
                     s.nominal,
-                    details(s.ty, sn),
+                    if h.year_end {
+                        YEAR_END_DETAILS
+                    } else {
+                        details(s.ty, sn)
+                    },
                     s.dept as i16,
                     TAX_CODES[s.tax_code as usize].code,
                     n,
@@ -486,6 +509,9 @@ fn write_transactions(
                     .map_err(e("AUDIT_JOURNAL"))?;
                 if !h.deleted {
                     bal.nominal.entry(nominal).or_insert([0; 13])[month_index(s.date)] += amount;
+                    if let Some(m) = prior_month_index(s.date).filter(|_| !h.year_end) {
+                        bal.prior.entry(nominal).or_insert([0; 12])[m] += amount;
+                    }
                 }
             }
             if !h.deleted {
@@ -529,7 +555,11 @@ fn write_transactions(
                 acc,
                 bank_code,
                 inv_ref,
-                details(h.ty, h.first_split),
+                if h.year_end {
+                    YEAR_END_DETAILS
+                } else {
+                    details(h.ty, h.first_split)
+                },
                 dates.get(due),
                 net,
                 tax,
@@ -738,6 +768,25 @@ fn write_masters(
             dates.stamp(-1, i as u32),
         ])
         .map_err(e("NOMINAL_LEDGER"))?;
+    }
+    // Sage's prior-year columns: what Year End moved out of the monthly balances.
+    let columns: Vec<String> = (1..=12).map(|m| format!("PRIOR_YR_MTH{m} = ?")).collect();
+    let mut prior = tx
+        .prepare(&format!(
+            "UPDATE NOMINAL_LEDGER SET {} WHERE ACCOUNT_REF = ?",
+            columns.join(", ")
+        ))
+        .map_err(e("NOMINAL_LEDGER prior year"))?;
+    for n in NOMINALS {
+        let months = bal.prior.get(n.code).copied().unwrap_or([0; 12]);
+        let mut values: Vec<rusqlite::types::Value> = months
+            .iter()
+            .map(|u| rusqlite::types::Value::Real(units(*u)))
+            .collect();
+        values.push(rusqlite::types::Value::Text(n.code.to_owned()));
+        prior
+            .execute(rusqlite::params_from_iter(values))
+            .map_err(e("NOMINAL_LEDGER prior year"))?;
     }
     for (table, parties, balances) in [
         ("SALES_LEDGER", &co.customers, &bal.customers),

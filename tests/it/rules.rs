@@ -542,3 +542,132 @@ fn sub_penny_amounts_are_rounded_so_every_split_balances_and_each_split_is_named
         report.summary()
     );
 }
+
+/// Normalises a staging store into a kept DuckDB file and opens it.
+fn normalised_file(staging: &Path, out: &Path) -> duckdb::Connection {
+    let ws = Workspace::over_staging(staging, Some(out), &SourceSchema::embedded()).unwrap();
+    let report = rules::normalise(&ws, &Rules::embedded(), &DataModel::embedded()).unwrap();
+    assert!(report.failed().is_empty(), "{}", report.summary());
+    ws.keep().unwrap();
+    duckdb::Connection::open(out).unwrap()
+}
+
+#[test]
+fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
+    let dir = tempdir();
+    let company = generated(&dir.path().join("company"), 41, 3_000);
+    let sqlite = rusqlite::Connection::open(company.database()).unwrap();
+    // The simulator's Year End, found by its wording (the rules never look at wording).
+    let (header, date): (i64, String) = sqlite
+        .query_row(
+            "SELECT HEADER_NUMBER, DATE FROM AUDIT_HEADER WHERE DETAILS LIKE 'Year End%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the simulator ran a year end");
+    // The prior year's P&L in Sage, in pence, without the Year End journal (with it: zero).
+    let pl = |with_year_end: bool| -> i64 {
+        sqlite
+            .query_row(
+                &format!(
+                    "SELECT CAST(ROUND(SUM(j.AMOUNT) * 100) AS INTEGER) FROM AUDIT_JOURNAL j
+                     JOIN AUDIT_HEADER h USING (HEADER_NUMBER)
+                     WHERE j.DATE <= ?1 AND h.DELETED_FLAG = 0 AND j.DELETED_FLAG = 0
+                       AND CAST(j.NOMINAL_CODE AS INTEGER) BETWEEN 4000 AND 9997
+                       AND ({with_year_end} OR j.HEADER_NUMBER <> ?2)"
+                ),
+                rusqlite::params![date, header],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(pl(true), 0, "Year End closes the P&L");
+    let result = pl(false);
+    assert_ne!(result, 0);
+
+    let staging = dir.path().join("staging.duckdb");
+    extract_ok(&company.odbc, &staging);
+    let conn = normalised_file(&staging, &dir.path().join("normalised.duckdb"));
+    let marked: Vec<String> = conn
+        .prepare("SELECT id FROM journalEntries WHERE isYearEnd ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(marked, [header.to_string()]);
+    let published_pl: i64 = conn
+        .query_row(
+            "SELECT CAST(sum(l.netAmount) * 100 AS BIGINT)
+             FROM journalEntries e, unnest(e.journalLines) AS t(l)
+             WHERE NOT e.isDeleted AND NOT e.isYearEnd AND e.postedOn <= CAST(? AS DATE)
+               AND TRY_CAST(l.accountRef.id AS INTEGER) BETWEEN 4000 AND 9997",
+            [&date],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(published_pl, result, "the year's P&L, from journalEntries");
+
+    // Sage's prior-year month figures are published on accounts, and checked.
+    let sage_prior: Vec<i64> = sqlite
+        .query_row(
+            &format!(
+                "SELECT {} FROM NOMINAL_LEDGER WHERE ACCOUNT_REF = '4000'",
+                (1..=12)
+                    .map(|m| format!("CAST(ROUND(PRIOR_YR_MTH{m} * 100) AS INTEGER)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            [],
+            |r| (0..12).map(|i| r.get(i)).collect(),
+        )
+        .unwrap();
+    assert!(sage_prior.iter().any(|p| *p != 0));
+    let published_prior: Vec<i64> = conn
+        .prepare(
+            "SELECT CAST(unnest(priorYearMonthlyBalances) * 100 AS BIGINT) FROM accounts WHERE id = '4000'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(published_prior, sage_prior);
+    let broken = mutated(
+        &staging,
+        "prior_year_changed",
+        "UPDATE NOMINAL_LEDGER SET PRIOR_YR_MTH3 = PRIOR_YR_MTH3 + 1 WHERE ACCOUNT_REF = '4000'",
+    );
+    let report = normalise(&broken, &Rules::embedded()).unwrap();
+    let check = report
+        .checks
+        .iter()
+        .find(|c| c.name == "nominal_months")
+        .unwrap();
+    assert_eq!(check.status, CheckStatus::Warn, "{}", report.summary());
+    assert!(
+        check
+            .sample
+            .iter()
+            .any(|r| r.contains("nominal=4000") && r.contains("period=PRIOR3")),
+        "{:?}",
+        check.sample
+    );
+
+    // A company whose Year End was never run has no entry marked.
+    let other = crate::support::sim(
+        &dir.path().join("other"),
+        &["--seed", "41", "--transactions", "3000", "--no-year-end"],
+    );
+    let staging = dir.path().join("other.duckdb");
+    extract_ok(&other.odbc, &staging);
+    let conn = normalised_file(&staging, &dir.path().join("other-normalised.duckdb"));
+    let count: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM journalEntries WHERE isYearEnd",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 0);
+}
