@@ -103,6 +103,25 @@ CREATE OR REPLACE TEMP MACRO tracking_refs(dept_number, project_id) AS list_filt
      CASE WHEN coalesce(project_id, 0) <> 0 THEN {'id': 'project-' || project_id} END],
     x -> x IS NOT NULL);
 
+-- The audit trail as it was before any Clear Audit Trail. Clear Audit Trail moves old, fully
+-- settled transactions out of AUDIT_HEADER/SPLIT/JOURNAL/USAGE into AUDIT_HISTORY_* (empty
+-- when the company has none) and posts opening-balance journals in their place. They were
+-- archived, not deleted: the rules read both, each row with `archived`, so those records keep
+-- their ids and are published with isArchived = true. Rules and checks read these four, not
+-- the sage tables. (`rowid`, as a column, names a row within its own table.)
+CREATE OR REPLACE TEMP MACRO audit_header() AS TABLE
+    SELECT *, false AS archived FROM sage.AUDIT_HEADER
+    UNION ALL BY NAME SELECT *, true AS archived FROM sage.AUDIT_HISTORY_HEADER;
+CREATE OR REPLACE TEMP MACRO audit_split() AS TABLE
+    SELECT *, false AS archived FROM sage.AUDIT_SPLIT
+    UNION ALL BY NAME SELECT *, true AS archived FROM sage.AUDIT_HISTORY_SPLIT;
+CREATE OR REPLACE TEMP MACRO audit_journal() AS TABLE
+    SELECT *, rowid AS row_id, false AS archived FROM sage.AUDIT_JOURNAL
+    UNION ALL BY NAME SELECT *, rowid AS row_id, true AS archived FROM sage.AUDIT_HISTORY_JOURNAL;
+CREATE OR REPLACE TEMP MACRO audit_usage() AS TABLE
+    SELECT *, false AS archived FROM sage.AUDIT_USAGE
+    UNION ALL BY NAME SELECT *, true AS archived FROM sage.AUDIT_HISTORY_USAGE;
+
 -- Slices for big list() aggregations. DuckDB cannot spill the state of a list() aggregate,
 -- so rules that build lists over millions of rows do it one slice of headers at a time, in a
 -- block between `-- for each slice` and `-- end for each slice`: the runner runs the block
@@ -111,9 +130,9 @@ CREATE OR REPLACE TEMP MACRO tracking_refs(dept_number, project_id) AS list_filt
 -- about 500,000 postings), so peak memory does not. Slices are ranges of header numbers of
 -- equal width; the bounds are constants by the time DuckDB plans a statement, so a slice's
 -- scan skips the other slices' row groups. in_slice(h, -1) is everything.
-SET VARIABLE slices = (SELECT greatest(1, ceil(count(*) / 500000))::BIGINT FROM sage.AUDIT_JOURNAL);
+SET VARIABLE slices = (SELECT greatest(1, ceil(count(*) / 500000))::BIGINT FROM audit_journal());
 SET VARIABLE slice_width = (SELECT coalesce(max(HEADER_NUMBER), 0) // getvariable('slices') + 1
-                            FROM sage.AUDIT_HEADER);
+                            FROM audit_header());
 CREATE OR REPLACE TEMP MACRO in_slice(header_number, k) AS CASE
     WHEN k = -1 THEN true
     WHEN k = getvariable('slices') THEN header_number IS NULL

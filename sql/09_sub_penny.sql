@@ -16,13 +16,14 @@
 CREATE OR REPLACE TABLE work.rounded_postings AS
 WITH posting AS (
     SELECT
-        rowid AS posting_row,
+        archived,
+        row_id AS posting_row,
         TRAN_NUMBER AS tran_number,
         AMOUNT::DOUBLE AS raw,
         money(AMOUNT) AS rounded,
         coalesce('H' || HEADER_NUMBER, 'T' || TRAN_NUMBER) AS header_key,
         coalesce('S' || SPLIT_NUMBER, 'T' || TRAN_NUMBER) AS split_key
-    FROM sage.AUDIT_JOURNAL
+    FROM audit_journal()
 ),
 affected AS (
     SELECT * FROM posting
@@ -39,7 +40,7 @@ split_rounded AS (
     SELECT * EXCLUDE (rounded, residual),
            rounded + CASE
                WHEN row_number() OVER (PARTITION BY split_key
-                                       ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, posting_row)
+                                       ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, archived, posting_row)
                     <= abs(residual)
                THEN sign(residual) * 0.01 ELSE 0 END AS rounded
     FROM split_residual
@@ -52,11 +53,12 @@ header_residual AS (
     WINDOW header AS (PARTITION BY header_key)
 )
 SELECT
+    archived,
     posting_row,
     CAST(rounded + CASE
         WHEN unbalanced_split
          AND row_number() OVER (PARTITION BY header_key, unbalanced_split
-                                ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, posting_row)
+                                ORDER BY sign(residual) * (raw - rounded::DOUBLE) DESC, tran_number, archived, posting_row)
              <= abs(residual)
         THEN sign(residual) * 0.01 ELSE 0 END AS DECIMAL(18, 2)) AS rounded_amount
 FROM header_residual;

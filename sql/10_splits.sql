@@ -23,8 +23,9 @@ WITH header AS (
         coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
         CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS foreign_gross,
         is_set(h.DELETED_FLAG) AS header_deleted,
-        h.RECORD_MODIFY_DATE AS header_modified
-    FROM sage.AUDIT_HEADER h
+        h.RECORD_MODIFY_DATE AS header_modified,
+        h.archived
+    FROM audit_header() h
     LEFT JOIN sage.CURRENCY c ON c.NUMBER = h.CURRENCY
 ),
 split AS (
@@ -45,7 +46,7 @@ split AS (
         money(OUTSTANDING) AS outstanding,
         is_set(DELETED_FLAG) AS split_deleted,
         RECORD_MODIFY_DATE AS split_modified
-    FROM sage.AUDIT_SPLIT
+    FROM audit_split()
 ),
 joined AS (
     SELECT

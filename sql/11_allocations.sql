@@ -15,7 +15,7 @@ WITH usage AS (
         SPLIT_CROSSREF AS paid_split,
         "DATE" AS allocated_on,
         money(AMOUNT) AS amount
-    FROM sage.AUDIT_USAGE
+    FROM audit_usage()
     WHERE NOT is_set(DELETED_FLAG)
 ),
 ends AS (

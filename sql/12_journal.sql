@@ -23,9 +23,10 @@ WITH posting AS (
         coalesce(r.rounded_amount, money(j.AMOUNT)) AS amount,
         txt(TAX_CODE) AS tax_code,
         DEPT_NUMBER AS dept_number,
-        is_set(DELETED_FLAG) AS line_deleted
-    FROM sage.AUDIT_JOURNAL j
-    LEFT JOIN work.rounded_postings r ON r.posting_row = j.rowid
+        is_set(DELETED_FLAG) AS line_deleted,
+        j.archived
+    FROM audit_journal() j
+    LEFT JOIN work.rounded_postings r ON r.posting_row = j.row_id AND r.archived = j.archived
     WHERE in_slice(HEADER_NUMBER, k)
       -- bankTransactions need only postings to bank nominals: filter before any join
       AND (NOT bank_only OR txt(NOMINAL_CODE) IN (SELECT txt(ACCOUNT_REF) FROM sage.BANK))
@@ -40,7 +41,7 @@ header AS (
         txt(ACCOUNT_REF) AS account_ref,
         is_set(DELETED_FLAG) AS header_deleted,
         RECORD_MODIFY_DATE AS header_modified
-    FROM sage.AUDIT_HEADER
+    FROM audit_header()
     WHERE in_slice(HEADER_NUMBER, k)
 ),
 split AS (

@@ -22,8 +22,8 @@ candidate AS (
     SELECT HEADER_NUMBER AS header_number, txt(TYPE) AS type, "DATE" AS posted_on,
            account_class(txt(NOMINAL_CODE)) IN ('Income', 'Expense') AS profit_and_loss,
            txt(NOMINAL_CODE) = retained_earnings() AS retained
-    FROM sage.AUDIT_JOURNAL
-    WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM sage.AUDIT_JOURNAL
+    FROM audit_journal()
+    WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM audit_journal()
                             WHERE txt(NOMINAL_CODE) = retained_earnings())
 )
 SELECT header_number

@@ -31,5 +31,6 @@ SELECT
     (SELECT last_date FROM last_transaction) AS lastTransactionDate,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('COMPANY', txt(COMPANYID), []) AS lineage
 FROM source;

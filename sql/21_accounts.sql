@@ -43,6 +43,7 @@ SELECT
     n.prior_year::DECIMAL(18, 2)[] AS priorYearMonthlyBalances,
     n.modified AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('NOMINAL_LEDGER', n.code, []) AS lineage
 FROM nominal n
 LEFT JOIN banks b ON b.code = n.code;

@@ -25,6 +25,7 @@ SELECT
     party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
     p.RECORD_MODIFY_DATE AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage(ledger, txt(p.ACCOUNT_REF), []) AS lineage
 FROM query_table('sage.' || ledger) p
 LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY;

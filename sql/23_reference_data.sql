@@ -16,6 +16,7 @@ SELECT
     money(b.BALANCE) AS balance,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('BANK', txt(b.ACCOUNT_REF), []) AS lineage
 FROM sage.BANK b
 LEFT JOIN sage.CURRENCY c ON c.NUMBER = b.CURRENCY;
@@ -28,6 +29,7 @@ SELECT
     coalesce(exact6(TAX_RATE), exact6(0)) AS effectiveTaxRate,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('TAX_CODE', txt(TAX_CODE), []) AS lineage
 FROM sage.TAX_CODE;
 
@@ -43,6 +45,7 @@ SELECT
     exact6(AVERAGE_COST_PRICE) AS averageCostPrice,
     RECORD_MODIFY_DATE AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('STOCK', txt(STOCK_CODE), []) AS lineage
 FROM sage.STOCK;
 
@@ -55,6 +58,7 @@ SELECT
     'Active' AS status,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
+    false AS isArchived,
     lineage('DEPARTMENT', NUMBER, []) AS lineage
 FROM sage.DEPARTMENT
 WHERE NUMBER <> 0
@@ -66,6 +70,7 @@ SELECT
     txt(REFERENCE),
     coalesce(nullif(txt(STATUS), ''), 'Active'),
     NULL::TIMESTAMP,
+    false,
     false,
     lineage('PROJECT', PROJECT_ID, [])
 FROM sage.PROJECT

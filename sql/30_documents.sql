@@ -67,6 +67,8 @@ SELECT
     sum(gross)::DECIMAL(18, 2) AS total,
     sum(outstanding)::DECIMAL(18, 2) AS amount_due,
     bool_and(deleted) AS deleted,
+    -- a part's splits share one header: all archived or none
+    bool_or(archived) AS archived,
     max(modified) AS modified
 FROM split
 GROUP BY part_id;

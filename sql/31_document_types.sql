@@ -25,6 +25,7 @@ SELECT
     d.allocations AS paymentAllocations,
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
+    d.archived AS isArchived,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
 FROM work.documents d
 LEFT JOIN customers p ON p.id = d.account_ref
@@ -50,6 +51,7 @@ SELECT
     d.allocations AS paymentAllocations,
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
+    d.archived AS isArchived,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
 FROM work.documents d
 LEFT JOIN customers p ON p.id = d.account_ref
@@ -76,6 +78,7 @@ SELECT
     d.allocations AS paymentAllocations,
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
+    d.archived AS isArchived,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
 FROM work.documents d
 LEFT JOIN suppliers p ON p.id = d.account_ref
@@ -101,6 +104,7 @@ SELECT
     d.allocations AS paymentAllocations,
     d.modified AS sourceModifiedDate,
     d.deleted AS isDeleted,
+    d.archived AS isArchived,
     lineage('AUDIT_HEADER', d.header_number, d.split_numbers) AS lineage
 FROM work.documents d
 LEFT JOIN suppliers p ON p.id = d.account_ref

@@ -37,6 +37,7 @@ SELECT
     sum(outstanding)::DECIMAL(18, 2) AS outstanding,
     list_sort(list(split_number)) AS split_numbers,
     bool_and(deleted) AS deleted,
+    bool_or(archived) AS archived,
     max(modified) AS modified
 FROM split
 GROUP BY part_id;
@@ -126,6 +127,7 @@ SELECT
     p.lines AS lines,
     p.modified AS sourceModifiedDate,
     p.deleted AS isDeleted,
+    p.archived AS isArchived,
     lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
 FROM work.payments p
 LEFT JOIN customers c ON c.id = p.account_ref
@@ -148,6 +150,7 @@ SELECT
     p.lines AS lines,
     p.modified AS sourceModifiedDate,
     p.deleted AS isDeleted,
+    p.archived AS isArchived,
     lineage('AUDIT_HEADER', p.header_number, p.split_numbers) AS lineage
 FROM work.payments p
 LEFT JOIN suppliers s ON s.id = p.account_ref

@@ -32,6 +32,7 @@ SELECT
         ELSE {'dataType': 'journalEntries', 'id': j.entry_id} END AS recordRef,
     j.modified AS sourceModifiedDate,
     j.deleted AS isDeleted,
+    j.archived AS isArchived,
     lineage('AUDIT_JOURNAL', j.tran_number::VARCHAR || '-' || j.nominal_code,
             CASE WHEN j.split_number IS NULL THEN [] ELSE [j.split_number] END) AS lineage
 FROM (

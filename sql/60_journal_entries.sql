@@ -36,7 +36,8 @@ WITH entry AS (
                 'sourceSplitNumber': x.split::BIGINT
             }) AS journal_lines,
         max(modified) AS modified,
-        bool_and(deleted) AS deleted
+        bool_and(deleted) AS deleted,
+        bool_or(archived) AS archived
     FROM postings(k, false)
     -- the parts of entry_id, as integer and date keys (cheaper to group than the string)
     GROUP BY header_number, posted_on, deleted, orphan_tran_number
@@ -54,6 +55,7 @@ SELECT
     coalesce(header_number IN (SELECT header_number FROM work.year_end_headers), false) AS isYearEnd,
     modified AS sourceModifiedDate,
     deleted AS isDeleted,
+    archived AS isArchived,
     lineage(CASE WHEN header_number IS NULL THEN 'AUDIT_JOURNAL' ELSE 'AUDIT_HEADER' END,
             coalesce(header_number::VARCHAR, entry_id),
             list_sort(list_distinct([l.sourceSplitNumber FOR l IN journal_lines]))) AS lineage

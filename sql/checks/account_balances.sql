@@ -1,5 +1,7 @@
 -- Check account_balances: per customer and per supplier, the outstanding documents add up to
 -- the Sage account BALANCE.
+-- Archived documents (Clear Audit Trail) were settled and are no longer in Sage's live
+-- tables: they are left out on both sides.
 -- Outstanding = amountDue of invoices/bills - remainingCredit of credit notes
 --               - unallocatedAmount of payments (a refund's is negative, so it adds).
 -- error:   the normalised documents differ from the live source splits' OUTSTANDING (signed
@@ -8,12 +10,12 @@
 --          SALES_LEDGER / PURCHASE_LEDGER BALANCE: Sage disagrees with itself (Check Data
 --          would complain); names the account.
 WITH normalised AS (
-    SELECT 'customer' AS ledger, customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted
-    UNION ALL SELECT 'customer', customerRef.id, -remainingCredit FROM creditNotes WHERE NOT isDeleted
-    UNION ALL SELECT 'customer', customerRef.id, -unallocatedAmount FROM payments WHERE NOT isDeleted
-    UNION ALL SELECT 'supplier', supplierRef.id, amountDue FROM bills WHERE NOT isDeleted
-    UNION ALL SELECT 'supplier', supplierRef.id, -remainingCredit FROM billCreditNotes WHERE NOT isDeleted
-    UNION ALL SELECT 'supplier', supplierRef.id, -unallocatedAmount FROM billPayments WHERE NOT isDeleted
+    SELECT 'customer' AS ledger, customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted AND NOT isArchived
+    UNION ALL SELECT 'customer', customerRef.id, -remainingCredit FROM creditNotes WHERE NOT isDeleted AND NOT isArchived
+    UNION ALL SELECT 'customer', customerRef.id, -unallocatedAmount FROM payments WHERE NOT isDeleted AND NOT isArchived
+    UNION ALL SELECT 'supplier', supplierRef.id, amountDue FROM bills WHERE NOT isDeleted AND NOT isArchived
+    UNION ALL SELECT 'supplier', supplierRef.id, -remainingCredit FROM billCreditNotes WHERE NOT isDeleted AND NOT isArchived
+    UNION ALL SELECT 'supplier', supplierRef.id, -unallocatedAmount FROM billPayments WHERE NOT isDeleted AND NOT isArchived
 ),
 source AS (
     SELECT CASE WHEN split_type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'customer' ELSE 'supplier' END AS ledger,

@@ -1,17 +1,25 @@
 -- Check control_accounts: Sage's own Check Data test. The debtors control account (1100)
 -- equals the sum of customer balances, the creditors control account (2100) minus the sum of
 -- supplier balances. Both are the Sage defaults; a company that moved its control accounts
--- gets a warning here, never an error.
+-- gets a warning here, never an error. Compared in the source, at its own precision (summed,
+-- then rounded): published figures rounded to the penny one by one may add up a penny apart
+-- when Sage holds fractions of a penny (check sub_penny names those).
 -- warning only: a mismatch can be genuine in the source (journals posted straight to a
 --               control account); names the account and both figures.
 WITH control AS (
-    SELECT 'debtors' AS control, '1100' AS nominal, (SELECT coalesce(sum(balance), 0) FROM customers) AS ledgers
+    SELECT 'debtors' AS control, '1100' AS nominal,
+           money(coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.SALES_LEDGER), 0)) AS ledgers
     UNION ALL
-    SELECT 'creditors', '2100', -(SELECT coalesce(sum(balance), 0) FROM suppliers)
+    SELECT 'creditors', '2100',
+           -money(coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.PURCHASE_LEDGER), 0))
 ),
 posted AS (
-    SELECT l.accountRef.id AS nominal, sum(l.netAmount) AS amount
-    FROM (SELECT isDeleted, unnest(journalLines) AS l FROM journalEntries) WHERE NOT isDeleted
+    -- the live ledger (archived postings' effect is in Clear Audit Trail's opening balances)
+    SELECT txt(j.NOMINAL_CODE) AS nominal, money(sum(j.AMOUNT::DOUBLE)) AS amount
+    FROM sage.AUDIT_JOURNAL j
+    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+    WHERE txt(j.NOMINAL_CODE) IN ('1100', '2100')
+      AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
     GROUP BY ALL
 )
 SELECT 'warning' AS severity, c.control, c.nominal, coalesce(p.amount, 0) AS control_account, c.ledgers AS ledger_accounts

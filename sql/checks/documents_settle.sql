@@ -18,11 +18,11 @@ published AS (
 ),
 split_deleted AS (
     SELECT s.SPLIT_NUMBER AS split_number, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
-    FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER)
+    FROM audit_split() s LEFT JOIN audit_header() h USING (HEADER_NUMBER)
 ),
 live_usage AS (
     SELECT u.SPLIT_NUMBER, u.SPLIT_CROSSREF, money(u.AMOUNT) AS amount
-    FROM sage.AUDIT_USAGE u
+    FROM audit_usage() u
     JOIN split_deleted a ON a.split_number = u.SPLIT_NUMBER
     LEFT JOIN split_deleted b ON b.split_number = u.SPLIT_CROSSREF
     WHERE NOT is_set(u.DELETED_FLAG) AND NOT a.deleted AND NOT coalesce(b.deleted, false)
@@ -41,7 +41,7 @@ source_flag AS (
            bool_or(money(s.GROSS_AMOUNT) <> coalesce(a.amount, 0) + money(s.OUTSTANDING)
                    OR money(s.AMOUNT_PAID) <> coalesce(a.amount, 0)) AS source_inconsistent
     FROM (SELECT data_type, id, unnest(splits) AS split_number FROM unbalanced) u
-    JOIN sage.AUDIT_SPLIT s ON s.SPLIT_NUMBER = u.split_number
+    JOIN audit_split() s ON s.SPLIT_NUMBER = u.split_number
     LEFT JOIN allocated a ON a.split_number = u.split_number
     GROUP BY ALL
 )

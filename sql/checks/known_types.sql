@@ -5,9 +5,9 @@
 --          or payment: the row names the type, where it is and how often, so a rule can be
 --          added for it.
 WITH seen AS (
-    SELECT 'AUDIT_HEADER' AS source_table, txt(TYPE) AS type, HEADER_NUMBER AS example FROM sage.AUDIT_HEADER
-    UNION ALL SELECT 'AUDIT_SPLIT', txt(TYPE), SPLIT_NUMBER FROM sage.AUDIT_SPLIT
-    UNION ALL SELECT 'AUDIT_JOURNAL', txt(TYPE), TRAN_NUMBER FROM sage.AUDIT_JOURNAL
+    SELECT 'AUDIT_HEADER' AS source_table, txt(TYPE) AS type, HEADER_NUMBER AS example FROM audit_header()
+    UNION ALL SELECT 'AUDIT_SPLIT', txt(TYPE), SPLIT_NUMBER FROM audit_split()
+    UNION ALL SELECT 'AUDIT_JOURNAL', txt(TYPE), TRAN_NUMBER FROM audit_journal()
 )
 SELECT 'warning' AS severity,
        'TYPE ' || coalesce('''' || type || '''', 'NULL') || ' in ' || source_table

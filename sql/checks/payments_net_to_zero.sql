@@ -32,14 +32,14 @@ relevant AS (
 ),
 relevant_usage AS (
     SELECT u.SPLIT_NUMBER, u.SPLIT_CROSSREF, money(u.AMOUNT) AS amount
-    FROM sage.AUDIT_USAGE u
+    FROM audit_usage() u
     WHERE NOT is_set(u.DELETED_FLAG)
       AND (u.SPLIT_NUMBER IN (SELECT split_number FROM relevant)
            OR u.SPLIT_CROSSREF IN (SELECT split_number FROM relevant))
 ),
 split_deleted AS (
     SELECT s.SPLIT_NUMBER AS split_number, is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
-    FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h USING (HEADER_NUMBER)
+    FROM audit_split() s LEFT JOIN audit_header() h USING (HEADER_NUMBER)
     WHERE s.SPLIT_NUMBER IN (SELECT split_number FROM relevant)
        OR s.SPLIT_NUMBER IN (SELECT SPLIT_NUMBER FROM relevant_usage)
        OR s.SPLIT_NUMBER IN (SELECT SPLIT_CROSSREF FROM relevant_usage)
@@ -63,7 +63,7 @@ source_flag AS (
            bool_or(money(s.GROSS_AMOUNT) <> coalesce(a.amount, 0) + money(s.OUTSTANDING)
                    OR money(s.AMOUNT_PAID) <> coalesce(a.amount, 0)) AS source_inconsistent
     FROM (SELECT data_type, id, unnest(splits) AS split_number FROM unbalanced) p
-    JOIN sage.AUDIT_SPLIT s ON s.SPLIT_NUMBER = p.split_number
+    JOIN audit_split() s ON s.SPLIT_NUMBER = p.split_number
     LEFT JOIN allocated a ON a.split_number = p.split_number
     GROUP BY ALL
 )

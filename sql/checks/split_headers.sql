@@ -23,7 +23,7 @@ documents AS (
 header AS (
     SELECT HEADER_NUMBER::VARCHAR AS header, money(NET_AMOUNT) AS net, money(TAX_AMOUNT) AS tax,
            money(GROSS_AMOUNT) AS gross, txt(TYPE) AS type
-    FROM sage.AUDIT_HEADER
+    FROM audit_header()
     WHERE data_type_of(txt(TYPE)) IS NOT NULL
 ),
 splits AS (
@@ -44,7 +44,7 @@ splits AS (
                  data_type_of(t) IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AS with_tax
           FROM (SELECT s.*, coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS t,
                        h.HEADER_NUMBER IS NULL AS orphan
-                FROM sage.AUDIT_SPLIT s LEFT JOIN sage.AUDIT_HEADER h
+                FROM audit_split() s LEFT JOIN audit_header() h
                   ON h.HEADER_NUMBER = s.HEADER_NUMBER)) s
     GROUP BY ALL
 ),

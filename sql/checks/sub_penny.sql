@@ -10,16 +10,16 @@
 WITH split_amounts AS (
     SELECT SPLIT_NUMBER AS split_number, HEADER_NUMBER AS header_number,
            'NET ' || NET_AMOUNT || ', TAX ' || TAX_AMOUNT || ', GROSS ' || GROSS_AMOUNT AS amounts
-    FROM sage.AUDIT_SPLIT
+    FROM audit_split()
     WHERE sub_penny(NET_AMOUNT) OR sub_penny(TAX_AMOUNT) OR sub_penny(GROSS_AMOUNT)
        OR sub_penny(AMOUNT_PAID) OR sub_penny(OUTSTANDING)
 ),
 journal AS (
     SELECT j.SPLIT_NUMBER AS split_number, j.HEADER_NUMBER AS header_number, j.AMOUNT::DOUBLE AS raw,
            is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false) AS deleted
-    FROM sage.AUDIT_JOURNAL j
-    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-    WHERE j.HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM sage.AUDIT_JOURNAL WHERE sub_penny(AMOUNT))
+    FROM audit_journal() j
+    LEFT JOIN audit_header() h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+    WHERE j.HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM audit_journal() WHERE sub_penny(AMOUNT))
 ),
 source AS (
     -- live postings per split of the headers concerned, at the source's precision

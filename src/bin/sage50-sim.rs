@@ -31,8 +31,13 @@ struct Args {
     /// journal dated that day moves every P&L nominal to retained earnings, 3200).
     #[arg(long)]
     no_year_end: bool,
+    /// Run Sage's Clear Audit Trail for transactions dated before this date (YYYY-MM-DD):
+    /// settled ones move to the AUDIT_HISTORY tables and an opening-balance journal (O/Bal)
+    /// dated the day before keeps every balance. The company spans 2024-04-01 to 2026-03-31.
+    #[arg(long, value_name = "DATE")]
+    clear_audit_trail_before: Option<chrono::NaiveDate>,
     /// Instead of generating, load this SQL script of INSERTs (e.g. fixtures/golden/company.sql).
-    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille", "no_year_end"])]
+    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille", "no_year_end", "clear_audit_trail_before"])]
     script: Option<PathBuf>,
     /// Print rows per table on standard error.
     #[arg(long)]
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
                 max_splits: args.max_splits,
                 sub_penny_permille: args.sub_penny_permille,
                 year_end: !args.no_year_end,
+                clear_audit_trail_before: args.clear_audit_trail_before,
             },
         ),
     };

@@ -133,6 +133,10 @@ pub struct Header {
     pub due_days: i16,
     /// Posted by Sage's Year End (moves the P&L to retained earnings).
     pub year_end: bool,
+    /// Moved to the AUDIT_HISTORY tables by Clear Audit Trail.
+    pub archived: bool,
+    /// Clear Audit Trail's opening-balance journal (standing in for the archived ones).
+    pub opening_balance: bool,
 }
 
 /// One AUDIT_SPLIT row.
@@ -421,6 +425,8 @@ impl Books<'_> {
             amended: date,
             due_days,
             year_end: false,
+            archived: false,
+            opening_balance: false,
         });
         self.ledger.headers.len() as u32
     }
@@ -821,6 +827,110 @@ impl Books<'_> {
         );
         self.split(h, TxType::JD, date, BANKS[to as usize].code, TAX_T9, amount);
     }
+}
+
+/// Sage's Clear Audit Trail up to (not including) day `before`: a transaction whose splits are
+/// all dated before it and settled (paid in full, or fully allocated), allocated only on
+/// earlier days and only with transactions that go too, is archived (moved to the
+/// AUDIT_HISTORY tables). Bank entries and journals before the date go as well; deleted
+/// transactions and the Year End journal stay. One opening-balance journal dated the day
+/// before posts, per nominal, what the archived transactions posted, so every balance is
+/// unchanged. Returns how many transactions were archived.
+pub fn clear_audit_trail(ledger: &mut Ledger, before: i32) -> usize {
+    let header_of =
+        |ledger: &Ledger, split: u32| ledger.splits[split as usize - 1].header as usize - 1;
+    let mut eligible: Vec<bool> = ledger
+        .headers
+        .iter()
+        .map(|h| {
+            let splits = &ledger.splits
+                [h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1];
+            !h.deleted
+                && !h.year_end
+                && !splits.is_empty()
+                && splits
+                    .iter()
+                    .all(|s| s.date < before && (h.ty.ledger_sign() == 0 || s.paid == s.gross()))
+        })
+        .collect();
+    for u in &ledger.usages {
+        if u.date >= before {
+            eligible[header_of(ledger, u.split)] = false;
+            eligible[header_of(ledger, u.crossref)] = false;
+        }
+    }
+    // What is allocated with a transaction that stays, stays: until nothing changes.
+    loop {
+        let mut changed = false;
+        for u in &ledger.usages {
+            let (a, b) = (header_of(ledger, u.split), header_of(ledger, u.crossref));
+            if eligible[a] != eligible[b] {
+                eligible[a] = false;
+                eligible[b] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut balances: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    let mut archived = 0;
+    for (i, h) in ledger.headers.iter_mut().enumerate() {
+        if !eligible[i] {
+            continue;
+        }
+        h.archived = true;
+        archived += 1;
+        let bank = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
+        for s in
+            &ledger.splits[h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1]
+        {
+            for (nominal, amount) in journal_lines(s, bank) {
+                if !nominal.is_empty() {
+                    *balances.entry(nominal).or_default() += amount;
+                }
+            }
+        }
+    }
+    balances.retain(|_, b| *b != 0);
+    if balances.is_empty() {
+        return archived;
+    }
+    let date = before - 1;
+    let header = ledger.headers.len() as u32 + 1;
+    let first_split = ledger.splits.len() as u32 + 1;
+    for (nominal, b) in &balances {
+        ledger.splits.push(Split {
+            header,
+            ty: if *b > 0 { TxType::JD } else { TxType::JC },
+            date,
+            nominal,
+            tax_code: TAX_T9,
+            dept: 0,
+            project: 0,
+            net: b.abs(),
+            tax: 0,
+            paid: 0,
+        });
+    }
+    ledger.headers.push(Header {
+        ty: ledger.splits[first_split as usize - 1].ty,
+        date,
+        account: Account::None,
+        bank: None,
+        inv_ref: 0,
+        first_split,
+        split_count: balances.len() as u32,
+        currency: 0,
+        deleted: false,
+        amended: date,
+        due_days: 0,
+        year_end: false,
+        archived: false,
+        opening_balance: true,
+    });
+    archived
 }
 
 /// Picks an index in `0..n`, favouring low indices (a few big customers, a long tail).

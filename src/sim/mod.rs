@@ -77,6 +77,9 @@ pub struct SimOptions {
     /// Run Sage's Year End at the end of the prior financial year (the company spans two):
     /// a journal moving every P&L nominal to retained earnings, as real companies have.
     pub year_end: bool,
+    /// Run Sage's Clear Audit Trail for transactions dated before this day (see
+    /// [`ledger::clear_audit_trail`]).
+    pub clear_audit_trail_before: Option<chrono::NaiveDate>,
 }
 
 /// Default of [`SimOptions::sub_penny_permille`]: one in five unpaid foreign documents' lines.
@@ -120,6 +123,15 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
             options.sub_penny_permille
         )));
     }
+    if let Some(before) = options.clear_audit_trail_before {
+        let day = write::day_number(before);
+        if !(-write::SPAN_DAYS..=0).contains(&day) {
+            return Err(SimError::Options(format!(
+                "--clear-audit-trail-before {before} is outside the company's two financial years: \
+                 use a date from 2024-04-01 to 2026-04-01"
+            )));
+        }
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let n = options.transactions as usize;
     let company = write::Company::new(&mut rng, options.seed, n);
@@ -136,7 +148,7 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
     let supplier_currency: Vec<u8> = company.suppliers.iter().map(|p| p.currency).collect();
     let customer_due: Vec<i16> = company.customers.iter().map(|p| p.due_days).collect();
     let supplier_due: Vec<i16> = company.suppliers.iter().map(|p| p.due_days).collect();
-    let ledger = ledger::generate(
+    let mut ledger = ledger::generate(
         &mut rng,
         &size,
         &customer_currency,
@@ -144,6 +156,9 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         &customer_due,
         &supplier_due,
     );
+    if let Some(before) = options.clear_audit_trail_before {
+        ledger::clear_audit_trail(&mut ledger, write::day_number(before));
+    }
     write_atomically(out, |tmp| {
         write::write(tmp, &schema, &company, &ledger, options.sub_penny_permille)
     })

@@ -24,6 +24,19 @@ const FY_START: i32 = -365;
 pub const PRIOR_YEAR_END: i32 = FY_START - 1;
 /// Details of the Year End journal's header and lines.
 const YEAR_END_DETAILS: &str = "Year End - P&L transfer to retained earnings";
+/// Reference (INV_REF) of Clear Audit Trail's opening-balance journal, as Sage writes it.
+const OPENING_BALANCE_REF: &str = "O/Bal";
+
+/// The fixed wording of the journals Sage posts itself (Year End, Clear Audit Trail).
+fn header_details(h: &super::ledger::Header) -> Option<&'static str> {
+    if h.year_end {
+        Some(YEAR_END_DETAILS)
+    } else if h.opening_balance {
+        Some("Opening Balance")
+    } else {
+        None
+    }
+}
 /// Sage's DELETED_RECORDS.TABLE_ID for AUDIT_HEADER, in the simulator's numbering.
 pub const DELETED_TABLE_AUDIT_HEADER: i16 = 11;
 
@@ -62,6 +75,11 @@ impl Company {
             stock: company::stock(rng, (transactions / 500).clamp(10, 300)),
         }
     }
+}
+
+/// The simulator's day number of a date (day 0 is the day after the current financial year).
+pub fn day_number(date: NaiveDate) -> i32 {
+    (date - day(0)).num_days() as i32
 }
 
 fn day(d: i32) -> NaiveDate {
@@ -295,6 +313,86 @@ fn account_ref(co: &Company, a: Account) -> &str {
     }
 }
 
+/// Columns written to AUDIT_HEADER and to AUDIT_HISTORY_HEADER.
+const HEADER_COLUMNS: &[&str] = &[
+    "HEADER_NUMBER",
+    "TRAN_NUMBER",
+    "ITEM_COUNT",
+    "TYPE",
+    "DATE",
+    "ACCOUNT_REF",
+    "BANK_CODE",
+    "INV_REF",
+    "DETAILS",
+    "DUE_DATE",
+    "NET_AMOUNT",
+    "TAX_AMOUNT",
+    "GROSS_AMOUNT",
+    "AMOUNT_PAID",
+    "OUTSTANDING",
+    "CURRENCY",
+    "FOREIGN_RATE",
+    "FOREIGN_GROSS_AMOUNT",
+    "PAID_FLAG",
+    "DELETED_FLAG",
+    "DATE_ENTERED",
+    "DATE_AMENDED",
+    "RECORD_CREATE_DATE",
+    "RECORD_MODIFY_DATE",
+];
+
+/// Columns written to AUDIT_SPLIT and to AUDIT_HISTORY_SPLIT.
+const SPLIT_COLUMNS: &[&str] = &[
+    "SPLIT_NUMBER",
+    "HEADER_NUMBER",
+    "TRAN_NUMBER",
+    "TYPE",
+    "DATE",
+    "ACCOUNT_REF",
+    "NOMINAL_CODE",
+    "DETAILS",
+    "DEPT_NUMBER",
+    "TAX_CODE",
+    "NET_AMOUNT",
+    "TAX_AMOUNT",
+    "GROSS_AMOUNT",
+    "AMOUNT_PAID",
+    "OUTSTANDING",
+    "PAID_FLAG",
+    "DELETED_FLAG",
+    "PROJECT_ID",
+    "RECORD_CREATE_DATE",
+    "RECORD_MODIFY_DATE",
+];
+
+/// Columns written to AUDIT_JOURNAL and to AUDIT_HISTORY_JOURNAL.
+const JOURNAL_COLUMNS: &[&str] = &[
+    "TRAN_NUMBER",
+    "HEADER_NUMBER",
+    "SPLIT_NUMBER",
+    "TYPE",
+    "DATE",
+    "ACCOUNT_REF",
+    "NOMINAL_CODE",
+    "AMOUNT",
+    "TAX_CODE",
+    "DEPT_NUMBER",
+    "DELETED_FLAG",
+];
+
+/// Columns written to AUDIT_USAGE and to AUDIT_HISTORY_USAGE.
+const USAGE_COLUMNS: &[&str] = &[
+    "USAGE_NUMBER",
+    "SPLIT_NUMBER",
+    "SPLIT_CROSSREF",
+    "TYPE",
+    "REFERENCE",
+    "DATE",
+    "AMOUNT",
+    "FOREIGN_AMOUNT",
+    "DELETED_FLAG",
+];
+
 fn write_transactions(
     tx: &Connection,
     dates: &Dates,
@@ -303,79 +401,19 @@ fn write_transactions(
     bal: &mut Balances,
     sub_penny_permille: u16,
 ) -> Result<(), SimError> {
-    let mut ins_header = insert(
-        tx,
-        "AUDIT_HEADER",
-        &[
-            "HEADER_NUMBER",
-            "TRAN_NUMBER",
-            "ITEM_COUNT",
-            "TYPE",
-            "DATE",
-            "ACCOUNT_REF",
-            "BANK_CODE",
-            "INV_REF",
-            "DETAILS",
-            "DUE_DATE",
-            "NET_AMOUNT",
-            "TAX_AMOUNT",
-            "GROSS_AMOUNT",
-            "AMOUNT_PAID",
-            "OUTSTANDING",
-            "CURRENCY",
-            "FOREIGN_RATE",
-            "FOREIGN_GROSS_AMOUNT",
-            "PAID_FLAG",
-            "DELETED_FLAG",
-            "DATE_ENTERED",
-            "DATE_AMENDED",
-            "RECORD_CREATE_DATE",
-            "RECORD_MODIFY_DATE",
-        ],
-    )?;
-    let mut ins_split = insert(
-        tx,
-        "AUDIT_SPLIT",
-        &[
-            "SPLIT_NUMBER",
-            "HEADER_NUMBER",
-            "TRAN_NUMBER",
-            "TYPE",
-            "DATE",
-            "ACCOUNT_REF",
-            "NOMINAL_CODE",
-            "DETAILS",
-            "DEPT_NUMBER",
-            "TAX_CODE",
-            "NET_AMOUNT",
-            "TAX_AMOUNT",
-            "GROSS_AMOUNT",
-            "AMOUNT_PAID",
-            "OUTSTANDING",
-            "PAID_FLAG",
-            "DELETED_FLAG",
-            "PROJECT_ID",
-            "RECORD_CREATE_DATE",
-            "RECORD_MODIFY_DATE",
-        ],
-    )?;
-    let mut ins_journal = insert(
-        tx,
-        "AUDIT_JOURNAL",
-        &[
-            "TRAN_NUMBER",
-            "HEADER_NUMBER",
-            "SPLIT_NUMBER",
-            "TYPE",
-            "DATE",
-            "ACCOUNT_REF",
-            "NOMINAL_CODE",
-            "AMOUNT",
-            "TAX_CODE",
-            "DEPT_NUMBER",
-            "DELETED_FLAG",
-        ],
-    )?;
+    // [live table, history table]: Clear Audit Trail moves archived transactions
+    let mut ins_header = [
+        insert(tx, "AUDIT_HEADER", HEADER_COLUMNS)?,
+        insert(tx, "AUDIT_HISTORY_HEADER", HEADER_COLUMNS)?,
+    ];
+    let mut ins_split = [
+        insert(tx, "AUDIT_SPLIT", SPLIT_COLUMNS)?,
+        insert(tx, "AUDIT_HISTORY_SPLIT", SPLIT_COLUMNS)?,
+    ];
+    let mut ins_journal = [
+        insert(tx, "AUDIT_JOURNAL", JOURNAL_COLUMNS)?,
+        insert(tx, "AUDIT_HISTORY_JOURNAL", JOURNAL_COLUMNS)?,
+    ];
     let mut ins_deleted = insert(
         tx,
         "DELETED_RECORDS",
@@ -452,7 +490,7 @@ fn write_transactions(
                 Some(s.project as i32)
             };
             let modify = dates.stamp(h.amended.max(s.date), sn);
-            ins_split
+            ins_split[h.archived as usize]
                 .execute(params![
                     sn,
                     hn,
@@ -461,11 +499,7 @@ fn write_transactions(
                     dates.get(s.date),
                     acc,
                     s.nominal,
-                    if h.year_end {
-                        YEAR_END_DETAILS
-                    } else {
-                        details(s.ty, sn)
-                    },
+                    header_details(h).unwrap_or_else(|| details(s.ty, sn)),
                     s.dept as i16,
                     TAX_CODES[s.tax_code as usize].code,
                     n,
@@ -492,7 +526,7 @@ fn write_transactions(
                 if nominal.is_empty() || (slot == 1 && amount == 0) {
                     continue;
                 }
-                ins_journal
+                ins_journal[h.archived as usize]
                     .execute(params![
                         sn,
                         hn,
@@ -507,14 +541,20 @@ fn write_transactions(
                         deleted,
                     ])
                     .map_err(e("AUDIT_JOURNAL"))?;
-                if !h.deleted {
+                if !h.deleted && !h.archived {
                     bal.nominal.entry(nominal).or_insert([0; 13])[month_index(s.date)] += amount;
-                    if let Some(m) = prior_month_index(s.date).filter(|_| !h.year_end) {
-                        bal.prior.entry(nominal).or_insert([0; 12])[m] += amount;
-                    }
+                }
+                // prior-year figures count the year's own postings: archived ones too, not
+                // the Year End journal nor Clear Audit Trail's opening balances
+                if !h.deleted
+                    && !h.year_end
+                    && !h.opening_balance
+                    && let Some(m) = prior_month_index(s.date)
+                {
+                    bal.prior.entry(nominal).or_insert([0; 12])[m] += amount;
                 }
             }
-            if !h.deleted {
+            if !h.deleted && !h.archived {
                 let owed = h.ty.ledger_sign() * (gross_u - paid_u);
                 match h.account {
                     Account::Customer(c) => bal.customers[c as usize] += owed,
@@ -535,7 +575,9 @@ fn write_transactions(
         } else {
             "N"
         };
-        let inv_ref = if h.inv_ref == 0 {
+        let inv_ref = if h.opening_balance {
+            OPENING_BALANCE_REF.to_owned()
+        } else if h.inv_ref == 0 {
             String::new()
         } else {
             h.inv_ref.to_string()
@@ -545,7 +587,7 @@ fn write_transactions(
         } else {
             h.date
         };
-        ins_header
+        ins_header[h.archived as usize]
             .execute(params![
                 hn,
                 h.first_split,
@@ -555,11 +597,7 @@ fn write_transactions(
                 acc,
                 bank_code,
                 inv_ref,
-                if h.year_end {
-                    YEAR_END_DETAILS
-                } else {
-                    details(h.ty, h.first_split)
-                },
+                header_details(h).unwrap_or_else(|| details(h.ty, h.first_split)),
                 dates.get(due),
                 net,
                 tax,
@@ -635,26 +673,15 @@ fn write_transactions(
             }
         }
     }
-    let mut ins_usage = insert(
-        tx,
-        "AUDIT_USAGE",
-        &[
-            "USAGE_NUMBER",
-            "SPLIT_NUMBER",
-            "SPLIT_CROSSREF",
-            "TYPE",
-            "REFERENCE",
-            "DATE",
-            "AMOUNT",
-            "FOREIGN_AMOUNT",
-            "DELETED_FLAG",
-        ],
-    )?;
+    let mut ins_usage = [
+        insert(tx, "AUDIT_USAGE", USAGE_COLUMNS)?,
+        insert(tx, "AUDIT_HISTORY_USAGE", USAGE_COLUMNS)?,
+    ];
     for (ui, u) in ledger.usages.iter().enumerate() {
         let target = &ledger.splits[u.crossref as usize - 1];
         let header = &ledger.headers[target.header as usize - 1];
         let rate = CURRENCIES[header.currency as usize].rate_e4;
-        ins_usage
+        ins_usage[header.archived as usize]
             .execute(params![
                 ui as u32 + 1,
                 u.split,

@@ -66,10 +66,31 @@ fn failed_names(report: &Report) -> Vec<String> {
 
 #[test]
 fn generated_companies_of_many_seeds_and_sizes_pass_every_check() {
-    let sizes = [(11, 40), (12, 400), (13, 2_500), (14, 9_000)];
-    for (seed, transactions) in sizes {
+    // Every simulator option on (sub-penny amounts, Year End, Clear Audit Trail at a
+    // different point of the two years each time), over several seeds and sizes.
+    let sizes = [
+        (11, 40, "2024-10-01"),
+        (12, 400, "2025-04-01"),
+        (13, 2_500, "2025-01-01"),
+        (14, 9_000, "2025-11-15"),
+    ];
+    for (seed, transactions, cleared) in sizes {
         let dir = tempdir();
-        let staging = staged_company(dir.path(), seed, transactions);
+        let company = crate::support::sim(
+            &dir.path().join("company"),
+            &[
+                "--seed",
+                &seed.to_string(),
+                "--transactions",
+                &transactions.to_string(),
+                "--sub-penny",
+                "500",
+                "--clear-audit-trail-before",
+                cleared,
+            ],
+        );
+        let staging = dir.path().join("staging.duckdb");
+        extract_ok(&company.odbc, &staging);
         let report = normalise(&staging, &Rules::embedded()).expect("normalise");
         assert!(
             report.failed().is_empty(),
@@ -670,4 +691,76 @@ fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
         )
         .unwrap();
     assert_eq!(count, 0);
+}
+
+#[test]
+fn clear_audit_trail_archives_records_under_the_ids_they_had_and_deletes_none() {
+    let dir = tempdir();
+    let args = ["--seed", "43", "--transactions", "3000"];
+    let normalised = |name: &str, extra: &[&str]| {
+        let company = crate::support::sim(&dir.path().join(name), &[&args[..], extra].concat());
+        let staging = dir.path().join(format!("{name}.duckdb"));
+        extract_ok(&company.odbc, &staging);
+        normalised_file(
+            &staging,
+            &dir.path().join(format!("{name}-normalised.duckdb")),
+        )
+    };
+    let before = normalised("before", &[]);
+    let after = normalised("after", &["--clear-audit-trail-before", "2025-06-01"]);
+    let model = DataModel::embedded();
+    let mut archived_total = 0;
+    for t in &model.types {
+        // (id, isDeleted, amount fields as text) of every record, and which are archived
+        let rows = |c: &duckdb::Connection, archived: bool| -> Vec<String> {
+            c.prepare(&format!(
+                "SELECT id || ' deleted=' || isDeleted FROM {} WHERE isArchived = {archived} ORDER BY id",
+                t.name
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let (was, archived, live) = (
+            rows(&before, false),
+            rows(&after, true),
+            rows(&after, false),
+        );
+        assert!(
+            rows(&before, true).is_empty(),
+            "{}: nothing archived before clearing",
+            t.name
+        );
+        archived_total += archived.len();
+        // every record published before is published after, under the same id, deleted or
+        // not as before: none disappears, none becomes deleted
+        for r in &was {
+            assert!(
+                archived.binary_search(r).is_ok() || live.binary_search(r).is_ok(),
+                "{}: {r} is gone after Clear Audit Trail",
+                t.name
+            );
+        }
+    }
+    assert!(archived_total > 500, "records archived: {archived_total}");
+    // An archived invoice is the same invoice: same amounts, still paid by the same payment.
+    let invoice = |c: &duckdb::Connection, id: &str| -> String {
+        c.query_row(
+            "SELECT totalAmount::VARCHAR || ' ' || amountDue || ' ' || status || ' ' || \
+             to_json([a.paymentRef.id FOR a IN paymentAllocations]) FROM invoices WHERE id = ?",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let id: String = after
+        .query_row(
+            "SELECT id FROM invoices WHERE isArchived AND len(paymentAllocations) > 0 ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(invoice(&before, &id), invoice(&after, &id));
 }

@@ -286,3 +286,71 @@ fn transactions_flag_sets_the_number_of_headers() {
         1
     );
 }
+
+#[test]
+fn clear_audit_trail_moves_settled_transactions_to_history_and_keeps_every_balance() {
+    let dir = tempdir();
+    let args = ["--seed", "16", "--transactions", "3000"];
+    let kept = sim(&dir.path().join("kept"), &args).sqlite();
+    let cleared = sim(
+        &dir.path().join("cleared"),
+        &[&args[..], &["--clear-audit-trail-before", "2025-01-01"]].concat(),
+    )
+    .sqlite();
+    let moved = one_i64(&cleared, "SELECT COUNT(*) FROM AUDIT_HISTORY_HEADER");
+    assert!(moved > 100, "transactions archived: {moved}");
+    // Moved, not copied: every header is in exactly one of the two tables, and so are its
+    // splits, postings and allocations.
+    for (table, key) in [
+        ("HEADER", "HEADER_NUMBER"),
+        ("SPLIT", "SPLIT_NUMBER"),
+        ("USAGE", "USAGE_NUMBER"),
+    ] {
+        let both = one_i64(
+            &cleared,
+            &format!(
+                "SELECT COUNT(*) FROM AUDIT_{table} WHERE {key} IN (SELECT {key} FROM AUDIT_HISTORY_{table})"
+            ),
+        );
+        assert_eq!(both, 0, "{table} rows both live and archived");
+        let all =
+            |c: &rusqlite::Connection, t: &str| one_i64(c, &format!("SELECT COUNT(*) FROM {t}"));
+        let before = all(&kept, &format!("AUDIT_{table}"));
+        let after = all(&cleared, &format!("AUDIT_{table}"))
+            + all(&cleared, &format!("AUDIT_HISTORY_{table}"));
+        let opening = if table == "USAGE" {
+            0
+        } else if table == "HEADER" {
+            1
+        } else {
+            one_i64(
+                &cleared,
+                "SELECT ITEM_COUNT FROM AUDIT_HEADER WHERE INV_REF = 'O/Bal'",
+            )
+        };
+        assert_eq!(
+            after,
+            before + opening,
+            "{table}: nothing lost, one O/Bal journal added"
+        );
+    }
+    // Only settled transactions dated before the clearing date were moved.
+    let unsettled = one_i64(
+        &cleared,
+        "SELECT COUNT(*) FROM AUDIT_HISTORY_SPLIT WHERE DATE >= '2025-01-01'
+            OR (TYPE NOT IN ('BP','BR','CP','CR','VP','VR','JD','JC') AND ROUND(OUTSTANDING * 100) <> 0)",
+    );
+    assert_eq!(unsettled, 0);
+    // Every balance Sage shows is what it was, and the live journal still adds up to it.
+    for sql in [
+        "SELECT group_concat(ACCOUNT_REF || ':' || ROUND(BALANCE * 10000), ',') FROM (SELECT * FROM NOMINAL_LEDGER ORDER BY ACCOUNT_REF)",
+        "SELECT group_concat(ACCOUNT_REF || ':' || ROUND(BALANCE * 10000), ',') FROM (SELECT * FROM SALES_LEDGER ORDER BY ACCOUNT_REF)",
+        "SELECT group_concat(ACCOUNT_REF || ':' || ROUND(BALANCE * 10000), ',') FROM (SELECT * FROM PURCHASE_LEDGER ORDER BY ACCOUNT_REF)",
+        "SELECT group_concat(ACCOUNT_REF || ':' || ROUND(BALANCE * 10000), ',') FROM (SELECT * FROM BANK ORDER BY ACCOUNT_REF)",
+        "SELECT group_concat(n || ':' || p, ',') FROM (SELECT NOMINAL_CODE n, SUM(ROUND(AMOUNT * 10000)) p FROM AUDIT_JOURNAL
+           WHERE DELETED_FLAG = 0 GROUP BY NOMINAL_CODE ORDER BY NOMINAL_CODE)",
+    ] {
+        let read = |c: &rusqlite::Connection| -> String { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(read(&kept), read(&cleared), "{sql}");
+    }
+}
