@@ -5,6 +5,15 @@
 -- the classification follows Sage's default UK chart (macro account_class), where 9998
 -- Suspense and 9999 Mispostings are balance-sheet liabilities.
 -- currentBalance is Sage's own BALANCE (debit positive), never recomputed.
+-- Each nominal's live postings, summed at the source's precision (also used by rule 23):
+-- what Sage's balances must equal.
+CREATE OR REPLACE TABLE work.nominal_totals AS
+SELECT txt(j.NOMINAL_CODE) AS code, money(sum(j.AMOUNT::DOUBLE)) AS posted
+FROM sage.AUDIT_JOURNAL j
+LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+WHERE NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+GROUP BY ALL;
+
 CREATE OR REPLACE TABLE accounts AS
 WITH banks AS (
     SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
@@ -40,10 +49,13 @@ SELECT
     b.code IS NOT NULL AS isBankAccount,
     n.balance_bf AS balanceBroughtForward,
     n.balance AS currentBalance,
+    -- Sage's summary figure agrees with the postings the API serves (see the data type)
+    n.balance = coalesce(t.posted, 0) AS balanceMatchesDetail,
     n.prior_year::DECIMAL(18, 2)[] AS priorYearMonthlyBalances,
     n.modified AS sourceModifiedDate,
     false AS isDeleted,
     false AS isArchived,
     lineage('NOMINAL_LEDGER', n.code, []) AS lineage
 FROM nominal n
-LEFT JOIN banks b ON b.code = n.code;
+LEFT JOIN banks b ON b.code = n.code
+LEFT JOIN work.nominal_totals t ON t.code = n.code;

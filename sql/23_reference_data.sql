@@ -14,12 +14,14 @@ SELECT
     currency_code(c.CODE, b.CURRENCY) AS currency,
     b.TYPE::BIGINT AS sageBankType,
     money(b.BALANCE) AS balance,
+    money(b.BALANCE) = coalesce(t.posted, 0) AS balanceMatchesDetail,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
     false AS isArchived,
     lineage('BANK', txt(b.ACCOUNT_REF), []) AS lineage
 FROM sage.BANK b
-LEFT JOIN sage.CURRENCY c ON c.NUMBER = b.CURRENCY;
+LEFT JOIN sage.CURRENCY c ON c.NUMBER = b.CURRENCY
+LEFT JOIN work.nominal_totals t ON t.code = txt(b.ACCOUNT_REF);
 
 CREATE OR REPLACE TABLE taxRates AS
 SELECT

@@ -13,8 +13,9 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 13] = [
+const EVERY_CHECK: [&str; 15] = [
     "account_balances",
+    "bank_balances",
     "control_accounts",
     "documents_settle",
     "known_types",
@@ -24,6 +25,7 @@ const EVERY_CHECK: [&str; 13] = [
     "references",
     "required_fields",
     "split_headers",
+    "split_postings",
     "sub_penny",
     "trial_balance",
     "unique_ids",
@@ -763,4 +765,117 @@ fn clear_audit_trail_archives_records_under_the_ids_they_had_and_deletes_none() 
         )
         .unwrap();
     assert_eq!(invoice(&before, &id), invoice(&after, &id));
+}
+
+#[test]
+fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_on_the_record() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 45, 1_500);
+    let clean = normalised_file(&staging, &dir.path().join("clean.duckdb"));
+    for (table, flag) in [
+        ("customers", "balanceMatchesDetail"),
+        ("suppliers", "balanceMatchesDetail"),
+        ("accounts", "balanceMatchesDetail"),
+        ("bankAccounts", "balanceMatchesDetail"),
+    ] {
+        let wrong: i64 = clean
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE NOT {flag}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            wrong, 0,
+            "{table}: a consistent company has every summary matching"
+        );
+    }
+    drop(clean);
+    // Sage's own figures changed, one at a time: a bank balance, a customer balance, a
+    // split's nominal code, a posting's date.
+    let customer = "(SELECT min(ACCOUNT_REF) FROM SALES_LEDGER WHERE BALANCE <> 0)";
+    let split =
+        "(SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI' AND DELETED_FLAG = 0)";
+    let cases = [
+        (
+            "bank_balance",
+            "UPDATE BANK SET BALANCE = BALANCE + 10 WHERE ACCOUNT_REF = '1200'".to_owned(),
+            "bank_balances",
+            "bank=1200",
+            Some(("bankAccounts", "1200")),
+        ),
+        (
+            "customer_balance",
+            format!("UPDATE SALES_LEDGER SET BALANCE = BALANCE + 5 WHERE ACCOUNT_REF = {customer}"),
+            "account_balances",
+            "ledger=customer",
+            Some(("customers", customer)),
+        ),
+        (
+            "split_nominal",
+            format!("UPDATE AUDIT_SPLIT SET NOMINAL_CODE = '4009' WHERE SPLIT_NUMBER = {split}"),
+            "split_postings",
+            "on nominal 4009",
+            None,
+        ),
+        (
+            "posting_date",
+            format!(
+                "UPDATE AUDIT_JOURNAL SET \"DATE\" = \"DATE\" + 1 WHERE SPLIT_NUMBER = {split} \
+                 AND NOMINAL_CODE = (SELECT min(NOMINAL_CODE) FROM AUDIT_JOURNAL WHERE SPLIT_NUMBER = {split})"
+            ),
+            "split_postings",
+            "dated otherwise",
+            None,
+        ),
+    ];
+    for (name, mutation, check, named, record) in cases {
+        let broken = mutated(&staging, name, &mutation);
+        let out = dir.path().join(format!("{name}-normalised.duckdb"));
+        let conn = normalised_file(&broken, &out);
+        let report = normalise(&broken, &Rules::embedded()).unwrap();
+        let result = report.checks.iter().find(|c| c.name == check).unwrap();
+        assert_eq!(
+            result.status,
+            CheckStatus::Warn,
+            "{name}: {}",
+            report.summary()
+        );
+        assert!(
+            result.sample.iter().any(|r| r.contains(named)),
+            "{name}: {:?}",
+            result.sample
+        );
+        if let Some((table, id)) = record {
+            // exactly the record concerned is marked
+            let source = duckdb::Connection::open(&broken).unwrap();
+            let id: String = source
+                .query_row(&format!("SELECT CAST({id} AS VARCHAR)"), [], |r| r.get(0))
+                .unwrap();
+            let marked: Vec<String> = conn
+                .prepare(&format!(
+                    "SELECT id FROM {table} WHERE NOT balanceMatchesDetail"
+                ))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(marked, [id], "{name}");
+        }
+    }
+
+    // A rule that loses a bank transaction is an error of bank_balances.
+    let rules_dir = edited_rules(dir.path(), "50_bank_transactions.sql", |sql| {
+        sql.replace(
+            "JOIN bank b ON b.code = j.nominal_code;",
+            "JOIN bank b ON b.code = j.nominal_code WHERE j.tran_number <> (SELECT min(TRAN_NUMBER) FROM sage.AUDIT_JOURNAL WHERE NOMINAL_CODE = '1200' AND DELETED_FLAG = 0 AND AMOUNT <> 0);",
+        )
+    });
+    let report = normalise(&staging, &Rules::load(&rules_dir).unwrap()).unwrap();
+    assert!(
+        failed_names(&report).contains(&"bank_balances".to_owned()),
+        "{}",
+        report.summary()
+    );
 }

@@ -1,0 +1,46 @@
+-- Check bank_balances: each bank account against its nominal code and its transactions, the
+-- figures a Sage user sees on the Bank and Nominal screens.
+-- error:   the published bank transactions of a bank (live: not deleted, not archived) differ
+--          from the live AUDIT_JOURNAL postings on its nominal code (summed at the source's
+--          precision; less than a penny per posting holding a fraction of one): the rules
+--          changed a number.
+-- warning: BANK.BALANCE differs from its NOMINAL_LEDGER.BALANCE or from the postings: Sage
+--          disagrees with itself (the bank account is marked balanceMatchesDetail = false).
+WITH bank AS (
+    SELECT txt(ACCOUNT_REF) AS bank, money(BALANCE) AS bank_balance FROM sage.BANK
+),
+nominal AS (
+    SELECT txt(ACCOUNT_REF) AS bank, money(BALANCE) AS nominal_balance FROM sage.NOMINAL_LEDGER
+),
+posted AS (
+    SELECT txt(j.NOMINAL_CODE) AS bank, money(sum(j.AMOUNT::DOUBLE)) AS postings,
+           count(*) FILTER (WHERE sub_penny(j.AMOUNT)) AS sub_penny_postings
+    FROM sage.AUDIT_JOURNAL j
+    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+    WHERE txt(j.NOMINAL_CODE) IN (SELECT bank FROM bank)
+      AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+    GROUP BY ALL
+),
+published AS (
+    SELECT bankAccountRef.id AS bank, sum(amount) AS transactions
+    FROM bankTransactions
+    WHERE NOT isDeleted AND NOT isArchived
+    GROUP BY ALL
+),
+compared AS (
+    SELECT b.bank, b.bank_balance, n.nominal_balance, coalesce(p.postings, 0) AS postings,
+           coalesce(t.transactions, 0) AS transactions,
+           coalesce(p.sub_penny_postings, 0) AS sub_penny_postings
+    FROM bank b
+    LEFT JOIN nominal n USING (bank)
+    LEFT JOIN posted p USING (bank)
+    LEFT JOIN published t USING (bank)
+)
+SELECT CASE WHEN abs(transactions - postings) > 0.01 * sub_penny_postings THEN 'error'
+            ELSE 'warning' END AS severity,
+       * EXCLUDE (sub_penny_postings)
+FROM compared
+WHERE abs(transactions - postings) > 0.01 * sub_penny_postings
+   OR bank_balance IS DISTINCT FROM nominal_balance
+   OR bank_balance <> postings
+ORDER BY severity, bank;
