@@ -16,6 +16,12 @@ CREATE OR REPLACE TEMP MACRO money(x) AS CAST(round(coalesce(x, 0)::DOUBLE, 2) A
 CREATE OR REPLACE TEMP MACRO sub_penny(x) AS
     abs(coalesce(x, 0)::DOUBLE * 100 - round(coalesce(x, 0)::DOUBLE * 100)) > 0.001;
 
+-- Two of Sage's own figures agree at Sage's precision: less than half a penny apart. Sage
+-- keeps DOUBLEs; two sums of the same sub-penny amounts can land either side of a half
+-- penny, so rounding each and comparing would report a difference Sage does not have.
+CREATE OR REPLACE TEMP MACRO same_money(a, b) AS
+    abs(coalesce(a, 0)::DOUBLE - coalesce(b, 0)::DOUBLE) < 0.005;
+
 -- A split's net amount. Rounded on their own, sub-penny NET, TAX and GROSS can stop adding up
 -- (10.004 + 2.003 = 12.007 rounds to 10.00 + 2.00 <> 12.01), so a split holding a sub-penny
 -- amount publishes gross and VAT rounded and net = gross - VAT. Others: money(net) as Sage has it.

@@ -14,7 +14,11 @@
 -- Each posting moves less than a penny from its source amount. Ties go to the lower
 -- TRAN_NUMBER, so the same data rounds the same way every sync. rule 12 uses these amounts.
 CREATE OR REPLACE TABLE work.rounded_postings AS
-WITH posting AS (
+WITH sub_penny_posting AS (
+    -- one cheap pass over the journal; everything after it sees only the headers concerned
+    SELECT HEADER_NUMBER, TRAN_NUMBER FROM audit_journal() WHERE sub_penny(AMOUNT)
+),
+affected AS (
     SELECT
         archived,
         row_id AS posting_row,
@@ -24,10 +28,9 @@ WITH posting AS (
         coalesce('H' || HEADER_NUMBER, 'T' || TRAN_NUMBER) AS header_key,
         coalesce('S' || SPLIT_NUMBER, 'T' || TRAN_NUMBER) AS split_key
     FROM audit_journal()
-),
-affected AS (
-    SELECT * FROM posting
-    WHERE header_key IN (SELECT header_key FROM posting WHERE sub_penny(raw))
+    WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM sub_penny_posting)
+       OR (HEADER_NUMBER IS NULL
+           AND TRAN_NUMBER IN (SELECT TRAN_NUMBER FROM sub_penny_posting WHERE HEADER_NUMBER IS NULL))
 ),
 split_residual AS (
     SELECT *,

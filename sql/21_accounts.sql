@@ -8,7 +8,7 @@
 -- Each nominal's live postings, summed at the source's precision (also used by rule 23):
 -- what Sage's balances must equal.
 CREATE OR REPLACE TABLE work.nominal_totals AS
-SELECT txt(j.NOMINAL_CODE) AS code, money(sum(j.AMOUNT::DOUBLE)) AS posted
+SELECT txt(j.NOMINAL_CODE) AS code, sum(j.AMOUNT::DOUBLE) AS posted
 FROM sage.AUDIT_JOURNAL j
 LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
 WHERE NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
@@ -26,6 +26,7 @@ nominal AS (
         is_set(INACTIVE_FLAG) AS inactive,
         money(BALANCE_BF) AS balance_bf,
         money(BALANCE) AS balance,
+        BALANCE AS balance_raw,
         -- Sage's prior-year month figures (Year End moves the year's months there); the driver
         -- may lack the columns (staged as NULL): then none
         CASE WHEN coalesce(PRIOR_YR_MTH1, PRIOR_YR_MTH2, PRIOR_YR_MTH3, PRIOR_YR_MTH4, PRIOR_YR_MTH5,
@@ -50,7 +51,7 @@ SELECT
     n.balance_bf AS balanceBroughtForward,
     n.balance AS currentBalance,
     -- Sage's summary figure agrees with the postings the API serves (see the data type)
-    n.balance = coalesce(t.posted, 0) AS balanceMatchesDetail,
+    same_money(n.balance_raw, t.posted) AS balanceMatchesDetail,
     n.prior_year::DECIMAL(18, 2)[] AS priorYearMonthlyBalances,
     n.modified AS sourceModifiedDate,
     false AS isDeleted,

@@ -10,23 +10,24 @@ CREATE OR REPLACE TEMP MACRO party_status(on_hold, inactive) AS CASE
     WHEN is_set(on_hold) THEN 'OnHold'
     ELSE 'Active' END;
 
+-- What each account's live documents leave open (signed by type, at the source's precision),
+-- both ledgers in one pass: Sage's BALANCE should equal it.
+CREATE OR REPLACE TABLE work.open_documents AS
+SELECT CASE WHEN type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'SALES_LEDGER' ELSE 'PURCHASE_LEDGER' END AS ledger_table,
+       account, sum(ledger_sign(type) * outstanding) AS open
+FROM (
+    SELECT txt(h.ACCOUNT_REF) AS account,
+           coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS type,
+           coalesce(s.OUTSTANDING, 0)::DOUBLE AS outstanding
+    FROM sage.AUDIT_SPLIT s
+    JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
+    WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
+)
+WHERE ledger_sign(type) <> 0
+GROUP BY ALL;
+
 -- Both ledgers have the same columns: one macro, the name field renamed per data type.
 CREATE OR REPLACE TEMP MACRO ledger_accounts(ledger) AS TABLE
-WITH open_documents AS (
-    -- what the account's live documents leave open (signed by type, source precision)
-    SELECT account, money(sum(ledger_sign(type) * outstanding)) AS open
-    FROM (
-        SELECT txt(h.ACCOUNT_REF) AS account,
-               coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS type,
-               coalesce(s.OUTSTANDING, 0)::DOUBLE AS outstanding
-        FROM sage.AUDIT_SPLIT s
-        JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-        WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
-    )
-    WHERE list_contains(CASE WHEN ledger = 'SALES_LEDGER' THEN ['SI', 'SC', 'SR', 'SA', 'SD', 'SP']
-                             ELSE ['PI', 'PC', 'PP', 'PA', 'PD', 'PR'] END, type)
-    GROUP BY account
-)
 SELECT
     txt(p.ACCOUNT_REF) AS id,
     txt(p.NAME) AS name,
@@ -39,7 +40,7 @@ SELECT
     money(p.CREDIT_LIMIT) AS creditLimit,
     p.PAYMENT_DUE_DAYS::BIGINT AS paymentDueDays,
     money(p.BALANCE) AS balance,
-    money(p.BALANCE) = coalesce(o.open, 0) AS balanceMatchesDetail,
+    same_money(p.BALANCE, o.open) AS balanceMatchesDetail,
     party_status(p.ACCOUNT_ON_HOLD, p.INACTIVE_FLAG) AS status,
     p.RECORD_MODIFY_DATE AS sourceModifiedDate,
     false AS isDeleted,
@@ -47,7 +48,7 @@ SELECT
     lineage(ledger, txt(p.ACCOUNT_REF), []) AS lineage
 FROM query_table('sage.' || ledger) p
 LEFT JOIN sage.CURRENCY c ON c.NUMBER = p.CURRENCY
-LEFT JOIN open_documents o ON o.account = txt(p.ACCOUNT_REF);
+LEFT JOIN work.open_documents o ON o.ledger_table = ledger AND o.account = txt(p.ACCOUNT_REF);
 
 CREATE OR REPLACE TABLE customers AS
 SELECT * RENAME (name AS customerName) FROM ledger_accounts('SALES_LEDGER');

@@ -14,7 +14,7 @@ SELECT
     currency_code(c.CODE, b.CURRENCY) AS currency,
     b.TYPE::BIGINT AS sageBankType,
     money(b.BALANCE) AS balance,
-    money(b.BALANCE) = coalesce(t.posted, 0) AS balanceMatchesDetail,
+    same_money(b.BALANCE, t.posted) AS balanceMatchesDetail,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,
     false AS isArchived,

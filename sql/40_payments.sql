@@ -34,6 +34,7 @@ SELECT
     any_value(currency_rate) AS currency_rate,
     arg_min(nominal_code, split_number) AS nominal_code,
     sum(gross)::DECIMAL(18, 2) AS gross,
+    sum(tax)::DECIMAL(18, 2) AS tax,
     sum(outstanding)::DECIMAL(18, 2) AS outstanding,
     list_sort(list(split_number)) AS split_numbers,
     bool_and(deleted) AS deleted,
@@ -100,6 +101,7 @@ CREATE OR REPLACE TABLE work.payments AS
 SELECT
     p.*,
     p.pay_sign * p.gross AS total,
+    p.pay_sign * p.tax AS total_tax,
     p.pay_sign * p.outstanding AS unallocated,
     coalesce(l.lines, []) AS lines,
     CASE p.part_type
@@ -118,6 +120,7 @@ SELECT
     p.part_date AS date,
     {'id': p.nominal_code} AS accountRef,
     p.total AS totalAmount,
+    p.total_tax AS totalTaxAmount,
     p.unallocated AS unallocatedAmount,
     p.currency AS currency,
     p.currency_rate AS currencyRate,
@@ -141,6 +144,7 @@ SELECT
     p.part_date AS date,
     {'id': p.nominal_code} AS accountRef,
     p.total AS totalAmount,
+    p.total_tax AS totalTaxAmount,
     p.unallocated AS unallocatedAmount,
     p.currency AS currency,
     p.currency_rate AS currencyRate,

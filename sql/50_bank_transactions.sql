@@ -7,9 +7,19 @@
 -- (TRAN_NUMBER-NOMINAL_CODE); a split that posts twice to one bank nominal (Sage allows it)
 -- gives its second and later lines -2, -3, … in order of amount, so ids are unique by
 -- construction and the first line keeps the id it always had. recordRef points at the document (payment, bill payment) or,
--- for bank entries and transfers, at the journal entry.
+-- for bank entries and transfers, at the journal entry. A bank payment or receipt (BP, BR,
+-- CP, CR, VP, VR) carries what Sage keeps on its split as one line item: the nominal it was
+-- spent on or received for, net, VAT and tax code, signed like the amount; other bank
+-- transactions have none (their detail is the document recordRef points at).
 -- Built one slice of headers at a time (see slices in 00_conventions.sql): the postings' joins
 -- with their headers and splits stay small whatever the company's size.
+-- The splits of bank payments and receipts, each bank transaction's line item (few: kept
+-- apart once rather than looked up among all splits in every slice).
+CREATE OR REPLACE TABLE work.bank_splits AS
+SELECT split_number, header_number, details, nominal_code, tax_code, dept_number, project_id, net, tax, gross
+FROM work.splits
+WHERE part_type IN ('BP', 'BR', 'CP', 'CR', 'VP', 'VR');
+
 CREATE OR REPLACE TEMP MACRO bank_transactions_slice(k) AS TABLE
 WITH bank AS (
     SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
@@ -30,6 +40,16 @@ SELECT
     CASE
         WHEN j.data_type IS NOT NULL THEN {'dataType': j.data_type, 'id': j.part_id}
         ELSE {'dataType': 'journalEntries', 'id': j.entry_id} END AS recordRef,
+    CASE WHEN s.split_number IS NULL THEN [] ELSE [{
+        'id': s.split_number::VARCHAR,
+        'description': s.details,
+        'accountRef': {'id': s.nominal_code},
+        'taxRateRef': {'id': s.tax_code},
+        'trackingCategoryRefs': tracking_refs(s.dept_number, s.project_id),
+        'subTotal': (sign(j.amount) * s.net)::DECIMAL(18, 2),
+        'taxAmount': (sign(j.amount) * s.tax)::DECIMAL(18, 2),
+        'totalAmount': (sign(j.amount) * s.gross)::DECIMAL(18, 2)
+    }] END AS lineItems,
     j.modified AS sourceModifiedDate,
     j.deleted AS isDeleted,
     j.archived AS isArchived,
@@ -41,7 +61,9 @@ FROM (
         ORDER BY amount, posted_on, journal_type, line_deleted) AS nth
     FROM postings(k, true)
 ) j
-JOIN bank b ON b.code = j.nominal_code;
+JOIN bank b ON b.code = j.nominal_code
+LEFT JOIN (SELECT * FROM work.bank_splits WHERE in_slice(header_number, k)) s
+    ON s.split_number = j.split_number;
 
 CREATE OR REPLACE TABLE bankTransactions AS FROM bank_transactions_slice(0) LIMIT 0;
 -- for each slice

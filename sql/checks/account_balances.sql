@@ -31,22 +31,25 @@ source AS (
     WHERE ledger_sign(split_type) <> 0 AND NOT deleted
 ),
 ledger AS (
-    SELECT 'customer' AS ledger, txt(ACCOUNT_REF) AS account, money(BALANCE) AS amount FROM sage.SALES_LEDGER
+    SELECT 'customer' AS ledger, txt(ACCOUNT_REF) AS account, money(BALANCE) AS amount, BALANCE::DOUBLE AS raw
+    FROM sage.SALES_LEDGER
     UNION ALL
-    SELECT 'supplier', txt(ACCOUNT_REF), money(BALANCE) FROM sage.PURCHASE_LEDGER
+    SELECT 'supplier', txt(ACCOUNT_REF), money(BALANCE), BALANCE::DOUBLE FROM sage.PURCHASE_LEDGER
 ),
 totals AS (
     SELECT ledger, account,
            coalesce(sum(amount) FILTER (WHERE src = 'n'), 0) AS normalised,
            coalesce(sum(amount) FILTER (WHERE src = 's'), 0) AS source_splits,
-           money(sum(raw) FILTER (WHERE src = 's')) AS source_splits_exact,
-           coalesce(sum(amount) FILTER (WHERE src = 'l'), 0) AS sage_balance
+           sum(raw) FILTER (WHERE src = 's') AS source_raw,
+           coalesce(sum(amount) FILTER (WHERE src = 'l'), 0) AS sage_balance,
+           sum(raw) FILTER (WHERE src = 'l') AS sage_raw
     FROM (SELECT 'n' AS src, *, NULL::DOUBLE AS raw FROM normalised
           UNION ALL SELECT 's', * FROM source
-          UNION ALL SELECT 'l', *, NULL::DOUBLE FROM ledger)
+          UNION ALL SELECT 'l', * FROM ledger)
     GROUP BY ledger, account
 )
-SELECT CASE WHEN normalised <> source_splits THEN 'error' ELSE 'warning' END AS severity, *
+SELECT CASE WHEN normalised <> source_splits THEN 'error' ELSE 'warning' END AS severity,
+       * EXCLUDE (source_raw, sage_raw)
 FROM totals
-WHERE normalised <> source_splits OR source_splits_exact <> sage_balance
+WHERE normalised <> source_splits OR NOT same_money(source_raw, sage_raw)
 ORDER BY severity, ledger, account;

@@ -8,21 +8,22 @@
 --               control account); names the account and both figures.
 WITH control AS (
     SELECT 'debtors' AS control, '1100' AS nominal,
-           money(coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.SALES_LEDGER), 0)) AS ledgers
+           coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.SALES_LEDGER), 0) AS ledgers
     UNION ALL
     SELECT 'creditors', '2100',
-           -money(coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.PURCHASE_LEDGER), 0))
+           -coalesce((SELECT sum(BALANCE::DOUBLE) FROM sage.PURCHASE_LEDGER), 0)
 ),
 posted AS (
     -- the live ledger (archived postings' effect is in Clear Audit Trail's opening balances)
-    SELECT txt(j.NOMINAL_CODE) AS nominal, money(sum(j.AMOUNT::DOUBLE)) AS amount
+    SELECT txt(j.NOMINAL_CODE) AS nominal, sum(j.AMOUNT::DOUBLE) AS amount
     FROM sage.AUDIT_JOURNAL j
     LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
     WHERE txt(j.NOMINAL_CODE) IN ('1100', '2100')
       AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
     GROUP BY ALL
 )
-SELECT 'warning' AS severity, c.control, c.nominal, coalesce(p.amount, 0) AS control_account, c.ledgers AS ledger_accounts
+SELECT 'warning' AS severity, c.control, c.nominal, money(p.amount) AS control_account,
+       money(c.ledgers) AS ledger_accounts
 FROM control c
 LEFT JOIN posted p USING (nominal)
-WHERE coalesce(p.amount, 0) <> c.ledgers;
+WHERE NOT same_money(p.amount, c.ledgers);

@@ -57,7 +57,7 @@ prior_ledger AS (
 ),
 prior_journal AS (
     SELECT nominal, 'PRIOR' || (1 + datediff('month', (SELECT fy_start FROM fy) - INTERVAL 12 MONTH, posted_on)) AS period,
-           money(sum(raw)) AS amount
+           sum(raw) AS amount
     FROM source
     -- the year's own postings: archived ones included, Clear Audit Trail's stand-ins not
     WHERE NOT opening_balance
@@ -66,7 +66,7 @@ prior_journal AS (
     GROUP BY ALL
 ),
 prior_compared AS (
-    SELECT l.nominal, l.period, money(l.raw) AS ledger, coalesce(j.amount, 0) AS journal
+    SELECT l.nominal, l.period, l.raw AS ledger, coalesce(j.amount, 0) AS journal
     FROM prior_ledger l
     LEFT JOIN prior_journal j ON j.nominal = l.nominal AND j.period = l.period
     WHERE l.raw IS NOT NULL
@@ -75,19 +75,18 @@ ledger AS (
     SELECT txt(ACCOUNT_REF) AS nominal,
            unnest(['BF', 'MTH1', 'MTH2', 'MTH3', 'MTH4', 'MTH5', 'MTH6', 'MTH7', 'MTH8', 'MTH9',
                    'MTH10', 'MTH11', 'MTH12', 'BALANCE']) AS period,
-           unnest([money(BALANCE_BF), money(BALANCE_MTH1), money(BALANCE_MTH2), money(BALANCE_MTH3),
-                   money(BALANCE_MTH4), money(BALANCE_MTH5), money(BALANCE_MTH6), money(BALANCE_MTH7),
-                   money(BALANCE_MTH8), money(BALANCE_MTH9), money(BALANCE_MTH10),
-                   money(BALANCE_MTH11), money(BALANCE_MTH12), money(BALANCE)]) AS amount
+           unnest([BALANCE_BF, BALANCE_MTH1, BALANCE_MTH2, BALANCE_MTH3, BALANCE_MTH4, BALANCE_MTH5,
+                   BALANCE_MTH6, BALANCE_MTH7, BALANCE_MTH8, BALANCE_MTH9, BALANCE_MTH10,
+                   BALANCE_MTH11, BALANCE_MTH12, BALANCE]::DOUBLE[]) AS amount
     FROM sage.NOMINAL_LEDGER
 ),
 source_periods AS (
     SELECT nominal, CASE fy_period(posted_on, (SELECT fy_start FROM fy))
                         WHEN 0 THEN 'BF' WHEN 13 THEN 'AFTER' ELSE 'MTH' || fy_period(posted_on, (SELECT fy_start FROM fy)) END AS period,
-           money(sum(raw)) AS amount
+           sum(raw) AS amount
     FROM source WHERE NOT archived GROUP BY ALL
     UNION ALL
-    SELECT nominal, 'BALANCE', money(sum(raw)) FROM source WHERE NOT archived GROUP BY ALL
+    SELECT nominal, 'BALANCE', sum(raw) FROM source WHERE NOT archived GROUP BY ALL
 ),
 by_period AS (
     SELECT coalesce(l.nominal, s.nominal) AS nominal, coalesce(l.period, s.period) AS period,
@@ -101,9 +100,9 @@ SELECT 'error' AS severity, nominal,
        normalised, source AS audit_journal, NULL::DECIMAL(18, 2) AS nominal_ledger
 FROM by_month WHERE abs(normalised - source) > 0.01 * sub_penny_postings
 UNION ALL
-SELECT 'warning', nominal, period, NULL, journal, ledger
-FROM by_period WHERE ledger <> journal
+SELECT 'warning', nominal, period, NULL, money(journal), money(ledger)
+FROM by_period WHERE NOT same_money(ledger, journal)
 UNION ALL
-SELECT 'warning', nominal, period, NULL, journal, ledger
-FROM prior_compared WHERE ledger <> journal
+SELECT 'warning', nominal, period, NULL, money(journal), money(ledger)
+FROM prior_compared WHERE NOT same_money(ledger, journal)
 ORDER BY severity, nominal, period;

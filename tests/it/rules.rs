@@ -13,7 +13,7 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 15] = [
+const EVERY_CHECK: [&str; 16] = [
     "account_balances",
     "bank_balances",
     "control_accounts",
@@ -29,6 +29,7 @@ const EVERY_CHECK: [&str; 15] = [
     "sub_penny",
     "trial_balance",
     "unique_ids",
+    "vat_postings",
 ];
 
 /// Generates a company, extracts it, and returns the staging path (inside `dir`).
@@ -819,6 +820,15 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
             None,
         ),
         (
+            "split_vat",
+            format!(
+                "UPDATE AUDIT_SPLIT SET TAX_AMOUNT = TAX_AMOUNT + 1 WHERE SPLIT_NUMBER = {split}"
+            ),
+            "vat_postings",
+            "account=2200",
+            None,
+        ),
+        (
             "posting_date",
             format!(
                 "UPDATE AUDIT_JOURNAL SET \"DATE\" = \"DATE\" + 1 WHERE SPLIT_NUMBER = {split} \
@@ -868,8 +878,10 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
     // A rule that loses a bank transaction is an error of bank_balances.
     let rules_dir = edited_rules(dir.path(), "50_bank_transactions.sql", |sql| {
         sql.replace(
-            "JOIN bank b ON b.code = j.nominal_code;",
-            "JOIN bank b ON b.code = j.nominal_code WHERE j.tran_number <> (SELECT min(TRAN_NUMBER) FROM sage.AUDIT_JOURNAL WHERE NOMINAL_CODE = '1200' AND DELETED_FLAG = 0 AND AMOUNT <> 0);",
+            "    ON s.split_number = j.split_number;",
+            "    ON s.split_number = j.split_number \
+             WHERE j.tran_number <> (SELECT min(TRAN_NUMBER) FROM sage.AUDIT_JOURNAL \
+             WHERE NOMINAL_CODE = '1200' AND DELETED_FLAG = 0 AND AMOUNT <> 0);",
         )
     });
     let report = normalise(&staging, &Rules::load(&rules_dir).unwrap()).unwrap();
