@@ -1105,3 +1105,148 @@ fn webhooks_to_private_addresses_are_refused_and_a_dead_receiver_ends_failed() {
         "{delivery}"
     );
 }
+
+/// The (id, isDeleted, isArchived, totalAmount) of every record of a data type, as served.
+fn served(s: &Setup, data_type: &str) -> Vec<(String, bool, bool, String)> {
+    let page = s.server.ok(
+        &s.key,
+        &format!("/companies/{}/data/{data_type}?pageSize=5000", s.company_id),
+    );
+    let mut rows: Vec<_> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["isDeleted"].as_bool().unwrap(),
+                r["isArchived"].as_bool().unwrap(),
+                r["totalAmount"].to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_clear_audit_trail_in_sage_reaches_the_api_as_archived_records_never_as_deletions() {
+    let s = setup(&[]);
+    let (invoices, payments) = (served(&s, "invoices"), served(&s, "payments"));
+    assert!(invoices.iter().all(|r| !r.2), "nothing archived yet");
+    // In Sage: Clear Audit Trail takes a receipt and the invoices it paid (all fully settled,
+    // allocated only with each other) into the history tables, and posts an opening-balance
+    // journal carrying what they posted to each nominal.
+    let db = s.company.sqlite();
+    let receipt: i64 = db
+        .query_row(
+            "SELECT p.HEADER_NUMBER FROM AUDIT_HEADER p
+             WHERE p.TYPE = 'SR' AND p.DELETED_FLAG = 0
+               AND NOT EXISTS (SELECT 1 FROM AUDIT_SPLIT x WHERE x.HEADER_NUMBER = p.HEADER_NUMBER
+                                 AND ROUND(x.OUTSTANDING * 100) <> 0)
+               -- every invoice it paid is settled and paid by nothing else
+               AND NOT EXISTS (
+                   SELECT 1 FROM AUDIT_USAGE u
+                   JOIN AUDIT_SPLIT a ON a.SPLIT_NUMBER = u.SPLIT_NUMBER
+                   JOIN AUDIT_SPLIT b ON b.SPLIT_NUMBER = u.SPLIT_CROSSREF
+                   JOIN AUDIT_SPLIT other ON other.HEADER_NUMBER = b.HEADER_NUMBER
+                   LEFT JOIN AUDIT_USAGE v ON v.SPLIT_CROSSREF = other.SPLIT_NUMBER
+                   LEFT JOIN AUDIT_SPLIT c ON c.SPLIT_NUMBER = v.SPLIT_NUMBER
+                   WHERE a.HEADER_NUMBER = p.HEADER_NUMBER
+                     AND (ROUND(other.OUTSTANDING * 100) <> 0 OR c.HEADER_NUMBER <> p.HEADER_NUMBER))
+               AND EXISTS (SELECT 1 FROM AUDIT_USAGE u JOIN AUDIT_SPLIT a ON a.SPLIT_NUMBER = u.SPLIT_NUMBER
+                           WHERE a.HEADER_NUMBER = p.HEADER_NUMBER)
+             ORDER BY p.HEADER_NUMBER LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the golden company has a receipt that settled its invoices");
+    let paid: Vec<i64> = db
+        .prepare(
+            "SELECT DISTINCT b.HEADER_NUMBER FROM AUDIT_USAGE u
+             JOIN AUDIT_SPLIT a ON a.SPLIT_NUMBER = u.SPLIT_NUMBER
+             JOIN AUDIT_SPLIT b ON b.SPLIT_NUMBER = u.SPLIT_CROSSREF
+             WHERE a.HEADER_NUMBER = ?1 ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([receipt], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let headers: Vec<String> = paid
+        .iter()
+        .chain([&receipt])
+        .map(|h| h.to_string())
+        .collect();
+    let moved = format!("({})", headers.join(", "));
+    db.execute_batch(&format!(
+        "BEGIN;
+         INSERT INTO AUDIT_HISTORY_USAGE SELECT * FROM AUDIT_USAGE
+           WHERE SPLIT_NUMBER IN (SELECT SPLIT_NUMBER FROM AUDIT_SPLIT WHERE HEADER_NUMBER IN {moved});
+         DELETE FROM AUDIT_USAGE
+           WHERE SPLIT_NUMBER IN (SELECT SPLIT_NUMBER FROM AUDIT_SPLIT WHERE HEADER_NUMBER IN {moved});
+         INSERT INTO AUDIT_HISTORY_HEADER SELECT * FROM AUDIT_HEADER WHERE HEADER_NUMBER IN {moved};
+         INSERT INTO AUDIT_HISTORY_SPLIT SELECT * FROM AUDIT_SPLIT WHERE HEADER_NUMBER IN {moved};
+         INSERT INTO AUDIT_HISTORY_JOURNAL SELECT * FROM AUDIT_JOURNAL WHERE HEADER_NUMBER IN {moved};
+         DELETE FROM AUDIT_HEADER WHERE HEADER_NUMBER IN {moved};
+         DELETE FROM AUDIT_SPLIT WHERE HEADER_NUMBER IN {moved};
+         DELETE FROM AUDIT_JOURNAL WHERE HEADER_NUMBER IN {moved};
+         CREATE TEMP TABLE obal AS
+           SELECT (SELECT max(SPLIT_NUMBER) FROM AUDIT_SPLIT) + row_number() OVER (ORDER BY NOMINAL_CODE) AS n,
+                  NOMINAL_CODE AS nominal, SUM(AMOUNT) AS amount
+           FROM AUDIT_HISTORY_JOURNAL WHERE HEADER_NUMBER IN {moved}
+           GROUP BY NOMINAL_CODE HAVING ROUND(SUM(AMOUNT) * 100) <> 0;
+         INSERT INTO AUDIT_HEADER (HEADER_NUMBER, TRAN_NUMBER, ITEM_COUNT, TYPE, DATE, ACCOUNT_REF, INV_REF, DETAILS,
+                                   NET_AMOUNT, TAX_AMOUNT, GROSS_AMOUNT, DELETED_FLAG)
+           SELECT (SELECT max(HEADER_NUMBER) FROM AUDIT_HEADER) + 1, min(n), count(*), 'JD', '2025-12-31', '',
+                  'O/Bal', 'Opening Balance', 0, 0, 0, 0 FROM obal;
+         INSERT INTO AUDIT_SPLIT (SPLIT_NUMBER, HEADER_NUMBER, TRAN_NUMBER, TYPE, DATE, NOMINAL_CODE, DETAILS,
+                                  NET_AMOUNT, TAX_AMOUNT, GROSS_AMOUNT, AMOUNT_PAID, OUTSTANDING, DELETED_FLAG)
+           SELECT n, (SELECT max(HEADER_NUMBER) FROM AUDIT_HEADER), n, CASE WHEN amount > 0 THEN 'JD' ELSE 'JC' END,
+                  '2025-12-31', nominal, 'Opening Balance', abs(amount), 0, abs(amount), 0, abs(amount), 0 FROM obal;
+         INSERT INTO AUDIT_JOURNAL (TRAN_NUMBER, HEADER_NUMBER, SPLIT_NUMBER, TYPE, DATE, NOMINAL_CODE, AMOUNT, DELETED_FLAG)
+           SELECT n, (SELECT max(HEADER_NUMBER) FROM AUDIT_HEADER), n, CASE WHEN amount > 0 THEN 'JD' ELSE 'JC' END,
+                  '2025-12-31', nominal, amount, 0 FROM obal;
+         COMMIT;"
+    ))
+    .unwrap();
+    drop(db);
+    let second = s.sync();
+    s.server.wait_live(&s.key, &s.company_id, Some(&second));
+
+    // Every record is still served, under its id, deleted or not as before; the moved ones
+    // are archived, with the same amounts.
+    for (data_type, before) in [("invoices", invoices), ("payments", payments)] {
+        let after = served(&s, data_type);
+        assert_eq!(after.len(), before.len(), "{data_type}: {after:?}");
+        let archived: Vec<_> = after.iter().filter(|r| r.2).collect();
+        assert!(
+            !archived.is_empty(),
+            "{data_type}: headers {headers:?} archived"
+        );
+        for (was, now) in before.iter().zip(&after) {
+            assert_eq!(
+                (&was.0, was.1, &was.3),
+                (&now.0, now.1, &now.3),
+                "{data_type}"
+            );
+            let from_header = headers
+                .iter()
+                .any(|h| now.0 == *h || now.0.starts_with(&format!("{h}-")));
+            assert_eq!(
+                now.2, from_header,
+                "{data_type} {}: archived iff moved",
+                now.0
+            );
+        }
+        // and a client can ask for them
+        let filtered = s.server.ok(
+            &s.key,
+            &format!(
+                "/companies/{}/data/{data_type}?query=isArchived%3Dtrue",
+                s.company_id
+            ),
+        );
+        assert_eq!(filtered["totalResults"], archived.len(), "{filtered}");
+    }
+}
