@@ -19,7 +19,9 @@ SELECT
     list_transform(
         list_sort(list({'split': split_number, 'details': details, 'nominal': nominal_code,
                         'tax_code': tax_code, 'dept': dept_number, 'project': project_id,
-                        'net': net, 'tax': tax, 'gross': gross, 'outstanding': outstanding})),
+                        'net': net, 'tax': tax, 'gross': gross, 'outstanding': outstanding,
+                        'quantity': quantity, 'unit_price': unit_price, 'discount': discount,
+                        'item': item})),
         x -> {
             'id': x.split::VARCHAR,
             'description': x.details,
@@ -29,10 +31,15 @@ SELECT
             'subTotal': x.net,
             'taxAmount': x.tax,
             'totalAmount': x.gross,
-            'amountDue': x.outstanding
+            'amountDue': x.outstanding,
+            'quantity': x.quantity,
+            'unitAmount': x.unit_price,
+            'discountAmount': x.discount,
+            'itemRef': CASE WHEN x.item IS NOT NULL THEN {'id': x.item} END
         }) AS line_items,
     list_sort(list(split_number)) AS split_numbers
 FROM work.splits
+LEFT JOIN work.split_items USING (split_number)
 WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND in_slice(header_number, k)
 GROUP BY part_id;
 

@@ -453,6 +453,7 @@ fn write_transactions(
             "NET_AMOUNT",
             "TAX_AMOUNT",
             "GROSS_AMOUNT",
+            "DISCOUNT_AMOUNT",
         ],
     )?;
     let mut item_number = 0u32;
@@ -655,6 +656,12 @@ fn write_transactions(
                 } else {
                     ("M", details(s.ty, h.first_split + k as u32))
                 };
+                // One item in five sold at 5% off its list price.
+                let discount = if item_number.is_multiple_of(5) {
+                    super::ledger::round_div(s.net * 5, 95)
+                } else {
+                    0
+                };
                 ins_item
                     .execute(params![
                         item_number,
@@ -662,12 +669,13 @@ fn write_transactions(
                         code,
                         desc,
                         qty as f64,
-                        money(s.net) / qty as f64,
+                        money(s.net + discount) / qty as f64,
                         s.nominal,
                         TAX_CODES[s.tax_code as usize].code,
                         money(s.net),
                         money(s.tax),
                         money(s.gross()),
+                        money(discount),
                     ])
                     .map_err(e("INVOICE_ITEM"))?;
             }
