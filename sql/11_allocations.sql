@@ -14,15 +14,18 @@ WITH usage AS (
         SPLIT_NUMBER AS payer_split,
         SPLIT_CROSSREF AS paid_split,
         "DATE" AS allocated_on,
-        money(AMOUNT) AS amount
+        money(AMOUNT) AS amount,
+        -- the same allocation in the documents' own currency, as Sage keeps it
+        CASE WHEN FOREIGN_AMOUNT IS NOT NULL THEN money(FOREIGN_AMOUNT) END AS amount_in_currency
     FROM audit_usage()
     WHERE NOT is_set(DELETED_FLAG)
 ),
 ends AS (
-    SELECT usage_number, payer_split AS split_number, paid_split AS other_split, allocated_on, amount
+    SELECT usage_number, payer_split AS split_number, paid_split AS other_split, allocated_on, amount,
+           amount_in_currency
     FROM usage
     UNION ALL
-    SELECT usage_number, paid_split, payer_split, allocated_on, amount
+    SELECT usage_number, paid_split, payer_split, allocated_on, amount, amount_in_currency
     FROM usage
 )
 SELECT

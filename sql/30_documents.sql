@@ -87,11 +87,13 @@ SELECT
     any_value(header_number) AS header_number,
     list_transform(
         list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
-                        'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount})),
+                        'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount,
+                        'in_currency': amount_in_currency})),
         x -> {
             'paymentRef': {'dataType': coalesce(x.data_type, 'unknown'), 'id': x.part_id},
             'allocatedOnDate': x.on,
-            'amount': x.amount
+            'amount': x.amount,
+            'amountInCurrency': x.in_currency
         }) AS allocations
 FROM work.allocations
 WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND in_slice(header_number, k)

@@ -60,6 +60,7 @@ allocation_lines AS (
         a.usage_number,
         a.other_split,
         p.pay_sign * a.amount AS amount,
+        p.pay_sign * a.amount_in_currency AS amount_in_currency,
         coalesce(a.other_data_type, 'unknown') AS link_type,
         a.other_part_id AS link_id
     FROM work.allocations a
@@ -73,6 +74,8 @@ on_account_lines AS (
         2147483647 AS usage_number,  -- after the allocations of the same date
         0 AS other_split,
         pay_sign * outstanding AS amount,
+        -- Sage keeps no foreign amount for what is left unallocated among the tables read
+        NULL::DECIMAL(18, 2) AS amount_in_currency,
         'PaymentOnAccount' AS link_type,
         part_id AS link_id
     FROM part
@@ -82,9 +85,11 @@ SELECT
     part_id,
     list_transform(
         list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
-                        'amount': amount, 'link_type': link_type, 'link_id': link_id})),
+                        'amount': amount, 'in_currency': amount_in_currency,
+                        'link_type': link_type, 'link_id': link_id})),
         x -> {
             'amount': x.amount,
+            'amountInCurrency': x.in_currency,
             'allocatedOnDate': x.on,
             'links': [{'type': x.link_type, 'id': x.link_id, 'amount': -x.amount}]
         }) AS lines
