@@ -128,6 +128,21 @@ CREATE OR REPLACE TEMP MACRO audit_usage() AS TABLE
     SELECT *, false AS archived FROM sage.AUDIT_USAGE
     UNION ALL BY NAME SELECT *, true AS archived FROM sage.AUDIT_HISTORY_USAGE;
 
+-- The live audit trail, as Sage's own figures count it: postings (AUDIT_JOURNAL) and splits
+-- (AUDIT_SPLIT) neither deleted themselves nor under a deleted header (a posting without a
+-- header counts as live). Splits carry their type (their own, else the header's) as
+-- split_type and the header's account as account. Checks that compare Sage's summaries with
+-- its detail read these, so that "live" means one thing everywhere.
+CREATE OR REPLACE TEMP MACRO live_postings() AS TABLE
+    SELECT j.* FROM sage.AUDIT_JOURNAL j
+    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
+    WHERE NOT (is_set(j.DELETED_FLAG) OR is_set(h.DELETED_FLAG));
+CREATE OR REPLACE TEMP MACRO live_splits() AS TABLE
+    SELECT s.*, coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS split_type, txt(h.ACCOUNT_REF) AS account
+    FROM sage.AUDIT_SPLIT s
+    JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
+    WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG));
+
 -- Slices for big list() aggregations. DuckDB cannot spill the state of a list() aggregate,
 -- so rules that build lists over millions of rows do it one slice of headers at a time, in a
 -- block between `-- for each slice` and `-- end for each slice`: the runner runs the block

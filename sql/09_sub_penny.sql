@@ -11,7 +11,10 @@
 --   2. within each header, what is still off (journals balance across their JD and JC
 --      splits, one posting each) goes the same way to postings of splits that do not balance
 --      on their own.
--- Each posting moves less than a penny from its source amount. Ties go to the lower
+-- Only postings holding a fraction of a penny are moved (a whole-penny posting has nothing
+-- left over to rank it), each by less than a penny; only a posting of a split that does not
+-- balance alone yet has several postings (not a shape Sage writes: its journal splits post
+-- once) could be moved in both steps. Ties go to the lower
 -- TRAN_NUMBER, so the same data rounds the same way every sync. rule 12 uses these amounts.
 CREATE OR REPLACE TABLE work.rounded_postings AS
 WITH sub_penny_posting AS (

@@ -5,13 +5,12 @@
 -- the classification follows Sage's default UK chart (macro account_class), where 9998
 -- Suspense and 9999 Mispostings are balance-sheet liabilities.
 -- currentBalance is Sage's own BALANCE (debit positive), never recomputed.
+
 -- Each nominal's live postings, summed at the source's precision (also used by rule 23):
 -- what Sage's balances must equal.
 CREATE OR REPLACE TABLE work.nominal_totals AS
-SELECT txt(j.NOMINAL_CODE) AS code, sum(j.AMOUNT::DOUBLE) AS posted
-FROM sage.AUDIT_JOURNAL j
-LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-WHERE NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+SELECT txt(NOMINAL_CODE) AS code, sum(AMOUNT::DOUBLE) AS posted
+FROM live_postings()
 GROUP BY ALL;
 
 CREATE OR REPLACE TABLE accounts AS

@@ -13,17 +13,11 @@ CREATE OR REPLACE TEMP MACRO party_status(on_hold, inactive) AS CASE
 -- What each account's live documents leave open (signed by type, at the source's precision),
 -- both ledgers in one pass: Sage's BALANCE should equal it.
 CREATE OR REPLACE TABLE work.open_documents AS
-SELECT CASE WHEN type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'SALES_LEDGER' ELSE 'PURCHASE_LEDGER' END AS ledger_table,
-       account, sum(ledger_sign(type) * outstanding) AS open
-FROM (
-    SELECT txt(h.ACCOUNT_REF) AS account,
-           coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS type,
-           coalesce(s.OUTSTANDING, 0)::DOUBLE AS outstanding
-    FROM sage.AUDIT_SPLIT s
-    JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-    WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
-)
-WHERE ledger_sign(type) <> 0
+SELECT CASE WHEN split_type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'SALES_LEDGER' ELSE 'PURCHASE_LEDGER' END
+           AS ledger_table,
+       account, sum(ledger_sign(split_type) * coalesce(OUTSTANDING, 0)::DOUBLE) AS open
+FROM live_splits()
+WHERE ledger_sign(split_type) <> 0
 GROUP BY ALL;
 
 -- Both ledgers have the same columns: one macro, the name field renamed per data type.

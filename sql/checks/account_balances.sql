@@ -6,8 +6,8 @@
 --               - unallocatedAmount of payments (a refund's is negative, so it adds).
 -- error:   the normalised documents differ from the live source splits' OUTSTANDING (signed
 --          by type): the rules changed a number.
--- warning: the source splits (summed at their own precision, then rounded) differ from
---          SALES_LEDGER / PURCHASE_LEDGER BALANCE: Sage disagrees with itself (Check Data
+-- warning: the source splits differ from SALES_LEDGER / PURCHASE_LEDGER BALANCE, compared
+--          at Sage's precision (raw sums, same_money): Sage disagrees with itself (Check Data
 --          would complain); names the account.
 WITH normalised AS (
     SELECT 'customer' AS ledger, customerRef.id AS account, amountDue AS amount FROM invoices WHERE NOT isDeleted AND NOT isArchived
@@ -19,16 +19,10 @@ WITH normalised AS (
 ),
 source AS (
     SELECT CASE WHEN split_type IN ('SI', 'SC', 'SR', 'SA', 'SD', 'SP') THEN 'customer' ELSE 'supplier' END AS ledger,
-           account, ledger_sign(split_type) * outstanding AS amount,
-           ledger_sign(split_type) * outstanding_raw AS raw
-    FROM (
-        SELECT coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS split_type, txt(h.ACCOUNT_REF) AS account,
-               money(s.OUTSTANDING) AS outstanding, coalesce(s.OUTSTANDING, 0)::DOUBLE AS outstanding_raw,
-               is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG) AS deleted
-        FROM sage.AUDIT_SPLIT s
-        JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-    )
-    WHERE ledger_sign(split_type) <> 0 AND NOT deleted
+           account, ledger_sign(split_type) * money(OUTSTANDING) AS amount,
+           ledger_sign(split_type) * coalesce(OUTSTANDING, 0)::DOUBLE AS raw
+    FROM live_splits()
+    WHERE ledger_sign(split_type) <> 0
 ),
 ledger AS (
     SELECT 'customer' AS ledger, txt(ACCOUNT_REF) AS account, money(BALANCE) AS amount, BALANCE::DOUBLE AS raw

@@ -13,12 +13,10 @@ nominal AS (
     SELECT txt(ACCOUNT_REF) AS bank, BALANCE::DOUBLE AS nominal_balance FROM sage.NOMINAL_LEDGER
 ),
 posted AS (
-    SELECT txt(j.NOMINAL_CODE) AS bank, sum(j.AMOUNT::DOUBLE) AS postings,
-           count(*) FILTER (WHERE sub_penny(j.AMOUNT)) AS sub_penny_postings
-    FROM sage.AUDIT_JOURNAL j
-    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-    WHERE txt(j.NOMINAL_CODE) IN (SELECT bank FROM bank)
-      AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+    SELECT txt(NOMINAL_CODE) AS bank, sum(AMOUNT::DOUBLE) AS postings,
+           count(*) FILTER (WHERE sub_penny(AMOUNT)) AS sub_penny_postings
+    FROM live_postings()
+    WHERE txt(NOMINAL_CODE) IN (SELECT bank FROM bank)
     GROUP BY ALL
 ),
 published AS (

@@ -1,9 +1,9 @@
 -- Check control_accounts: Sage's own Check Data test. The debtors control account (1100)
 -- equals the sum of customer balances, the creditors control account (2100) minus the sum of
 -- supplier balances. Both are the Sage defaults; a company that moved its control accounts
--- gets a warning here, never an error. Compared in the source, at its own precision (summed,
--- then rounded): published figures rounded to the penny one by one may add up a penny apart
--- when Sage holds fractions of a penny (check sub_penny names those).
+-- gets a warning here, never an error. Compared in the source, at Sage's precision (raw
+-- sums, same_money): published figures rounded to the penny one by one may add up a penny
+-- apart when Sage holds fractions of a penny (check sub_penny names those).
 -- warning only: a mismatch can be genuine in the source (journals posted straight to a
 --               control account); names the account and both figures.
 WITH control AS (
@@ -15,11 +15,9 @@ WITH control AS (
 ),
 posted AS (
     -- the live ledger (archived postings' effect is in Clear Audit Trail's opening balances)
-    SELECT txt(j.NOMINAL_CODE) AS nominal, sum(j.AMOUNT::DOUBLE) AS amount
-    FROM sage.AUDIT_JOURNAL j
-    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-    WHERE txt(j.NOMINAL_CODE) IN ('1100', '2100')
-      AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+    SELECT txt(NOMINAL_CODE) AS nominal, sum(AMOUNT::DOUBLE) AS amount
+    FROM live_postings()
+    WHERE txt(NOMINAL_CODE) IN ('1100', '2100')
     GROUP BY ALL
 )
 SELECT 'warning' AS severity, c.control, c.nominal, money(p.amount) AS control_account,

@@ -8,14 +8,11 @@
 --          journal entries from the postings, so the two views of that split disagree the
 --          same way. Names the split and what differs.
 WITH split AS (
-    SELECT s.SPLIT_NUMBER AS split, s.HEADER_NUMBER AS header,
-           coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS type, s."DATE" AS split_date,
-           txt(s.NOMINAL_CODE) AS nominal,
-           CASE WHEN coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) IN ('SR', 'SA', 'SP', 'PP', 'PA', 'PR')
-                THEN s.GROSS_AMOUNT ELSE s.NET_AMOUNT END::DOUBLE AS expected
-    FROM sage.AUDIT_SPLIT s
-    JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-    WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
+    SELECT SPLIT_NUMBER AS split, HEADER_NUMBER AS header, split_type AS type, "DATE" AS split_date,
+           txt(NOMINAL_CODE) AS nominal,
+           CASE WHEN split_type IN ('SR', 'SA', 'SP', 'PP', 'PA', 'PR')
+                THEN GROSS_AMOUNT ELSE NET_AMOUNT END::DOUBLE AS expected
+    FROM live_splits()
 ),
 posting AS (
     SELECT SPLIT_NUMBER AS split, txt(NOMINAL_CODE) AS nominal, "DATE" AS posted_on, AMOUNT::DOUBLE AS amount

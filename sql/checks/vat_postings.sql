@@ -9,11 +9,8 @@
 --          Names the account and month; the published documents carry the splits' VAT and
 --          journalEntries the postings, so they disagree the same way.
 WITH split AS (
-    SELECT coalesce(nullif(txt(s.TYPE), ''), txt(h.TYPE)) AS type, s."DATE" AS split_date,
-           coalesce(s.TAX_AMOUNT, 0)::DOUBLE AS tax
-    FROM sage.AUDIT_SPLIT s
-    JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = s.HEADER_NUMBER
-    WHERE NOT (is_set(s.DELETED_FLAG) OR is_set(h.DELETED_FLAG))
+    SELECT split_type AS type, "DATE" AS split_date, coalesce(TAX_AMOUNT, 0)::DOUBLE AS tax
+    FROM live_splits()
 ),
 split_vat AS (
     SELECT CASE WHEN type IN ('SI', 'SC', 'SD', 'BR', 'CR', 'VR') THEN '2200' ELSE '2201' END AS account,
@@ -24,12 +21,10 @@ split_vat AS (
     GROUP BY ALL
 ),
 posted AS (
-    SELECT txt(j.NOMINAL_CODE) AS account, date_trunc('month', j."DATE") AS month,
-           sum(j.AMOUNT::DOUBLE) AS vat
-    FROM sage.AUDIT_JOURNAL j
-    LEFT JOIN sage.AUDIT_HEADER h ON h.HEADER_NUMBER = j.HEADER_NUMBER
-    WHERE txt(j.NOMINAL_CODE) IN ('2200', '2201') AND txt(j.TYPE) NOT IN ('JD', 'JC')
-      AND NOT (is_set(j.DELETED_FLAG) OR coalesce(is_set(h.DELETED_FLAG), false))
+    SELECT txt(NOMINAL_CODE) AS account, date_trunc('month', "DATE") AS month,
+           sum(AMOUNT::DOUBLE) AS vat
+    FROM live_postings()
+    WHERE txt(NOMINAL_CODE) IN ('2200', '2201') AND txt(TYPE) NOT IN ('JD', 'JC')
     GROUP BY ALL
 )
 SELECT 'warning' AS severity, coalesce(s.account, p.account) AS account,

@@ -195,6 +195,38 @@ pub struct Ledger {
     pub usages: Vec<Usage>,
 }
 
+impl Header {
+    /// The header's bank nominal code ("" when it has none), as its journal lines need it.
+    pub fn bank_code(&self) -> &'static str {
+        self.bank.map(|b| BANKS[b as usize].code).unwrap_or("")
+    }
+}
+
+impl Ledger {
+    /// The splits of a header.
+    pub fn splits_of(&self, h: &Header) -> &[Split] {
+        &self.splits[h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1]
+    }
+}
+
+/// Per nominal code accepted by `wanted`, what `splits` (each with its header's bank code)
+/// post to it, in pence; nominals whose postings net to zero are left out.
+fn nominal_totals<'a>(
+    splits: impl IntoIterator<Item = (&'a Split, &'static str)>,
+    wanted: impl Fn(&str) -> bool,
+) -> std::collections::BTreeMap<&'static str, i64> {
+    let mut totals: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    for (s, bank) in splits {
+        for (nominal, amount) in journal_lines(s, bank) {
+            if !nominal.is_empty() && wanted(nominal) {
+                *totals.entry(nominal).or_default() += amount;
+            }
+        }
+    }
+    totals.retain(|_, t| *t != 0);
+    totals
+}
+
 /// Limits of a generation run.
 pub struct Size {
     /// Stop after this many headers.
@@ -777,20 +809,16 @@ impl Books<'_> {
     /// to retained earnings, JC for a debit balance, JD for a credit one.
     /// Returns whether it posted anything (nothing when every P&L balance is zero).
     fn year_end(&mut self, end: i32) -> bool {
-        let mut balances: std::collections::BTreeMap<&'static str, i64> = Default::default();
-        for s in &self.ledger.splits {
-            let h = &self.ledger.headers[s.header as usize - 1];
-            if s.date > end || h.deleted {
-                continue;
-            }
-            let bank = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
-            for (nominal, amount) in journal_lines(s, bank) {
-                if company::is_profit_and_loss(nominal) {
-                    *balances.entry(nominal).or_default() += amount;
-                }
-            }
-        }
-        balances.retain(|_, b| *b != 0);
+        let headers = &self.ledger.headers;
+        let balances = nominal_totals(
+            self.ledger
+                .splits
+                .iter()
+                .map(|s| (s, &headers[s.header as usize - 1]))
+                .filter(|(s, h)| s.date <= end && !h.deleted)
+                .map(|(s, h)| (s, h.bank_code())),
+            company::is_profit_and_loss,
+        );
         let total: i64 = balances.values().sum();
         let lines: Vec<(TxType, &'static str, i64)> = balances
             .into_iter()
@@ -843,8 +871,7 @@ pub fn clear_audit_trail(ledger: &mut Ledger, before: i32) -> usize {
         .headers
         .iter()
         .map(|h| {
-            let splits = &ledger.splits
-                [h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1];
+            let splits = ledger.splits_of(h);
             !h.deleted
                 && !h.year_end
                 && !splits.is_empty()
@@ -874,26 +901,25 @@ pub fn clear_audit_trail(ledger: &mut Ledger, before: i32) -> usize {
             break;
         }
     }
-    let mut balances: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    let balances = nominal_totals(
+        ledger
+            .headers
+            .iter()
+            .zip(&eligible)
+            .filter(|(_, e)| **e)
+            .flat_map(|(h, _)| ledger.splits_of(h).iter().map(|s| (s, h.bank_code()))),
+        |_| true,
+    );
     let mut archived = 0;
-    for (i, h) in ledger.headers.iter_mut().enumerate() {
-        if !eligible[i] {
-            continue;
-        }
+    for (h, _) in ledger
+        .headers
+        .iter_mut()
+        .zip(&eligible)
+        .filter(|(_, e)| **e)
+    {
         h.archived = true;
         archived += 1;
-        let bank = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
-        for s in
-            &ledger.splits[h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1]
-        {
-            for (nominal, amount) in journal_lines(s, bank) {
-                if !nominal.is_empty() {
-                    *balances.entry(nominal).or_default() += amount;
-                }
-            }
-        }
     }
-    balances.retain(|_, b| *b != 0);
     if balances.is_empty() {
         return archived;
     }

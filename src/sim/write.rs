@@ -461,9 +461,8 @@ fn write_transactions(
     for (hi, h) in ledger.headers.iter().enumerate() {
         let hn = hi as u32 + 1;
         let acc = account_ref(co, h.account);
-        let bank_code = h.bank.map(|b| BANKS[b as usize].code).unwrap_or("");
-        let splits = &ledger.splits
-            [h.first_split as usize - 1..(h.first_split + h.split_count) as usize - 1];
+        let bank_code = h.bank_code();
+        let splits = ledger.splits_of(h);
         let deleted = h.deleted as i16;
         // Sage's header amounts are DOUBLE sums of the split DOUBLEs: keep its float noise.
         let (mut net, mut tax, mut gross, mut paid, mut outstanding) =

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use connector::model::DataModel;
-use connector::rules::{self, CheckStatus, Report, Rules, RulesError, Workspace};
+use connector::rules::{self, CheckResult, CheckStatus, Report, Rules, RulesError, Workspace};
 use connector::schema::SourceSchema;
 
 use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
@@ -54,13 +54,27 @@ fn mutated(staging: &Path, name: &str, mutation: &str) -> PathBuf {
     copy
 }
 
-fn status_of(report: &Report, check: &str) -> CheckStatus {
+/// A check's result in a report, by name.
+fn check<'r>(report: &'r Report, name: &str) -> &'r CheckResult {
     report
         .checks
         .iter()
-        .find(|c| c.name == check)
-        .unwrap_or_else(|| panic!("no check named {check}"))
-        .status
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check named {name}"))
+}
+
+fn status_of(report: &Report, name: &str) -> CheckStatus {
+    check(report, name).status
+}
+
+/// The first column of every row a query returns, in order.
+fn column<T: duckdb::types::FromSql>(conn: &duckdb::Connection, sql: &str) -> Vec<T> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn failed_names(report: &Report) -> Vec<String> {
@@ -173,12 +187,7 @@ fn a_transaction_type_the_rules_do_not_know_is_warned_by_name_and_totals_hold() 
     let report = normalise(&broken, &Rules::embedded()).unwrap();
     assert_eq!(status_of(&report, "known_types"), CheckStatus::Warn);
     assert!(report.failed().is_empty(), "{}", report.summary());
-    let sample = &report
-        .checks
-        .iter()
-        .find(|c| c.name == "known_types")
-        .unwrap()
-        .sample;
+    let sample = &check(&report, "known_types").sample;
     assert!(
         sample
             .iter()
@@ -201,12 +210,7 @@ fn a_source_that_disagrees_with_itself_gives_warnings_not_errors() {
     let report = normalise(&broken, &Rules::embedded()).unwrap();
     assert_eq!(status_of(&report, "account_balances"), CheckStatus::Warn);
     assert!(report.failed().is_empty(), "{}", report.summary());
-    let sample = &report
-        .checks
-        .iter()
-        .find(|c| c.name == "account_balances")
-        .unwrap()
-        .sample;
+    let sample = &check(&report, "account_balances").sample;
     assert!(
         sample[0].contains("severity=warning") && sample[0].contains("ledger=customer"),
         "{sample:?}"
@@ -537,17 +541,13 @@ fn sub_penny_amounts_are_rounded_so_every_split_balances_and_each_split_is_named
 
     let report = normalise(&staging, &Rules::embedded()).unwrap();
     assert!(report.failed().is_empty(), "{}", report.summary());
-    let check = report
-        .checks
-        .iter()
-        .find(|c| c.name == "sub_penny")
-        .unwrap();
-    assert_eq!(check.status, CheckStatus::Warn, "{}", report.summary());
-    assert_eq!(check.warnings, expected, "one warning per split");
+    let result = check(&report, "sub_penny");
+    assert_eq!(result.status, CheckStatus::Warn, "{}", report.summary());
+    assert_eq!(result.warnings, expected, "one warning per split");
     assert!(
-        check.sample[0].contains("split=") && check.sample[0].contains("header="),
+        result.sample[0].contains("split=") && result.sample[0].contains("header="),
         "{:?}",
-        check.sample
+        result.sample
     );
 
     // Rounding each posting on its own (what the rules did before) breaks double entry on
@@ -612,13 +612,10 @@ fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
     let staging = dir.path().join("staging.duckdb");
     extract_ok(&company.odbc, &staging);
     let conn = normalised_file(&staging, &dir.path().join("normalised.duckdb"));
-    let marked: Vec<String> = conn
-        .prepare("SELECT id FROM journalEntries WHERE isYearEnd ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let marked: Vec<String> = column(
+        &conn,
+        "SELECT id FROM journalEntries WHERE isYearEnd ORDER BY id",
+    );
     assert_eq!(marked, [header.to_string()]);
     let published_pl: i64 = conn
         .query_row(
@@ -647,15 +644,10 @@ fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
         )
         .unwrap();
     assert!(sage_prior.iter().any(|p| *p != 0));
-    let published_prior: Vec<i64> = conn
-        .prepare(
-            "SELECT CAST(unnest(priorYearMonthlyBalances) * 100 AS BIGINT) FROM accounts WHERE id = '4000'",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let published_prior: Vec<i64> = column(
+        &conn,
+        "SELECT CAST(unnest(priorYearMonthlyBalances) * 100 AS BIGINT) FROM accounts WHERE id = '4000'",
+    );
     assert_eq!(published_prior, sage_prior);
     let broken = mutated(
         &staging,
@@ -663,19 +655,15 @@ fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
         "UPDATE NOMINAL_LEDGER SET PRIOR_YR_MTH3 = PRIOR_YR_MTH3 + 1 WHERE ACCOUNT_REF = '4000'",
     );
     let report = normalise(&broken, &Rules::embedded()).unwrap();
-    let check = report
-        .checks
-        .iter()
-        .find(|c| c.name == "nominal_months")
-        .unwrap();
-    assert_eq!(check.status, CheckStatus::Warn, "{}", report.summary());
+    let result = check(&report, "nominal_months");
+    assert_eq!(result.status, CheckStatus::Warn, "{}", report.summary());
     assert!(
-        check
+        result
             .sample
             .iter()
             .any(|r| r.contains("nominal=4000") && r.contains("period=PRIOR3")),
         "{:?}",
-        check.sample
+        result.sample
     );
 
     // A company whose Year End was never run has no entry marked.
@@ -716,15 +704,13 @@ fn clear_audit_trail_archives_records_under_the_ids_they_had_and_deletes_none() 
     for t in &model.types {
         // (id, isDeleted, amount fields as text) of every record, and which are archived
         let rows = |c: &duckdb::Connection, archived: bool| -> Vec<String> {
-            c.prepare(&format!(
-                "SELECT id || ' deleted=' || isDeleted FROM {} WHERE isArchived = {archived} ORDER BY id",
-                t.name
-            ))
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+            column(
+                c,
+                &format!(
+                    "SELECT id || ' deleted=' || isDeleted FROM {} WHERE isArchived = {archived} ORDER BY id",
+                    t.name
+                ),
+            )
         };
         let (was, archived, live) = (
             rows(&before, false),
@@ -844,7 +830,7 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
         let out = dir.path().join(format!("{name}-normalised.duckdb"));
         let conn = normalised_file(&broken, &out);
         let report = normalise(&broken, &Rules::embedded()).unwrap();
-        let result = report.checks.iter().find(|c| c.name == check).unwrap();
+        let result = self::check(&report, check);
         assert_eq!(
             result.status,
             CheckStatus::Warn,
@@ -862,15 +848,10 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
             let id: String = source
                 .query_row(&format!("SELECT CAST({id} AS VARCHAR)"), [], |r| r.get(0))
                 .unwrap();
-            let marked: Vec<String> = conn
-                .prepare(&format!(
-                    "SELECT id FROM {table} WHERE NOT balanceMatchesDetail"
-                ))
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
+            let marked: Vec<String> = column(
+                &conn,
+                &format!("SELECT id FROM {table} WHERE NOT balanceMatchesDetail"),
+            );
             assert_eq!(marked, [id], "{name}");
         }
     }
