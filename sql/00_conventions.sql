@@ -47,6 +47,10 @@ CREATE OR REPLACE TEMP MACRO account_class(code) AS CASE
 -- in Sage's default UK chart.
 CREATE OR REPLACE TEMP MACRO retained_earnings() AS '3200';
 
+-- Exchange Rate Variance, where Sage's Foreign Trader posts exchange differences and
+-- revaluations: 7906 in Sage's default UK chart.
+CREATE OR REPLACE TEMP MACRO exchange_difference() AS '7906';
+
 -- Rates, prices and quantities keep six places (they are not posted amounts).
 CREATE OR REPLACE TEMP MACRO exact6(x) AS CAST(round(x::DOUBLE, 6) AS DECIMAL(18, 6));
 

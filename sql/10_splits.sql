@@ -21,7 +21,7 @@ WITH header AS (
         txt(h.DETAILS) AS note,
         currency_code(c.CODE, h.CURRENCY) AS currency,
         coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
-        CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS foreign_gross,
+        CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS header_foreign_gross,
         is_set(h.DELETED_FLAG) AS header_deleted,
         h.RECORD_MODIFY_DATE AS header_modified,
         h.archived
@@ -44,6 +44,11 @@ split AS (
         money(GROSS_AMOUNT) AS gross,
         money(AMOUNT_PAID) AS paid,
         money(OUTSTANDING) AS outstanding,
+        -- the split in the header's currency (NULL where the driver has no such columns)
+        CASE WHEN FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(FOREIGN_NET_AMOUNT) END AS foreign_net,
+        CASE WHEN FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(FOREIGN_TAX_AMOUNT) END AS foreign_tax,
+        CASE WHEN FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(FOREIGN_GROSS_AMOUNT) END AS foreign_gross,
+        CASE WHEN FOREIGN_OUTSTANDING IS NOT NULL THEN money(FOREIGN_OUTSTANDING) END AS foreign_outstanding,
         is_set(DELETED_FLAG) AS split_deleted,
         RECORD_MODIFY_DATE AS split_modified
     FROM audit_split()

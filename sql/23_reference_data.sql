@@ -14,6 +14,8 @@ SELECT
     currency_code(c.CODE, b.CURRENCY) AS currency,
     b.TYPE::BIGINT AS sageBankType,
     money(b.BALANCE) AS balance,
+    -- in the account's own currency: filled in by rule 50 from the bank transactions
+    NULL::DECIMAL(18, 2) AS balanceInCurrency,
     same_money(b.BALANCE, t.posted) AS balanceMatchesDetail,
     NULL::TIMESTAMP AS sourceModifiedDate,
     false AS isDeleted,

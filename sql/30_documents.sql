@@ -9,6 +9,11 @@
 -- Allocations (rule 11) are listed on the part whose split they touch, each with its own date;
 -- a credit note allocated to an invoice therefore shows on both. amountDue is Sage's own
 -- OUTSTANDING summed over the part's splits; deleted headers come out Void with isDeleted.
+-- Amounts in the document's currency are the splits' own (FOREIGN_*), summed the same way, so
+-- a header split into parts keeps them too; a driver without split foreign amounts leaves
+-- lines without them, and the document keeps the header's FOREIGN_GROSS_AMOUNT when the
+-- header became that one document. A document settled in pounds owes nothing in its currency
+-- (Sage posts the exchange difference, rule 15).
 
 -- Step 1: the line items of each part, in split order, one slice of headers at a time (a
 -- list aggregate's state cannot spill: see slices in 00_conventions.sql).
@@ -20,6 +25,8 @@ SELECT
         list_sort(list({'split': split_number, 'details': details, 'nominal': nominal_code,
                         'tax_code': tax_code, 'dept': dept_number, 'project': project_id,
                         'net': net, 'tax': tax, 'gross': gross, 'outstanding': outstanding,
+                        'f_net': foreign_net, 'f_tax': foreign_tax, 'f_gross': foreign_gross,
+                        'f_outstanding': foreign_outstanding,
                         'quantity': quantity, 'unit_price': unit_price, 'discount': discount,
                         'item': item})),
         x -> {
@@ -32,6 +39,10 @@ SELECT
             'taxAmount': x.tax,
             'totalAmount': x.gross,
             'amountDue': x.outstanding,
+            'subTotalInCurrency': x.f_net,
+            'taxAmountInCurrency': x.f_tax,
+            'totalAmountInCurrency': x.f_gross,
+            'amountDueInCurrency': CASE WHEN x.outstanding = 0 THEN 0 ELSE x.f_outstanding END,
             'quantity': x.quantity,
             'unitAmount': x.unit_price,
             'discountAmount': x.discount,
@@ -68,11 +79,16 @@ SELECT
     any_value(note) AS note,
     any_value(currency) AS currency,
     any_value(currency_rate) AS currency_rate,
-    any_value(foreign_gross) AS foreign_gross,
+    any_value(header_foreign_gross) AS header_foreign_gross,
     sum(net)::DECIMAL(18, 2) AS sub_total,
     sum(tax)::DECIMAL(18, 2) AS total_tax,
     sum(gross)::DECIMAL(18, 2) AS total,
     sum(outstanding)::DECIMAL(18, 2) AS amount_due,
+    -- in the document's currency: only when every split has it
+    CASE WHEN count(foreign_gross) = count(*) THEN sum(foreign_net)::DECIMAL(18, 2) END AS sub_total_in_currency,
+    CASE WHEN count(foreign_gross) = count(*) THEN sum(foreign_tax)::DECIMAL(18, 2) END AS total_tax_in_currency,
+    CASE WHEN count(foreign_gross) = count(*) THEN sum(foreign_gross)::DECIMAL(18, 2) END AS split_total_in_currency,
+    CASE WHEN count(foreign_outstanding) = count(*) THEN sum(foreign_outstanding)::DECIMAL(18, 2) END AS split_due_in_currency,
     bool_and(deleted) AS deleted,
     -- a part's splits share one header: all archived or none
     bool_or(archived) AS archived,
@@ -114,7 +130,10 @@ CREATE OR REPLACE VIEW work.documents AS
 SELECT
     p.*,
     p.header_due_date + (p.part_date - p.header_date)::INTEGER AS due_date,
-    CASE WHEN h.parts = 1 THEN p.foreign_gross END AS total_in_currency,
+    coalesce(p.split_total_in_currency,
+             CASE WHEN h.parts = 1 THEN p.header_foreign_gross END) AS total_in_currency,
+    CASE WHEN p.amount_due = 0 THEN 0 ELSE p.split_due_in_currency END::DECIMAL(18, 2) AS amount_due_in_currency,
+    x.header_number IS NOT NULL AS exchange_adjustment,
     l.line_items,
     l.split_numbers,
     coalesce(a.allocations, []) AS allocations,
@@ -126,4 +145,5 @@ SELECT
 FROM work.document_parts p
 JOIN (SELECT * EXCLUDE (header_number) FROM work.document_lines) l USING (part_id)
 JOIN work.parts_per_header h USING (header_number)
-LEFT JOIN (SELECT * EXCLUDE (header_number) FROM work.document_allocations) a USING (part_id);
+LEFT JOIN (SELECT * EXCLUDE (header_number) FROM work.document_allocations) a USING (part_id)
+LEFT JOIN work.exchange_adjustments x ON x.header_number = p.header_number;

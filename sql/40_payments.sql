@@ -11,7 +11,10 @@
 -- Signs: totalAmount and line amounts are positive when the payment lowers the account
 -- balance (receipt, discount, payment on account) and negative when it raises it (refund);
 -- each link carries minus its line's amount, so a line and its links net to zero, and the
--- lines add up to totalAmount (check payments_net_to_zero).
+-- lines add up to totalAmount (check payments_net_to_zero). Amounts in the payment's currency
+-- (…InCurrency) are signed the same way: the splits' FOREIGN_GROSS_AMOUNT and
+-- FOREIGN_OUTSTANDING (else the header's FOREIGN_GROSS_AMOUNT for a header that is one
+-- payment), and each allocation's FOREIGN_AMOUNT.
 -- Step 1: the parts of payment headers with their totals (sliced: the split numbers are a
 -- list aggregate, whose state cannot spill; see slices in 00_conventions.sql).
 CREATE OR REPLACE TEMP MACRO payment_parts_slice(k) AS TABLE
@@ -36,6 +39,9 @@ SELECT
     sum(gross)::DECIMAL(18, 2) AS gross,
     sum(tax)::DECIMAL(18, 2) AS tax,
     sum(outstanding)::DECIMAL(18, 2) AS outstanding,
+    any_value(header_foreign_gross) AS header_foreign_gross,
+    CASE WHEN count(foreign_gross) = count(*) THEN sum(foreign_gross)::DECIMAL(18, 2) END AS gross_in_currency,
+    CASE WHEN count(foreign_outstanding) = count(*) THEN sum(foreign_outstanding)::DECIMAL(18, 2) END AS outstanding_in_currency,
     list_sort(list(split_number)) AS split_numbers,
     bool_and(deleted) AS deleted,
     bool_or(archived) AS archived,
@@ -74,8 +80,7 @@ on_account_lines AS (
         2147483647 AS usage_number,  -- after the allocations of the same date
         0 AS other_split,
         pay_sign * outstanding AS amount,
-        -- Sage keeps no foreign amount for what is left unallocated among the tables read
-        NULL::DECIMAL(18, 2) AS amount_in_currency,
+        pay_sign * outstanding_in_currency AS amount_in_currency,
         'PaymentOnAccount' AS link_type,
         part_id AS link_id
     FROM part
@@ -108,6 +113,10 @@ SELECT
     p.pay_sign * p.gross AS total,
     p.pay_sign * p.tax AS total_tax,
     p.pay_sign * p.outstanding AS unallocated,
+    p.pay_sign * coalesce(p.gross_in_currency, CASE WHEN h.parts = 1 THEN p.header_foreign_gross END)
+        AS total_in_currency,
+    p.pay_sign * CASE WHEN p.outstanding = 0 THEN 0 ELSE p.outstanding_in_currency END
+        AS unallocated_in_currency,
     coalesce(l.lines, []) AS lines,
     CASE p.part_type
         WHEN 'SR' THEN 'Receipt' WHEN 'PP' THEN 'Payment'
@@ -115,6 +124,7 @@ SELECT
         WHEN 'SD' THEN 'Discount' WHEN 'PD' THEN 'Discount'
         WHEN 'SP' THEN 'Refund' WHEN 'PR' THEN 'Refund' END AS payment_type
 FROM work.payment_parts p
+JOIN work.parts_per_header h USING (header_number)
 LEFT JOIN work.payment_lines l USING (part_id);
 
 CREATE OR REPLACE TABLE payments AS
@@ -129,6 +139,8 @@ SELECT
     p.unallocated AS unallocatedAmount,
     p.currency AS currency,
     p.currency_rate AS currencyRate,
+    p.total_in_currency::DECIMAL(18, 2) AS totalAmountInCurrency,
+    p.unallocated_in_currency::DECIMAL(18, 2) AS unallocatedAmountInCurrency,
     p.reference AS reference,
     p.note AS note,
     p.part_type AS sageType,
@@ -153,6 +165,8 @@ SELECT
     p.unallocated AS unallocatedAmount,
     p.currency AS currency,
     p.currency_rate AS currencyRate,
+    p.total_in_currency::DECIMAL(18, 2) AS totalAmountInCurrency,
+    p.unallocated_in_currency::DECIMAL(18, 2) AS unallocatedAmountInCurrency,
     p.reference AS reference,
     p.note AS note,
     p.part_type AS sageType,

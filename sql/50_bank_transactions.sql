@@ -11,6 +11,13 @@
 -- CP, CR, VP, VR) carries what Sage keeps on its split as one line item: the nominal it was
 -- spent on or received for, net, VAT and tax code, signed like the amount; other bank
 -- transactions have none (their detail is the document recordRef points at).
+-- Currency: each transaction is in its bank account's currency. amountInCurrency is the amount
+-- itself for an account kept in the base currency; for a foreign-currency account (Foreign
+-- Trader) it is the split's FOREIGN_GROSS_AMOUNT, signed like the amount, when the split is in
+-- the account's currency, else null (a journal carries pounds only). Exchange differences and
+-- revaluations (rule 15) are marked isExchangeAdjustment. Last, each bank account's
+-- balanceInCurrency: its balance for a base-currency account, else the sum of its live
+-- transactions in its currency (null while one of them has none).
 -- Built one slice of headers at a time (see slices in 00_conventions.sql): the postings' joins
 -- with their headers and splits stay small whatever the company's size.
 -- The splits of bank payments and receipts, each bank transaction's line item (few: kept
@@ -20,19 +27,38 @@ SELECT split_number, header_number, details, nominal_code, tax_code, dept_number
 FROM work.splits
 WHERE part_type IN ('BP', 'BR', 'CP', 'CR', 'VP', 'VR');
 
+-- Each bank account's currency, and whether it is the base currency (one row per code).
+CREATE OR REPLACE TABLE work.bank_currency AS
+SELECT txt(b.ACCOUNT_REF) AS code, any_value(currency_code(c.CODE, b.CURRENCY)) AS currency,
+       bool_and(currency_code(c.CODE, b.CURRENCY) IS NOT DISTINCT FROM
+           (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1)) AS is_base
+FROM sage.BANK b
+LEFT JOIN sage.CURRENCY c ON c.NUMBER = b.CURRENCY
+GROUP BY ALL;
+
+-- The splits that can move a foreign-currency bank account, with their amount in currency
+-- (few: kept apart like bank_splits).
+CREATE OR REPLACE TABLE work.foreign_bank_splits AS
+SELECT split_number, header_number, currency, foreign_gross
+FROM work.splits
+WHERE currency IN (SELECT currency FROM work.bank_currency WHERE NOT is_base)
+  AND part_type IN ('SR', 'SA', 'SP', 'PP', 'PA', 'PR', 'BP', 'BR', 'CP', 'CR', 'VP', 'VR');
+
 CREATE OR REPLACE TEMP MACRO bank_transactions_slice(k) AS TABLE
-WITH bank AS (
-    SELECT DISTINCT txt(ACCOUNT_REF) AS code FROM sage.BANK
-)
 SELECT
     j.tran_number::VARCHAR || '-' || j.nominal_code || CASE
         WHEN j.nth = 1 THEN '' ELSE '-' || j.nth END AS id,
     {'id': j.nominal_code} AS bankAccountRef,
     j.posted_on AS date,
     j.amount AS amount,
+    b.currency AS currency,
+    CASE WHEN b.is_base THEN j.amount
+         WHEN f.currency = b.currency THEN (sign(j.amount) * abs(f.foreign_gross))::DECIMAL(18, 2)
+         END AS amountInCurrency,
     j.details AS description,
     coalesce(j.reference, '') AS reference,
     j.journal_type AS sageType,
+    x.header_number IS NOT NULL AS isExchangeAdjustment,
     CASE
         WHEN j.data_type IN ('invoices', 'creditNotes', 'payments') THEN {'dataType': 'customers', 'id': j.account_ref}
         WHEN j.data_type IN ('bills', 'billCreditNotes', 'billPayments') THEN {'dataType': 'suppliers', 'id': j.account_ref}
@@ -61,11 +87,28 @@ FROM (
         ORDER BY amount, posted_on, journal_type, line_deleted) AS nth
     FROM postings(k, true)
 ) j
-JOIN bank b ON b.code = j.nominal_code
+JOIN work.bank_currency b ON b.code = j.nominal_code
 LEFT JOIN (SELECT * FROM work.bank_splits WHERE in_slice(header_number, k)) s
-    ON s.split_number = j.split_number;
+    ON s.split_number = j.split_number
+LEFT JOIN (SELECT * FROM work.foreign_bank_splits WHERE in_slice(header_number, k)) f
+    ON f.split_number = j.split_number
+LEFT JOIN work.exchange_adjustments x ON x.header_number = j.header_number;
 
 CREATE OR REPLACE TABLE bankTransactions AS FROM bank_transactions_slice(0) LIMIT 0;
 -- for each slice
 INSERT INTO bankTransactions FROM bank_transactions_slice(getvariable('slice'));
 -- end for each slice
+
+-- Each bank account's balance in its own currency.
+UPDATE bankAccounts a
+SET balanceInCurrency = CASE WHEN b.is_base THEN a.balance WHEN t.code IS NULL THEN 0
+                             ELSE t.in_currency END
+FROM work.bank_currency b
+LEFT JOIN (
+    SELECT bankAccountRef.id AS code,
+           CASE WHEN count(amountInCurrency) = count(*) THEN sum(amountInCurrency) END AS in_currency
+    FROM bankTransactions
+    WHERE NOT isDeleted AND NOT isArchived
+    GROUP BY ALL
+) t ON t.code = b.code
+WHERE b.code = a.id;

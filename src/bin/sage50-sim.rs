@@ -36,8 +36,13 @@ struct Args {
     /// dated the day before keeps every balance. The company spans 2024-04-01 to 2026-03-31.
     #[arg(long, value_name = "DATE")]
     clear_audit_trail_before: Option<chrono::NaiveDate>,
+    /// Keep one exchange rate per currency (by default rates move every 30 days: foreign
+    /// receipts and payments at a rate other than their invoice's post REVAL exchange
+    /// differences to 7906, and the euro bank, 1250, is revalued every 30 days).
+    #[arg(long)]
+    fixed_exchange_rates: bool,
     /// Instead of generating, load this SQL script of INSERTs (e.g. fixtures/golden/company.sql).
-    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille", "no_year_end", "clear_audit_trail_before"])]
+    #[arg(long, conflicts_with_all = ["seed", "transactions", "max_splits", "sub_penny_permille", "no_year_end", "clear_audit_trail_before", "fixed_exchange_rates"])]
     script: Option<PathBuf>,
     /// Print rows per table on standard error.
     #[arg(long)]
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
                 sub_penny_permille: args.sub_penny_permille,
                 year_end: !args.no_year_end,
                 clear_audit_trail_before: args.clear_audit_trail_before,
+                exchange_differences: !args.fixed_exchange_rates,
             },
         ),
     };

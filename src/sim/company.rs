@@ -70,6 +70,11 @@ pub const NOMINALS: &[Nominal] = &[
         account_type: 1,
     },
     Nominal {
+        code: "1250",
+        name: "Euro Bank Account",
+        account_type: 1,
+    },
+    Nominal {
         code: "2100",
         name: "Creditors Control Account",
         account_type: 2,
@@ -170,6 +175,11 @@ pub const NOMINALS: &[Nominal] = &[
         account_type: 0,
     },
     Nominal {
+        code: "7906",
+        name: "Exchange Rate Variance",
+        account_type: 0,
+    },
+    Nominal {
         code: "8200",
         name: "Donations",
         account_type: 0,
@@ -209,6 +219,8 @@ pub struct Bank {
     pub name: &'static str,
     /// Sage bank TYPE: 0 cheque, 1 cash, 2 credit card.
     pub bank_type: i16,
+    /// Index into [`CURRENCIES`]: the account is kept in that currency.
+    pub currency: u8,
 }
 
 /// The company's bank accounts.
@@ -217,23 +229,40 @@ pub const BANKS: &[Bank] = &[
         code: "1200",
         name: "Bank Current Account",
         bank_type: 0,
+        currency: 0,
     },
     Bank {
         code: "1210",
         name: "Bank Deposit Account",
         bank_type: 0,
+        currency: 0,
     },
     Bank {
         code: "1230",
         name: "Petty Cash",
         bank_type: 1,
+        currency: 0,
     },
     Bank {
         code: "1240",
         name: "Company Credit Card",
         bank_type: 2,
+        currency: 0,
+    },
+    Bank {
+        code: "1250",
+        name: "Euro Bank Account",
+        bank_type: 0,
+        currency: 1,
     },
 ];
+
+/// The euro bank account, as an index into [`BANKS`]: euro customers and suppliers mostly
+/// pay and are paid through it.
+pub const EURO_BANK: u8 = 4;
+
+/// Exchange Rate Variance: where Sage posts exchange differences and revaluations.
+pub const EXCHANGE_DIFFERENCE: &str = "7906";
 
 /// One VAT code.
 pub struct TaxCode {
@@ -321,6 +350,18 @@ pub const CURRENCIES: &[Currency] = &[
         rate_e4: 12710,
     },
 ];
+
+/// Units of `currency` per 1 GBP on day `date`, in 1/10000: the currency's rate moved by up
+/// to 3% either way, a new rate each 30 days (the base currency is always 10000).
+pub fn rate_on(currency: u8, date: i32) -> i64 {
+    let base = CURRENCIES[currency as usize].rate_e4;
+    if currency == 0 {
+        return base;
+    }
+    let period = date.div_euclid(30) as i64 + currency as i64 * 7;
+    let drift = (period * 37).rem_euclid(61) - 30;
+    base * (1000 + drift) / 1000
+}
 
 /// Departments (number, name).
 pub const DEPARTMENTS: &[(i16, &str)] = &[

@@ -8,8 +8,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::company::{
-    self, BANKS, CREDITORS, DEBTORS, DISCOUNT_ALLOWED, DISCOUNT_TAKEN, EXPENSE_NOMINALS,
-    JOURNAL_NOMINALS, SALES_NOMINALS, TAX_CODES, TAX_T9, VAT_PURCHASES, VAT_SALES,
+    self, BANKS, CREDITORS, CURRENCIES, DEBTORS, DISCOUNT_ALLOWED, DISCOUNT_TAKEN, EURO_BANK,
+    EXCHANGE_DIFFERENCE, EXPENSE_NOMINALS, JOURNAL_NOMINALS, SALES_NOMINALS, TAX_CODES, TAX_T9,
+    VAT_PURCHASES, VAT_SALES,
 };
 
 /// Sage transaction types.
@@ -125,6 +126,11 @@ pub struct Header {
     pub split_count: u32,
     /// Index into [`company::CURRENCIES`].
     pub currency: u8,
+    /// Units of the currency per 1 GBP, in 1/10000 (FOREIGN_RATE).
+    pub rate_e4: i64,
+    /// An exchange difference or revaluation Sage posted (reference REVAL, to 7906, no
+    /// foreign amount).
+    pub exchange_adjustment: bool,
     /// Deleted in Sage (kept with DELETED_FLAG, excluded from balances).
     pub deleted: bool,
     /// Day of the last change (allocation), for DATE_AMENDED and RECORD_MODIFY_DATE.
@@ -161,12 +167,34 @@ pub struct Split {
     pub tax: i64,
     /// Allocated so far, pence.
     pub paid: i64,
+    /// Net in the header's currency, its cents (what Sage keeps first; the base amounts
+    /// follow from the rate).
+    pub foreign_net: i64,
+    /// VAT in the header's currency, cents.
+    pub foreign_tax: i64,
+    /// Allocated so far in the header's currency, cents.
+    pub foreign_paid: i64,
 }
 
 impl Split {
     /// Net plus VAT.
     pub fn gross(&self) -> i64 {
         self.net + self.tax
+    }
+
+    /// Net plus VAT in the header's currency.
+    pub fn foreign_gross(&self) -> i64 {
+        self.foreign_net + self.foreign_tax
+    }
+
+    /// What is left to allocate in the header's currency: nothing once the base amount is
+    /// settled (Sage posts the exchange difference then).
+    pub fn foreign_outstanding(&self) -> i64 {
+        if self.paid == self.gross() {
+            0
+        } else {
+            self.foreign_gross() - self.foreign_paid
+        }
     }
 }
 
@@ -182,6 +210,8 @@ pub struct Usage {
     pub date: i32,
     /// Amount in base currency, pence.
     pub amount: i64,
+    /// The same allocation in the documents' currency, cents (FOREIGN_AMOUNT).
+    pub foreign: i64,
 }
 
 /// All transactions of a company.
@@ -199,6 +229,11 @@ impl Header {
     /// The header's bank nominal code ("" when it has none), as its journal lines need it.
     pub fn bank_code(&self) -> &'static str {
         self.bank.map(|b| BANKS[b as usize].code).unwrap_or("")
+    }
+
+    /// Whether the header posts to nominal `code` through its bank or one of its splits.
+    fn splits_touch(&self, code: &str, ledger: &Ledger) -> bool {
+        self.bank_code() == code || ledger.splits_of(self).iter().any(|s| s.nominal == code)
     }
 }
 
@@ -244,6 +279,9 @@ pub struct Size {
     /// Run Sage's Year End for the financial year ending on this day, a fortnight after it
     /// (as users do once the last invoices of the year are in).
     pub year_end: Option<i32>,
+    /// Exchange rates move every 30 days: receipts and payments at a rate other than their
+    /// invoice's post exchange differences, and the euro bank is revalued every 30 days.
+    pub exchange_differences: bool,
 }
 
 /// An open document awaiting allocation: (header number, first split, split count).
@@ -287,6 +325,12 @@ struct Books<'a> {
     purchases: Side,
     next_ref: u32,
     projects: u16,
+    exchange_differences: bool,
+    /// Headers to generate: an exchange difference is posted only while there is room.
+    header_limit: u64,
+    /// The euro bank's balance (base pence, euro cents) over headers before `euro_scanned`.
+    euro_bank: (i64, i64),
+    euro_scanned: usize,
 }
 
 /// Generates the transactions of a company in date order.
@@ -339,19 +383,30 @@ pub fn generate(
         purchases: Side::new(supplier_currency.len()),
         next_ref: 10_000,
         projects: size.projects,
+        exchange_differences: size.exchange_differences,
+        header_limit: size.headers,
+        euro_bank: (0, 0),
+        euro_scanned: 0,
     };
     let start = -size.span_days;
-    let mut i: u64 = 0;
     let mut year_end = size.year_end;
-    while i < size.headers && (books.ledger.splits.len() as u64) < size.splits {
+    let mut period = start.div_euclid(30);
+    // every header counts, exchange differences, revaluations and the Year End journal too
+    while (books.ledger.headers.len() as u64) < size.headers
+        && (books.ledger.splits.len() as u64) < size.splits
+    {
+        let i = books.ledger.headers.len() as u64;
         let date = start + ((i as i128 * size.span_days as i128) / size.headers as i128) as i32;
+        if books.exchange_differences && date.div_euclid(30) != period {
+            period = date.div_euclid(30);
+            books.revalue_euro_bank(date.min(-1));
+            continue;
+        }
         if let Some(end) = year_end
             && date > end + 14
         {
             year_end = None;
-            // the Year End journal is one of the company's transactions
             if books.year_end(end) {
-                i += 1;
                 continue;
             }
         }
@@ -365,7 +420,6 @@ pub fn generate(
             pick -= w;
         }
         books.transaction(ty, date.min(-1));
-        i += 1;
     }
     books.ledger
 }
@@ -414,6 +468,21 @@ impl Books<'_> {
         if self.rng.random_bool(0.85) { 0 } else { 1 }
     }
 
+    /// The bank a customer or supplier pays or is paid through: mostly the euro bank for
+    /// those trading in euros.
+    fn party_bank(&mut self, sales: bool, idx: usize) -> u8 {
+        let currency = if sales {
+            self.customer_currency[idx]
+        } else {
+            self.supplier_currency[idx]
+        };
+        if currency == BANKS[EURO_BANK as usize].currency && self.rng.random_bool(0.7) {
+            EURO_BANK
+        } else {
+            self.bank()
+        }
+    }
+
     fn project(&mut self) -> u16 {
         if self.projects > 0 && self.rng.random_bool(0.2) {
             self.rng.random_range(1..=self.projects)
@@ -438,7 +507,8 @@ impl Books<'_> {
                 self.supplier_currency[s as usize],
                 self.supplier_due[s as usize],
             ),
-            _ => (0, 0),
+            Account::Bank(b) => (BANKS[b as usize].currency, 0),
+            Account::None => (0, 0),
         };
         let inv_ref = match ty {
             TxType::JD | TxType::JC => 0,
@@ -453,6 +523,8 @@ impl Books<'_> {
             first_split: self.ledger.splits.len() as u32 + 1,
             split_count: 0,
             currency,
+            rate_e4: CURRENCIES[currency as usize].rate_e4,
+            exchange_adjustment: false,
             deleted: false,
             amended: date,
             due_days,
@@ -463,7 +535,6 @@ impl Books<'_> {
         self.ledger.headers.len() as u32
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn split(
         &mut self,
         header: u32,
@@ -473,8 +544,27 @@ impl Books<'_> {
         tax_code: u8,
         net: i64,
     ) -> u32 {
+        self.split_in_currency(header, ty, date, nominal, tax_code, net, None)
+    }
+
+    /// A split whose net in the header's currency is `foreign_net` when given, else the base
+    /// net at the header's rate (VAT likewise).
+    #[allow(clippy::too_many_arguments)]
+    fn split_in_currency(
+        &mut self,
+        header: u32,
+        ty: TxType,
+        date: i32,
+        nominal: &'static str,
+        tax_code: u8,
+        net: i64,
+        foreign_net: Option<i64>,
+    ) -> u32 {
         let rate = TAX_CODES[tax_code as usize].rate_bp;
         let tax = round_div(net * rate, 10_000);
+        let fx = self.ledger.headers[header as usize - 1].rate_e4;
+        let foreign_tax = round_div(tax * fx, 10_000);
+        let foreign_net = foreign_net.unwrap_or_else(|| round_div(net * fx, 10_000));
         let dept = self.rng.random_range(0..company::DEPARTMENTS.len() as u8);
         let project = self.project();
         self.ledger.splits.push(Split {
@@ -488,6 +578,9 @@ impl Books<'_> {
             net,
             tax,
             paid: 0,
+            foreign_net,
+            foreign_tax,
+            foreign_paid: 0,
         });
         self.ledger.headers[header as usize - 1].split_count += 1;
         self.ledger.splits.len() as u32
@@ -522,25 +615,43 @@ impl Books<'_> {
             if take <= 0 {
                 continue;
             }
-            let ty = self.ledger.splits[payer as usize - 1].ty;
-            self.ledger.usages.push(Usage {
-                split: payer,
-                crossref: target,
-                ty,
-                date,
-                amount: take,
-            });
-            self.ledger.splits[payer as usize - 1].paid += take;
-            self.ledger.splits[target as usize - 1].paid += take;
-            let payer_header = self.ledger.splits[payer as usize - 1].header as usize - 1;
-            let h = &mut self.ledger.headers[payer_header];
-            h.amended = h.amended.max(date);
-            let h = &mut self.ledger.headers[doc.0 as usize - 1];
-            h.amended = h.amended.max(date);
+            // in the documents' currency: what is left when this settles the split, else
+            // the base amount at the split's rate
+            let t = &self.ledger.splits[target as usize - 1];
+            let foreign = if take == t.gross() - t.paid {
+                t.foreign_gross() - t.foreign_paid
+            } else {
+                round_div(
+                    take * self.ledger.headers[t.header as usize - 1].rate_e4,
+                    10_000,
+                )
+            };
+            self.usage(payer, target, take, foreign, date);
             left -= take;
             done += take;
         }
         done
+    }
+
+    /// Records that payer split `payer` pays `amount` (base) and `foreign` (the documents'
+    /// currency) of split `target`.
+    fn usage(&mut self, payer: u32, target: u32, amount: i64, foreign: i64, date: i32) {
+        let ty = self.ledger.splits[payer as usize - 1].ty;
+        self.ledger.usages.push(Usage {
+            split: payer,
+            crossref: target,
+            ty,
+            date,
+            amount,
+            foreign,
+        });
+        for s in [payer, target] {
+            let split = &mut self.ledger.splits[s as usize - 1];
+            split.paid += amount;
+            split.foreign_paid += foreign;
+            let h = &mut self.ledger.headers[split.header as usize - 1];
+            h.amended = h.amended.max(date);
+        }
     }
 
     fn transaction(&mut self, ty: TxType, date: i32) {
@@ -665,9 +776,15 @@ impl Books<'_> {
             return self.on_account(if sales { TxType::SA } else { TxType::PA }, date);
         }
         let account = party_account(sales, idx);
-        let bank = self.bank();
+        let bank = self.party_bank(sales, idx);
         let h = self.header(ty, date, account, Some(bank));
         let pays = open_count.min([1, 1, 1, 2, 2, 3, 4][self.rng.random_range(0..7)]);
+        if pays == 1 && self.rng.random_bool(0.8) {
+            let doc = self.side(sales).docs[idx][0];
+            if self.settle_at_todays_rate(h, doc, date) {
+                return self.prune(sales, idx);
+            }
+        }
         // Some receipts are allocated to their invoices on different days.
         let staggered = pays > 1 && self.rng.random_bool(0.15);
         for k in 0..pays {
@@ -699,11 +816,131 @@ impl Books<'_> {
         }
     }
 
+    /// Payment `h` settles `doc` in full in the documents' currency at the day's rate, when
+    /// rates move and that rate is not the document's: the payment is worth more or less in
+    /// pounds than the document, and Sage posts the difference to Exchange Rate Variance as a
+    /// REVAL invoice paid with it (more) or a REVAL credit note allocated to the document
+    /// (less). Returns false, having done nothing, when that does not apply.
+    fn settle_at_todays_rate(&mut self, h: u32, doc: Open, date: i32) -> bool {
+        let header = &self.ledger.headers[h as usize - 1];
+        let (ty, account, currency) = (header.ty, header.account, header.currency);
+        let doc_rate = self.ledger.headers[doc.0 as usize - 1].rate_e4;
+        let rate = company::rate_on(currency, date);
+        // (the payment is a header already: the difference needs room for one more)
+        if !self.exchange_differences
+            || currency == 0
+            || rate == doc_rate
+            || self.ledger.headers.len() as u64 >= self.header_limit
+        {
+            return false;
+        }
+        self.ledger.headers[h as usize - 1].rate_e4 = rate;
+        let targets: Vec<(u32, i64, i64)> = (doc.1..doc.1 + doc.2)
+            .map(|t| {
+                let s = &self.ledger.splits[t as usize - 1];
+                (t, s.gross() - s.paid, s.foreign_gross() - s.foreign_paid)
+            })
+            .filter(|(_, base, _)| *base > 0)
+            .collect();
+        let due: i64 = targets.iter().map(|t| t.1).sum();
+        let foreign: i64 = targets.iter().map(|t| t.2).sum();
+        let worth = round_div(foreign * 10_000, rate).max(1);
+        let bank = BANKS[self.ledger.headers[h as usize - 1].bank.unwrap_or(0) as usize].code;
+        let payer = self.split_in_currency(h, ty, date, bank, TAX_T9, worth, Some(foreign));
+        let mut left = worth;
+        for &(t, base, foreign) in &targets {
+            let take = base.min(left);
+            left -= take;
+            self.usage(payer, t, take, foreign, date);
+        }
+        let sales = ty == TxType::SR;
+        let difference = worth - due;
+        let adjustment_type = match (sales, difference > 0) {
+            (true, true) => TxType::SI,
+            (true, false) => TxType::SC,
+            (false, true) => TxType::PI,
+            (false, false) => TxType::PC,
+        };
+        if difference == 0 {
+            return true;
+        }
+        let r = self.header(adjustment_type, date, account, None);
+        let adjustment = &mut self.ledger.headers[r as usize - 1];
+        adjustment.rate_e4 = rate;
+        adjustment.exchange_adjustment = true;
+        let split = self.split_in_currency(
+            r,
+            adjustment_type,
+            date,
+            EXCHANGE_DIFFERENCE,
+            TAX_T9,
+            difference.abs(),
+            Some(0),
+        );
+        if difference > 0 {
+            // the payment pays the difference too
+            self.usage(payer, split, difference, 0, date);
+        } else {
+            for &(t, _, _) in &targets {
+                let rest = self.outstanding(t);
+                if rest > 0 {
+                    self.usage(split, t, rest, 0, date);
+                }
+            }
+        }
+        true
+    }
+
+    /// Sage's foreign bank revaluation: the euro bank's balance in euros at the day's rate,
+    /// against its balance in pounds, the difference posted to Exchange Rate Variance as a
+    /// REVAL bank receipt or payment with no euro amount.
+    fn revalue_euro_bank(&mut self, date: i32) {
+        let bank = BANKS[EURO_BANK as usize].code;
+        for h in &self.ledger.headers[self.euro_scanned..] {
+            if h.deleted || !h.splits_touch(bank, &self.ledger) {
+                continue;
+            }
+            for s in self.ledger.splits_of(h) {
+                for (nominal, amount) in journal_lines(s, h.bank_code()) {
+                    if nominal == bank && amount != 0 {
+                        self.euro_bank.0 += amount;
+                        self.euro_bank.1 += amount.signum() * s.foreign_gross();
+                    }
+                }
+            }
+        }
+        self.euro_scanned = self.ledger.headers.len();
+        let currency = BANKS[EURO_BANK as usize].currency;
+        let rate = company::rate_on(currency, date);
+        let difference = round_div(self.euro_bank.1 * 10_000, rate) - self.euro_bank.0;
+        if difference == 0 {
+            return;
+        }
+        let ty = if difference > 0 {
+            TxType::BR
+        } else {
+            TxType::BP
+        };
+        let h = self.header(ty, date, Account::Bank(EURO_BANK), Some(EURO_BANK));
+        let header = &mut self.ledger.headers[h as usize - 1];
+        header.rate_e4 = rate;
+        header.exchange_adjustment = true;
+        self.split_in_currency(
+            h,
+            ty,
+            date,
+            EXCHANGE_DIFFERENCE,
+            TAX_T9,
+            difference.abs(),
+            Some(0),
+        );
+    }
+
     fn on_account(&mut self, ty: TxType, date: i32) {
         let sales = ty == TxType::SA;
         let idx = self.party(sales);
         let account = party_account(sales, idx);
-        let bank = self.bank();
+        let bank = self.party_bank(sales, idx);
         let h = self.header(ty, date, account, Some(bank));
         let net = self.amount(1_000, 500_000);
         self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, net);
@@ -744,7 +981,7 @@ impl Books<'_> {
         let doc = credits[pos];
         let due = self.doc_outstanding(doc);
         let account = party_account(sales, idx);
-        let bank = self.bank();
+        let bank = self.party_bank(sales, idx);
         let h = self.header(ty, date, account, Some(bank));
         let split = self.split(h, ty, date, BANKS[bank as usize].code, TAX_T9, due);
         self.allocate(split, doc, due, date);
@@ -938,6 +1175,9 @@ pub fn clear_audit_trail(ledger: &mut Ledger, before: i32) -> usize {
             net: b.abs(),
             tax: 0,
             paid: 0,
+            foreign_net: b.abs(),
+            foreign_tax: 0,
+            foreign_paid: 0,
         });
     }
     ledger.headers.push(Header {
@@ -949,6 +1189,8 @@ pub fn clear_audit_trail(ledger: &mut Ledger, before: i32) -> usize {
         first_split,
         split_count: balances.len() as u32,
         currency: 0,
+        rate_e4: 10_000,
+        exchange_adjustment: false,
         deleted: false,
         amended: date,
         due_days: 0,

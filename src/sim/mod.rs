@@ -80,6 +80,10 @@ pub struct SimOptions {
     /// Run Sage's Clear Audit Trail for transactions dated before this day (see
     /// [`ledger::clear_audit_trail`]).
     pub clear_audit_trail_before: Option<chrono::NaiveDate>,
+    /// Exchange rates move every 30 days: foreign receipts and payments settle documents at
+    /// their day's rate with exchange differences (REVAL) posted to 7906, and the euro bank
+    /// is revalued; otherwise each currency keeps one rate.
+    pub exchange_differences: bool,
 }
 
 /// Default of [`SimOptions::sub_penny_permille`]: one in five unpaid foreign documents' lines.
@@ -143,6 +147,7 @@ pub fn generate(out: &Path, options: &SimOptions) -> Result<SimSummary, SimError
         suppliers: company.suppliers.len(),
         projects: company.projects,
         year_end: options.year_end.then_some(write::PRIOR_YEAR_END),
+        exchange_differences: options.exchange_differences,
     };
     let customer_currency: Vec<u8> = company.customers.iter().map(|p| p.currency).collect();
     let supplier_currency: Vec<u8> = company.suppliers.iter().map(|p| p.currency).collect();

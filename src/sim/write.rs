@@ -26,6 +26,8 @@ pub const PRIOR_YEAR_END: i32 = FY_START - 1;
 const YEAR_END_DETAILS: &str = "Year End - P&L transfer to retained earnings";
 /// Reference (INV_REF) of Clear Audit Trail's opening-balance journal, as Sage writes it.
 const OPENING_BALANCE_REF: &str = "O/Bal";
+/// INV_REF of Sage's exchange differences and revaluations.
+const EXCHANGE_ADJUSTMENT_REF: &str = "REVAL";
 
 /// The fixed wording of the journals Sage posts itself (Year End, Clear Audit Trail).
 fn header_details(h: &super::ledger::Header) -> Option<&'static str> {
@@ -361,6 +363,10 @@ const SPLIT_COLUMNS: &[&str] = &[
     "PAID_FLAG",
     "DELETED_FLAG",
     "PROJECT_ID",
+    "FOREIGN_NET_AMOUNT",
+    "FOREIGN_TAX_AMOUNT",
+    "FOREIGN_GROSS_AMOUNT",
+    "FOREIGN_OUTSTANDING",
     "RECORD_CREATE_DATE",
     "RECORD_MODIFY_DATE",
 ];
@@ -467,7 +473,7 @@ fn write_transactions(
         // Sage's header amounts are DOUBLE sums of the split DOUBLEs: keep its float noise.
         let (mut net, mut tax, mut gross, mut paid, mut outstanding) =
             (0f64, 0f64, 0f64, 0f64, 0f64);
-        let rate_e4 = CURRENCIES[h.currency as usize].rate_e4;
+        let rate_e4 = h.rate_e4;
         for (k, s) in splits.iter().enumerate() {
             let sn = h.first_split + k as u32;
             let sub_penny = s.paid == 0
@@ -510,6 +516,10 @@ fn write_transactions(
                     flag,
                     deleted,
                     project,
+                    money(s.foreign_net),
+                    money(s.foreign_tax),
+                    money(s.foreign_gross()),
+                    money(s.foreign_outstanding()),
                     dates.stamp(s.date, sn),
                     modify,
                 ])
@@ -564,12 +574,9 @@ fn write_transactions(
             }
         }
         let currency = &CURRENCIES[h.currency as usize];
-        let rate = currency.rate_e4 as f64 / 10_000.0;
-        let gross_pence: i64 = splits.iter().map(|s| s.gross()).sum();
-        let foreign_gross = money(super::ledger::round_div(
-            gross_pence * currency.rate_e4,
-            10_000,
-        ));
+        let rate = h.rate_e4 as f64 / 10_000.0;
+        // Sage keeps the document's own currency first: the header's is its splits' sum
+        let foreign_gross = money(splits.iter().map(|s| s.foreign_gross()).sum());
         let flag = if splits.iter().all(|s| s.gross() == s.paid) {
             "Y"
         } else {
@@ -577,6 +584,8 @@ fn write_transactions(
         };
         let inv_ref = if h.opening_balance {
             OPENING_BALANCE_REF.to_owned()
+        } else if h.exchange_adjustment {
+            EXCHANGE_ADJUSTMENT_REF.to_owned()
         } else if h.inv_ref == 0 {
             String::new()
         } else {
@@ -687,7 +696,6 @@ fn write_transactions(
     for (ui, u) in ledger.usages.iter().enumerate() {
         let target = &ledger.splits[u.crossref as usize - 1];
         let header = &ledger.headers[target.header as usize - 1];
-        let rate = CURRENCIES[header.currency as usize].rate_e4;
         ins_usage[header.archived as usize]
             .execute(params![
                 ui as u32 + 1,
@@ -697,7 +705,7 @@ fn write_transactions(
                 header.inv_ref.to_string(),
                 dates.get(u.date),
                 money(u.amount),
-                money(super::ledger::round_div(u.amount * rate, 10_000)),
+                money(u.foreign),
                 0,
             ])
             .map_err(e("AUDIT_USAGE"))?;
@@ -903,7 +911,7 @@ fn write_masters(
             number,
             sort,
             "",
-            1,
+            CURRENCIES[b.currency as usize].number,
             b.bank_type,
             units(balance)
         ])

@@ -13,11 +13,12 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 16] = [
+const EVERY_CHECK: [&str; 17] = [
     "account_balances",
     "bank_balances",
     "control_accounts",
     "documents_settle",
+    "foreign_currency",
     "known_types",
     "links_exist",
     "nominal_months",
@@ -859,8 +860,8 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
     // A rule that loses a bank transaction is an error of bank_balances.
     let rules_dir = edited_rules(dir.path(), "50_bank_transactions.sql", |sql| {
         sql.replace(
-            "    ON s.split_number = j.split_number;",
-            "    ON s.split_number = j.split_number \
+            "ON x.header_number = j.header_number;",
+            "ON x.header_number = j.header_number \
              WHERE j.tran_number <> (SELECT min(TRAN_NUMBER) FROM sage.AUDIT_JOURNAL \
              WHERE NOMINAL_CODE = '1200' AND DELETED_FLAG = 0 AND AMOUNT <> 0);",
         )
@@ -932,4 +933,126 @@ fn invoicing_module_items_give_document_lines_their_quantity_price_item_and_disc
         )
         .unwrap();
     assert_eq!(bill_lines, 0);
+}
+
+#[test]
+fn foreign_currency_amounts_are_served_and_exchange_adjustments_are_marked() {
+    let dir = tempdir();
+    // (seed 56 has foreign documents with lines on several dates, which become several records)
+    let company = generated(&dir.path().join("company"), 56, 4_000);
+    let sqlite = rusqlite::Connection::open(company.database()).unwrap();
+    let count = |sql: &str| -> i64 { sqlite.query_row(sql, [], |r| r.get(0)).unwrap() };
+    // Sage's exchange differences and revaluations, by their reference (the rules never look
+    // at it alone): documents and bank entries both.
+    let reval_headers = count("SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL'");
+    let reval_documents = count(
+        "SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL' AND TYPE IN ('SI', 'SC', 'PI', 'PC')",
+    );
+    assert!(
+        reval_documents > 0 && reval_headers > reval_documents,
+        "{reval_documents} of {reval_headers}"
+    );
+    // The euro bank in euros: its receipts less its payments, as Sage keeps them per split.
+    let euro_cents = count(
+        "SELECT CAST(ROUND(SUM(CASE WHEN h.TYPE IN ('SR', 'SA', 'PR', 'BR', 'CR', 'VR') THEN 1 ELSE -1 END
+                               * s.FOREIGN_GROSS_AMOUNT) * 100) AS INTEGER)
+         FROM AUDIT_SPLIT s JOIN AUDIT_HEADER h USING (HEADER_NUMBER)
+         WHERE h.BANK_CODE = '1250' AND h.DELETED_FLAG = 0",
+    );
+    assert_ne!(euro_cents, 0);
+
+    let staging = dir.path().join("staging.duckdb");
+    extract_ok(&company.odbc, &staging);
+    let conn = normalised_file(&staging, &dir.path().join("normalised.duckdb"));
+    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let marked = one("SELECT count(DISTINCT lineage.key) FROM (
+             SELECT lineage FROM invoices WHERE isExchangeAdjustment
+             UNION ALL SELECT lineage FROM creditNotes WHERE isExchangeAdjustment
+             UNION ALL SELECT lineage FROM bills WHERE isExchangeAdjustment
+             UNION ALL SELECT lineage FROM billCreditNotes WHERE isExchangeAdjustment)");
+    assert_eq!(marked, reval_documents);
+    let marked_bank = one("SELECT count(*) FROM bankTransactions WHERE isExchangeAdjustment");
+    assert_eq!(
+        marked_bank,
+        reval_headers - reval_documents,
+        "one bank transaction per revaluation"
+    );
+    assert_eq!(
+        one("SELECT CAST(balanceInCurrency * 100 AS BIGINT) FROM bankAccounts WHERE id = '1250'"),
+        euro_cents
+    );
+    // A foreign invoice settled at another rate: in euros its allocations are its total, in
+    // pounds an exchange-adjustment credit note makes up the difference.
+    let settled_at_another_rate = one("SELECT count(*) FROM invoices i
+         WHERE currency <> 'GBP' AND amountDue = 0 AND amountDueInCurrency = 0
+           AND list_sum([a.amountInCurrency FOR a IN paymentAllocations]) = totalAmountInCurrency
+           AND EXISTS (SELECT 1 FROM creditNotes c, unnest(i.paymentAllocations) AS t(a)
+                       WHERE c.id = a.paymentRef.id AND c.isExchangeAdjustment)
+           AND EXISTS (SELECT 1 FROM payments p, unnest(i.paymentAllocations) AS t(a)
+                       WHERE p.id = a.paymentRef.id AND p.currencyRate <> i.currencyRate)");
+    assert!(settled_at_another_rate > 0);
+    // Every document in a foreign currency has its lines in that currency, adding up.
+    assert_eq!(
+        one(
+            "SELECT count(*) FROM invoices WHERE currency <> 'GBP' AND NOT isDeleted
+               AND list_sum([l.totalAmountInCurrency FOR l IN lineItems]) IS DISTINCT FROM totalAmountInCurrency"
+        ),
+        0
+    );
+
+    // Rules that get it wrong are caught by the check foreign_currency.
+    let broken = [
+        (
+            "30_documents.sql",
+            "coalesce(p.split_total_in_currency,\n             CASE WHEN h.parts = 1 THEN p.header_foreign_gross END)",
+            "p.header_foreign_gross",
+            "in currency: published total",
+        ),
+        (
+            "30_documents.sql",
+            "ELSE p.split_due_in_currency END",
+            "ELSE p.amount_due * p.currency_rate END",
+            "in currency: published total",
+        ),
+        (
+            "15_exchange_adjustments.sql",
+            "HAVING bool_and(",
+            "HAVING false AND bool_and(",
+            "published unmarked",
+        ),
+    ];
+    for (k, (file, from, to, problem)) in broken.into_iter().enumerate() {
+        let rules_dir = edited_rules(&dir.path().join(format!("broken{k}")), file, |sql| {
+            sql.replacen(from, to, 1)
+        });
+        let report = normalise(&staging, &Rules::load(&rules_dir).unwrap()).unwrap();
+        let result = check(&report, "foreign_currency");
+        assert_eq!(result.status, CheckStatus::Fail, "{file}: {to}");
+        assert!(
+            result.sample.iter().any(|r| r.contains(problem)),
+            "{file}: {to}: {:?}",
+            result.sample
+        );
+    }
+
+    // With one rate per currency, Sage posts no exchange differences.
+    let fixed = crate::support::sim(
+        &dir.path().join("fixed"),
+        &[
+            "--seed",
+            "56",
+            "--transactions",
+            "4000",
+            "--fixed-exchange-rates",
+        ],
+    );
+    let sqlite = rusqlite::Connection::open(fixed.database()).unwrap();
+    let reval: i64 = sqlite
+        .query_row(
+            "SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reval, 0);
 }
