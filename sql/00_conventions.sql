@@ -43,6 +43,17 @@ CREATE OR REPLACE TEMP MACRO account_class(code) AS CASE
     WHEN TRY_CAST(code AS INTEGER) IN (9998, 9999) THEN 'Liability'
     ELSE 'Expense' END;
 
+-- The class a chart of accounts heading names (Sage's headings, in English): NULL when it
+-- names none. Liabilities before assets ("Current Liabilities"), capital before the rest.
+CREATE OR REPLACE TEMP MACRO category_class(heading) AS CASE
+    WHEN heading IS NULL OR trim(heading) = '' THEN NULL
+    WHEN lower(heading) SIMILAR TO '.*(liabilit|creditor|suspense|misposting|loan|overdraft).*' THEN 'Liability'
+    WHEN lower(heading) SIMILAR TO '.*(capital|reserve|equity|retained).*' THEN 'Equity'
+    WHEN lower(heading) SIMILAR TO '.*(asset|debtor|stock|bank|cash|deposit).*' THEN 'Asset'
+    WHEN lower(heading) SIMILAR TO '.*(sales|income|revenue|turnover).*' THEN 'Income'
+    WHEN lower(heading) SIMILAR TO '.*(purchas|expense|overhead|cost|depreciation).*' THEN 'Expense'
+    END;
+
 -- Retained earnings, where Sage's Year End moves the P&L: 3200 ("Profit and Loss Account")
 -- in Sage's default UK chart.
 CREATE OR REPLACE TEMP MACRO retained_earnings() AS '3200';

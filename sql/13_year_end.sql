@@ -7,7 +7,7 @@
 -- by the wording of its details, which changes with version and language, so it is known by
 -- what it does: a header whose postings are all journal lines (JD, JC), all dated the last
 -- day of a financial year (the day before the first of the company's starting month), posting
--- only to P&L nominals (Income, Expense: macro account_class) and retained earnings (3200),
+-- only to P&L nominals (Income, Expense: rule 08) and retained earnings (3200),
 -- at least one of each. A user's own journal of that shape is, to a P&L, the same thing.
 CREATE OR REPLACE TABLE work.year_end_headers AS
 WITH start_month AS (
@@ -20,10 +20,11 @@ WITH start_month AS (
 candidate AS (
     -- only headers posting to retained earnings need a closer look
     SELECT HEADER_NUMBER AS header_number, txt(TYPE) AS type, "DATE" AS posted_on,
-           account_class(txt(NOMINAL_CODE)) IN ('Income', 'Expense') AS profit_and_loss,
+           coalesce(a.class, account_class(txt(j.NOMINAL_CODE))) IN ('Income', 'Expense') AS profit_and_loss,
            txt(NOMINAL_CODE) = retained_earnings() AS retained
-    FROM audit_journal()
-    WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM audit_journal()
+    FROM audit_journal() j
+    LEFT JOIN work.account_classes a ON a.code = txt(j.NOMINAL_CODE)
+    WHERE j.HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM audit_journal()
                             WHERE txt(NOMINAL_CODE) = retained_earnings())
 )
 SELECT header_number

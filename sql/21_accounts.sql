@@ -1,9 +1,9 @@
 -- Rule 21: the chart of accounts, one record per nominal code (NOMINAL_LEDGER).
 --
--- Why: every posting names a nominal code; clients need its name and class. Sage classifies
--- nominal codes through its CATEGORY ranges, which the ODBC tables we read do not expose, so
--- the classification follows Sage's default UK chart (macro account_class), where 9998
--- Suspense and 9999 Mispostings are balance-sheet liabilities.
+-- Why: every posting names a nominal code; clients need its name and class. The class and
+-- Sage's chart of accounts heading (category) come from rule 08: the company's own chart of
+-- accounts where it has one, else Sage's default UK chart, where 9998 Suspense and 9999
+-- Mispostings are balance-sheet liabilities.
 -- currentBalance is Sage's own BALANCE (debit positive), never recomputed.
 
 -- Each nominal's live postings, summed at the source's precision (also used by rule 23):
@@ -43,7 +43,8 @@ SELECT
     n.code AS id,
     n.code AS nominalCode,
     n.name AS name,
-    account_class(n.code) AS classification,
+    coalesce(c.class, account_class(n.code)) AS classification,
+    c.category AS category,
     n.account_type::BIGINT AS sageAccountType,
     CASE WHEN n.inactive THEN 'Archived' ELSE 'Active' END AS status,
     b.code IS NOT NULL AS isBankAccount,
@@ -58,4 +59,5 @@ SELECT
     lineage('NOMINAL_LEDGER', n.code, []) AS lineage
 FROM nominal n
 LEFT JOIN banks b ON b.code = n.code
+LEFT JOIN work.account_classes c ON c.code = n.code
 LEFT JOIN work.nominal_totals t ON t.code = n.code;

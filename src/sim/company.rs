@@ -206,6 +206,21 @@ pub fn is_profit_and_loss(code: &str) -> bool {
     code.parse::<u32>().is_ok_and(|n| (4000..9998).contains(&n))
 }
 
+/// Sage's default UK chart of accounts: (category number, heading, lowest code, highest code),
+/// a row per range; Suspense and Mispostings (9998, 9999) sit with the current liabilities.
+pub const CHART_CATEGORIES: &[(i16, &str, &str, &str)] = &[
+    (1, "Fixed Assets", "0010", "0999"),
+    (2, "Current Assets", "1000", "1999"),
+    (3, "Current Liabilities", "2000", "2299"),
+    (3, "Current Liabilities", "9998", "9999"),
+    (4, "Long Term Liabilities", "2300", "2999"),
+    (5, "Capital & Reserves", "3000", "3999"),
+    (6, "Sales", "4000", "4999"),
+    (7, "Purchases", "5000", "5999"),
+    (8, "Direct Expenses", "6000", "6999"),
+    (9, "Overheads", "7000", "9997"),
+];
+
 /// Nominals that journals post to.
 pub const JOURNAL_NOMINALS: &[&str] = &[
     "0030", "1001", "2210", "3000", "7000", "7100", "7900", "8200", "9998",

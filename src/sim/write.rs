@@ -931,6 +931,11 @@ fn write_masters(
         ])
         .map_err(e("TAX_CODE"))?;
     }
+    let mut ins = insert(tx, "CATEGORY", &["NUMBER", "NAME", "LOW", "HIGH"])?;
+    for (number, name, low, high) in company::CHART_CATEGORIES {
+        ins.execute(params![number, name, low, high])
+            .map_err(e("CATEGORY"))?;
+    }
     let mut ins = insert(tx, "DEPARTMENT", &["NUMBER", "NAME"])?;
     for (n, name) in DEPARTMENTS {
         ins.execute(params![n, name]).map_err(e("DEPARTMENT"))?;

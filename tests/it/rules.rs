@@ -13,8 +13,9 @@ use crate::support::{CONNECTOR, extract_ok, generated, tempdir, text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every check, hand-written (sql/checks/) and generated from the data model, by name.
-const EVERY_CHECK: [&str; 17] = [
+const EVERY_CHECK: [&str; 18] = [
     "account_balances",
+    "account_categories",
     "bank_balances",
     "control_accounts",
     "documents_settle",
@@ -1055,4 +1056,50 @@ fn foreign_currency_amounts_are_served_and_exchange_adjustments_are_marked() {
         )
         .unwrap();
     assert_eq!(reval, 0);
+}
+
+#[test]
+fn the_chart_of_accounts_categories_classify_accounts_and_a_rule_ignoring_them_is_caught() {
+    let dir = tempdir();
+    let staging = staged_company(dir.path(), 61, 600);
+    // The company moved Petty Cash (1230) under a liabilities heading of its own.
+    let moved = mutated(
+        &staging,
+        "moved",
+        "INSERT INTO CATEGORY VALUES (4, 'Long Term Liabilities', '1230', '1230')",
+    );
+    let conn = normalised_file(&moved, &dir.path().join("normalised.duckdb"));
+    let class: Vec<(String, String)> = conn
+        .prepare("SELECT classification, category FROM accounts WHERE id IN ('1200', '1230', '9998') ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let class: Vec<(&str, &str)> = class
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        class,
+        [
+            ("Asset", "Current Assets"),
+            ("Liability", "Long Term Liabilities"),
+            ("Liability", "Current Liabilities"),
+        ]
+    );
+    let rules_dir = edited_rules(dir.path(), "21_accounts.sql", |sql| {
+        sql.replace(
+            "coalesce(c.class, account_class(n.code)) AS classification",
+            "account_class(n.code) AS classification",
+        )
+    });
+    let report = normalise(&moved, &Rules::load(&rules_dir).unwrap()).unwrap();
+    let result = check(&report, "account_categories");
+    assert_eq!(result.status, CheckStatus::Fail, "{}", report.summary());
+    assert!(
+        result.sample.iter().any(|r| r.contains("account=1230")),
+        "{:?}",
+        result.sample
+    );
 }
