@@ -109,6 +109,7 @@ LEFT JOIN (
            CASE WHEN count(amountInCurrency) = count(*) THEN sum(amountInCurrency) END AS in_currency
     FROM bankTransactions
     WHERE NOT isDeleted AND NOT isArchived
+      AND bankAccountRef.id IN (SELECT code FROM work.bank_currency WHERE NOT is_base)
     GROUP BY ALL
 ) t ON t.code = b.code
 WHERE b.code = a.id;

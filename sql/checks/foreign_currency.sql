@@ -105,6 +105,8 @@ header_sum AS (
     FROM audit_header() h
     JOIN audit_split() s ON s.HEADER_NUMBER = h.HEADER_NUMBER
     WHERE s.FOREIGN_GROSS_AMOUNT IS NOT NULL AND h.FOREIGN_GROSS_AMOUNT IS NOT NULL
+      -- foreign-currency headers only (Sage's currency 1 is the base currency)
+      AND coalesce(h.CURRENCY, 0) > 1
     GROUP BY h.HEADER_NUMBER, h.FOREIGN_GROSS_AMOUNT
     HAVING money(h.FOREIGN_GROSS_AMOUNT) <> money(sum(s.FOREIGN_GROSS_AMOUNT))
 ),
