@@ -25,8 +25,7 @@ SELECT
         list_sort(list({'split': split_number, 'details': details, 'nominal': nominal_code,
                         'tax_code': tax_code, 'dept': dept_number, 'project': project_id,
                         'net': net, 'tax': tax, 'gross': gross, 'outstanding': outstanding,
-                        'f_net': foreign_net, 'f_tax': foreign_tax, 'f_gross': foreign_gross,
-                        'f_outstanding': foreign_outstanding,
+                        'f_net': foreign_net, 'f_gross': foreign_gross,
                         'quantity': quantity, 'unit_price': unit_price, 'discount': discount,
                         'item': item})),
         x -> {
@@ -40,9 +39,8 @@ SELECT
             'totalAmount': x.gross,
             'amountDue': x.outstanding,
             'subTotalInCurrency': x.f_net,
-            'taxAmountInCurrency': x.f_tax,
+            'taxAmountInCurrency': x.f_gross - x.f_net,
             'totalAmountInCurrency': x.f_gross,
-            'amountDueInCurrency': CASE WHEN x.outstanding = 0 THEN 0 ELSE x.f_outstanding END,
             'quantity': x.quantity,
             'unitAmount': x.unit_price,
             'discountAmount': x.discount,
@@ -118,6 +116,7 @@ CREATE OR REPLACE TEMP MACRO document_allocations_slice(k) AS TABLE
 SELECT
     part_id,
     any_value(header_number) AS header_number,
+    any_value(data_type) AS data_type,
     list_transform(
         list_sort(list({'on': allocated_on, 'usage': usage_number, 'other': other_split,
                         'data_type': other_data_type, 'part_id': other_part_id, 'amount': amount,
@@ -151,5 +150,6 @@ SELECT
         WHEN p.amount_due < p.total THEN 'PartiallyPaid'
         ELSE 'Submitted' END AS status
 FROM work.document_parts p
+-- (joined on the data type too, so that rule 31's filter on it reaches lines and allocations)
 JOIN (SELECT * EXCLUDE (header_number) FROM work.document_lines) l USING (part_id)
-LEFT JOIN (SELECT * EXCLUDE (header_number) FROM work.document_allocations) a USING (part_id);
+LEFT JOIN (SELECT * EXCLUDE (header_number) FROM work.document_allocations) a USING (part_id, data_type);
