@@ -21,6 +21,10 @@ WITH header AS (
         txt(h.DETAILS) AS note,
         currency_code(c.CODE, h.CURRENCY) AS currency,
         coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
+        -- in the base currency, amounts "in currency" are the amounts themselves, whatever
+        -- Sage's FOREIGN_* columns hold (0 where Foreign Trader is off)
+        currency_code(c.CODE, h.CURRENCY) IS NOT DISTINCT FROM
+            (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1) AS base_currency,
         CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS header_foreign_gross,
         is_set(h.DELETED_FLAG) AS header_deleted,
         h.RECORD_MODIFY_DATE AS header_modified,
@@ -65,7 +69,11 @@ joined AS (
     JOIN header h USING (header_number)
 )
 SELECT
-    *,
+    * REPLACE (
+        CASE WHEN base_currency THEN net ELSE foreign_net END AS foreign_net,
+        CASE WHEN base_currency THEN tax ELSE foreign_tax END AS foreign_tax,
+        CASE WHEN base_currency THEN gross ELSE foreign_gross END AS foreign_gross,
+        CASE WHEN base_currency THEN outstanding ELSE foreign_outstanding END AS foreign_outstanding),
     -- A deleted split of a live header (a Sage correction: the old line is marked deleted and
     -- a new one added) is a deleted part of its own, so the live document holds live lines only.
     part_id(header_number, part_date, part_type, header_date, header_type)

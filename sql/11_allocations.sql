@@ -7,6 +7,8 @@
 -- document part at the other end (NULL when that split does not exist: reported by the check
 -- links_exist, never dropped). An allocation touching a deleted split is history, not a
 -- settlement: it is left out (the documents' OUTSTANDING in Sage no longer counts it).
+-- amount_in_currency is Sage's FOREIGN_AMOUNT, or the amount itself for documents in the base
+-- currency.
 CREATE OR REPLACE TABLE work.allocations AS
 WITH usage AS (
     SELECT
@@ -29,7 +31,8 @@ ends AS (
     FROM usage
 )
 SELECT
-    e.*,
+    -- in the base currency, the allocation in currency is the amount itself
+    e.* REPLACE (CASE WHEN s.base_currency THEN e.amount ELSE e.amount_in_currency END AS amount_in_currency),
     s.header_number,
     s.part_id,
     s.data_type,
