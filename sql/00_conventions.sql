@@ -68,13 +68,17 @@ CREATE OR REPLACE TEMP MACRO exact6(x) AS CAST(round(x::DOUBLE, 6) AS DECIMAL(18
 -- Sage writes empty strings where other databases have NULL; we publish '' for "none".
 CREATE OR REPLACE TEMP MACRO txt(x) AS coalesce(trim(x), '');
 
+-- The company's base currency code (COMPANY.BASE_CURRENCY; NULL when Sage has none).
+CREATE OR REPLACE TEMP MACRO base_currency() AS
+    (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1);
+
 -- Currency code of a Sage currency number: the CURRENCY table's code; number 0/1 or none is
 -- the base currency (Sage's currency 1); a number missing from CURRENCY is named, never
 -- silently taken for the base currency.
 CREATE OR REPLACE TEMP MACRO currency_code(code, number) AS coalesce(
     nullif(txt(code), ''),
     CASE WHEN coalesce(number, 0) <= 1
-         THEN (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1) END,
+         THEN base_currency() END,
     CASE WHEN coalesce(number, 0) > 1 THEN 'UNKNOWN-' || number END,
     '');
 

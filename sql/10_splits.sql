@@ -23,8 +23,7 @@ WITH header AS (
         coalesce(exact6(nullif(h.FOREIGN_RATE, 0)), exact6(1)) AS currency_rate,
         -- in the base currency, amounts "in currency" are the amounts themselves, whatever
         -- Sage's FOREIGN_* columns hold (0 where Foreign Trader is off)
-        currency_code(c.CODE, h.CURRENCY) IS NOT DISTINCT FROM
-            (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1) AS base_currency,
+        currency_code(c.CODE, h.CURRENCY) IS NOT DISTINCT FROM base_currency() AS base_currency,
         CASE WHEN h.FOREIGN_GROSS_AMOUNT IS NOT NULL THEN money(h.FOREIGN_GROSS_AMOUNT) END AS header_foreign_gross,
         is_set(h.DELETED_FLAG) AS header_deleted,
         h.RECORD_MODIFY_DATE AS header_modified,

@@ -30,8 +30,7 @@ WHERE part_type IN ('BP', 'BR', 'CP', 'CR', 'VP', 'VR');
 -- Each bank account's currency, and whether it is the base currency (one row per code).
 CREATE OR REPLACE TABLE work.bank_currency AS
 SELECT txt(b.ACCOUNT_REF) AS code, any_value(currency_code(c.CODE, b.CURRENCY)) AS currency,
-       bool_and(currency_code(c.CODE, b.CURRENCY) IS NOT DISTINCT FROM
-           (SELECT nullif(txt(BASE_CURRENCY), '') FROM sage.COMPANY LIMIT 1)) AS is_base
+       bool_and(currency_code(c.CODE, b.CURRENCY) IS NOT DISTINCT FROM base_currency()) AS is_base
 FROM sage.BANK b
 LEFT JOIN sage.CURRENCY c ON c.NUMBER = b.CURRENCY
 GROUP BY ALL;

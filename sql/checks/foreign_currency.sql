@@ -13,10 +13,7 @@
 --          sum, or a split's FOREIGN_OUTSTANDING is not its FOREIGN_GROSS_AMOUNT less its live
 --          allocations' FOREIGN_AMOUNT (within a cent per allocation) while it is still due in
 --          pounds.
-WITH base AS (
-    SELECT nullif(txt(BASE_CURRENCY), '') AS code FROM sage.COMPANY LIMIT 1
-),
-record AS (
+WITH record AS (
     SELECT 'invoices' AS data_type, id, currency, totalAmountInCurrency AS total, amountDue AS due,
            amountDueInCurrency AS due_in_currency, isExchangeAdjustment AS marked, lineage
     FROM invoices WHERE NOT isDeleted
@@ -35,7 +32,7 @@ record AS (
 foreign_record AS (
     SELECT data_type, id, total, due, due_in_currency, unnest(lineage.splitNumbers) AS split_number
     FROM record
-    WHERE currency IS DISTINCT FROM (SELECT code FROM base)
+    WHERE currency IS DISTINCT FROM base_currency()
 ),
 source_split AS (
     SELECT SPLIT_NUMBER AS split_number, HEADER_NUMBER AS header_number,

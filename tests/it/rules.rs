@@ -69,6 +69,19 @@ fn status_of(report: &Report, name: &str) -> CheckStatus {
     check(report, name).status
 }
 
+/// The one value a query over the normalised tables returns.
+fn scalar<T: duckdb::types::FromSql>(conn: &duckdb::Connection, sql: &str) -> T {
+    conn.query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The one value a query over the simulated Sage database returns.
+fn sage_scalar<T: rusqlite::types::FromSql>(sqlite: &rusqlite::Connection, sql: &str) -> T {
+    sqlite
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// The first column of every row a query returns, in order.
 fn column<T: duckdb::types::FromSql>(conn: &duckdb::Connection, sql: &str) -> Vec<T> {
     conn.prepare(sql)
@@ -451,13 +464,10 @@ fn normalised_tables_can_be_kept_in_a_file_without_working_tables() {
     };
     assert_eq!(tables, expected);
     // Money is exact decimal in the output, never a float.
-    let ty: String = conn
-        .query_row(
-            "SELECT data_type FROM duckdb_columns() WHERE table_name = 'invoices' AND column_name = 'totalAmount'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let ty: String = scalar(
+        &conn,
+        "SELECT data_type FROM duckdb_columns() WHERE table_name = 'invoices' AND column_name = 'totalAmount'",
+    );
     assert_eq!(ty, "DECIMAL(18,2)");
 }
 
@@ -516,24 +526,21 @@ fn sub_penny_amounts_are_rounded_so_every_split_balances_and_each_split_is_named
     );
     let sqlite = rusqlite::Connection::open(company.database()).unwrap();
     let frac = |c: &str| format!("abs({c} * 100 - round({c} * 100)) > 0.001");
-    let expected: u64 = sqlite
-        .query_row(
-            &format!(
-                "SELECT count(DISTINCT SPLIT_NUMBER) FROM (
+    let expected: u64 = sage_scalar(
+        &sqlite,
+        &format!(
+            "SELECT count(DISTINCT SPLIT_NUMBER) FROM (
                    SELECT SPLIT_NUMBER FROM AUDIT_SPLIT
                    WHERE {} OR {} OR {} OR {} OR {}
                    UNION ALL SELECT SPLIT_NUMBER FROM AUDIT_JOURNAL WHERE {})",
-                frac("NET_AMOUNT"),
-                frac("TAX_AMOUNT"),
-                frac("GROSS_AMOUNT"),
-                frac("AMOUNT_PAID"),
-                frac("OUTSTANDING"),
-                frac("AMOUNT")
-            ),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+            frac("NET_AMOUNT"),
+            frac("TAX_AMOUNT"),
+            frac("GROSS_AMOUNT"),
+            frac("AMOUNT_PAID"),
+            frac("OUTSTANDING"),
+            frac("AMOUNT")
+        ),
+    );
     assert!(
         expected >= 20,
         "the simulator wrote sub-penny splits: {expected}"
@@ -676,13 +683,7 @@ fn the_year_end_journal_is_marked_and_a_pl_without_it_is_the_years_result() {
     let staging = dir.path().join("other.duckdb");
     extract_ok(&other.odbc, &staging);
     let conn = normalised_file(&staging, &dir.path().join("other-normalised.duckdb"));
-    let count: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM journalEntries WHERE isYearEnd",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let count: i64 = scalar(&conn, "SELECT count(*) FROM journalEntries WHERE isYearEnd");
     assert_eq!(count, 0);
 }
 
@@ -746,13 +747,10 @@ fn clear_audit_trail_archives_records_under_the_ids_they_had_and_deletes_none() 
         )
         .unwrap()
     };
-    let id: String = after
-        .query_row(
-            "SELECT id FROM invoices WHERE isArchived AND len(paymentAllocations) > 0 ORDER BY id LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let id: String = scalar(
+        &after,
+        "SELECT id FROM invoices WHERE isArchived AND len(paymentAllocations) > 0 ORDER BY id LIMIT 1",
+    );
     assert_eq!(invoice(&before, &id), invoice(&after, &id));
 }
 
@@ -767,13 +765,10 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
         ("accounts", "balanceMatchesDetail"),
         ("bankAccounts", "balanceMatchesDetail"),
     ] {
-        let wrong: i64 = clean
-            .query_row(
-                &format!("SELECT count(*) FROM {table} WHERE NOT {flag}"),
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let wrong: i64 = scalar(
+            &clean,
+            &format!("SELECT count(*) FROM {table} WHERE NOT {flag}"),
+        );
         assert_eq!(
             wrong, 0,
             "{table}: a consistent company has every summary matching"
@@ -847,9 +842,7 @@ fn sage_figures_that_disagree_with_their_detail_are_named_by_checks_and_marked_o
         if let Some((table, id)) = record {
             // exactly the record concerned is marked
             let source = duckdb::Connection::open(&broken).unwrap();
-            let id: String = source
-                .query_row(&format!("SELECT CAST({id} AS VARCHAR)"), [], |r| r.get(0))
-                .unwrap();
+            let id: String = scalar(&source, &format!("SELECT CAST({id} AS VARCHAR)"));
             let marked: Vec<String> = column(
                 &conn,
                 &format!("SELECT id FROM {table} WHERE NOT balanceMatchesDetail"),
@@ -880,16 +873,11 @@ fn invoicing_module_items_give_document_lines_their_quantity_price_item_and_disc
     let dir = tempdir();
     let company = generated(&dir.path().join("company"), 47, 3_000);
     let sqlite = rusqlite::Connection::open(company.database()).unwrap();
-    let items: i64 = sqlite
-        .query_row("SELECT count(*) FROM INVOICE_ITEM", [], |r| r.get(0))
-        .unwrap();
-    let discounted: i64 = sqlite
-        .query_row(
-            "SELECT count(*) FROM INVOICE_ITEM WHERE DISCOUNT_AMOUNT > 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let items: i64 = sage_scalar(&sqlite, "SELECT count(*) FROM INVOICE_ITEM");
+    let discounted: i64 = sage_scalar(
+        &sqlite,
+        "SELECT count(*) FROM INVOICE_ITEM WHERE DISCOUNT_AMOUNT > 0",
+    );
     assert!(
         items > 100 && discounted > 0,
         "{items} items, {discounted} discounted"
@@ -926,13 +914,10 @@ fn invoicing_module_items_give_document_lines_their_quantity_price_item_and_disc
     assert!(lines("l.discountAmount > 0") > 0);
     assert!(lines("l.itemRef IS NOT NULL") > 0);
     // bills come from the purchase ledger, never from the invoicing module
-    let bill_lines: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM (SELECT unnest(lineItems) AS l FROM bills) WHERE l.quantity IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let bill_lines: i64 = scalar(
+        &conn,
+        "SELECT count(*) FROM (SELECT unnest(lineItems) AS l FROM bills) WHERE l.quantity IS NOT NULL",
+    );
     assert_eq!(bill_lines, 0);
 }
 
@@ -942,7 +927,7 @@ fn foreign_currency_amounts_are_served_and_exchange_adjustments_are_marked() {
     // (seed 56 has foreign documents with lines on several dates, which become several records)
     let company = generated(&dir.path().join("company"), 56, 4_000);
     let sqlite = rusqlite::Connection::open(company.database()).unwrap();
-    let count = |sql: &str| -> i64 { sqlite.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let count = |sql: &str| -> i64 { sage_scalar(&sqlite, sql) };
     // Sage's exchange differences and revaluations, by their reference (the rules never look
     // at it alone): documents and bank entries both.
     let reval_headers = count("SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL'");
@@ -965,7 +950,7 @@ fn foreign_currency_amounts_are_served_and_exchange_adjustments_are_marked() {
     let staging = dir.path().join("staging.duckdb");
     extract_ok(&company.odbc, &staging);
     let conn = normalised_file(&staging, &dir.path().join("normalised.duckdb"));
-    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let one = |sql: &str| -> i64 { scalar(&conn, sql) };
     let marked = one("SELECT count(DISTINCT lineage.key) FROM (
              SELECT lineage FROM invoices WHERE isExchangeAdjustment
              UNION ALL SELECT lineage FROM creditNotes WHERE isExchangeAdjustment
@@ -1048,13 +1033,10 @@ fn foreign_currency_amounts_are_served_and_exchange_adjustments_are_marked() {
         ],
     );
     let sqlite = rusqlite::Connection::open(fixed.database()).unwrap();
-    let reval: i64 = sqlite
-        .query_row(
-            "SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let reval: i64 = sage_scalar(
+        &sqlite,
+        "SELECT count(*) FROM AUDIT_HEADER WHERE INV_REF = 'REVAL'",
+    );
     assert_eq!(reval, 0);
 }
 
