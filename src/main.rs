@@ -118,6 +118,29 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// "My data isn't updating": checks, in order, the agent, start at logon, the server, and
+    /// per company the credential, the Sage data folder (and where it moved), the ODBC driver,
+    /// the Sage login, disk space and the last sync; says what to do. Exits 1 on a problem.
+    Doctor {
+        /// The agent's state folder.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Only this company.
+        #[arg(long)]
+        company: Option<String>,
+        /// The server (default: the running agent's).
+        #[arg(long)]
+        server: Option<String>,
+        /// Where Sage's settings folders are (default: the agent's).
+        #[arg(long)]
+        sage_root: Option<PathBuf>,
+        /// The ODBC template for a found company (default: the agent's).
+        #[arg(long)]
+        odbc_template: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Published snapshots.
     Snapshot {
         #[command(subcommand)]
@@ -492,6 +515,41 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             println!("{}", url.trim());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor {
+            state_dir,
+            company,
+            server,
+            sage_root,
+            odbc_template,
+            json,
+        } => {
+            let state_dir = match state_dir {
+                Some(dir) => dir,
+                None => {
+                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
+                }
+            };
+            let secrets = connector::agent::secrets::open(&state_dir);
+            let options = connector::agent::doctor::DoctorOptions {
+                state_dir,
+                server,
+                sage_root,
+                odbc_template,
+                company,
+                exe: std::env::current_exe()?,
+            };
+            let report = connector::agent::doctor::run(&options, secrets.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Drain { odbc } => {
             let source = SourceConfig::new(&odbc, None, None);

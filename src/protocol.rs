@@ -84,13 +84,28 @@ pub enum Reason {
     Crashed,
     /// The local disk or state folder failed.
     LocalStorage,
+    /// The Sage data moved: the same company (by Sage's company id) was found in another
+    /// folder, waiting for the user to confirm it.
+    DataMoved,
+    /// The data folder is on a mapped drive letter, which a background process may not have.
+    MappedDrive,
+    /// Too little free disk space for the staging store.
+    DiskFull,
+    /// The server answered, but its TLS certificate was refused (a proxy inspecting traffic).
+    TlsFailed,
+    /// This PC's clock is minutes away from the server's.
+    ClockSkew,
+    /// The connector does not start when the user logs on.
+    StartAtLogonOff,
+    /// The connector is not running (or has not checked in for a while).
+    NotRunning,
     /// Anything else (the message says what).
     Other,
 }
 
 impl Reason {
     /// Every reason, in the README's order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 20] = [
         Reason::DataFolderNotFound,
         Reason::DriverMissing,
         Reason::CredentialsRejected,
@@ -103,6 +118,13 @@ impl Reason {
         Reason::DeviceRevoked,
         Reason::Crashed,
         Reason::LocalStorage,
+        Reason::DataMoved,
+        Reason::MappedDrive,
+        Reason::DiskFull,
+        Reason::TlsFailed,
+        Reason::ClockSkew,
+        Reason::StartAtLogonOff,
+        Reason::NotRunning,
         Reason::Other,
     ];
 
@@ -121,6 +143,13 @@ impl Reason {
             Reason::DeviceRevoked => "device_revoked",
             Reason::Crashed => "crashed",
             Reason::LocalStorage => "local_storage",
+            Reason::DataMoved => "data_moved",
+            Reason::MappedDrive => "mapped_drive",
+            Reason::DiskFull => "disk_full",
+            Reason::TlsFailed => "tls_failed",
+            Reason::ClockSkew => "clock_skew",
+            Reason::StartAtLogonOff => "start_at_logon_off",
+            Reason::NotRunning => "not_running",
             Reason::Other => "other",
         }
     }
@@ -164,6 +193,27 @@ impl Reason {
             Reason::LocalStorage => {
                 "The connector could not write its files on this PC. Free some disk space."
             }
+            Reason::DataMoved => {
+                "The Sage data has moved to another folder. Open the connector's settings and confirm the new folder."
+            }
+            Reason::MappedDrive => {
+                "The Sage data is on a mapped drive letter, which the connector may not see when it runs in the background. In the connector's settings, use the server's network path (it starts with two backslashes) instead."
+            }
+            Reason::DiskFull => {
+                "This PC is almost out of disk space. Free some space on the drive the connector uses; it tries again later."
+            }
+            Reason::TlsFailed => {
+                "The connection to the server was refused as insecure, often by a proxy or antivirus inspecting web traffic. Ask your IT support to allow the connector's server."
+            }
+            Reason::ClockSkew => {
+                "This PC's clock is wrong. Set the date and time to update automatically in Windows settings."
+            }
+            Reason::StartAtLogonOff => {
+                "The connector does not start when you log on, so data stops updating after a restart. Turn on Start at logon in the connector's settings."
+            }
+            Reason::NotRunning => {
+                "The connector is not running on the PC with Sage. Start it from the Start menu, and leave that PC on or check it starts at logon."
+            }
             Reason::Other => "The sync failed. The message says what to change.",
         }
     }
@@ -199,11 +249,13 @@ pub enum CompanyState {
     Paused,
     /// The device credential was revoked: nothing runs for this company.
     Revoked,
+    /// The Sage data moved: syncing waits until the user confirms the new folder.
+    Moved,
 }
 
 impl CompanyState {
     /// Every state, in the README's order.
-    pub const ALL: [CompanyState; 7] = [
+    pub const ALL: [CompanyState; 8] = [
         CompanyState::NeedsSetup,
         CompanyState::Ready,
         CompanyState::Syncing,
@@ -211,6 +263,7 @@ impl CompanyState {
         CompanyState::Failing,
         CompanyState::Paused,
         CompanyState::Revoked,
+        CompanyState::Moved,
     ];
 
     /// The name on the wire (`up_to_date`).
@@ -223,6 +276,7 @@ impl CompanyState {
             CompanyState::Failing => "failing",
             CompanyState::Paused => "paused",
             CompanyState::Revoked => "revoked",
+            CompanyState::Moved => "moved",
         }
     }
 }
@@ -305,6 +359,24 @@ pub struct CheckIn {
     pub last_error: Option<Reason>,
     /// When the next scheduled sync runs.
     pub next_sync_at: Option<String>,
+    /// What the connector's own checks (`connector doctor`) found wrong, in their order.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+}
+
+/// A check of `connector doctor` that failed: the same reason codes as a failed sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// The check (`data_folder`, `disk_space`, …).
+    pub check: String,
+    /// Why, as a reason code.
+    pub reason: Reason,
+    /// What was found, in words (never a secret).
+    pub message: String,
+    /// A warning: syncs still work, but may stop (start at logon off, a mapped drive).
+    #[serde(default)]
+    pub warning: bool,
 }
 
 /// The server's answer to a check-in.

@@ -81,6 +81,13 @@ pub struct CompanyConfig {
     /// The device was revoked: nothing runs for this company.
     #[serde(default)]
     pub revoked: bool,
+    /// The same Sage company (by `COMPANY.COMPANYID`) found in another folder after its own
+    /// disappeared: syncing waits until the user confirms it (or dismisses it).
+    #[serde(default)]
+    pub moved_to: Option<Setup>,
+    /// What the last `connector doctor` run for this company found wrong (sent at check-in).
+    #[serde(default)]
+    pub problems: Vec<crate::protocol::Problem>,
 }
 
 impl CompanyConfig {
@@ -101,6 +108,8 @@ impl CompanyConfig {
             last_error: None,
             last_message: None,
             revoked: false,
+            moved_to: None,
+            problems: Vec::new(),
         }
     }
 }
@@ -111,6 +120,9 @@ impl CompanyConfig {
 pub struct AgentConfig {
     /// The linked companies.
     pub companies: Vec<CompanyConfig>,
+    /// The user's answer to "start the connector when you log on?" (None: not asked yet).
+    #[serde(default)]
+    pub start_at_logon: Option<bool>,
 }
 
 /// Why the settings could not be read or written.
@@ -243,6 +255,15 @@ pub struct CompanyStatus {
     pub sync_started_because: Option<String>,
     /// Where the browser goes back to once linking is done.
     pub return_url: Option<String>,
+    /// The Sage data folder read now.
+    #[serde(default)]
+    pub data_folder: Option<String>,
+    /// Where the same company was found after its folder disappeared (state `moved`).
+    #[serde(default)]
+    pub moved_to: Option<String>,
+    /// What the last `connector doctor` run found wrong.
+    #[serde(default)]
+    pub problems: Vec<crate::protocol::Problem>,
 }
 
 /// What the agent shows, written to `status.json` at every change.
@@ -255,6 +276,18 @@ pub struct AgentStatus {
     pub server: String,
     /// Whether the server answered the last check-in.
     pub server_reachable: bool,
+    /// The agent's process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// Where it looks for Sage's settings folders.
+    #[serde(default)]
+    pub sage_root: String,
+    /// The ODBC connection string template it fills in for a Sage company.
+    #[serde(default)]
+    pub odbc_template: String,
+    /// The user's answer to "start at logon?" (None: not asked yet).
+    #[serde(default)]
+    pub start_at_logon: Option<bool>,
     /// Every company.
     pub companies: Vec<CompanyStatus>,
 }

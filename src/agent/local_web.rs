@@ -42,6 +42,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/settings/pause", post(pause))
         .route("/settings/quiet", post(quiet))
         .route("/settings/link-code", post(link_code))
+        .route("/settings/doctor", post(doctor))
+        .route("/settings/moved", post(moved))
+        .route("/settings/start-at-logon", post(start_at_logon))
         .route_layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             require_session,
@@ -51,6 +54,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/open", get(open))
         .route("/settings", get(settings_page))
         .route("/settings/state.json", get(state_json))
+        // `connector doctor` asks whether the agent runs: nothing but this word answers
+        .route("/alive", get(|| async { "sage-connector\n" }))
         .merge(posts)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), guard))
         .with_state(agent)
@@ -524,6 +529,48 @@ async fn quiet(State(agent): State<Arc<Agent>>, Json(form): Json<CompanyForm>) -
     Json(json!({"ok": true})).into_response()
 }
 
+/// `POST /settings/doctor`: runs `connector doctor` (a child process) and returns its report;
+/// what it finds goes to the server at the next check-in.
+async fn doctor(State(agent): State<Arc<Agent>>) -> Response {
+    tracing::info!("The connector's checks were asked for on the settings page.");
+    match agent.diagnose(None).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+/// The answer about a moved company.
+#[derive(Deserialize)]
+struct MovedForm {
+    company: String,
+    accept: bool,
+}
+
+/// `POST /settings/moved`: `accept` takes the folder where the same company was found.
+async fn moved(State(agent): State<Arc<Agent>>, Json(form): Json<MovedForm>) -> Response {
+    if !company_known(&agent, &form.company) {
+        return refuse(StatusCode::NOT_FOUND, "no such linked company");
+    }
+    match agent.confirm_moved(&form.company, form.accept) {
+        Ok(folder) => Json(json!({"ok": true, "dataFolder": folder})).into_response(),
+        Err(e) => refuse(StatusCode::CONFLICT, &e),
+    }
+}
+
+/// The answer to "start at logon?".
+#[derive(Deserialize)]
+struct OnForm {
+    on: bool,
+}
+
+/// `POST /settings/start-at-logon`.
+async fn start_at_logon(State(agent): State<Arc<Agent>>, Json(form): Json<OnForm>) -> Response {
+    match agent.set_start_at_logon(form.on) {
+        Ok(()) => Json(json!({"ok": true, "startAtLogon": form.on})).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
 /// `POST /settings/link-code`: the device-code flow, for a browser on another machine.
 async fn link_code(State(agent): State<Arc<Agent>>) -> Response {
     let code = match agent.server.device_code(&device_name()).await {
@@ -574,7 +621,16 @@ button.secondary{background:#fff;color:#0b5cff} button:disabled{opacity:.5;curso
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem} dt{color:#5b6473}
 </style></head><body>
 <h1>Sage Connector</h1>
+<div class="card" id="logon-question" hidden><h2>Start the connector when you log on?</h2>
+<p class="muted">Your data stays up to date only while the connector runs.</p>
+<button id="logon-yes" type="button">Yes, start at logon</button>
+<button id="logon-no" class="secondary" type="button">No</button></div>
 <div id="companies"></div>
+<div class="card"><h2>Data not updating?</h2>
+<p class="muted">Checks the connector, the server, each Sage company and this PC, and says what to do.</p>
+<button id="run-checks" class="secondary" type="button">Run the checks</button>
+<label><input id="logon-setting" type="checkbox" style="width:auto"> Start the connector when I log on</label>
+<ol id="checks" aria-live="polite"></ol></div>
 <div class="card" id="setup" hidden>
   <h2>Choose your Sage company for <span id="setup-name"></span></h2>
   <label for="sage-company">Sage company on this PC</label>
@@ -610,7 +666,7 @@ function source(){
           user: $("sage-user").value, password: $("sage-password").value};
 }
 const STATES = {needs_setup:"Needs the Sage company", ready:"Ready", syncing:"Syncing…", up_to_date:"Up to date",
-                failing:"Needs attention", paused:"Paused", revoked:"Disconnected"};
+                failing:"Needs attention", paused:"Paused", revoked:"Disconnected", moved:"Your Sage data moved"};
 async function refresh(){
   const r = await fetch("/settings/state.json"); if(!r.ok) return;
   const s = await r.json();
@@ -618,7 +674,10 @@ async function refresh(){
     <h2>${esc(c.name)}</h2><p class="state" id="state-${esc(c.id)}">${esc(STATES[c.state]||c.state)}</p>
     <dl><dt>Sage company</dt><dd>${esc(c.sageCompany||"—")}</dd><dt>Last sync</dt><dd>${esc(c.lastSuccess||"never")}</dd>
     <dt>Next sync</dt><dd>${esc(c.nextSyncAt||"—")} ${c.waitingBecause?"("+esc(c.waitingBecause)+")":""}</dd></dl>
-    ${c.advice?`<p class="error">${esc(c.advice)}</p><p class="muted">${esc(c.lastMessage||"")}</p>`:""}
+    ${c.movedTo?`<p class="error" id="moved-${esc(c.id)}">We found ${esc(c.sageCompany)} in another folder: <b>${esc(c.movedTo)}</b> (it was in ${esc(c.dataFolder)}). Is this where your Sage data is now?</p>
+      <button data-act="moved-yes" data-id="${esc(c.id)}">Yes, use this folder</button>
+      <button class="secondary" data-act="moved-no" data-id="${esc(c.id)}">No</button>`:""}
+    ${c.advice&&!c.movedTo?`<p class="error">${esc(c.advice)}</p><p class="muted">${esc(c.lastMessage||"")}</p>`:""}
     <button class="secondary" data-act="setup" data-id="${esc(c.id)}">Sage company…</button>
     <button class="secondary" data-act="sync" data-id="${esc(c.id)}">Sync now</button>
     <button class="secondary" data-act="${c.state==="paused"?"resume":"pause"}" data-id="${esc(c.id)}">${c.state==="paused"?"Resume":"Pause for 24 hours"}</button></div>`).join("");
@@ -628,6 +687,8 @@ async function refresh(){
     sel.innerHTML = s.sageCompanies.map(f => `<option value="${esc(f.accdata)}">${esc(f.dataDir)} — Sage 50 v${esc(f.version)}${f.exists?"":" (not found)"}</option>`).join("")
       || `<option value="">No Sage company found on this PC: type its folder below</option>`;
   }
+  $("logon-question").hidden = s.status.startAtLogon !== null && s.status.startAtLogon !== undefined;
+  $("logon-setting").checked = s.status.startAtLogon === true;
   if(s.pendingCode){ $("user-code").textContent = "Type this code on the link page: " + s.pendingCode; }
   const mine = s.status.companies.find(c => c.id === setupFor);
   if(setupFor && mine && (mine.state === "needs_setup" || !$("setup").hidden)){
@@ -651,6 +712,8 @@ document.addEventListener("click", async (e) => {
   if(b.dataset.act === "sync"){ await post("/settings/sync-now", {company:id}); }
   if(b.dataset.act === "pause"){ await post("/settings/pause", {company:id, hours:24}); }
   if(b.dataset.act === "resume"){ await post("/settings/pause", {company:id, hours:0}); }
+  if(b.dataset.act === "moved-yes"){ await post("/settings/moved", {company:id, accept:true}); }
+  if(b.dataset.act === "moved-no"){ await post("/settings/moved", {company:id, accept:false}); }
   refresh();
 });
 $("test").addEventListener("click", async () => {
@@ -672,6 +735,18 @@ $("confirm").addEventListener("click", async () => {
   const r = await post("/settings/confirm", source());
   if(r.ok){ confirmed = true; $("progress").innerHTML = "<p id=\"syncing\">Starting the first sync…</p>"; }
   else { $("test-result").innerHTML = `<p class="error" id="test-error" data-reason="${esc(r.reason)}">${esc(r.message)}</p>`; }
+  refresh();
+});
+async function logon(on){ await post("/settings/start-at-logon", {on}); refresh(); }
+$("logon-yes").addEventListener("click", () => logon(true));
+$("logon-no").addEventListener("click", () => logon(false));
+$("logon-setting").addEventListener("change", (e) => logon(e.target.checked));
+$("run-checks").addEventListener("click", async () => {
+  $("checks").innerHTML = "<li>Checking…</li>";
+  const r = await post("/settings/doctor", {});
+  $("checks").innerHTML = (r.findings||[]).map(f => `<li class="check" data-check="${esc(f.check)}" data-outcome="${esc(f.outcome)}" data-reason="${esc(f.reason||"")}">
+    <span class="${f.outcome==="problem"?"error":f.outcome==="ok"?"ok":""}">${esc(f.outcome==="ok"?"OK":f.outcome==="problem"?"Problem":f.outcome==="warning"?"Warning":"Skipped")}</span>
+    ${esc(f.found)}${f.advice?`<br><span class="muted">${esc(f.advice)}</span>`:""}</li>`).join("") || `<li class="error">${esc(r.error||"the checks failed")}</li>`;
   refresh();
 });
 $("link-code").addEventListener("click", async () => {

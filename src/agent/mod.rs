@@ -17,9 +17,11 @@
 //! credentials and Sage passwords live in the [`secrets`] store, never in a file in clear
 //! (except the 0600 fallback file where no OS store exists) and never in a log.
 
+pub mod autostart;
 pub mod checkin;
 pub mod config;
 pub mod discovery;
+pub mod doctor;
 pub mod local_web;
 pub mod schedule;
 pub mod secrets;
@@ -201,6 +203,8 @@ impl Agent {
             CompanyState::Revoked
         } else if r.is_some_and(|r| r.syncing) {
             CompanyState::Syncing
+        } else if c.moved_to.is_some() {
+            CompanyState::Moved
         } else if c.setup.is_none() {
             CompanyState::NeedsSetup
         } else if parse_time(&c.paused_until).is_some_and(|t| t > Utc::now()) {
@@ -238,6 +242,9 @@ impl Agent {
                     syncs_started: r.map_or(0, |r| r.syncs_started),
                     sync_started_at: r.and_then(|r| r.started_at.clone()),
                     sync_started_because: r.and_then(|r| r.started_because.clone()),
+                    data_folder: c.setup.as_ref().map(|s| s.accdata.clone()),
+                    moved_to: c.moved_to.as_ref().map(|s| s.accdata.clone()),
+                    problems: c.problems.clone(),
                     return_url: c.redirect_url.as_deref().map(|u| {
                         crate::server::link::redirect_with(
                             u,
@@ -256,6 +263,10 @@ impl Agent {
             port: *self.port.lock().unwrap_or_else(|e| e.into_inner()),
             server: self.options.server.clone(),
             server_reachable: self.reachable.load(std::sync::atomic::Ordering::Relaxed),
+            pid: std::process::id(),
+            sage_root: self.options.sage_root.display().to_string(),
+            odbc_template: self.options.odbc_template.clone(),
+            start_at_logon: config.start_at_logon,
             companies,
         }
     }
@@ -358,6 +369,7 @@ impl Agent {
             last_success_at: c.last_success,
             last_error: c.last_error,
             next_sync_at: c.next_sync_at,
+            problems: c.problems,
         })
     }
 
@@ -476,7 +488,8 @@ impl Agent {
             let companies = self.config().companies.clone();
             let mut changed = false;
             for c in companies {
-                if c.revoked || c.setup.is_none() {
+                // A moved company waits for the user to confirm where its data is now.
+                if c.revoked || c.setup.is_none() || c.moved_to.is_some() {
                     continue;
                 }
                 let (syncing, requested) = {
@@ -568,11 +581,21 @@ impl Agent {
                 cfg.last_message = message.clone();
             }
         });
+        if ok {
+            self.update(&c.id, |cfg| cfg.problems.clear());
+        }
         {
             let mut running = self.running();
             running.entry(c.id.clone()).or_default().syncing = false;
         }
         self.write_status();
+        if !ok && reason != Some(Reason::DeviceRevoked) {
+            // Why, in the doctor's words: sent at the next check-in; a company found in
+            // another folder waits for the user's confirmation.
+            if let Err(e) = self.diagnose(Some(&c.id)).await {
+                tracing::warn!(company = %c.id, error = %e, "Could not run the connector's checks after a failed sync.");
+            }
+        }
         if ok {
             tracing::info!(company = %c.id, snapshot = ?snapshot_id, "The sync published.");
         } else {
@@ -595,6 +618,115 @@ impl Agent {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Runs `connector doctor` (every company, or one) in a child process, keeps what it
+    /// found per company (sent at check-in) and a moved company's new folder (state `moved`),
+    /// and returns its report as JSON.
+    pub async fn diagnose(&self, company: Option<&str>) -> Result<serde_json::Value, String> {
+        let mut cmd = tokio::process::Command::new(&self.options.exe);
+        cmd.arg("doctor")
+            .arg("--state-dir")
+            .arg(&self.options.state_dir)
+            .arg("--json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(id) = company {
+            cmd.args(["--company", id]);
+        }
+        let output = cmd
+            .output()
+            .await
+            .map_err(|e| format!("could not start {}: {e}", self.options.exe.display()))?;
+        let report: doctor::Report = serde_json::from_slice(&output.stdout).map_err(|e| {
+            format!(
+                "the checks stopped unexpectedly (exit status {}): {e}",
+                output.status
+            )
+        })?;
+        let ids: Vec<String> = self
+            .config()
+            .companies
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        for id in ids.iter().filter(|id| company.is_none_or(|c| c == *id)) {
+            let problems = report.problems_for(id);
+            let moved_to = report
+                .findings
+                .iter()
+                .find(|f| f.company.as_deref() == Some(id) && f.moved_to.is_some())
+                .and_then(|f| f.moved_to.clone());
+            if let Some(to) = &moved_to {
+                tracing::warn!(company = %id, to = %to.accdata, "The Sage data moved: waiting for the user to confirm the new folder.");
+            }
+            self.update(id, |cfg| {
+                cfg.problems = problems;
+                if moved_to.is_some() {
+                    cfg.moved_to = moved_to;
+                }
+            });
+        }
+        self.write_status();
+        serde_json::to_value(&report).map_err(|e| e.to_string())
+    }
+
+    /// The user's answer about a moved company: take the new folder (same company, same
+    /// records; a sync starts at once) or not (the company stays failing until set up again).
+    pub fn confirm_moved(&self, company: &str, accept: bool) -> Result<String, String> {
+        let mut taken = None;
+        {
+            let mut config = self.config();
+            let c = config
+                .company_mut(company)
+                .ok_or_else(|| format!("no company {company} on this connector"))?;
+            let to = c
+                .moved_to
+                .take()
+                .ok_or_else(|| format!("the Sage data of {company} has not moved"))?;
+            if accept {
+                taken = Some(to.accdata.clone());
+                c.setup = Some(to);
+                c.last_error = None;
+                c.last_message = None;
+                c.problems.clear();
+            }
+            config
+                .save(&self.options.state_dir)
+                .map_err(|e| e.to_string())?;
+        }
+        self.write_status();
+        match taken {
+            Some(folder) => {
+                tracing::info!(company, folder = %folder, "The user confirmed the moved Sage data; syncing from the new folder.");
+                self.request_sync(company, "local");
+                Ok(folder)
+            }
+            None => {
+                tracing::info!(
+                    company,
+                    "The user said the folder found is not their company."
+                );
+                Ok(String::new())
+            }
+        }
+    }
+
+    /// Makes the connector start at logon (or not), as the user answered, and keeps the
+    /// answer. The entry starts the agent the way this one was started.
+    pub fn set_start_at_logon(&self, on: bool) -> Result<(), String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        autostart::set(&self.options.exe, &args, on).map_err(|e| e.to_string())?;
+        let mut config = self.config();
+        config.start_at_logon = Some(on);
+        config
+            .save(&self.options.state_dir)
+            .map_err(|e| e.to_string())?;
+        drop(config);
+        self.write_status();
+        Ok(())
     }
 
     /// `connector sync` for a company in a child process: (ok, reason, message, snapshot).

@@ -361,6 +361,24 @@ fn mentions_word(text: &str, word: &str) -> bool {
     })
 }
 
+/// The ODBC drivers installed for this process (its bitness): each name with its library,
+/// where the driver manager says (`connector doctor`).
+pub fn installed_drivers() -> Result<Vec<(String, Option<std::path::PathBuf>)>, String> {
+    let env = environment(&SourceConfig::new("", None, None)).map_err(|e| e.to_string())?;
+    let drivers = env.drivers().map_err(|e| e.to_string())?;
+    Ok(drivers
+        .into_iter()
+        .map(|d| {
+            let library = d
+                .attributes
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("Driver"))
+                .map(|(_, v)| std::path::PathBuf::from(v));
+            (d.description, library)
+        })
+        .collect())
+}
+
 /// The ODBC environment: one per process, created on first use.
 fn environment(source: &SourceConfig) -> Result<&'static Environment, ExtractError> {
     static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();

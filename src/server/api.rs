@@ -509,6 +509,7 @@ async fn get_company(
             "connector".into(),
             json!(connector.map(|d| json!({
                 "deviceId": d.id, "lastSeenAt": d.last_seen_at, "status": d.status,
+                "why": super::devices::connector_reason(&devices),
             }))),
         );
         obj.insert(
@@ -530,6 +531,12 @@ async fn data_status(
 ) -> ApiResult<Json<Value>> {
     owned(&state, &client, &id)?;
     let live = state.live.live(&id);
+    // why the data is not being kept fresh, as the connector says (or its silence says)
+    let connector = state
+        .control
+        .devices(&id)
+        .ok()
+        .and_then(|d| super::devices::connector_reason(&d));
     let mut out = serde_json::Map::new();
     for dt in &state.model.types {
         let status = match &live {
@@ -540,6 +547,7 @@ async fn data_status(
                 "snapshotId": l.snapshot_id,
                 "sourceExtractedAt": l.manifest.source.extracted_at,
                 "recordCount": l.records.get(&dt.name).copied().unwrap_or(0),
+                "connector": connector,
             }),
             None => json!({
                 "dataType": dt.name,
@@ -548,6 +556,7 @@ async fn data_status(
                 "snapshotId": null,
                 "sourceExtractedAt": null,
                 "recordCount": 0,
+                "connector": connector,
             }),
         };
         out.insert(dt.name.clone(), status);

@@ -138,6 +138,66 @@ pub struct WaitParam {
     wait: Option<u64>,
 }
 
+/// A connector that has not checked in for this long is not running (or its PC is off).
+pub const NOT_SEEN_SECS: i64 = 5 * 60;
+
+/// Why a company's data is not being kept fresh, as its connector last said (or its silence
+/// says): `{reason, advice, message, check, since, warnings}`, or None when nothing is wrong.
+/// The first problem its own checks found wins, then the last sync's failure; a connector not
+/// seen for [`NOT_SEEN_SECS`] is `not_running`. Warnings are listed, not a reason.
+pub fn connector_reason(devices: &[crate::server::control::Device]) -> Option<serde_json::Value> {
+    let device = devices.iter().find(|d| d.revoked_at.is_none())?;
+    let seen = device
+        .last_seen_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let status: CheckIn = device
+        .status
+        .clone()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
+    let warnings: Vec<&str> = status
+        .problems
+        .iter()
+        .filter(|p| p.warning)
+        .map(|p| p.reason.code())
+        .collect();
+    let silent = seen.is_none_or(|t| {
+        (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() > NOT_SEEN_SECS
+    });
+    let (reason, check, message) = if silent {
+        (
+            Reason::NotRunning,
+            "checkin".to_owned(),
+            match &device.last_seen_at {
+                Some(t) => format!("the connector on {} last checked in at {t}", device.name),
+                None => format!("the connector on {} has never checked in", device.name),
+            },
+        )
+    } else if let Some(p) = status.problems.iter().find(|p| !p.warning) {
+        (p.reason, p.check.clone(), p.message.clone())
+    } else if let Some(r) = status.last_error {
+        (r, "last_sync".to_owned(), "the last sync failed".to_owned())
+    } else {
+        return (!warnings.is_empty()).then(|| {
+            serde_json::json!({"reason": null, "advice": null, "message": null, "check": null,
+                               "since": status.last_sync_at, "warnings": warnings})
+        });
+    };
+    Some(serde_json::json!({
+        "reason": reason.code(), "advice": reason.advice(), "message": message, "check": check,
+        "since": if silent { device.last_seen_at.clone() } else { status.last_sync_at.clone() },
+        "warnings": warnings,
+    }))
+}
+
+/// The reason code in a [`connector_reason`], if any.
+fn reason_code(reason: &Option<serde_json::Value>) -> Option<String> {
+    reason
+        .as_ref()
+        .and_then(|r| r["reason"].as_str().map(str::to_owned))
+}
+
 /// `POST …/checkin`: the connector's status in; queued work, configuration and maybe a
 /// rotated credential out. Holds the answer up to `wait` seconds for a sync request.
 pub async fn checkin(
@@ -154,8 +214,40 @@ pub async fn checkin(
         );
     };
     let status = serde_json::to_value(&body).unwrap_or_default();
+    let before = state
+        .control
+        .devices(&device.company_id)
+        .ok()
+        .and_then(|d| reason_code(&connector_reason(&d)));
     if let Err(e) = state.control.record_checkin(&device.id, &status) {
         return internal(e);
+    }
+    let after = state
+        .control
+        .devices(&device.company_id)
+        .ok()
+        .and_then(|d| connector_reason(&d));
+    // The client hears when its connector starts or stops saying why data is not updating.
+    if reason_code(&after) != before
+        && let Ok(Some(company)) = state.control.company_by_id(&device.company_id)
+    {
+        let data = crate::server::company_status(&*state.control, &device.company_id);
+        let now_code = reason_code(&after);
+        tracing::info!(company = %company.id, reason = ?now_code, was = ?before, "The connector's reason changed.");
+        crate::server::emit(
+            &state,
+            &company.client_id,
+            "company.status_changed",
+            serde_json::json!({
+                "companyId": company.id,
+                "from": if before.is_some() { "Failing" } else { data },
+                "to": if now_code.is_some() { "Failing" } else { data },
+                "reason": now_code,
+                "previousReason": before,
+                "advice": after.as_ref().and_then(|a| a["advice"].as_str().map(str::to_owned)),
+                "message": after.as_ref().and_then(|a| a["message"].as_str().map(str::to_owned)),
+            }),
+        );
     }
     let credential = match state
         .control

@@ -184,7 +184,7 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
 }
 
 /// A company's status from its snapshot history: `NotSynced`, `Fetched` or `Failing`.
-fn company_status(control: &dyn ControlPlane, company: &str) -> &'static str {
+pub(crate) fn company_status(control: &dyn ControlPlane, company: &str) -> &'static str {
     match control
         .snapshots(company)
         .ok()
@@ -197,7 +197,12 @@ fn company_status(control: &dyn ControlPlane, company: &str) -> &'static str {
 }
 
 /// Queues an event for the client's subscribers and wakes the delivery worker.
-fn emit(state: &api::AppState, client_id: &str, event_type: &str, data: serde_json::Value) {
+pub(crate) fn emit(
+    state: &api::AppState,
+    client_id: &str,
+    event_type: &str,
+    data: serde_json::Value,
+) {
     let body = serde_json::json!({
         "type": event_type,
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -187,7 +187,7 @@ pub fn document(model: &DataModel) -> Value {
     paths.insert("/companies/{companyId}".into(), json!({"get": {"operationId": "get_company", "parameters": [company_param],
         "responses": {"200": {"description": "The company.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Company"}}}}, "404": error_response("No such company (or not yours).")}}}));
     paths.insert("/companies/{companyId}/dataStatus".into(), json!({"get": {"operationId": "data_status", "parameters": [company_param],
-        "description": "Per data type: status (Fetched, NotSynced), lastSuccessfulSync, snapshotId, sourceExtractedAt, recordCount.",
+        "description": "Per data type: status (Fetched, NotSynced), lastSuccessfulSync, snapshotId, sourceExtractedAt, recordCount, and connector: why the data is not being kept fresh as the connector says (reason code, advice, message, the check that failed, since, warnings; reason not_running when it has not checked in for 5 minutes), or null.",
         "responses": {"200": {"description": "Freshness per data type."}, "404": error_response("No such company (or not yours).")}}}));
     paths.insert("/companies/{companyId}/snapshots".into(), json!({"get": {"operationId": "list_snapshots", "parameters": [company_param],
         "description": "Every snapshot the server has seen, newest first: live, superseded or failed (with why).",

@@ -132,6 +132,8 @@ impl AgentProcess {
         let mut child = Command::new(CONNECTOR)
             .args(&args)
             .env("RUST_LOG", "info")
+            // its start-at-logon entry goes under this home, not the real one
+            .env("HOME", state.join("home"))
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -5,6 +5,7 @@
 
 mod agent;
 mod desktop;
+mod doctor;
 mod errors;
 mod extract;
 mod golden;
