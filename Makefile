@@ -14,8 +14,11 @@ DUCKDB_VERSION := 1.5.6
 DUCKDB_NPM := @duckdb/node-bindings-linux-x64@$(DUCKDB_VERSION)-r.1
 export DUCKDB_LIB_DIR ?= $(CACHE)/duckdb-$(DUCKDB_VERSION)
 # Only x86_64 Linux has that exact DuckDB build on npm; elsewhere compile DuckDB (slow, once).
+# The tray app (GTK, app indicator) is built and tested too: its test drives it over D-Bus.
 ifneq ($(shell uname -m),x86_64)
-FEATURES := --features bundled
+FEATURES := --features bundled,tray
+else
+FEATURES := --features tray
 endif
 BIN := $(CARGO_TARGET_DIR)/debug
 DEMO_DIR ?= $(CACHE)/demo
@@ -33,7 +36,8 @@ export CONNECTOR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(CONNECTOR_TEST_S3_PORT)
 export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
-	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver
+	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver \
+	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth
 
 .PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-link pg-up pg-down s3-up s3-down
 

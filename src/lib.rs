@@ -24,3 +24,4 @@ pub mod staging;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod tray;

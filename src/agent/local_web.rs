@@ -32,6 +32,8 @@ use crate::server::link::escape;
 
 const SESSION_COOKIE: &str = "connector_session";
 const TOKEN_HEADER: &str = "x-connector-token";
+/// Header carrying the agent's ticket on the tray's requests.
+pub const TICKET_HEADER: &str = "x-connector-ticket";
 
 /// The listener's routes.
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -49,6 +51,15 @@ pub fn router(agent: Arc<Agent>) -> Router {
             agent.clone(),
             require_session,
         ));
+    // The tray's menu: the ticket of `settings-url` (a file only this user can read) in a
+    // header no page can send without a CORS preflight this listener never answers.
+    let control = Router::new()
+        .route("/control/sync-now", post(control_sync_now))
+        .route("/control/pause", post(control_pause))
+        .route_layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            require_ticket,
+        ));
     Router::new()
         .route("/link", get(link))
         .route("/open", get(open))
@@ -57,6 +68,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         // `connector doctor` asks whether the agent runs: nothing but this word answers
         .route("/alive", get(|| async { "sage-connector\n" }))
         .merge(posts)
+        .merge(control)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), guard))
         .with_state(agent)
 }
@@ -123,6 +135,28 @@ fn session_of(agent: &Agent, headers: &HeaderMap) -> Option<(String, Session)> {
         .get(&id)
         .cloned()?;
     Some((id, session))
+}
+
+/// The tray's requests: the agent's ticket, and no `Origin` (no web page sends them).
+async fn require_ticket(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ticket = headers
+        .get(TICKET_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if headers.contains_key(header::ORIGIN)
+        || !crate::server::control::constant_time_eq(ticket.as_bytes(), agent.ticket.as_bytes())
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "only the connector's tray may do this",
+        );
+    }
+    next.run(request).await
 }
 
 /// POSTs: a session, its token, and this listener's Origin.
@@ -527,6 +561,51 @@ async fn quiet(State(agent): State<Arc<Agent>>, Json(form): Json<CompanyForm>) -
     agent.update(&form.company, |c| c.quiet = quiet.clone());
     agent.wake.notify_one();
     Json(json!({"ok": true})).into_response()
+}
+
+/// What the tray asks for: a company, or every company.
+#[derive(Deserialize)]
+struct ControlForm {
+    company: Option<String>,
+    hours: Option<f64>,
+}
+
+fn companies_for(agent: &Agent, company: Option<&str>) -> Vec<String> {
+    agent
+        .config()
+        .companies
+        .iter()
+        .filter(|c| !c.revoked && company.is_none_or(|id| id == c.id))
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+/// `POST /control/sync-now` (the tray): one company, or all.
+async fn control_sync_now(
+    State(agent): State<Arc<Agent>>,
+    Json(form): Json<ControlForm>,
+) -> Response {
+    let ids = companies_for(&agent, form.company.as_deref());
+    for id in &ids {
+        agent.request_sync(id, "local");
+    }
+    tracing::info!(companies = ids.len(), "Sync now was asked for in the tray.");
+    Json(json!({"ok": true, "companies": ids})).into_response()
+}
+
+/// `POST /control/pause` (the tray): every company, `hours` > 0 pauses, 0 resumes.
+async fn control_pause(State(agent): State<Arc<Agent>>, Json(form): Json<ControlForm>) -> Response {
+    let hours = form.hours.unwrap_or(24.0).clamp(0.0, 24.0 * 365.0);
+    let until = (hours > 0.0).then(|| {
+        (chrono::Utc::now() + chrono::Duration::seconds((hours * 3600.0) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    });
+    for id in companies_for(&agent, form.company.as_deref()) {
+        agent.update(&id, |c| c.paused_until = until.clone());
+    }
+    agent.wake.notify_one();
+    tracing::info!(until = ?until, "Syncing paused or resumed in the tray.");
+    Json(json!({"ok": true, "pausedUntil": until})).into_response()
 }
 
 /// `POST /settings/doctor`: runs `connector doctor` (a child process) and returns its report;

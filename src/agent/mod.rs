@@ -847,7 +847,13 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         tracing::warn!(file = %url_file.display(), error = %e, "Could not write the settings address.");
     }
     tracing::info!(port, server = %agent.options.server, secret_store = %agent.secrets.describe(), "The connector agent is running.");
-    println!("listening on http://127.0.0.1:{port}");
+    // for whoever started it (tests, the tray); nobody may be reading any more (a restart)
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on http://127.0.0.1:{port}");
+        let _ = out.flush();
+    }
     agent.write_status();
     let companies: Vec<String> = agent
         .config()

@@ -123,18 +123,30 @@ impl AgentProcess {
     }
 
     fn spawn(state: &Path, args: Vec<String>) -> Self {
+        Self::spawn_program(CONNECTOR, state, args, &[])
+    }
+
+    /// Starts `program ARGS` (the agent, or the tray that runs the agent) and waits for the
+    /// agent's "listening on" line.
+    pub fn spawn_program(
+        program: &str,
+        state: &Path,
+        args: Vec<String>,
+        env: &[(&str, String)],
+    ) -> Self {
         std::fs::create_dir_all(state).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(state.join("agent.log"))
             .unwrap();
-        let mut child = Command::new(CONNECTOR)
+        let mut child = Command::new(program)
             .args(&args)
             .env("RUST_LOG", "info")
             // its start-at-logon entry goes under this home, not the real one
             .env("HOME", state.join("home"))
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -18,4 +18,6 @@ mod server;
 mod simulator;
 mod snapshot;
 mod support;
+#[cfg(feature = "tray")]
+mod tray;
 mod webdriver;
