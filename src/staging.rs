@@ -269,16 +269,18 @@ impl Builder {
         std::fs::File::open(&building)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&target))?;
-        // A write-ahead log left by the old generation must not be replayed onto the new one:
-        // fold it into the old file first (opening and closing DuckDB checkpoints it).
+        // A write-ahead log left by the old generation must not be replayed onto the new one.
+        // It is set aside first, never replayed: the old file is not opened at all, so an old
+        // generation torn by a power cut (which DuckDB may refuse, or abort on) is simply
+        // replaced by the new one.
         let old_wal = sibling(&target, "wal");
+        let replaced_wal = sibling(&target, "wal.replaced");
         if old_wal.exists() {
-            Connection::open(&target)
-                .and_then(|c| c.close().map_err(|(_, e)| e))
-                .map_err(staging_err(&target))?;
-            remove_if_exists(&old_wal)?;
+            tracing::warn!(file = %old_wal.display(), "Setting aside the write-ahead log of the previous staging generation.");
+            std::fs::rename(&old_wal, &replaced_wal).map_err(io_err(&target))?;
         }
         std::fs::rename(&building, &target).map_err(io_err(&target))?;
+        remove_if_exists(&replaced_wal)?;
         if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Make the rename itself durable (a no-op where directories cannot be opened).
             if let Ok(d) = std::fs::File::open(dir) {

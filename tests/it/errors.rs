@@ -239,3 +239,32 @@ fn column_of_the_wrong_type_fails_naming_it() {
         "{message}"
     );
 }
+
+#[test]
+fn a_staging_store_torn_by_a_power_cut_is_replaced_by_the_next_sync_never_opened() {
+    let dir = crate::support::tempdir();
+    let company = crate::support::golden(&dir.path().join("golden"));
+    let state = dir.path().join("state");
+    crate::support::sync_ok(&company.odbc, "torn", &state, None, &[]);
+    let staging = state.join("companies").join("torn").join("staging.duckdb");
+    // A power cut: the file cut in half and a write-ahead log of garbage beside it.
+    let bytes = std::fs::read(&staging).unwrap();
+    std::fs::write(&staging, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        crate::support::sibling_path(&staging, "wal"),
+        b"not a write-ahead log",
+    )
+    .unwrap();
+    let out = crate::support::sync_ok(&company.odbc, "torn", &state, None, &[]);
+    let log = crate::support::text(&out);
+    assert!(log.contains("Setting aside the write-ahead log"), "{log}");
+    assert!(!crate::support::sibling_path(&staging, "wal").exists());
+    let rows: i64 = crate::support::staging(&staging)
+        .query_row("SELECT count(*) FROM AUDIT_HEADER", [], |r| r.get(0))
+        .unwrap();
+    let source: i64 = company
+        .sqlite()
+        .query_row("SELECT count(*) FROM AUDIT_HEADER", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, source);
+}

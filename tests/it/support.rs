@@ -236,3 +236,11 @@ impl S3 {
         body.matches("<UploadId>").count()
     }
 }
+
+/// `FILE.suffix` beside `FILE`.
+pub fn sibling_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
