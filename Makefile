@@ -37,7 +37,7 @@ export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver \
-	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth
+	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth trayer xdotool imagemagick x11-utils x11-xserver-utils
 
 .PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-link pg-up pg-down s3-up s3-down
 
@@ -118,6 +118,8 @@ demo: build venv
 	@bash .ci/demo-link.sh "$(BIN)" "$(DEMO_DIR)"
 	@echo "== The server: an API client, a company created through the API, the sample company synced into it"
 	@bash .ci/demo-server.sh "$(BIN)" "$(DEMO_DIR)" "$(DEMO_PORT)"
+	@echo "== The tray app under Xvfb (a virtual screen with a system tray): linked, synced, its menu opened"
+	@bash .ci/demo-tray.sh "$(BIN)" "$(DEMO_DIR)"
 
 bench-extract: build
 	@bash benches/extract.sh

@@ -9,7 +9,9 @@ BASE=http://127.0.0.1:$PORT
 "$BIN/connector-server" serve --store "file://$W/store" --listen "127.0.0.1:$PORT" --state-dir "$W/server" \
   --loopback-port "$AGENT_PORT" > "$W/server.log" 2>&1 &
 SERVER=$!
-"$BIN/connector" run --server "$BASE" --port "$AGENT_PORT" --state-dir "$W/agent" --sage-root "$W/sage-root" \
+# TRAY=1: the tray app, which runs the same agent as its child
+if [ -n "${TRAY:-}" ]; then AGENT_CMD=("$BIN/connector-tray"); else AGENT_CMD=("$BIN/connector" run); fi
+"${AGENT_CMD[@]}" --server "$BASE" --port "$AGENT_PORT" --state-dir "$W/agent" --sage-root "$W/sage-root" \
   --odbc-template 'Driver={{SQLite3}};Database={ACCDATA}/SAGE50.DB;NoCreat=1' > "$W/agent.out" 2> "$W/agent.log" &
 AGENT=$!
 trap 'kill $AGENT $SERVER 2>/dev/null || true; wait $AGENT $SERVER 2>/dev/null || true' EXIT

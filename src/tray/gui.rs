@@ -47,8 +47,9 @@ impl Shown {
         });
         if same_shape {
             for (item, new) in self.items.iter().zip(&v.items) {
-                if item.text() != new.label {
-                    item.set_text(&new.label);
+                let text = menu_text(&new.label);
+                if item.text() != text {
+                    item.set_text(&text);
                 }
             }
         } else {
@@ -57,7 +58,7 @@ impl Shown {
             }
             self.actions.clear();
             for line in &v.items {
-                let item = MenuItem::new(&line.label, line.action.is_some(), None);
+                let item = MenuItem::new(menu_text(&line.label), line.action.is_some(), None);
                 menu.append(&item).map_err(|e| e.to_string())?;
                 if let Some(a) = &line.action {
                     self.actions.insert(item.id().clone(), a.clone());
@@ -73,6 +74,12 @@ impl Shown {
         self.view = Some(v.clone());
         Ok(())
     }
+}
+
+/// A label as the menu takes it: `&` marks a mnemonic there, `&&` is a literal one
+/// ("Harbour & Crane").
+fn menu_text(label: &str) -> String {
+    label.replace('&', "&&")
 }
 
 fn notify(summary: &str, body: &str) {
