@@ -1,15 +1,15 @@
-//! The tray's GUI glue (cargo feature `tray`): on Linux a GTK main loop with an app indicator
-//! (StatusNotifierItem over D-Bus, its menu over dbusmenu; an XEmbed icon where no watcher
-//! runs) through `tray-icon`, and notifications through `notify-rust`
-//! (org.freedesktop.Notifications). Twice a second it looks after the agent
-//! ([`super::Supervisor`]), reads the agent's status, updates icon and menu, sends new
-//! notices, and carries out the menu items clicked.
+//! The tray's GUI glue (cargo feature `tray`): `tray-icon` (on Linux an app indicator: a
+//! StatusNotifierItem over D-Bus with its menu over dbusmenu, or an XEmbed icon where no
+//! watcher runs; the notification area on Windows; the menu bar on macOS) and `notify-rust`
+//! for notifications. [`App::tick`], twice a second, is the same everywhere: it looks after the
+//! agent ([`super::Supervisor`]), reads the agent's status, updates icon and menu, sends new
+//! notices, and carries out the menu items clicked. Only the loop that calls it differs: GTK's
+//! main loop on Linux, `tao`'s event loop (the Win32 message loop, NSApplication's run loop)
+//! elsewhere; both are compiled on Linux, the `tao` one is run on the other platforms.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
@@ -97,100 +97,201 @@ fn notify(summary: &str, body: &str) {
     });
 }
 
-/// Runs the tray until Quit (or SIGTERM/SIGINT): `args` are those of `connector run`.
-pub fn run(args: Vec<String>) -> Result<(), String> {
-    let state_dir = super::state_dir_of(&args)
-        .ok_or("no state folder: pass --state-dir DIR or set HOME / LOCALAPPDATA")?;
-    let exe: PathBuf = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .with_file_name(format!("connector{}", std::env::consts::EXE_SUFFIX));
-    gtk::init().map_err(|e| format!("could not open the desktop session (DISPLAY): {e}"))?;
-    let logs = state_dir.join("logs");
-    let supervisor = Rc::new(RefCell::new(Supervisor::new(
-        exe,
-        args,
-        logs.join("agent.log"),
-    )));
-    let menu = Menu::new();
-    let tray = TrayIconBuilder::new()
-        .with_id("sage-connector")
-        .with_menu(Box::new(menu.clone()))
-        .with_icon(icon(IconState::Attention)?)
-        .with_tooltip("Sage Connector")
-        .build()
-        .map_err(|e| format!("could not show the tray icon: {e}"))?;
-    let shown = Rc::new(RefCell::new(Shown {
-        view: None,
-        items: Vec::new(),
-        actions: HashMap::new(),
-    }));
-    let sent = RefCell::new(HashSet::new());
-    tracing::info!(state = %state_dir.display(), "The tray is running.");
+/// The tray: its icon and menu, the agent it runs, and what it has notified.
+struct App {
+    supervisor: Supervisor,
+    state_dir: PathBuf,
+    logs: PathBuf,
+    menu: Menu,
+    tray: TrayIcon,
+    shown: Shown,
+    sent: HashSet<(String, crate::protocol::Reason)>,
+}
 
-    for signal in [libc_sigterm(), libc_sigint()] {
-        let supervisor = supervisor.clone();
-        gtk::glib::source::unix_signal_add_local(signal, move || {
-            supervisor.borrow_mut().stop();
+impl App {
+    /// The icon (shown at once, "needs attention" until the agent reports) and the agent to
+    /// run; call from the loop's thread once it runs.
+    fn new(args: Vec<String>) -> Result<App, String> {
+        let state_dir = super::state_dir_of(&args)
+            .ok_or("no state folder: pass --state-dir DIR or set HOME / LOCALAPPDATA")?;
+        let exe: PathBuf = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name(format!("connector{}", std::env::consts::EXE_SUFFIX));
+        let logs = state_dir.join("logs");
+        let menu = Menu::new();
+        let tray = TrayIconBuilder::new()
+            .with_id("sage-connector")
+            .with_menu(Box::new(menu.clone()))
+            .with_tooltip("Sage Connector")
+            .with_icon(icon(IconState::Attention)?)
+            .build()
+            .map_err(|e| format!("could not show the tray icon: {e}"))?;
+        tracing::info!(state = %state_dir.display(), "The tray is running.");
+        Ok(App {
+            supervisor: Supervisor::new(exe, args, logs.join("agent.log")),
+            state_dir,
+            logs,
+            menu,
+            tray,
+            shown: Shown {
+                view: None,
+                items: Vec::new(),
+                actions: HashMap::new(),
+            },
+            sent: HashSet::new(),
+        })
+    }
+
+    /// One look at everything; false once the user chose Quit (the agent is stopped).
+    fn tick(&mut self) -> bool {
+        self.supervisor.tick();
+        let status = read_status(&self.state_dir).filter(|_| self.supervisor.down.is_none());
+        let v = view(status.as_ref(), self.supervisor.down.as_deref());
+        if let Err(e) = self.shown.show(&self.menu, &self.tray, &v) {
+            tracing::warn!(error = %e, "Could not update the tray menu.");
+        }
+        if let Some(s) = &status {
+            for n in notices(s, &mut self.sent) {
+                notify(&n.summary, &n.body);
+            }
+        }
+        while let Ok(event) = MenuEvent::receiver().try_recv() {
+            let Some(action) = self.shown.actions.get(event.id()).cloned() else {
+                tracing::debug!(id = ?event.id(), "A menu event for an item no longer shown.");
+                continue;
+            };
+            tracing::info!(action = ?action, "A tray menu item was clicked.");
+            match action {
+                Action::Quit => {
+                    self.stop();
+                    return false;
+                }
+                Action::OpenLogs => super::open(&self.logs.display().to_string()),
+                Action::OpenSettings => match Control::find(&self.state_dir) {
+                    Some(c) => super::open(&c.settings_url),
+                    None => tracing::warn!("The connector is not running: no settings page."),
+                },
+                other => match Control::find(&self.state_dir) {
+                    Some(c) => {
+                        std::thread::spawn(move || {
+                            if let Err(e) = c.act(&other) {
+                                tracing::warn!(error = %e, "Could not reach the connector.");
+                            }
+                        });
+                    }
+                    None => tracing::warn!("The connector is not running."),
+                },
+            }
+        }
+        true
+    }
+
+    /// Stops the agent.
+    fn stop(&mut self) {
+        self.supervisor.stop();
+        tracing::info!("The tray stopped.");
+    }
+}
+
+/// Between two ticks.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Calls `quit` once SIGTERM, SIGINT or Ctrl+C arrives (a thread of its own).
+fn on_shutdown_signal(quit: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime can be built");
+        rt.block_on(crate::server::shutdown_signal());
+        quit();
+    });
+}
+
+/// Runs the tray until Quit (or SIGTERM/SIGINT/Ctrl+C): `args` are those of `connector run`.
+pub fn run(args: Vec<String>) -> Result<(), String> {
+    if cfg!(target_os = "linux") {
+        run_gtk(args)
+    } else {
+        run_tao(args)
+    }
+}
+
+/// GTK's main loop (Linux).
+#[cfg(target_os = "linux")]
+fn run_gtk(args: Vec<String>) -> Result<(), String> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    gtk::init().map_err(|e| format!("could not open the desktop session (DISPLAY): {e}"))?;
+    let app = Rc::new(RefCell::new(App::new(args)?));
+    let (quit_tx, quit_rx) = std::sync::mpsc::channel::<()>();
+    on_shutdown_signal(move || {
+        let _ = quit_tx.send(());
+    });
+    gtk::glib::timeout_add_local(TICK, move || {
+        let mut app = app.borrow_mut();
+        if quit_rx.try_recv().is_ok() {
+            app.stop();
+            gtk::main_quit();
+            return gtk::glib::ControlFlow::Break;
+        }
+        if app.tick() {
+            gtk::glib::ControlFlow::Continue
+        } else {
             gtk::main_quit();
             gtk::glib::ControlFlow::Break
-        });
-    }
-    {
-        let supervisor = supervisor.clone();
-        gtk::glib::timeout_add_local(Duration::from_millis(500), move || {
-            let mut sup = supervisor.borrow_mut();
-            sup.tick();
-            let status = read_status(&state_dir).filter(|_| sup.down.is_none());
-            let v = view(status.as_ref(), sup.down.as_deref());
-            if let Err(e) = shown.borrow_mut().show(&menu, &tray, &v) {
-                tracing::warn!(error = %e, "Could not update the tray menu.");
-            }
-            if let Some(s) = &status {
-                for n in notices(s, &mut sent.borrow_mut()) {
-                    notify(&n.summary, &n.body);
-                }
-            }
-            while let Ok(event) = MenuEvent::receiver().try_recv() {
-                let Some(action) = shown.borrow().actions.get(event.id()).cloned() else {
-                    continue;
-                };
-                tracing::info!(action = ?action, "A tray menu item was clicked.");
-                match action {
-                    Action::Quit => {
-                        sup.stop();
-                        gtk::main_quit();
-                        return gtk::glib::ControlFlow::Break;
-                    }
-                    Action::OpenLogs => super::open(&logs.display().to_string()),
-                    Action::OpenSettings => match Control::find(&state_dir) {
-                        Some(c) => super::open(&c.settings_url),
-                        None => tracing::warn!("The connector is not running: no settings page."),
-                    },
-                    other => match Control::find(&state_dir) {
-                        Some(c) => {
-                            std::thread::spawn(move || {
-                                if let Err(e) = c.act(&other) {
-                                    tracing::warn!(error = %e, "Could not reach the connector.");
-                                }
-                            });
-                        }
-                        None => tracing::warn!("The connector is not running."),
-                    },
-                }
-            }
-            gtk::glib::ControlFlow::Continue
-        });
-    }
+        }
+    });
     gtk::main();
-    supervisor.borrow_mut().stop();
-    tracing::info!("The tray stopped.");
     Ok(())
 }
 
-const fn libc_sigterm() -> i32 {
-    15
+#[cfg(not(target_os = "linux"))]
+fn run_gtk(_args: Vec<String>) -> Result<(), String> {
+    unreachable!("GTK's loop runs on Linux only")
 }
 
-const fn libc_sigint() -> i32 {
-    2
+/// `tao`'s event loop (Windows, macOS; compiled everywhere).
+fn run_tao(args: Vec<String>) -> Result<(), String> {
+    use tao::event::{Event, StartCause};
+    use tao::event_loop::{ControlFlow, EventLoopBuilder};
+    let event_loop = EventLoopBuilder::<()>::with_user_event().build();
+    let proxy = event_loop.create_proxy();
+    on_shutdown_signal(move || {
+        let _ = proxy.send_event(());
+    });
+    let mut app: Option<App> = None;
+    let mut args = Some(args);
+    let mut next_tick = Instant::now();
+    event_loop.run(move |event, _, control_flow| {
+        match event {
+            // (macOS wants the icon made once the loop runs)
+            Event::NewEvents(StartCause::Init) => match App::new(args.take().unwrap_or_default()) {
+                Ok(a) => app = Some(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "Could not start the tray.");
+                    *control_flow = ControlFlow::ExitWithCode(1);
+                    return;
+                }
+            },
+            Event::UserEvent(()) => {
+                if let Some(a) = &mut app {
+                    a.stop();
+                }
+                *control_flow = ControlFlow::Exit;
+                return;
+            }
+            _ => {}
+        }
+        if Instant::now() >= next_tick
+            && let Some(a) = &mut app
+        {
+            next_tick = Instant::now() + TICK;
+            if !a.tick() {
+                *control_flow = ControlFlow::Exit;
+                return;
+            }
+        }
+        *control_flow = ControlFlow::WaitUntil(next_tick);
+    })
 }

@@ -10,22 +10,11 @@
 //! the agent's ticket ([`Control`]). Closing the settings page leaves everything running.
 //!
 //! Everything here but [`gui`] is plain Rust, unit-tested; [`gui`] (cargo feature `tray`) is
-//! the GTK/app-indicator glue on Linux and the shell's tray on Windows and macOS, tested over
+//! the event loop, icon and menu glue, one code path for every platform, tested on Linux over
 //! D-Bus in `tests/it/tray.rs`.
 
-#[cfg(all(feature = "tray", target_os = "linux"))]
+#[cfg(feature = "tray")]
 pub mod gui;
-
-/// Not built yet for Windows and macOS: their tray needs the platform's own event loop (a
-/// Win32 message loop, an NSApplication run loop) in place of GTK's; the rest of this module
-/// (view, notices, supervisor, control) is the same on every platform.
-#[cfg(all(feature = "tray", not(target_os = "linux")))]
-pub mod gui {
-    /// Says the tray is not built for this platform.
-    pub fn run(_args: Vec<String>) -> Result<(), String> {
-        Err("the tray is not built for this platform yet: run `connector run` instead".into())
-    }
-}
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -87,7 +88,37 @@ fn record_ids(
 
 #[test]
 fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_confirmed() {
-    let world = World::new(&[]);
+    let world = World::new(&["--allow-private-webhooks"]);
+    // The client's webhook receiver, for company.status_changed.
+    let received = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let keep = received.clone();
+    let receiver = crate::webdriver::PageServer::start(move |_, _, body| {
+        if let Ok(v) = serde_json::from_str(body) {
+            keep.lock().unwrap().push(v);
+        }
+        (204, Vec::new(), String::new())
+    });
+    let (s, v, _) = world.server.call(
+        "POST",
+        Some(&world.key),
+        "/webhooks",
+        Some(json!({"url": format!("{}/hook", receiver.base()), "eventTypes": ["company.status_changed"]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let event_with = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = received.lock().unwrap().iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} webhook: {:?}",
+                received.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     let dir = tempdir();
     let local = dir.path().join("local").join("Company.000");
     let sage = generated(&local, 1, 300);
@@ -171,6 +202,12 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // ... and its webhook receiver is told, with the reason.
+    let failing = event_with(&|e| e["data"]["reason"] == "data_moved", "data_moved");
+    assert_eq!(failing["type"], "company.status_changed", "{failing}");
+    assert_eq!(failing["data"]["to"], "Failing", "{failing}");
+    assert_eq!(failing["data"]["companyId"], json!(id), "{failing}");
+
     // The user confirms: same company, same records, no second company at the server.
     let answer = session.post("/settings/moved", json!({"company": id, "accept": true}));
     assert_eq!(
@@ -196,6 +233,12 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
     let (second, after) = record_ids(&world, &id, "invoices", Some(&first));
     assert_ne!(first, second);
     assert_eq!(before, after, "the same company keeps its record ids");
+    // The reason clears at the next check-in, and the client hears that too.
+    let cleared = event_with(
+        &|e| e["data"]["previousReason"] == "data_moved" && e["data"]["reason"].is_null(),
+        "cleared",
+    );
+    assert_eq!(cleared["data"]["to"], "Fetched", "{cleared}");
     let (_, companies, _) = world
         .server
         .call("GET", Some(&world.key), "/companies", None);

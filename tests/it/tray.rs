@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use crate::desktop::{
@@ -328,6 +327,7 @@ fn the_tray_shows_state_over_dbus_its_menu_syncs_it_notifies_and_it_survives_an_
             ("DISPLAY", display.clone()),
             ("DBUS_SESSION_BUS_ADDRESS", address.clone()),
             ("XDG_RUNTIME_DIR", runtime.display().to_string()),
+            ("RUST_LOG", "info,connector::tray=debug".into()),
         ],
     );
     let (id, link) = world.company("Tray Co", "https://app.example/done");
@@ -443,7 +443,8 @@ fn the_tray_shows_state_over_dbus_its_menu_syncs_it_notifies_and_it_survives_an_
             || std::fs::read_to_string(format!("/proc/{agent_pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z "))
     });
-    let log: Value = json!(tray.log());
-    assert!(tray.log().contains("The tray stopped"), "{log}");
+    wait("the tray to stop", Duration::from_secs(10), || {
+        tray.log().contains("The tray stopped")
+    });
     tray.stop();
 }
