@@ -531,16 +531,21 @@ async fn sync_now(State(agent): State<Arc<Agent>>, Json(form): Json<CompanyForm>
     Json(json!({"ok": true})).into_response()
 }
 
+/// Until when a pause of `hours` (24 by default, 0 resumes) holds.
+fn pause_until(hours: Option<f64>) -> Option<String> {
+    let hours = hours.unwrap_or(24.0).clamp(0.0, 24.0 * 365.0);
+    (hours > 0.0).then(|| {
+        (chrono::Utc::now() + chrono::Duration::seconds((hours * 3600.0) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
+
 /// `POST /settings/pause`: `hours` > 0 pauses, 0 resumes.
 async fn pause(State(agent): State<Arc<Agent>>, Json(form): Json<CompanyForm>) -> Response {
     if !company_known(&agent, &form.company) {
         return refuse(StatusCode::NOT_FOUND, "no such linked company");
     }
-    let hours = form.hours.unwrap_or(24.0).clamp(0.0, 24.0 * 365.0);
-    let until = (hours > 0.0).then(|| {
-        (chrono::Utc::now() + chrono::Duration::seconds((hours * 3600.0) as i64))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    });
+    let until = pause_until(form.hours);
     tracing::info!(company = %form.company, until = ?until, "Syncing paused or resumed on this PC.");
     agent.update(&form.company, |c| c.paused_until = until.clone());
     agent.wake.notify_one();
@@ -595,11 +600,7 @@ async fn control_sync_now(
 
 /// `POST /control/pause` (the tray): every company, `hours` > 0 pauses, 0 resumes.
 async fn control_pause(State(agent): State<Arc<Agent>>, Json(form): Json<ControlForm>) -> Response {
-    let hours = form.hours.unwrap_or(24.0).clamp(0.0, 24.0 * 365.0);
-    let until = (hours > 0.0).then(|| {
-        (chrono::Utc::now() + chrono::Duration::seconds((hours * 3600.0) as i64))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    });
+    let until = pause_until(form.hours);
     for id in companies_for(&agent, form.company.as_deref()) {
         agent.update(&id, |c| c.paused_until = until.clone());
     }

@@ -45,6 +45,19 @@ fn list_in(root: &Path, version_folder: &str, companies: &[&Path]) {
     std::fs::write(dir.join("COMPANY"), lines.join("\r\n") + "\r\n").unwrap();
 }
 
+/// `GET /companies/{id}/dataStatus`.
+fn data_status(world: &World, id: &str) -> Value {
+    world
+        .server
+        .call(
+            "GET",
+            Some(&world.key),
+            &format!("/companies/{id}/dataStatus"),
+            None,
+        )
+        .1
+}
+
 /// The ids of a data type's records at the server, once the snapshot is not `old`.
 fn record_ids(
     world: &World,
@@ -54,12 +67,7 @@ fn record_ids(
 ) -> (String, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, status, _) = world.server.call(
-            "GET",
-            Some(&world.key),
-            &format!("/companies/{id}/dataStatus"),
-            None,
-        );
+        let status = data_status(world, id);
         let snapshot = status[data_type]["snapshotId"].as_str().map(str::to_owned);
         if let Some(s) = snapshot.filter(|s| Some(s.as_str()) != old) {
             let (code, page, _) = world.server.call(
@@ -178,12 +186,7 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
     // The API client sees why at the next check-in.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, status, _) = world.server.call(
-            "GET",
-            Some(&world.key),
-            &format!("/companies/{id}/dataStatus"),
-            None,
-        );
+        let status = data_status(&world, &id);
         if status["invoices"]["connector"]["reason"] == "data_moved" {
             assert_eq!(status["invoices"]["connector"]["check"], "data_folder");
             assert!(
