@@ -75,6 +75,10 @@ enum Command {
         /// Name of the environment variable holding the device credential for --server.
         #[arg(long, value_name = "VAR", requires = "server")]
         credential_env: Option<String>,
+        /// Sage's COMPANY.COMPANYID of the company set up: refuse a folder that now holds
+        /// another company.
+        #[arg(long)]
+        sage_company_id: Option<String>,
     },
     /// Connect to a Sage company and print what Sage says (company, last transaction date) as
     /// JSON: the settings page's Test.
@@ -342,6 +346,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             json,
             server,
             credential_env,
+            sage_company_id,
         } => {
             let state_dir = match state_dir {
                 Some(dir) => dir,
@@ -388,6 +393,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                         outbox_limit,
                         progress: std::io::stderr().is_terminal(),
                         via_server,
+                        expect_sage_company: sage_company_id.as_deref(),
                     })
                 });
             let report = match outcome {

@@ -99,13 +99,15 @@ pub enum Reason {
     StartAtLogonOff,
     /// The connector is not running (or has not checked in for a while).
     NotRunning,
+    /// The Sage data folder now holds another company than the one set up.
+    OtherCompany,
     /// Anything else (the message says what).
     Other,
 }
 
 impl Reason {
     /// Every reason, in the README's order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::DataFolderNotFound,
         Reason::DriverMissing,
         Reason::CredentialsRejected,
@@ -125,6 +127,7 @@ impl Reason {
         Reason::ClockSkew,
         Reason::StartAtLogonOff,
         Reason::NotRunning,
+        Reason::OtherCompany,
         Reason::Other,
     ];
 
@@ -150,6 +153,7 @@ impl Reason {
             Reason::ClockSkew => "clock_skew",
             Reason::StartAtLogonOff => "start_at_logon_off",
             Reason::NotRunning => "not_running",
+            Reason::OtherCompany => "other_company",
             Reason::Other => "other",
         }
     }
@@ -213,6 +217,9 @@ impl Reason {
             }
             Reason::NotRunning => {
                 "The connector is not running on the PC with Sage. Start it from the Start menu, and leave that PC on or check it starts at logon."
+            }
+            Reason::OtherCompany => {
+                "The Sage data folder now holds a different company, so nothing was sent. In the connector's settings, choose your company's folder again."
             }
             Reason::Other => "The sync failed. The message says what to change.",
         }

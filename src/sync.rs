@@ -66,6 +66,18 @@ pub enum SyncError {
     /// Extraction failed.
     #[error("extraction failed: {0}")]
     Extract(#[from] ExtractError),
+    /// The folder holds another Sage company than the one set up.
+    #[error(
+        "the Sage data folder now holds another company ({found_name}, COMPANYID {found}) than the one set up (COMPANYID {expected}): nothing was published; choose your company's folder again in the connector's settings"
+    )]
+    OtherCompany {
+        /// The COMPANYID set up.
+        expected: String,
+        /// The one found.
+        found: String,
+        /// Its name.
+        found_name: String,
+    },
     /// Normalisation failed (a rule or a check).
     #[error("normalisation failed: {0}")]
     Rules(#[from] RulesError),
@@ -83,6 +95,7 @@ impl SyncError {
         use crate::protocol::Reason as R;
         match self {
             SyncError::Extract(e) => e.reason(),
+            SyncError::OtherCompany { .. } => R::OtherCompany,
             SyncError::Rules(_) => R::ChecksFailed,
             SyncError::Snapshot(_) | SyncError::State { .. } | SyncError::NoStateDir => {
                 R::LocalStorage
@@ -117,6 +130,9 @@ pub struct SyncOptions<'a> {
     /// Publish through this server with the company's device credential instead of writing
     /// to a store (the desktop then holds no store credential; `store` is ignored).
     pub via_server: Option<ServerPublisher>,
+    /// Sage's `COMPANY.COMPANYID` of the company set up: a folder now holding another company
+    /// (Sage reuses `Company.000`) is refused before anything is published.
+    pub expect_sage_company: Option<&'a str>,
 }
 
 /// Where a sync publishes: a store it writes itself, or the server that writes for it.
@@ -377,6 +393,26 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     let spinner = crate::telemetry::stage_spinner("normalising and checking", options.progress);
     let model = DataModel::embedded();
     let ws = Workspace::over_staging(&staging, None, &schema)?;
+    if let Some(expected) = options.expect_sage_company.filter(|e| !e.is_empty()) {
+        // (a driver without COMPANYID cannot tell: nothing to compare)
+        let found: Option<(Option<String>, Option<String>)> = ws
+            .conn()
+            .query_row(
+                "SELECT CAST(COMPANYID AS VARCHAR), CAST(NAME AS VARCHAR) FROM sage.COMPANY LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((Some(found), name)) = found
+            && found.trim() != expected.trim()
+        {
+            return Err(SyncError::OtherCompany {
+                expected: expected.to_owned(),
+                found,
+                found_name: name.unwrap_or_default(),
+            });
+        }
+    }
     let report = rules::normalise(&ws, &Rules::embedded(), &model)?;
     spinner.finish_and_clear();
     report.ensure_passed()?;

@@ -88,6 +88,9 @@ pub struct CompanyConfig {
     /// What the last `connector doctor` run for this company found wrong (sent at check-in).
     #[serde(default)]
     pub problems: Vec<crate::protocol::Problem>,
+    /// Folders the user said are not this company's data: never proposed again.
+    #[serde(default)]
+    pub declined_moves: Vec<String>,
 }
 
 impl CompanyConfig {
@@ -110,6 +113,7 @@ impl CompanyConfig {
             revoked: false,
             moved_to: None,
             problems: Vec::new(),
+            declined_moves: Vec::new(),
         }
     }
 }

@@ -445,12 +445,22 @@ async fn server_answers(http: &reqwest::Client, server: &str) -> Finding {
 /// A proxy URL without its user and password.
 fn without_userinfo(url: &str) -> String {
     match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://***@{host}"),
             None => url.to_owned(),
         },
         None => url.rsplit('@').next().unwrap_or(url).to_owned(),
     }
+}
+
+#[cfg(test)]
+#[test]
+fn a_proxy_password_never_shows() {
+    assert_eq!(
+        without_userinfo("http://u:p@ss@proxy:3128"),
+        "http://***@proxy:3128"
+    );
+    assert_eq!(without_userinfo("http://proxy:3128"), "http://proxy:3128");
 }
 
 async fn credential(
@@ -554,7 +564,7 @@ fn data_folder(
         ),
         Err(_) => {
             let found = discovery::find_companies(sage_root);
-            match find_moved(setup, &found, template, login) {
+            match find_moved(setup, &company.declined_moves, &found, template, login) {
                 Some(to) => Finding {
                     moved_to: Some(to.clone()),
                     ..Finding::failed(
@@ -594,15 +604,26 @@ fn is_drive_letter(path: &str) -> bool {
 /// The same Sage company in another folder: every company listed by every Sage version
 /// (newest first) that this process can see is asked for its `COMPANYID` with the company's
 /// own login; the first whose id is the one set up is taken. A company with the same name
-/// but another id is a different company and is never taken.
+/// but another id is a different company and is never taken, nor is a folder the user
+/// declined; without a company id nothing is taken.
 pub fn find_moved(
     setup: &Setup,
+    declined: &[String],
     found: &[FoundCompany],
     template: &str,
     login: &dyn Fn(&str) -> SourceConfig,
 ) -> Option<Setup> {
+    if setup.sage_company_id.trim().is_empty() {
+        // without Sage's company id a move cannot be told from another company
+        return None;
+    }
     for candidate in found {
-        if !candidate.exists || candidate.accdata == Path::new(&setup.accdata) {
+        if !candidate.exists
+            || candidate.accdata == Path::new(&setup.accdata)
+            || declined
+                .iter()
+                .any(|d| Path::new(d) == candidate.accdata.as_path())
+        {
             continue;
         }
         let odbc = discovery::connection_string(template, candidate);
@@ -720,7 +741,7 @@ fn sage_login(company: &CompanyConfig, setup: &Setup, source: &SourceConfig) -> 
                 "sage_login",
                 id,
                 Outcome::Problem,
-                Reason::DataMoved,
+                Reason::OtherCompany,
                 format!(
                     "the folder {} now holds another Sage company ({}), not {}",
                     setup.accdata, p.company_name, setup.sage_company_name

@@ -398,7 +398,7 @@ fn source_of(
 
 /// Runs `connector probe` in a child process (ODBC never runs in the agent).
 async fn run_probe(agent: &Agent, odbc: &str, form: &SourceForm) -> Value {
-    let mut cmd = tokio::process::Command::new(&agent.options.exe);
+    let mut cmd = super::child_command(&agent.options.exe);
     cmd.args(["probe", "--odbc", odbc])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
@@ -509,6 +509,10 @@ async fn confirm(State(agent): State<Arc<Agent>>, Json(form): Json<SourceForm>) 
         c.last_message = None;
         c.last_failure = None;
         c.failures_in_a_row = 0;
+        // chosen by hand: whatever move was found or declined no longer applies
+        c.moved_to = None;
+        c.problems.clear();
+        c.declined_moves.clear();
     });
     agent.request_sync(&form.company, "local");
     Json(json!({"ok": true})).into_response()

@@ -40,6 +40,20 @@ use secrets::SecretStore;
 
 /// Exit status of `connector sync` when the snapshot waits in the outbox.
 pub const EXIT_WAITING: i32 = 75;
+/// Windows' `CREATE_NO_WINDOW`: the agent's and the tray's children open no console window.
+pub const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+
+/// A child process of the agent: no console window on Windows.
+pub fn child_command(exe: &std::path::Path) -> tokio::process::Command {
+    #[allow(unused_mut)]
+    let mut cmd = tokio::process::Command::new(exe);
+    #[cfg(windows)]
+    cmd.creation_flags(CREATE_NO_WINDOW);
+    cmd
+}
+
+/// Longest run of `connector doctor` from the agent.
+const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Environment variable through which the agent hands the Sage password to its sync child.
 pub const PASSWORD_ENV: &str = "CONNECTOR_SAGE_PASSWORD";
 
@@ -69,6 +83,9 @@ pub struct AgentOptions {
 #[derive(Debug, Default, Clone)]
 struct Running {
     syncing: bool,
+    /// The doctor runs for it after a failed sync: no sync starts meanwhile (its Sage login
+    /// would meet the doctor's).
+    diagnosing: bool,
     /// A sync asked for: the API's request id, or `local`.
     requested: Option<String>,
     syncs_started: u64,
@@ -496,7 +513,7 @@ impl Agent {
                     let running = self.running();
                     let r = running.get(&c.id);
                     (
-                        r.is_some_and(|r| r.syncing),
+                        r.is_some_and(|r| r.syncing || r.diagnosing),
                         r.and_then(|r| r.requested.clone()),
                     )
                 };
@@ -584,17 +601,21 @@ impl Agent {
         if ok {
             self.update(&c.id, |cfg| cfg.problems.clear());
         }
+        let diagnose = !ok && reason != Some(Reason::DeviceRevoked);
         {
             let mut running = self.running();
-            running.entry(c.id.clone()).or_default().syncing = false;
+            let r = running.entry(c.id.clone()).or_default();
+            r.syncing = false;
+            r.diagnosing = diagnose;
         }
         self.write_status();
-        if !ok && reason != Some(Reason::DeviceRevoked) {
+        if diagnose {
             // Why, in the doctor's words: sent at the next check-in; a company found in
             // another folder waits for the user's confirmation.
             if let Err(e) = self.diagnose(Some(&c.id)).await {
                 tracing::warn!(company = %c.id, error = %e, "Could not run the connector's checks after a failed sync.");
             }
+            self.running().entry(c.id.clone()).or_default().diagnosing = false;
         }
         if ok {
             tracing::info!(company = %c.id, snapshot = ?snapshot_id, "The sync published.");
@@ -624,7 +645,7 @@ impl Agent {
     /// found per company (sent at check-in) and a moved company's new folder (state `moved`),
     /// and returns its report as JSON.
     pub async fn diagnose(&self, company: Option<&str>) -> Result<serde_json::Value, String> {
-        let mut cmd = tokio::process::Command::new(&self.options.exe);
+        let mut cmd = child_command(&self.options.exe);
         cmd.arg("doctor")
             .arg("--state-dir")
             .arg(&self.options.state_dir)
@@ -636,9 +657,15 @@ impl Agent {
         if let Some(id) = company {
             cmd.args(["--company", id]);
         }
-        let output = cmd
-            .output()
+        // a probe hanging on a dead network share must not hold the agent
+        let output = tokio::time::timeout(DIAGNOSE_TIMEOUT, cmd.output())
             .await
+            .map_err(|_| {
+                format!(
+                    "the checks took longer than {} s and were stopped",
+                    DIAGNOSE_TIMEOUT.as_secs()
+                )
+            })?
             .map_err(|e| format!("could not start {}: {e}", self.options.exe.display()))?;
         let report: doctor::Report = serde_json::from_slice(&output.stdout).map_err(|e| {
             format!(
@@ -662,9 +689,14 @@ impl Agent {
             if let Some(to) = &moved_to {
                 tracing::warn!(company = %id, to = %to.accdata, "The Sage data moved: waiting for the user to confirm the new folder.");
             }
+            let checked_folder = report
+                .findings
+                .iter()
+                .any(|f| f.company.as_deref() == Some(id) && f.check == "data_folder");
             self.update(id, |cfg| {
                 cfg.problems = problems;
-                if moved_to.is_some() {
+                // where the doctor looked: the move it found, or none (the folder is back)
+                if checked_folder {
                     cfg.moved_to = moved_to;
                 }
             });
@@ -686,12 +718,16 @@ impl Agent {
                 .moved_to
                 .take()
                 .ok_or_else(|| format!("the Sage data of {company} has not moved"))?;
+            c.problems.clear();
             if accept {
                 taken = Some(to.accdata.clone());
                 c.setup = Some(to);
                 c.last_error = None;
                 c.last_message = None;
-                c.problems.clear();
+            } else {
+                // not asked about that folder again
+                c.declined_moves.push(to.accdata);
+                c.last_error = Some(Reason::DataFolderNotFound);
             }
             config
                 .save(&self.options.state_dir)
@@ -718,7 +754,8 @@ impl Agent {
     /// answer. The entry starts the agent the way this one was started.
     pub fn set_start_at_logon(&self, on: bool) -> Result<(), String> {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        autostart::set(&self.options.exe, &args, on).map_err(|e| e.to_string())?;
+        let (exe, args) = autostart::command(&self.options.exe, &args);
+        autostart::set(&exe, &args, on).map_err(|e| e.to_string())?;
         let mut config = self.config();
         config.start_at_logon = Some(on);
         config
@@ -740,7 +777,7 @@ impl Agent {
         let summary =
             config::agent_dir(&self.options.state_dir).join(format!("sync-{}.json", c.id));
         let _ = std::fs::remove_file(&summary);
-        let mut cmd = tokio::process::Command::new(&self.options.exe);
+        let mut cmd = child_command(&self.options.exe);
         cmd.args([
             "sync",
             "--odbc",
@@ -762,6 +799,9 @@ impl Agent {
         .kill_on_drop(true);
         if let Some(user) = &setup.user {
             cmd.args(["--user", user]);
+        }
+        if !setup.sage_company_id.is_empty() {
+            cmd.args(["--sage-company-id", &setup.sage_company_id]);
         }
         match self.secrets.get(&config::sage_secret(&c.id)) {
             Ok(Some(password)) => {

@@ -146,7 +146,15 @@ pub const NOT_SEEN_SECS: i64 = 5 * 60;
 /// The first problem its own checks found wins, then the last sync's failure; a connector not
 /// seen for [`NOT_SEEN_SECS`] is `not_running`. Warnings are listed, not a reason.
 pub fn connector_reason(devices: &[crate::server::control::Device]) -> Option<serde_json::Value> {
-    let device = devices.iter().find(|d| d.revoked_at.is_none())?;
+    let Some(device) = devices.iter().find(|d| d.revoked_at.is_none()) else {
+        // every connector of the company was revoked: it cannot sync until linked again
+        let revoked = devices.iter().find(|d| d.revoked_at.is_some())?;
+        return Some(serde_json::json!({
+            "reason": Reason::DeviceRevoked.code(), "advice": Reason::DeviceRevoked.advice(),
+            "message": format!("the connector on {} was disconnected", revoked.name),
+            "check": "credential", "since": revoked.revoked_at, "warnings": [],
+        }));
+    };
     let seen = device
         .last_seen_at
         .as_deref()

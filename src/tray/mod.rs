@@ -368,6 +368,10 @@ pub struct Supervisor {
     pub down: Option<String>,
     /// How many times it was started.
     pub starts: u32,
+    /// The agent's state folder (to find an agent already running there).
+    state_dir: Option<PathBuf>,
+    /// An agent this tray did not start answers there: watched, not started again.
+    pub attached: bool,
 }
 
 impl Supervisor {
@@ -375,6 +379,7 @@ impl Supervisor {
     pub fn new(exe: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
         Supervisor {
             exe,
+            state_dir: state_dir_of(&args),
             args,
             log,
             child: None,
@@ -383,6 +388,7 @@ impl Supervisor {
             started_at: None,
             down: Some("Starting the connector…".into()),
             starts: 0,
+            attached: false,
         }
     }
 
@@ -419,6 +425,22 @@ impl Supervisor {
 
     fn start(&mut self) {
         self.restart_at = None;
+        // One agent per state folder: one started before this tray (at logon, by hand) is
+        // watched, not fought over its port; looked at again every few seconds.
+        if let Some(control) = self.state_dir.as_deref().and_then(Control::find)
+            && control.alive()
+        {
+            if !self.attached {
+                tracing::info!(
+                    "A connector agent is already running for this state folder; the tray shows it."
+                );
+            }
+            self.attached = true;
+            self.down = None;
+            self.restart_at = Some(Instant::now() + Duration::from_secs(5));
+            return;
+        }
+        self.attached = false;
         if let Some(dir) = self.log.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -430,7 +452,13 @@ impl Supervisor {
             Ok(f) => Stdio::from(f),
             Err(_) => Stdio::null(),
         };
-        match Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        #[cfg(windows)]
+        {
+            use std::os::windows::process::CommandExt;
+            command.creation_flags(crate::agent::CREATE_NO_WINDOW);
+        }
+        match command
             .arg("run")
             .args(&self.args)
             .stdin(Stdio::null())
@@ -506,6 +534,26 @@ impl Control {
             ticket,
             settings_url: url,
         })
+    }
+
+    /// Whether the agent answers on its port.
+    pub fn alive(&self) -> bool {
+        let answer = (|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+                Duration::from_secs(2),
+            )?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            write!(
+                stream,
+                "GET /alive HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        answer.is_ok_and(|a| a.starts_with("HTTP/1.1 200") && a.contains("sage-connector"))
     }
 
     /// POSTs `body` to the agent's `path` with the ticket; returns the HTTP status.

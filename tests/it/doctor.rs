@@ -314,9 +314,22 @@ fn the_doctor_checks_in_order_and_names_the_check_that_failed_and_what_to_do() {
         .state
         .join("home/.config/autostart/sage-connector.desktop");
     let desktop = std::fs::read_to_string(&entry).expect("an XDG autostart entry");
+    // the tray (built beside `connector`) with the agent's own arguments, folders absolute
+    let exec = desktop
+        .lines()
+        .find_map(|l| l.strip_prefix("Exec="))
+        .expect("an Exec line");
     assert!(
-        desktop.contains(" run ") && desktop.contains("--server"),
-        "{desktop}"
+        exec.contains("connector-tray") && !exec.contains(" run "),
+        "{exec}"
+    );
+    assert!(
+        exec.contains(&format!("--server {}", world.server.base)),
+        "{exec}"
+    );
+    assert!(
+        exec.contains(&format!("--state-dir {}", agent.state.display())),
+        "{exec}"
     );
 
     // All well: every check in its order, each ok.
@@ -410,5 +423,113 @@ fn the_doctor_checks_in_order_and_names_the_check_that_failed_and_what_to_do() {
     assert!(
         found.contains("Sage Line 50 v99") && found.contains("SQLite3"),
         "{found}"
+    );
+}
+
+#[test]
+fn the_trays_control_routes_take_only_the_ticket_and_no_web_page() {
+    let world = World::new(&[]);
+    let dir = tempdir();
+    let sage = golden(&dir.path().join("a"));
+    let agent = world.agent(&[&sage.dir]);
+    let (id, link) = world.company("Control Co", "https://app.example/done");
+    let _session = link_and_set_up(&world, &agent, &id, &link, &sage);
+    let url = std::fs::read_to_string(agent.state.join("agent").join("settings-url")).unwrap();
+    let ticket = url.trim().split("ticket=").nth(1).unwrap().to_owned();
+    let host = format!("127.0.0.1:{}", agent.port);
+    let post = |headers: &[(&str, &str)]| {
+        crate::desktop::http(
+            "POST",
+            &format!("{}/control/sync-now", agent.base),
+            headers,
+            Some("{}".into()),
+        )
+        .status
+    };
+    let json_type = ("content-type", "application/json");
+    assert_eq!(post(&[json_type]), 403, "no ticket");
+    assert_eq!(post(&[json_type, ("x-connector-ticket", "wrong")]), 403);
+    assert_eq!(
+        post(&[
+            json_type,
+            ("x-connector-ticket", &ticket),
+            ("origin", "https://evil.example")
+        ]),
+        403,
+        "a web page"
+    );
+    assert_eq!(
+        post(&[
+            json_type,
+            ("x-connector-ticket", &ticket),
+            ("host", "evil.example")
+        ]),
+        421,
+        "DNS rebinding"
+    );
+    let before = syncs_started(&agent, &id);
+    assert_eq!(
+        post(&[json_type, ("x-connector-ticket", &ticket), ("host", &host)]),
+        200
+    );
+    agent.wait_for(
+        &id,
+        "the sync the tray asked for",
+        Duration::from_secs(30),
+        |c| c["syncsStarted"].as_u64() > Some(before),
+    );
+}
+
+#[test]
+fn a_declined_move_is_not_proposed_again_and_a_folder_holding_another_company_is_refused() {
+    let world = World::new(&[]);
+    let dir = tempdir();
+    let local = dir.path().join("local").join("Company.000");
+    let sage = generated(&local, 1, 150);
+    let agent = world.agent(&[&sage.dir]);
+    let (id, link) = world.company("Declined Co", "https://app.example/done");
+    let session = link_and_set_up(&world, &agent, &id, &link, &sage);
+    let copy = dir.path().join("copy").join("Company.000");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::rename(&local, &copy).unwrap();
+    list_in(&world.dir.path().join("sage-root"), "V33", &[&copy]);
+    session.post("/settings/sync-now", json!({"company": id}));
+    agent.wait_for(&id, "the move to be found", Duration::from_secs(90), |c| {
+        c["state"] == "moved"
+    });
+    // "No": not this folder; it is not proposed again at the next failed sync.
+    let answer = session.post("/settings/moved", json!({"company": id, "accept": false}));
+    assert_eq!(answer.json()["ok"], true, "{}", answer.body);
+    let c = agent.company(&id);
+    assert_eq!(c["lastError"], "data_folder_not_found", "{c}");
+    let started = syncs_started(&agent, &id);
+    session.post("/settings/sync-now", json!({"company": id}));
+    agent.wait_for(
+        &id,
+        "another failed sync and its checks",
+        Duration::from_secs(60),
+        |c| {
+            c["syncsStarted"].as_u64() > Some(started)
+                && c["state"] == "failing"
+                && c["problems"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["reason"] == "data_folder_not_found"))
+        },
+    );
+    assert!(agent.company(&id)["movedTo"].is_null());
+
+    // Another company put in the original folder (Sage reuses Company.000): refused.
+    generated(&local, 4, 100);
+    let started = syncs_started(&agent, &id);
+    session.post("/settings/sync-now", json!({"company": id}));
+    let c = agent.wait_for(&id, "the refused sync", Duration::from_secs(60), |c| {
+        c["syncsStarted"].as_u64() > Some(started) && c["lastError"] == "other_company"
+    });
+    assert!(
+        c["lastMessage"]
+            .as_str()
+            .unwrap()
+            .contains("another company"),
+        "{c}"
     );
 }

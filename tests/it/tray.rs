@@ -448,3 +448,58 @@ fn the_tray_shows_state_over_dbus_its_menu_syncs_it_notifies_and_it_survives_an_
     });
     tray.stop();
 }
+
+#[test]
+fn a_tray_started_while_the_agent_runs_shows_that_agent_instead_of_starting_another() {
+    let (_x, display) = xvfb();
+    let (_bus_daemon, address) = session_bus();
+    let watcher = Watcher::default();
+    let bus = zbus::blocking::connection::Builder::address(address.as_str())
+        .unwrap()
+        .name("org.kde.StatusNotifierWatcher")
+        .unwrap()
+        .serve_at("/StatusNotifierWatcher", watcher.clone())
+        .unwrap()
+        .build()
+        .unwrap();
+    let world = World::new(&[]);
+    let dir = tempdir();
+    let sage = golden(&dir.path().join("a"));
+    // The agent started at logon, headless; then the user opens the tray.
+    let agent = world.agent(&[&sage.dir]);
+    let (id, link) = world.company("Running Co", "https://app.example/done");
+    link_and_set_up(&world, &agent, &id, &link, &sage);
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let tray_log = dir.path().join("tray.log");
+    let mut args = agent.args.clone();
+    args.remove(0); // `run`
+    let tray = Killed(
+        Command::new(TRAY)
+            .args(&args)
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("HOME", agent.state.join("home"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&tray_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let item = item(&watcher, Duration::from_secs(20));
+    wait(
+        "the running agent's company in the menu",
+        Duration::from_secs(20),
+        || {
+            menu(&bus, &item)
+                .first()
+                .is_some_and(|(_, l, _)| l.starts_with("Running Co: up to date"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let log = std::fs::read_to_string(&tray_log).unwrap();
+    assert!(log.contains("already running"), "{log}");
+    assert!(!log.contains("Started the connector agent"), "{log}");
+    assert!(!log.contains("stopped unexpectedly"), "{log}");
+    drop(tray);
+}
