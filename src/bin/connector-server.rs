@@ -56,6 +56,10 @@ enum Command {
         /// Seconds a company's link stays usable.
         #[arg(long, default_value_t = 3600)]
         link_ttl_secs: i64,
+        /// A connector that has not checked in for this many seconds is `not_running` in
+        /// dataStatus, and its client is told (company.status_changed).
+        #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
+        connector_silence_secs: i64,
         /// Rotate a device credential at check-in once it is this many seconds old.
         #[arg(long, default_value_t = 86_400)]
         rotate_after_secs: i64,
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             loopback_port,
             link_ttl_secs,
             rotate_after_secs,
+            connector_silence_secs,
         } => {
             let options = ServeOptions {
                 store: StoreConfig::new(store),
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 loopback_port,
                 link_ttl_secs: link_ttl_secs.max(1),
                 rotate_after_secs: rotate_after_secs.max(0),
+                connector_silence_secs: connector_silence_secs.max(1),
             };
             connector::publish::runtime()
                 .block_on(server::serve(options))

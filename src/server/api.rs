@@ -77,6 +77,10 @@ pub struct AppState {
     pub grants: super::devices::GrantTable,
     /// Wakes a company's long-polling check-in when work is queued for it.
     company_wakes: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// A connector silent this long is `not_running`.
+    pub connector_silence_secs: i64,
+    /// The connector reason last told to each company's client (`company.status_changed`).
+    pub told_reasons: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl AppState {
@@ -112,6 +116,8 @@ impl AppState {
             sync_every_secs: 24 * 3600,
             grants: Default::default(),
             company_wakes: Mutex::new(HashMap::new()),
+            connector_silence_secs: super::devices::NOT_SEEN_SECS,
+            told_reasons: Mutex::new(HashMap::new()),
         }
     }
 
@@ -509,7 +515,7 @@ async fn get_company(
             "connector".into(),
             json!(connector.map(|d| json!({
                 "deviceId": d.id, "lastSeenAt": d.last_seen_at, "status": d.status,
-                "why": super::devices::connector_reason(&devices),
+                "why": super::devices::connector_reason(&devices, state.connector_silence_secs),
             }))),
         );
         obj.insert(
@@ -536,7 +542,7 @@ async fn data_status(
         .control
         .devices(&id)
         .ok()
-        .and_then(|d| super::devices::connector_reason(&d));
+        .and_then(|d| super::devices::connector_reason(&d, state.connector_silence_secs));
     let mut out = serde_json::Map::new();
     for dt in &state.model.types {
         let status = match &live {

@@ -138,14 +138,18 @@ pub struct WaitParam {
     wait: Option<u64>,
 }
 
-/// A connector that has not checked in for this long is not running (or its PC is off).
+/// A connector that has not checked in for this long is not running (or its PC is off), by
+/// default (`connector-server serve --connector-silence-secs`).
 pub const NOT_SEEN_SECS: i64 = 5 * 60;
 
 /// Why a company's data is not being kept fresh, as its connector last said (or its silence
 /// says): `{reason, advice, message, check, since, warnings}`, or None when nothing is wrong.
 /// The first problem its own checks found wins, then the last sync's failure; a connector not
-/// seen for [`NOT_SEEN_SECS`] is `not_running`. Warnings are listed, not a reason.
-pub fn connector_reason(devices: &[crate::server::control::Device]) -> Option<serde_json::Value> {
+/// silent for `silence_secs` is `not_running`. Warnings are listed, not a reason.
+pub fn connector_reason(
+    devices: &[crate::server::control::Device],
+    silence_secs: i64,
+) -> Option<serde_json::Value> {
     let Some(device) = devices.iter().find(|d| d.revoked_at.is_none()) else {
         // every connector of the company was revoked: it cannot sync until linked again
         let revoked = devices.iter().find(|d| d.revoked_at.is_some())?;
@@ -171,7 +175,7 @@ pub fn connector_reason(devices: &[crate::server::control::Device]) -> Option<se
         .map(|p| p.reason.code())
         .collect();
     let silent = seen.is_none_or(|t| {
-        (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() > NOT_SEEN_SECS
+        (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() > silence_secs
     });
     let (reason, check, message) = if silent {
         (
@@ -206,6 +210,52 @@ fn reason_code(reason: &Option<serde_json::Value>) -> Option<String> {
         .and_then(|r| r["reason"].as_str().map(str::to_owned))
 }
 
+/// Tells the company's client (`company.status_changed`) when the connector's reason differs
+/// from the one last told: at check-in, and from the server's sweep (a connector falling
+/// silent). A company first seen by this server process is noted, not told.
+pub fn tell_reason(state: &AppState, company_id: &str) {
+    let now = state
+        .control
+        .devices(company_id)
+        .ok()
+        .and_then(|d| connector_reason(&d, state.connector_silence_secs));
+    let now_code = reason_code(&now);
+    let before = {
+        let mut told = state.told_reasons.lock().unwrap_or_else(|e| e.into_inner());
+        match told.get(company_id) {
+            None => {
+                told.insert(company_id.to_owned(), now_code);
+                return;
+            }
+            Some(b) if *b == now_code => return,
+            Some(b) => {
+                let b = b.clone();
+                told.insert(company_id.to_owned(), now_code.clone());
+                b
+            }
+        }
+    };
+    let Ok(Some(company)) = state.control.company_by_id(company_id) else {
+        return;
+    };
+    let data = crate::server::company_status(&*state.control, company_id);
+    tracing::info!(company = %company.id, reason = ?now_code, was = ?before, "The connector's reason changed.");
+    crate::server::emit(
+        state,
+        &company.client_id,
+        "company.status_changed",
+        serde_json::json!({
+            "companyId": company.id,
+            "from": if before.is_some() { "Failing" } else { data },
+            "to": if now_code.is_some() { "Failing" } else { data },
+            "reason": now_code,
+            "previousReason": before,
+            "advice": now.as_ref().and_then(|a| a["advice"].as_str().map(str::to_owned)),
+            "message": now.as_ref().and_then(|a| a["message"].as_str().map(str::to_owned)),
+        }),
+    );
+}
+
 /// `POST …/checkin`: the connector's status in; queued work, configuration and maybe a
 /// rotated credential out. Holds the answer up to `wait` seconds for a sync request.
 pub async fn checkin(
@@ -226,37 +276,17 @@ pub async fn checkin(
         .control
         .devices(&device.company_id)
         .ok()
-        .and_then(|d| reason_code(&connector_reason(&d)));
+        .and_then(|d| reason_code(&connector_reason(&d, state.connector_silence_secs)));
+    state
+        .told_reasons
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(device.company_id.clone())
+        .or_insert(before);
     if let Err(e) = state.control.record_checkin(&device.id, &status) {
         return internal(e);
     }
-    let after = state
-        .control
-        .devices(&device.company_id)
-        .ok()
-        .and_then(|d| connector_reason(&d));
-    // The client hears when its connector starts or stops saying why data is not updating.
-    if reason_code(&after) != before
-        && let Ok(Some(company)) = state.control.company_by_id(&device.company_id)
-    {
-        let data = crate::server::company_status(&*state.control, &device.company_id);
-        let now_code = reason_code(&after);
-        tracing::info!(company = %company.id, reason = ?now_code, was = ?before, "The connector's reason changed.");
-        crate::server::emit(
-            &state,
-            &company.client_id,
-            "company.status_changed",
-            serde_json::json!({
-                "companyId": company.id,
-                "from": if before.is_some() { "Failing" } else { data },
-                "to": if now_code.is_some() { "Failing" } else { data },
-                "reason": now_code,
-                "previousReason": before,
-                "advice": after.as_ref().and_then(|a| a["advice"].as_str().map(str::to_owned)),
-                "message": after.as_ref().and_then(|a| a["message"].as_str().map(str::to_owned)),
-            }),
-        );
-    }
+    tell_reason(&state, &device.company_id);
     let credential = match state
         .control
         .rotate_device(&device.id, state.rotate_after_secs)

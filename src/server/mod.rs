@@ -55,6 +55,8 @@ pub struct ServeOptions {
     pub link_ttl_secs: i64,
     /// Device credentials older than this are rotated at check-in.
     pub rotate_after_secs: i64,
+    /// A connector silent this long is `not_running` (and its client is told).
+    pub connector_silence_secs: i64,
 }
 
 /// Why the server could not run.
@@ -266,6 +268,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     state.loopback_port = options.loopback_port;
     state.link_ttl_secs = options.link_ttl_secs;
     state.rotate_after_secs = options.rotate_after_secs;
+    state.connector_silence_secs = options.connector_silence_secs;
     let state = Arc::new(state);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
@@ -279,6 +282,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tokio::spawn(async move {
             while !stopping.load(Ordering::SeqCst) {
                 ingest_all(&state, &store, &state_dir).await;
+                // a connector that fell silent: its client hears `not_running`
+                if let Ok(companies) = state.control.all_companies() {
+                    for company in companies {
+                        devices::tell_reason(&state, &company.id);
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(options.poll) => {}
                     _ = state.wake.notified() => {}

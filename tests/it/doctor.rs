@@ -96,7 +96,8 @@ fn record_ids(
 
 #[test]
 fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_confirmed() {
-    let world = World::new(&["--allow-private-webhooks"]);
+    // (the agent checks in at least every 5 s here: 12 s of silence is a stopped connector)
+    let world = World::new(&["--allow-private-webhooks", "--connector-silence-secs", "12"]);
     // The client's webhook receiver, for company.status_changed.
     let received = Arc::new(Mutex::new(Vec::<Value>::new()));
     let keep = received.clone();
@@ -144,7 +145,7 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
     assert_eq!(sage_name, impostor_name, "the impostor must share the name");
     assert_ne!(sage_id, impostor_id);
 
-    let agent = world.agent(&[&sage.dir]);
+    let mut agent = world.agent(&[&sage.dir]);
     let (id, link) = world.company("Moving Co", "https://app.example/done");
     let session = link_and_set_up(&world, &agent, &id, &link, &sage);
     let (first, before) = record_ids(&world, &id, "invoices", None);
@@ -250,8 +251,17 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
         1,
         "{companies}"
     );
-}
 
+    // The connector stops (the PC is off): the client hears `not_running`.
+    agent.stop();
+    let silent = event_with(&|e| e["data"]["reason"] == "not_running", "not_running");
+    assert_eq!(silent["data"]["previousReason"], Value::Null, "{silent}");
+    let status = data_status(&world, &id);
+    assert_eq!(
+        status["invoices"]["connector"]["reason"], "not_running",
+        "{status}"
+    );
+}
 #[test]
 fn a_company_only_an_impostor_matches_is_not_taken_and_the_user_is_asked_for_the_path() {
     let world = World::new(&[]);
