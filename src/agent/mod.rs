@@ -645,6 +645,22 @@ impl Agent {
     /// found per company (sent at check-in) and a moved company's new folder (state `moved`),
     /// and returns its report as JSON.
     pub async fn diagnose(&self, company: Option<&str>) -> Result<serde_json::Value, String> {
+        // what each company was when the checks began: a result that a later sync or a new
+        // folder made stale is not kept
+        let began: HashMap<String, (Option<String>, Option<String>)> = self
+            .config()
+            .companies
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    (
+                        c.setup.as_ref().map(|s| s.accdata.clone()),
+                        c.last_success.clone(),
+                    ),
+                )
+            })
+            .collect();
         let mut cmd = child_command(&self.options.exe);
         cmd.arg("doctor")
             .arg("--state-dir")
@@ -694,6 +710,13 @@ impl Agent {
                 .iter()
                 .any(|f| f.company.as_deref() == Some(id) && f.check == "data_folder");
             self.update(id, |cfg| {
+                let now = (
+                    cfg.setup.as_ref().map(|s| s.accdata.clone()),
+                    cfg.last_success.clone(),
+                );
+                if began.get(id.as_str()) != Some(&now) {
+                    return;
+                }
                 cfg.problems = problems;
                 // where the doctor looked: the move it found, or none (the folder is back)
                 if checked_folder {
