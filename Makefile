@@ -37,7 +37,7 @@ export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver \
-	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth trayer xdotool imagemagick x11-utils x11-xserver-utils
+	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth trayer xdotool imagemagick x11-utils x11-xserver-utils openssl
 
 .PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-link pg-up pg-down s3-up s3-down
 

@@ -307,6 +307,47 @@ fn server_with_a_wrong_clock() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// An HTTPS server on loopback whose certificate is self-signed (what a proxy inspecting
+/// traffic presents): its base URL, and the process.
+fn server_with_an_untrusted_certificate(dir: &Path) -> (String, std::process::Child) {
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=127.0.0.1")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (make deps)");
+    assert!(made.status.success(), "{made:?}");
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import http.server, ssl, sys\n\
+             s = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[1], sys.argv[2])\n\
+             s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+             print(s.server_address[1], flush=True)\n\
+             s.serve_forever()",
+        )
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (format!("https://127.0.0.1:{}", line.trim()), child)
+}
+
 #[test]
 fn the_doctor_checks_in_order_and_names_the_check_that_failed_and_what_to_do() {
     let world = World::new(&[]);
@@ -409,6 +450,17 @@ fn the_doctor_checks_in_order_and_names_the_check_that_failed_and_what_to_do() {
     assert!(
         f["found"].as_str().unwrap().contains("120 minutes ahead"),
         "{f}"
+    );
+
+    // A certificate this PC does not trust (a proxy inspecting traffic): tls_failed.
+    let (https, mut tls_server) = server_with_an_untrusted_certificate(dir.path());
+    let (_, report) = doctor(&agent, &["--json", "--server", &https], &[]);
+    let _ = tls_server.kill();
+    let _ = tls_server.wait();
+    assert_eq!(
+        finding(&report, "server")["reason"],
+        "tls_failed",
+        "{report}"
     );
 
     // The agent stopped and the Sage driver of another version: both named.
