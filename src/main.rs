@@ -348,12 +348,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             credential_env,
             sage_company_id,
         } => {
-            let state_dir = match state_dir {
-                Some(dir) => dir,
-                None => {
-                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
-                }
-            };
+            let state_dir = state_dir_or_default(state_dir)?;
             let via_server = match server {
                 Some(server) => {
                     let credential: publish::CredentialSource = match credential_env {
@@ -486,12 +481,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             checkin_wait_secs,
             publish_timeout_secs,
         } => {
-            let state_dir = match state_dir {
-                Some(dir) => dir,
-                None => {
-                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
-                }
-            };
+            let state_dir = state_dir_or_default(state_dir)?;
             let agent = connector::agent::Agent::new(connector::agent::AgentOptions {
                 state_dir,
                 server,
@@ -506,12 +496,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Settings { state_dir } => {
-            let state_dir = match state_dir {
-                Some(dir) => dir,
-                None => {
-                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
-                }
-            };
+            let state_dir = state_dir_or_default(state_dir)?;
             let path = connector::agent::config::agent_dir(&state_dir).join("settings-url");
             let url = std::fs::read_to_string(&path).map_err(|e| {
                 anyhow::anyhow!(
@@ -530,12 +515,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             odbc_template,
             json,
         } => {
-            let state_dir = match state_dir {
-                Some(dir) => dir,
-                None => {
-                    connector::state::state_dir_from_env().ok_or(sync::SyncError::NoStateDir)?
-                }
-            };
+            let state_dir = state_dir_or_default(state_dir)?;
             let secrets = connector::agent::secrets::open(&state_dir);
             let options = connector::agent::doctor::DoctorOptions {
                 state_dir,
@@ -568,6 +548,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--state-dir`, else the platform's per-user state folder.
+fn state_dir_or_default(dir: Option<PathBuf>) -> Result<PathBuf, sync::SyncError> {
+    dir.or_else(connector::state::state_dir_from_env)
+        .ok_or(sync::SyncError::NoStateDir)
 }
 
 fn run_rules(command: RulesCommand) -> anyhow::Result<()> {

@@ -231,7 +231,7 @@ pub fn run(options: &DoctorOptions, secrets: &dyn SecretStore) -> Report {
         .build()
         .expect("an HTTP client can be built");
 
-    let mut findings = vec![rt.block_on(agent_running(&http, status.as_ref()))];
+    let mut findings = vec![agent_running(&options.state_dir)];
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -306,8 +306,8 @@ pub fn run(options: &DoctorOptions, secrets: &dyn SecretStore) -> Report {
     Report { findings }
 }
 
-async fn agent_running(http: &reqwest::Client, status: Option<&AgentStatus>) -> Finding {
-    let Some(status) = status.filter(|s| s.port != 0) else {
+fn agent_running(state_dir: &Path) -> Finding {
+    let Some(control) = super::control::Control::find(state_dir) else {
         return Finding::failed(
             "agent",
             None,
@@ -316,23 +316,23 @@ async fn agent_running(http: &reqwest::Client, status: Option<&AgentStatus>) -> 
             "the connector has not run on this PC for this user".into(),
         );
     };
-    let url = format!("http://127.0.0.1:{}/alive", status.port);
-    match http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => Finding::ok(
+    if control.alive() {
+        Finding::ok(
             "agent",
             None,
-            format!("the connector is running (port {})", status.port),
-        ),
-        _ => Finding::failed(
+            format!("the connector is running (port {})", control.port()),
+        )
+    } else {
+        Finding::failed(
             "agent",
             None,
             Outcome::Problem,
             Reason::NotRunning,
             format!(
                 "the connector is not running (nothing answers on port {})",
-                status.port
+                control.port()
             ),
-        ),
+        )
     }
 }
 

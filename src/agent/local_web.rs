@@ -79,6 +79,14 @@ fn own_hosts(agent: &Agent) -> [String; 2] {
     [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
 }
 
+/// A request header's text ("" when absent or not text).
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
 fn refuse(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -89,11 +97,7 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 
 /// Host allow-list and security headers, on every request.
 async fn guard(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let host = header_text(request.headers(), header::HOST.as_str());
     if !own_hosts(&agent).iter().any(|h| h == host) {
         tracing::warn!(
             host,
@@ -144,10 +148,7 @@ async fn require_ticket(
     request: Request,
     next: Next,
 ) -> Response {
-    let ticket = headers
-        .get(TICKET_HEADER)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let ticket = header_text(&headers, TICKET_HEADER);
     if headers.contains_key(header::ORIGIN)
         || !crate::server::control::constant_time_eq(ticket.as_bytes(), agent.ticket.as_bytes())
     {
@@ -166,10 +167,7 @@ async fn require_session(
     request: Request,
     next: Next,
 ) -> Response {
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let origin = header_text(&headers, header::ORIGIN.as_str());
     let own = own_hosts(&agent);
     if !own.iter().any(|h| origin == format!("http://{h}")) {
         tracing::warn!(origin, "Refused a settings change from another origin.");
@@ -184,10 +182,7 @@ async fn require_session(
             "no settings session: open the settings from the connector",
         );
     };
-    let token = headers
-        .get(TOKEN_HEADER)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let token = header_text(&headers, TOKEN_HEADER);
     if !crate::server::control::constant_time_eq(token.as_bytes(), session.csrf.as_bytes()) {
         return refuse(
             StatusCode::FORBIDDEN,

@@ -20,6 +20,7 @@
 pub mod autostart;
 pub mod checkin;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod doctor;
 pub mod local_web;

@@ -272,17 +272,26 @@ pub async fn checkin(
         );
     };
     let status = serde_json::to_value(&body).unwrap_or_default();
-    let before = state
-        .control
-        .devices(&device.company_id)
-        .ok()
-        .and_then(|d| reason_code(&connector_reason(&d, state.connector_silence_secs)));
-    state
+    // A company first seen by this process: what it was before this check-in is what its
+    // client knows (the sweep notes the others without telling).
+    let known = state
         .told_reasons
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(device.company_id.clone())
-        .or_insert(before);
+        .contains_key(&device.company_id);
+    if !known {
+        let before = state
+            .control
+            .devices(&device.company_id)
+            .ok()
+            .and_then(|d| reason_code(&connector_reason(&d, state.connector_silence_secs)));
+        state
+            .told_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(device.company_id.clone())
+            .or_insert(before);
+    }
     if let Err(e) = state.control.record_checkin(&device.id, &status) {
         return internal(e);
     }

@@ -17,12 +17,12 @@
 pub mod gui;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::config::{AgentStatus, CompanyStatus, agent_dir};
+use crate::agent::config::{AgentStatus, CompanyStatus};
+pub use crate::agent::control::Control;
 use crate::protocol::{CompanyState, Reason};
 
 /// The icon's state at a glance.
@@ -512,83 +512,16 @@ impl Supervisor {
     }
 }
 
-/// The agent's loopback listener, as the tray reaches it: port and ticket from
-/// `STATE/agent/settings-url`.
-pub struct Control {
-    /// The settings page's address (opens a session).
-    pub settings_url: String,
-    port: u16,
-    ticket: String,
-}
-
-impl Control {
-    /// Reads `settings-url` (None: the agent has not started yet).
-    pub fn find(state_dir: &Path) -> Option<Control> {
-        let url = std::fs::read_to_string(agent_dir(state_dir).join("settings-url")).ok()?;
-        let url = url.trim().to_owned();
-        let rest = url.strip_prefix("http://127.0.0.1:")?;
-        let (port, rest) = rest.split_once('/')?;
-        let ticket = rest.split_once("ticket=")?.1.to_owned();
-        Some(Control {
-            port: port.parse().ok()?,
-            ticket,
-            settings_url: url,
-        })
-    }
-
-    /// Whether the agent answers on its port.
-    pub fn alive(&self) -> bool {
-        let answer = (|| -> std::io::Result<String> {
-            let mut stream = std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-                Duration::from_secs(2),
-            )?;
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            write!(
-                stream,
-                "GET /alive HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-                self.port
-            )?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer)?;
-            Ok(answer)
-        })();
-        answer.is_ok_and(|a| a.starts_with("HTTP/1.1 200") && a.contains("sage-connector"))
-    }
-
-    /// POSTs `body` to the agent's `path` with the ticket; returns the HTTP status.
-    pub fn post(&self, path: &str, body: &serde_json::Value) -> std::io::Result<u16> {
-        let body = body.to_string();
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.port,
-            crate::agent::local_web::TICKET_HEADER,
-            self.ticket,
-            body.len()
-        )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        answer
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other("the connector gave no HTTP answer"))
-    }
-
-    /// Carries out a menu action that goes to the agent.
-    pub fn act(&self, action: &Action) -> std::io::Result<u16> {
-        match action {
-            Action::SyncNow(company) => self.post(
-                "/control/sync-now",
-                &serde_json::json!({ "company": company }),
-            ),
-            Action::Pause => self.post("/control/pause", &serde_json::json!({ "hours": 24 })),
-            Action::Resume => self.post("/control/pause", &serde_json::json!({ "hours": 0 })),
-            _ => Ok(204),
-        }
+/// Carries out a menu action that goes to the agent; returns the HTTP status.
+pub fn act(control: &Control, action: &Action) -> std::io::Result<u16> {
+    match action {
+        Action::SyncNow(company) => control.post(
+            "/control/sync-now",
+            &serde_json::json!({ "company": company }),
+        ),
+        Action::Pause => control.post("/control/pause", &serde_json::json!({ "hours": 24 })),
+        Action::Resume => control.post("/control/pause", &serde_json::json!({ "hours": 0 })),
+        _ => Ok(204),
     }
 }
 

@@ -155,6 +155,23 @@ impl Notifications {
     fn close_notification(&self, _id: u32) {}
 }
 
+/// A connection to the bus at `address` owning `name` and serving `object` at `path`.
+fn serve(
+    address: &str,
+    name: &str,
+    path: &str,
+    object: impl zbus::object_server::Interface,
+) -> zbus::blocking::Connection {
+    zbus::blocking::connection::Builder::address(address)
+        .unwrap()
+        .name(name.to_owned())
+        .unwrap()
+        .serve_at(path.to_owned(), object)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 /// The registered item: (bus name, object path).
 fn item(watcher: &Watcher, timeout: Duration) -> (String, String) {
     let deadline = Instant::now() + timeout;
@@ -276,22 +293,18 @@ fn the_tray_shows_state_over_dbus_its_menu_syncs_it_notifies_and_it_survives_an_
     let (_bus_daemon, address) = session_bus();
     let watcher = Watcher::default();
     let notes = Notifications::default();
-    let bus = zbus::blocking::connection::Builder::address(address.as_str())
-        .unwrap()
-        .name("org.kde.StatusNotifierWatcher")
-        .unwrap()
-        .serve_at("/StatusNotifierWatcher", watcher.clone())
-        .unwrap()
-        .build()
-        .unwrap();
-    let _notes_bus = zbus::blocking::connection::Builder::address(address.as_str())
-        .unwrap()
-        .name("org.freedesktop.Notifications")
-        .unwrap()
-        .serve_at("/org/freedesktop/Notifications", notes.clone())
-        .unwrap()
-        .build()
-        .unwrap();
+    let bus = serve(
+        &address,
+        "org.kde.StatusNotifierWatcher",
+        "/StatusNotifierWatcher",
+        watcher.clone(),
+    );
+    let _notes_bus = serve(
+        &address,
+        "org.freedesktop.Notifications",
+        "/org/freedesktop/Notifications",
+        notes.clone(),
+    );
 
     let world = World::new(&[]);
     let dir = tempdir();
@@ -454,14 +467,12 @@ fn a_tray_started_while_the_agent_runs_shows_that_agent_instead_of_starting_anot
     let (_x, display) = xvfb();
     let (_bus_daemon, address) = session_bus();
     let watcher = Watcher::default();
-    let bus = zbus::blocking::connection::Builder::address(address.as_str())
-        .unwrap()
-        .name("org.kde.StatusNotifierWatcher")
-        .unwrap()
-        .serve_at("/StatusNotifierWatcher", watcher.clone())
-        .unwrap()
-        .build()
-        .unwrap();
+    let bus = serve(
+        &address,
+        "org.kde.StatusNotifierWatcher",
+        "/StatusNotifierWatcher",
+        watcher.clone(),
+    );
     let world = World::new(&[]);
     let dir = tempdir();
     let sage = golden(&dir.path().join("a"));
