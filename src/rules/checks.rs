@@ -48,7 +48,7 @@ pub fn run_all(
     model: &DataModel,
 ) -> Result<Vec<CheckResult>, RulesError> {
     let mut all: Vec<SqlFile> = rules.checks.clone();
-    for check in generated(model) {
+    for check in generated_checks(model) {
         if all.iter().any(|c| c.name == check.name) {
             return Err(RulesError::CheckQuery {
                 name: check.stem().to_owned(),
@@ -178,7 +178,7 @@ pub(crate) fn text_rows(conn: &duckdb::Connection, sql: &str) -> Result<TextRows
 /// marked `unique` in a list of objects, is unique within its data type) and `references` (every object marked `ref`
 /// names an existing record). References to master data come straight from Sage columns, so
 /// a dangling one is a source problem: a warning.
-fn generated(model: &DataModel) -> Vec<SqlFile> {
+pub fn generated_checks(model: &DataModel) -> Vec<SqlFile> {
     let (id, lineage) = (ident(ID_FIELD), ident(LINEAGE_FIELD));
     let mut unique = Vec::new();
     let mut references = Vec::new();

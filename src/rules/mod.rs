@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use cases::{CaseOutcome, RuleCase, run_cases};
-pub use checks::{CheckResult, CheckStatus};
+pub use checks::{CheckResult, CheckStatus, generated_checks};
 pub use workspace::{STAGING_CATALOGUE, Workspace};
 
 use crate::model::{DataModel, EMBEDDED_CHECKS, EMBEDDED_RULES, FieldType, IS_DELETED_FIELD};

@@ -141,45 +141,354 @@ fn generated_companies_of_many_seeds_and_sizes_pass_every_check() {
     }
 }
 
+/// One way to make a check give one of its outcomes: the staged data changed (`data`, SQL),
+/// a rule file edited (`rule`: file, text, replacement), or both.
+struct Firing {
+    name: &'static str,
+    data: Option<&'static str>,
+    rule: Option<(&'static str, &'static str, &'static str)>,
+    check: &'static str,
+    status: CheckStatus,
+    /// Text a row of the check's sample must contain: the check names what it found.
+    named: &'static str,
+}
+
+/// The outcomes a check's SQL can give: `fail` for a literal `'error'` severity, `warn` for
+/// `'warning'` (comments left out).
+fn outcomes_written(sql: &str) -> Vec<CheckStatus> {
+    let code: String = sql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    if code.contains("'error'") {
+        out.push(CheckStatus::Fail);
+    }
+    if code.contains("'warning'") {
+        out.push(CheckStatus::Warn);
+    }
+    out
+}
+
+/// The check outcomes the rule test cases state (`-- expect check: NAME warn|fail`), with the
+/// case that states each. `rule_test_cases_pass_and_a_wrong_expectation_shows_a_diff` runs
+/// every case, so each stated outcome is produced.
+fn outcomes_stated_by_cases() -> Vec<(String, CheckStatus, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("fixtures/rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "case") {
+            continue;
+        }
+        let case = path.file_stem().unwrap().to_string_lossy().into_owned();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let Some(rest) = line.strip_prefix("-- expect check:") else {
+                continue;
+            };
+            let mut words = rest.split_whitespace();
+            let (Some(name), Some(status)) = (words.next(), words.next()) else {
+                panic!("{case}: `{line}` names no check and outcome");
+            };
+            let status = match status {
+                "fail" => CheckStatus::Fail,
+                "warn" => CheckStatus::Warn,
+                _ => continue,
+            };
+            out.push((name.to_owned(), status, case.clone()));
+        }
+    }
+    out
+}
+
+/// Every check, hand-written or generated, gives each outcome its SQL can write (error and
+/// warning) on a named case: a rule test case that states it, or one of the firings below,
+/// each asserting that exact check and severity and what the check names. A check or an
+/// outcome added without a firing case fails this test, naming it.
 #[test]
-fn mutations_of_the_staged_data_make_a_named_check_fail() {
+fn every_check_gives_each_of_its_outcomes_on_a_named_case() {
     let dir = tempdir();
     let staging = staged_company(dir.path(), 21, 1_500);
     let clean = normalise(&staging, &Rules::embedded()).unwrap();
     assert!(clean.failed().is_empty(), "{}", clean.summary());
 
-    let cases = [
-        (
-            "delete_journal_row",
-            "DELETE FROM AUDIT_JOURNAL WHERE rowid = (SELECT min(rowid) FROM AUDIT_JOURNAL WHERE DELETED_FLAG = 0 AND AMOUNT <> 0)",
-            "trial_balance",
-        ),
-        (
-            "flip_journal_sign",
-            "UPDATE AUDIT_JOURNAL SET AMOUNT = -AMOUNT WHERE rowid = (SELECT min(rowid) FROM AUDIT_JOURNAL WHERE DELETED_FLAG = 0 AND AMOUNT <> 0)",
-            "trial_balance",
-        ),
-        (
-            "duplicate_split",
-            "INSERT INTO AUDIT_SPLIT SELECT * FROM AUDIT_SPLIT WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI')",
-            "unique_ids",
-        ),
+    let firings = [
+        // Sage's own figures made to disagree: warnings, published anyway.
+        Firing {
+            name: "ledger_balance",
+            data: Some(
+                "UPDATE SALES_LEDGER SET BALANCE = BALANCE + 0.01 WHERE ACCOUNT_REF = (SELECT min(ACCOUNT_REF) FROM SALES_LEDGER)",
+            ),
+            rule: None,
+            check: "account_balances",
+            status: CheckStatus::Warn,
+            named: "ledger=customer",
+        },
+        Firing {
+            name: "bank_balance",
+            data: Some("UPDATE BANK SET BALANCE = BALANCE + 10 WHERE ACCOUNT_REF = '1200'"),
+            rule: None,
+            check: "bank_balances",
+            status: CheckStatus::Warn,
+            named: "bank=1200",
+        },
+        Firing {
+            name: "split_nominal",
+            data: Some(
+                "UPDATE AUDIT_SPLIT SET NOMINAL_CODE = '4009' WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI' AND DELETED_FLAG = 0)",
+            ),
+            rule: None,
+            check: "split_postings",
+            status: CheckStatus::Warn,
+            named: "on nominal 4009",
+        },
+        Firing {
+            name: "split_vat",
+            data: Some(
+                "UPDATE AUDIT_SPLIT SET TAX_AMOUNT = TAX_AMOUNT + 1 WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI' AND DELETED_FLAG = 0)",
+            ),
+            rule: None,
+            check: "vat_postings",
+            status: CheckStatus::Warn,
+            named: "account=2200",
+        },
+        Firing {
+            name: "foreign_header_total",
+            data: Some(
+                "UPDATE AUDIT_HEADER SET FOREIGN_GROSS_AMOUNT = FOREIGN_GROSS_AMOUNT + 1 WHERE HEADER_NUMBER = (SELECT min(HEADER_NUMBER) FROM AUDIT_HEADER WHERE TYPE = 'SI' AND FOREIGN_GROSS_AMOUNT <> GROSS_AMOUNT AND DELETED_FLAG = 0)",
+            ),
+            rule: None,
+            check: "foreign_currency",
+            status: CheckStatus::Warn,
+            named: "severity=warning",
+        },
+        // Data that breaks double entry or identity: errors, nothing published.
+        Firing {
+            name: "duplicate_split",
+            data: Some(
+                "INSERT INTO AUDIT_SPLIT SELECT * FROM AUDIT_SPLIT WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_SPLIT WHERE TYPE = 'SI')",
+            ),
+            rule: None,
+            check: "unique_ids",
+            status: CheckStatus::Fail,
+            named: "data_type=invoices",
+        },
+        // Rules that change a number, lose a record or a link: errors, nothing published.
+        Firing {
+            name: "amount_due_changed",
+            data: None,
+            rule: Some((
+                "31_document_types.sql",
+                "d.amount_due AS amountDue,",
+                "d.amount_due + 0.01 AS amountDue,",
+            )),
+            check: "account_balances",
+            status: CheckStatus::Fail,
+            named: "severity=error",
+        },
+        Firing {
+            name: "allocation_lost",
+            data: None,
+            rule: Some((
+                "31_document_types.sql",
+                "d.allocations AS paymentAllocations,",
+                "d.allocations[2:] AS paymentAllocations,",
+            )),
+            check: "documents_settle",
+            status: CheckStatus::Fail,
+            named: "data_type=invoices",
+        },
+        Firing {
+            name: "posting_moved_nominal",
+            data: None,
+            rule: Some((
+                "60_journal_entries.sql",
+                "'accountRef': {'id': x.nominal},",
+                "'accountRef': {'id': CASE WHEN x.nominal = '4000' THEN '4001' ELSE x.nominal END},",
+            )),
+            check: "nominal_months",
+            status: CheckStatus::Fail,
+            named: "nominal=4000",
+        },
+        Firing {
+            name: "payment_link_changed",
+            data: None,
+            rule: Some((
+                "40_payments.sql",
+                "'amount': -x.amount}]",
+                "'amount': -x.amount + 0.01}]",
+            )),
+            check: "payments_net_to_zero",
+            status: CheckStatus::Fail,
+            named: "severity=error",
+        },
+        Firing {
+            name: "party_name_lost",
+            data: None,
+            rule: Some((
+                "22_parties.sql",
+                "txt(p.NAME) AS name,",
+                "NULL::VARCHAR AS name,",
+            )),
+            check: "required_fields",
+            status: CheckStatus::Fail,
+            named: "field=customerName",
+        },
+        Firing {
+            name: "split_lost",
+            data: None,
+            rule: Some((
+                "30_documents.sql",
+                "WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes')",
+                "WHERE data_type IN ('invoices', 'creditNotes', 'bills', 'billCreditNotes') AND split_number <> (SELECT min(split_number) FROM work.splits WHERE data_type = 'invoices')",
+            )),
+            check: "split_headers",
+            status: CheckStatus::Fail,
+            named: "severity=error",
+        },
+        Firing {
+            name: "bank_transaction_lost",
+            data: None,
+            rule: Some((
+                "50_bank_transactions.sql",
+                "ON x.header_number = j.header_number;",
+                "ON x.header_number = j.header_number WHERE j.tran_number <> (SELECT min(TRAN_NUMBER) FROM sage.AUDIT_JOURNAL WHERE NOMINAL_CODE = '1200' AND DELETED_FLAG = 0 AND AMOUNT <> 0);",
+            )),
+            check: "bank_balances",
+            status: CheckStatus::Fail,
+            named: "bank=1200",
+        },
+        Firing {
+            name: "sub_penny_rounded_alone",
+            // an invoice's postings that balance at Sage's precision, not penny by penny
+            data: Some(
+                "UPDATE AUDIT_JOURNAL SET AMOUNT = CASE WHEN AMOUNT > 0 THEN 12.008 WHEN NOMINAL_CODE = '2200' THEN -2.004 ELSE -10.004 END \
+                 WHERE SPLIT_NUMBER = (SELECT min(SPLIT_NUMBER) FROM AUDIT_JOURNAL WHERE TYPE = 'SI' AND DELETED_FLAG = 0 AND NOMINAL_CODE = '2200' AND AMOUNT <> 0)",
+            ),
+            rule: Some((
+                "12_journal.sql",
+                "coalesce(r.rounded_amount, money(j.AMOUNT))",
+                "money(j.AMOUNT)",
+            )),
+            check: "sub_penny",
+            status: CheckStatus::Fail,
+            named: "severity=error",
+        },
+        Firing {
+            name: "exchange_adjustment_unmarked",
+            data: None,
+            rule: Some((
+                "15_exchange_adjustments.sql",
+                "HAVING bool_and(",
+                "HAVING false AND bool_and(",
+            )),
+            check: "foreign_currency",
+            status: CheckStatus::Fail,
+            named: "published unmarked",
+        },
+        Firing {
+            name: "chart_categories_ignored",
+            data: Some("INSERT INTO CATEGORY VALUES (4, 'Long Term Liabilities', '1230', '1230')"),
+            rule: Some((
+                "21_accounts.sql",
+                "coalesce(c.class, account_class(n.code)) AS classification",
+                "account_class(n.code) AS classification",
+            )),
+            check: "account_categories",
+            status: CheckStatus::Fail,
+            named: "account=1230",
+        },
     ];
-    for (name, mutation, check) in cases {
-        let broken = mutated(&staging, name, mutation);
-        let report = normalise(&broken, &Rules::embedded()).unwrap();
+    for (k, f) in firings.iter().enumerate() {
+        let source = match f.data {
+            Some(sql) => mutated(&staging, f.name, sql),
+            None => staging.clone(),
+        };
+        let rules = match f.rule {
+            Some((file, from, to)) => {
+                let rules_dir = edited_rules(&dir.path().join(format!("rules{k}")), file, |sql| {
+                    sql.replacen(from, to, 1)
+                });
+                Rules::load(&rules_dir).unwrap()
+            }
+            None => Rules::embedded(),
+        };
+        // the outcome is the firing's own: on the company as generated no check fails, and
+        // the check a warning is expected of passes
+        if f.status == CheckStatus::Warn {
+            assert_eq!(status_of(&clean, f.check), CheckStatus::Pass, "{}", f.check);
+        }
+        let report = normalise(&source, &rules).unwrap();
+        let result = check(&report, f.check);
         assert_eq!(
-            status_of(&report, check),
-            CheckStatus::Fail,
-            "{name} should fail {check}:\n{}",
+            result.status,
+            f.status,
+            "{}: {} should give {:?}:\n{}",
+            f.name,
+            f.check,
+            f.status,
             report.summary()
         );
-        let err = report.ensure_passed().unwrap_err().to_string();
+        match f.status {
+            CheckStatus::Fail => {
+                assert!(result.errors > 0, "{}", f.name);
+                let err = report.ensure_passed().unwrap_err().to_string();
+                assert!(
+                    err.contains(f.check) && err.contains("nothing was published"),
+                    "{}: {err}",
+                    f.name
+                );
+            }
+            _ => {
+                assert!(result.errors == 0 && result.warnings > 0, "{}", f.name);
+                assert!(
+                    report.failed().is_empty(),
+                    "{}: {}",
+                    f.name,
+                    report.summary()
+                );
+            }
+        }
         assert!(
-            err.contains(check) && err.contains("nothing was published"),
-            "{err}"
+            result.sample.iter().any(|row| row.contains(f.named)),
+            "{}: {} should name `{}`: {:?}",
+            f.name,
+            f.check,
+            f.named,
+            result.sample
         );
     }
+
+    // Coverage: every outcome of every check has a firing case.
+    let stated = outcomes_stated_by_cases();
+    let rules = Rules::embedded();
+    let mut checks: Vec<(String, String)> = rules
+        .checks
+        .iter()
+        .chain(rules::generated_checks(&DataModel::embedded()).iter())
+        .map(|c| (c.stem().to_owned(), c.text.clone()))
+        .collect();
+    checks.sort();
+    let names: Vec<&str> = checks.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, EVERY_CHECK);
+    let mut missing = Vec::new();
+    for (name, sql) in &checks {
+        let written = outcomes_written(sql);
+        assert!(!written.is_empty(), "{name} writes no severity");
+        for outcome in written {
+            let by_case = stated.iter().any(|(n, s, _)| n == name && *s == outcome);
+            let by_firing = firings
+                .iter()
+                .any(|f| f.check == name && f.status == outcome);
+            if !by_case && !by_firing {
+                missing.push(format!("{name} {outcome:?}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "check outcomes no rule test case (fixtures/rules/*.case, `-- expect check: NAME warn|fail`) or firing above produces: {missing:?}"
+    );
 }
 
 #[test]
@@ -208,27 +517,6 @@ fn a_transaction_type_the_rules_do_not_know_is_warned_by_name_and_totals_hold() 
             .iter()
             .any(|row| row.contains("TYPE 'XJ' in AUDIT_HEADER")),
         "the warning names the type and the table: {sample:?}"
-    );
-}
-
-#[test]
-fn a_source_that_disagrees_with_itself_gives_warnings_not_errors() {
-    let dir = tempdir();
-    let staging = staged_company(dir.path(), 22, 800);
-    // Sage's own ledger balance off by a penny: the transactions still add up, so the
-    // normalisation is right and the source is inconsistent (Sage's Check Data would say so).
-    let broken = mutated(
-        &staging,
-        "ledger_balance",
-        "UPDATE SALES_LEDGER SET BALANCE = BALANCE + 0.01 WHERE ACCOUNT_REF = (SELECT min(ACCOUNT_REF) FROM SALES_LEDGER)",
-    );
-    let report = normalise(&broken, &Rules::embedded()).unwrap();
-    assert_eq!(status_of(&report, "account_balances"), CheckStatus::Warn);
-    assert!(report.failed().is_empty(), "{}", report.summary());
-    let sample = &check(&report, "account_balances").sample;
-    assert!(
-        sample[0].contains("severity=warning") && sample[0].contains("ledger=customer"),
-        "{sample:?}"
     );
 }
 
