@@ -318,6 +318,7 @@ fn attempt_table(
         return Err(staging_err(format!("fetched {rows} rows but staged {counted}")).into());
     }
     if options.verify_counts {
+        crate::failpoint::hit(&format!("verify-count/{name}"));
         let source_rows = count_rows(&conn.lock().expect("connection lock"), source, plan.table)?;
         if source_rows != rows {
             return Err(fetch_err(

@@ -1,5 +1,6 @@
 //! Extraction stages every table faithfully and replaces the staging store whole or not at all.
 
+use connector::schema::SourceSchema;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -252,42 +253,48 @@ fn a_killed_extraction_leaves_the_previous_staging_intact_and_a_rerun_completes(
     let path = dir.path().join("staging.duckdb");
     extract_ok(&company.odbc, &path);
     let before = generation(&path);
-    // Kill at several points of a second extraction.
-    let mut killed_mid_way = 0;
-    for delay_ms in [30u64, 150, 400] {
+    // Kill a second extraction at three moments, found by what it says: as it reports its
+    // 2nd, 8th and 15th table extracted (of more than 15). Each kill must land while the new
+    // generation is being built, and leave the previous one as it was.
+    let tables = SourceSchema::embedded().tables.len();
+    assert!(tables > 15, "{tables} tables");
+    for at in [2usize, 8, 15] {
         let mut child = Command::new(CONNECTOR)
             .args(["extract", "--odbc", &company.odbc, "--staging"])
             .arg(&path)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let building = dir.path().join("staging.duckdb.building").exists();
-        let finished_already = child.try_wait().unwrap().is_some();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        if building && !finished_already {
-            killed_mid_way += 1;
-            assert_eq!(
-                generation(&path),
-                before,
-                "killed after {:?}",
-                started.elapsed()
-            );
+        let said = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let mut extracted = 0;
+        for line in said {
+            if line.unwrap().contains("Extracted table.") {
+                extracted += 1;
+                if extracted == at {
+                    break;
+                }
+            }
         }
+        assert_eq!(extracted, at, "the extraction ended before table {at}");
+        let building = dir.path().join("staging.duckdb.building").exists();
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the kill after table {at} did not land mid-extraction"
+        );
+        assert!(building, "no new generation was being built at table {at}");
+        assert_eq!(generation(&path), before, "killed after table {at}");
     }
-    assert!(
-        killed_mid_way > 0,
-        "no kill landed while a new generation was being built: use a larger company"
-    );
     extract_ok(&company.odbc, &path);
     assert_ne!(generation(&path), before);
 }
 
 #[test]
-fn verify_counts_checks_each_table_against_the_source() {
+fn verify_counts_passes_on_an_unchanged_source_and_names_a_table_changed_during_the_extraction() {
     let dir = tempdir();
     let company = generated(dir.path(), 26, 400);
     let out = extract(
@@ -296,6 +303,56 @@ fn verify_counts_checks_each_table_against_the_source() {
         &["--verify-counts"],
     );
     assert!(out.status.success(), "{}", text(&out));
+
+    // A customer added in Sage after the connector read SALES_LEDGER and before it counted
+    // the source again: the extraction is held at that moment (a pause point), the row goes
+    // in, and the extraction fails naming the table.
+    let staging = dir.path().join("changed.duckdb");
+    let paused = dir.path().join("paused");
+    let mut child = Command::new(CONNECTOR)
+        .args([
+            "extract",
+            "--verify-counts",
+            "--odbc",
+            &company.odbc,
+            "--staging",
+        ])
+        .arg(&staging)
+        .env("CONNECTOR_PAUSE_AT", "verify-count/SALES_LEDGER")
+        .env("CONNECTOR_PAUSE_FILE", &paused)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !paused.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the extraction ended before counting SALES_LEDGER"
+        );
+        assert!(Instant::now() < deadline, "never reached the count");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sage = company.sqlite();
+    let before: i64 = sage
+        .query_row("SELECT count(*) FROM SALES_LEDGER", [], |r| r.get(0))
+        .unwrap();
+    sage.execute(
+        "INSERT INTO SALES_LEDGER (ACCOUNT_REF, NAME, BALANCE) VALUES ('ADDED01', 'Added while syncing', 0)",
+        [],
+    )
+    .unwrap();
+    drop(sage);
+    std::fs::remove_file(&paused).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("SALES_LEDGER")
+            && said.contains(&format!("the source now counts {} rows", before + 1))
+            && said.contains("run it again"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! SIGKILL during a sync, at named points of every stage and at random moments, against
+//! SIGKILL during a sync, at named points of every stage and at moments spread over a sync, against
 //! both stores (a local folder and the S3 server process). After each kill: the previously
 //! published snapshot is still `latest` and whole (unless the kill came after the pointer
 //! moved, when the new one is, whole). After the rerun: the new snapshot is latest and whole,
@@ -46,6 +46,11 @@ impl Target {
             (Some(dir), _) => std::fs::read(dir.join(key)).ok(),
             (_, Some((s3, bucket))) => {
                 let (status, body) = s3.http("GET", &format!("/{bucket}/k/{key}"));
+                // a missing key is None; any other answer is the S3 server failing the test
+                assert!(
+                    status == 200 || status == 404,
+                    "GET {key}: S3 answered {status}: {body}"
+                );
                 (status == 200).then(|| body.split_once("\r\n\r\n").unwrap().1.as_bytes().to_vec())
             }
             _ => unreachable!(),
@@ -65,10 +70,13 @@ impl Target {
                 .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
                 .collect(),
             (_, Some((s3, bucket))) => {
-                let (_, body) = s3.http(
+                let (status, body) = s3.http(
                     "GET",
                     &format!("/{bucket}?list-type=2&prefix=k/acme/&max-keys=1000"),
                 );
+                // an error must not read as an empty (clean) store
+                assert_eq!(status, 200, "listing the store failed: {body}");
+                assert!(body.contains("<ListBucketResult"), "not a listing: {body}");
                 assert!(
                     !body.contains("<IsTruncated>true"),
                     "more keys than one listing"
@@ -280,23 +288,28 @@ fn run_kills(target: Target, dir: &Path) {
     }
 }
 
-fn run_random_kills(target: Target, dir: &Path) {
+/// Kills syncs at six moments spread over a whole sync, found by what the sync itself says:
+/// a clean sync of the same company prints N debug lines of the connector's own (tables
+/// extracted, rules and checks run, files exported, the publication); the k-th killed sync
+/// is killed as it prints line k·(N-2)/6. Each kill must land mid-sync (the process dies by the signal, not by finishing).
+fn run_spread_kills(target: Target, dir: &Path) {
     let company = generated(&dir.join("company"), 22, 600);
     let state = dir.join("state");
-    let started = std::time::Instant::now();
-    let out = sync(
-        &company.odbc,
-        "acme",
-        &state,
-        Some(&target.url),
-        &[],
-        &target.env,
-    );
+    // the connector's own debug lines: every table, rule, check, file and upload
+    let mut env = target.env.clone();
+    env.push(("RUST_LOG", "connector=debug".to_owned()));
+    let out = sync(&company.odbc, "acme", &state, Some(&target.url), &[], &env);
     assert!(out.status.success(), "{}", text(&out));
-    let took = started.elapsed().as_millis() as u64;
+    let lines = String::from_utf8_lossy(&out.stderr).lines().count();
+    assert!(
+        lines >= 14,
+        "a sync says too little to spread kills over: {}",
+        text(&out)
+    );
     let mut previous = target.verify_latest("first sync");
-    for n in 0..6u64 {
-        edit(&company, 100 + n as usize);
+    let mut stages = Vec::new();
+    for n in 1..=6 {
+        edit(&company, 100 + n);
         let mut child = Command::new(CONNECTOR)
             .args([
                 "sync",
@@ -309,20 +322,32 @@ fn run_random_kills(target: Target, dir: &Path) {
                 "--state-dir",
             ])
             .arg(&state)
-            .envs(target.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Spread over the whole sync: 0/6 .. 5/6 of its duration, plus a little.
-        std::thread::sleep(std::time::Duration::from_millis(took * n / 6 + 7 * n));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let now = target.verify_latest(&format!("after a kill at {} ms", took * n / 6));
-        assert!(now >= previous, "latest went backwards");
-        if status.signal() != Some(9) {
-            assert!(status.success(), "the sync failed by itself: {status:?}");
+        // up to two lines before the end, so that the sync is still running when killed
+        let at = (lines - 2) * n / 6;
+        let mut said =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let mut last = String::new();
+        for _ in 0..at {
+            last = said
+                .next()
+                .unwrap_or_else(|| panic!("the sync ended before log line {at}: it said {last}"))
+                .unwrap();
         }
+        child.kill().unwrap(); // SIGKILL, while it waits to print the next line
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "kill {n} at log line {at} of {lines} did not land mid-sync (after: {last})"
+        );
+        stages.push(last);
+        let now = target.verify_latest(&format!("after a kill at log line {at}"));
+        assert!(now >= previous, "latest went backwards");
         previous = now;
     }
     let out = sync(
@@ -333,10 +358,15 @@ fn run_random_kills(target: Target, dir: &Path) {
         &[],
         &target.env,
     );
-    assert!(out.status.success(), "the rerun failed: {}", text(&out));
-    let after = target.verify_latest("rerun after random kills");
+    assert!(
+        out.status.success(),
+        "the rerun failed after kills after {stages:?}: {}",
+        text(&out)
+    );
+    eprintln!("the kills landed after these log lines of {lines}: {stages:#?}");
+    let after = target.verify_latest("rerun after the kills");
     assert!(after > previous);
-    target.assert_clean(&state, "rerun after random kills");
+    target.assert_clean(&state, "rerun after the kills");
     assert_eq!(data_of(&latest_manifest(&target)), reference(&company, dir));
 }
 
@@ -374,13 +404,13 @@ fn kill_at_every_point_then_rerun_s3() {
 }
 
 #[test]
-fn kill_at_random_moments_then_rerun_local_store() {
+fn kill_at_moments_spread_over_a_sync_then_rerun_local_store() {
     let dir = tempdir();
-    run_random_kills(local(dir.path()), dir.path());
+    run_spread_kills(local(dir.path()), dir.path());
 }
 
 #[test]
-fn kill_at_random_moments_then_rerun_s3() {
+fn kill_at_moments_spread_over_a_sync_then_rerun_s3() {
     let dir = tempdir();
-    run_random_kills(s3("random"), dir.path());
+    run_spread_kills(s3("spread"), dir.path());
 }
