@@ -502,8 +502,9 @@ impl Agent {
 
     /// The scheduler: decides for every company once a second, or when woken.
     async fn schedule_loop(self: &Arc<Self>) {
-        loop {
+        for pass in 1u64.. {
             let companies = self.config().companies.clone();
+            let company_count = companies.len();
             let mut changed = false;
             for c in companies {
                 // A moved company waits for the user to confirm where its data is now.
@@ -575,6 +576,11 @@ impl Agent {
             if changed {
                 self.write_status();
             }
+            tracing::debug!(
+                pass,
+                companies = company_count,
+                "Decided for every company."
+            );
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
         }
     }

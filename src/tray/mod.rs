@@ -430,7 +430,9 @@ impl Supervisor {
         if let Some(control) = self.state_dir.as_deref().and_then(Control::find)
             && control.alive()
         {
-            if !self.attached {
+            if self.attached {
+                tracing::debug!("The connector agent this tray shows still answers.");
+            } else {
                 tracing::info!(
                     "A connector agent is already running for this state folder; the tray shows it."
                 );

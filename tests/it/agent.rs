@@ -88,8 +88,8 @@ fn quiet_hours_hold_a_scheduled_sync_but_not_one_the_client_asks_for() {
         c["waitingBecause"].is_string()
     });
     assert_eq!(c["waitingBecause"], "quiet_hours", "{c}");
-    // Three more decisions (one a second) and still no sync.
-    std::thread::sleep(Duration::from_secs(3));
+    // Three more decisions and still no sync.
+    agent.wait_passes(3);
     assert_eq!(syncs_started(&agent, id), 0, "{}", agent.company(id));
     // The API client asks: that runs now.
     let (s, v, _) = world.server.call(
@@ -139,13 +139,20 @@ fn a_sync_requested_through_the_api_starts_within_five_seconds_unless_paused() {
         c["state"] == "paused"
     });
     let before = syncs_started(&agent, id);
+    let asked = agent.said("The server asked for a sync.");
     world.server.call(
         "POST",
         Some(&world.key),
         &format!("/companies/{id}/sync"),
         None,
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // The agent has the request, and decides three times with it.
+    agent.wait_said(
+        "The server asked for a sync.",
+        asked + 1,
+        Duration::from_secs(30),
+    );
+    agent.wait_passes(3);
     let c = agent.company(id);
     assert_eq!(
         c["syncsStarted"].as_u64(),
@@ -301,7 +308,7 @@ fn a_revoked_connector_stops_syncing_with_a_reason_and_the_client_hears_of_failu
     assert!(agent.log().contains("revoked"), "{}", agent.log());
     let before = syncs_started(&agent, id);
     session.post("/settings/sync-now", json!({"company": id}));
-    std::thread::sleep(Duration::from_secs(3));
+    agent.wait_passes(3);
     assert_eq!(
         syncs_started(&agent, id),
         before,

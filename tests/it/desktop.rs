@@ -142,7 +142,8 @@ impl AgentProcess {
             .unwrap();
         let mut child = Command::new(program)
             .args(&args)
-            .env("RUST_LOG", "info")
+            // debug for the agent: its scheduler passes are what tests wait on
+            .env("RUST_LOG", "info,connector::agent=debug")
             // its start-at-logon entry goes under this home, not the real one
             .env("HOME", state.join("home"))
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
@@ -194,6 +195,31 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+
+    /// How many lines of the agent's log (over its restarts) contain `text`.
+    pub fn said(&self, text: &str) -> usize {
+        self.log().matches(text).count()
+    }
+
+    /// Waits until the agent's log holds at least `count` lines containing `text`.
+    pub fn wait_said(&self, text: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.said(text) < count {
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {count} lines saying {text:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the agent's scheduler has decided for every company `n` more times (once
+    /// a second): time that provably passed in the agent, rather than a guess of it.
+    pub fn wait_passes(&self, n: usize) {
+        const PASS: &str = "Decided for every company.";
+        self.wait_said(PASS, self.said(PASS) + n, Duration::from_secs(60));
     }
 
     /// The agent's status file.

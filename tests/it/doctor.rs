@@ -181,7 +181,7 @@ fn data_moved_to_another_version_is_found_by_company_id_and_re_pointed_once_conf
         "{moved}"
     );
     // Nothing syncs while the user has not confirmed.
-    std::thread::sleep(Duration::from_secs(2));
+    agent.wait_passes(3);
     assert_eq!(agent.company(&id)["state"], "moved");
 
     // The API client sees why at the next check-in.

@@ -492,6 +492,7 @@ fn a_tray_started_while_the_agent_runs_shows_that_agent_instead_of_starting_anot
             .env("DBUS_SESSION_BUS_ADDRESS", &address)
             .env("XDG_RUNTIME_DIR", &runtime)
             .env("HOME", agent.state.join("home"))
+            .env("RUST_LOG", "info,connector::tray=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&tray_log).unwrap())
             .spawn()
@@ -507,7 +508,16 @@ fn a_tray_started_while_the_agent_runs_shows_that_agent_instead_of_starting_anot
                 .is_some_and(|(_, l, _)| l.starts_with("Running Co: up to date"))
         },
     );
-    std::thread::sleep(Duration::from_secs(6));
+    // It looks again a few seconds later, and still leaves the running agent alone.
+    wait(
+        "the tray to look at the running agent again",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&tray_log)
+                .unwrap()
+                .contains("The connector agent this tray shows still answers.")
+        },
+    );
     let log = std::fs::read_to_string(&tray_log).unwrap();
     assert!(log.contains("already running"), "{log}");
     assert!(!log.contains("Started the connector agent"), "{log}");
