@@ -78,6 +78,10 @@ impl Server {
     }
 
     pub(crate) fn stop(&mut self) {
+        // Once reaped, its pid may be another process's: it is never signalled again.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -161,17 +165,15 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (code, status) = self.get(key, &format!("/companies/{company}/dataStatus"));
-            if code == 429 {
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            assert_eq!(code, 200, "{status}");
-            let live = &status["invoices"]["snapshotId"];
-            if live.is_string() && snapshot.is_none_or(|s| live == s) {
-                return status;
+            if code != 429 {
+                assert_eq!(code, 200, "{status}");
+                let live = &status["invoices"]["snapshotId"];
+                if live.is_string() && snapshot.is_none_or(|s| live == s) {
+                    return status;
+                }
             }
             assert!(Instant::now() < deadline, "no snapshot went live: {status}");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(if code == 429 { 500 } else { 100 }));
         }
     }
 }
@@ -260,7 +262,24 @@ fn a_synced_company_is_served_with_the_hand_computed_figures_paged_and_filtered(
     );
     assert_eq!(deleted["totalResults"], 1);
     assert_eq!(deleted["results"][0]["id"], "19");
-    // Paging: every id once, in order, across pages of 2, with next/previous links.
+    // Paging: every id exactly once, in order, across pages of 2, with next/previous links.
+    // The expected ids and issue dates (all different) are the fixture's hand-computed ones.
+    let fixture: toml::Table = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/normalised.toml"),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let mut expected: Vec<(String, String)> = fixture["invoice_ids"]
+        .as_table()
+        .unwrap()
+        .iter()
+        .map(|(id, v)| {
+            let date = v.as_str().unwrap().split(' ').nth(3).unwrap().to_owned();
+            (date, id.clone())
+        })
+        .collect();
+    expected.sort_by(|a, b| b.cmp(a));
     let mut seen = Vec::new();
     let mut page = 1;
     loop {
@@ -268,7 +287,14 @@ fn a_synced_company_is_served_with_the_hand_computed_figures_paged_and_filtered(
             key,
             &format!("/companies/{co}/data/invoices?pageSize=2&page={page}&orderBy=-issueDate"),
         );
-        seen.extend(v["results"].as_array().unwrap().iter().map(|r| {
+        assert_eq!(v["pageNumber"], page, "{v}");
+        assert_eq!(v["totalResults"], expected.len(), "{v}");
+        let results = v["results"].as_array().unwrap();
+        assert!(
+            !results.is_empty() && results.len() <= 2,
+            "page {page}: {v}"
+        );
+        seen.extend(results.iter().map(|r| {
             (
                 r["issueDate"].as_str().unwrap().to_owned(),
                 r["id"].as_str().unwrap().to_owned(),
@@ -278,16 +304,14 @@ fn a_synced_company_is_served_with_the_hand_computed_figures_paged_and_filtered(
         if !v["_links"]["next"].is_object() {
             break;
         }
+        assert!(page < 100, "the next links never end: {v}");
         page += 1;
     }
-    assert_eq!(seen.len(), 7);
-    let mut sorted = seen.clone();
-    sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(
-        seen.iter().map(|x| &x.0).collect::<Vec<_>>(),
-        sorted.iter().map(|x| &x.0).collect::<Vec<_>>(),
-        "not ordered by issueDate descending"
+        seen, expected,
+        "pages of 2 ordered by -issueDate must give every invoice once, newest first"
     );
+    assert_eq!(page, expected.len().div_ceil(2), "pages");
     // Filters: grouping, ||, dates, decimals, dot paths, contains.
     let q = |query: &str| {
         let encoded: String = query
@@ -439,17 +463,21 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         &key,
         &format!("/companies/{co}/data/customers?pageSize=100"),
     );
-    let first: std::collections::BTreeMap<String, String> = before["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_owned(),
-                r["modifiedDate"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    // id -> modifiedDate of every record on a page.
+    let dates = |v: &Value| -> std::collections::BTreeMap<String, String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_owned(),
+                    r["modifiedDate"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let first = dates(&before);
     // In Sage: one customer renamed, one stock item deleted.
     let db = s.company.sqlite();
     db.execute(
@@ -464,10 +492,13 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
             |r| r.get(0),
         )
         .unwrap();
+    let kept = s
+        .server
+        .ok(&key, &format!("/companies/{co}/data/items/{item}"));
+    assert_eq!(kept["isDeleted"], false, "{kept}");
     db.execute("DELETE FROM STOCK WHERE STOCK_CODE = ?1", [&item])
         .unwrap();
     drop(db);
-    std::thread::sleep(Duration::from_millis(20));
     let second = s.sync();
     s.server.wait_live(&key, &co, Some(&second));
     let after = s.server.ok(
@@ -500,8 +531,11 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         .server
         .ok(&key, &format!("/companies/{co}/data/items/{item}"));
     assert_eq!(gone["isDeleted"], true, "{gone}");
+    // Its deletion is a change: marked at the time the second snapshot went live.
+    assert_eq!(gone["modifiedDate"], later.as_str(), "{gone}");
+    assert_ne!(gone["modifiedDate"], kept["modifiedDate"], "{gone}");
     // The previous snapshot is still queryable, and history lists both.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let snaps = loop {
         let snaps = s.server.ok(&key, &format!("/companies/{co}/snapshots"));
         if snaps["results"].as_array().unwrap().len() >= 2 || Instant::now() > deadline {
@@ -522,7 +556,20 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         &format!("/companies/{co}/data/customers/ALPHA01?snapshot={}", ids[1]),
     );
     assert_ne!(old["customerName"], "Alpha Renamed Ltd");
-    // A restart keeps every modifiedDate.
+    // A restart keeps every modifiedDate, and the deleted item: served as deleted, by id and
+    // to a client asking for deletions, exactly as before.
+    let deleted_items = |s: &Setup| {
+        let page = s.server.ok(
+            &key,
+            &format!("/companies/{co}/data/items?query=isDeleted%3Dtrue&pageSize=5000"),
+        );
+        page["results"].as_array().unwrap().clone()
+    };
+    let deleted_before = deleted_items(&s);
+    assert!(
+        deleted_before.contains(&gone),
+        "{item} is not listed as deleted: {deleted_before:?}"
+    );
     let state = s.server.state.clone();
     let store = s.server.store.clone();
     s.server.stop();
@@ -532,6 +579,51 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         &format!("/companies/{co}/data/customers?pageSize=100"),
     );
     assert_eq!(restarted["results"], after["results"]);
+    let (status, still) = s
+        .server
+        .get(&key, &format!("/companies/{co}/data/items/{item}"));
+    assert_eq!(
+        status, 200,
+        "the deleted item is gone after a restart: {still}"
+    );
+    assert_eq!(still, gone, "the deleted item changed across a restart");
+    assert_eq!(deleted_items(&s), deleted_before);
+    // The next snapshot, built on the restored one: the deleted item stays deleted with its
+    // deletion time, and only the customer changed again gets a new modifiedDate.
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Alpha Third Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let third = s.sync();
+    s.server.wait_live(&key, &co, Some(&third));
+    let (status, still) = s
+        .server
+        .get(&key, &format!("/companies/{co}/data/items/{item}"));
+    assert_eq!(
+        status, 200,
+        "the deleted item is gone after a restart: {still}"
+    );
+    assert_eq!(still, gone, "the deleted item changed after a restart");
+    let third_customers = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/customers?pageSize=100"),
+    );
+    let (was, now) = (dates(&after), dates(&third_customers));
+    assert_eq!(
+        was.keys().collect::<Vec<_>>(),
+        now.keys().collect::<Vec<_>>()
+    );
+    for (id, date) in &now {
+        assert_eq!(
+            date != &was[id],
+            id == "ALPHA01",
+            "{id}: {date} was {}",
+            was[id]
+        );
+    }
 }
 
 #[test]
@@ -721,9 +813,11 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
             .to_owned(),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Snapshots the load has had an answer from, as they are seen.
+    let observed = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let base = s.server.base.clone();
     let load = {
-        let (stop, key, co) = (stop.clone(), key.clone(), co.clone());
+        let (stop, key, co, observed) = (stop.clone(), key.clone(), co.clone(), observed.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -734,12 +828,13 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
                 let client = reqwest::Client::new();
                 let mut tasks = Vec::new();
                 for t in 0..16 {
-                    let (client, stop, key, base, co) = (
+                    let (client, stop, key, base, co, observed) = (
                         client.clone(),
                         stop.clone(),
                         key.clone(),
                         base.clone(),
                         co.clone(),
+                        observed.clone(),
                     );
                     tasks.push(tokio::spawn(async move {
                         let mut seen = Vec::new();
@@ -766,6 +861,7 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
                                     };
                                     match (status, snap, record["customerName"].as_str()) {
                                         (200, Some(snap), Some(name)) => {
+                                            observed.lock().unwrap().insert(snap.clone());
                                             seen.push((snap, name.to_owned()))
                                         }
                                         other => failures.push(format!("{other:?} {body}")),
@@ -788,6 +884,19 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
             })
         })
     };
+    // Waits until the load has had an answer from `snapshot` (or fails at a deadline).
+    let observed_by_load = |snapshot: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !observed.lock().unwrap().contains(snapshot) {
+            assert!(
+                Instant::now() < deadline,
+                "the load never had an answer from {snapshot}: {:?}",
+                observed.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    observed_by_load(&latest_id(&s.store_dir, &co));
     for round in 1..=3 {
         let name = format!("Alpha Round {round} Ltd");
         s.company
@@ -800,7 +909,7 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
         let id = s.sync();
         names.insert(id.clone(), name);
         s.server.wait_live(&key, &co, Some(&id));
-        std::thread::sleep(Duration::from_millis(300));
+        observed_by_load(&id);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (seen, failures) = load.join().unwrap();
@@ -812,7 +921,11 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
     );
     assert!(seen.len() > 100, "only {} answers under load", seen.len());
     let snapshots: std::collections::BTreeSet<&String> = seen.iter().map(|(s, _)| s).collect();
-    assert!(snapshots.len() >= 3, "the load saw only {snapshots:?}");
+    assert_eq!(
+        snapshots,
+        names.keys().collect(),
+        "the load did not see every snapshot"
+    );
     for (snap, name) in &seen {
         assert_eq!(
             Some(name),
@@ -822,8 +935,8 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
     }
 }
 
-/// A received request: lower-cased headers and the body.
-type Received = (std::collections::BTreeMap<String, String>, String);
+/// A received request: lower-cased headers, the body, and the status it was answered.
+type Received = (std::collections::BTreeMap<String, String>, String, u16);
 
 /// A webhook receiver on loopback: records every request and answers the status the test sets.
 struct Receiver {
@@ -873,11 +986,11 @@ impl Receiver {
                     .filter_map(|l| l.split_once(':'))
                     .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                     .collect();
-                req.lock().unwrap().push((headers, body));
                 let status = {
                     let mut a = ans.lock().unwrap();
                     if a.len() > 1 { a.remove(0) } else { a[0] }
                 };
+                req.lock().unwrap().push((headers, body, status));
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -959,9 +1072,9 @@ fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
     s.server.wait_live(&key, &co, Some(&id));
     let got = receiver.wait_for(3);
     let ids: std::collections::BTreeSet<&String> =
-        got.iter().map(|(h, _)| &h["webhook-id"]).collect();
+        got.iter().map(|(h, _, _)| &h["webhook-id"]).collect();
     assert_eq!(ids.len(), 1, "retries must keep the webhook-id: {ids:?}");
-    for (headers, body) in &got {
+    for (headers, body, _) in &got {
         assert!(
             python_verifies(&secret, headers, body),
             "bad signature: {headers:?}"
@@ -980,7 +1093,7 @@ fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
     );
     // The deliveries, with their attempts, are visible to the client.
     let hook_id = hook["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let delivery = loop {
         let list = s
             .server
@@ -1008,7 +1121,7 @@ fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
         404
     );
 
-    // The receiver goes down; an event is queued; the server restarts; nothing is lost.
+    // The receiver goes down; an event is queued and refused; the server stops.
     *receiver.answers.lock().unwrap() = vec![500];
     s.company
         .sqlite()
@@ -1019,11 +1132,33 @@ fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
         .unwrap();
     let id2 = s.sync();
     s.server.wait_live(&key, &co, Some(&id2));
-    receiver.wait_for(4);
+    let msg = receiver.wait_for(4)[3].0["webhook-id"].clone();
+    // The server has recorded the refusal: the delivery is pending, with an attempt logged.
+    let delivery_of = |server: &Server| {
+        let list = server.ok(&key, &format!("/webhooks/{hook_id}/deliveries"));
+        list["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == msg.as_str())
+            .unwrap_or_else(|| panic!("no delivery {msg}: {list}"))
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = delivery_of(&s.server);
+        assert_eq!(d["status"], "pending", "{d}");
+        if d["attempts"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt was recorded: {d}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let state = s.server.state.clone();
     let store = s.server.store.clone();
     s.server.stop();
-    *receiver.answers.lock().unwrap() = vec![200];
+    // The old process is reaped: nothing it did can be recorded after this moment.
+    let stopped_at = chrono::Utc::now();
     s.server = Server::start(
         &state,
         &store,
@@ -1033,10 +1168,58 @@ fn webhooks_are_signed_retried_with_the_same_id_and_survive_a_restart() {
             "0.001",
         ],
     );
-    let got = receiver.wait_for(5);
-    let last: Value = serde_json::from_str(&got.last().unwrap().1).unwrap();
-    assert_eq!(last["data"]["snapshotId"], id2.as_str(), "{last}");
-    assert_eq!(got[3].0["webhook-id"], got.last().unwrap().0["webhook-id"]);
+    // The receiver comes back only now that the new server is listening: the only process
+    // that can see and record a success is the new one, and only if it took the pending
+    // delivery back from the outbox.
+    *receiver.answers.lock().unwrap() = vec![200];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivery = loop {
+        let d = delivery_of(&s.server);
+        if d["status"] == "delivered" {
+            break d;
+        }
+        assert_eq!(d["status"], "pending", "{d}");
+        assert!(
+            Instant::now() < deadline,
+            "the pending delivery was not delivered after the restart: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let at = |a: &Value| {
+        chrono::DateTime::parse_from_rfc3339(a["at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let log = delivery["attemptLog"].as_array().unwrap();
+    let (success, failures) = log.split_last().unwrap();
+    assert_eq!(success["statusCode"], 200, "{delivery}");
+    assert!(
+        at(success) > stopped_at,
+        "the success was recorded before the old server stopped ({stopped_at}): {delivery}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|a| a["statusCode"] == 500 && at(a) < stopped_at),
+        "no refused attempt before the restart: {delivery}"
+    );
+    // What the receiver accepted: the same id, the second snapshot, signed with the secret
+    // the new process read back from its state.
+    let got = receiver.requests.lock().unwrap().clone();
+    let accepted: Vec<&Received> = got[3..].iter().filter(|r| r.2 == 200).collect();
+    assert!(
+        !accepted.is_empty(),
+        "the receiver accepted nothing after the restart"
+    );
+    for (headers, body, _) in accepted {
+        assert_eq!(headers["webhook-id"], msg);
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["data"]["snapshotId"], id2.as_str(), "{event}");
+        assert!(
+            python_verifies(&secret, headers, body),
+            "bad signature: {headers:?}"
+        );
+    }
 }
 
 #[test]
