@@ -189,7 +189,26 @@ impl Store {
                 detail: format!("{doing} {key}: {e}"),
             };
         }
+        // The store's message, on one line (S3 answers with an XML document).
+        let detail = e
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
         let hint = match &e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+                if detail.contains("<Code>SignatureDoesNotMatch</Code>") =>
+            {
+                "the secret does not match the access key: check AWS_SECRET_ACCESS_KEY"
+            }
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+                if detail.contains("<Code>InvalidAccessKeyId</Code>") =>
+            {
+                "the store does not know the access key: check AWS_ACCESS_KEY_ID (and that AWS_ENDPOINT is the store it belongs to)"
+            }
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => {
                 "check the access key, secret and the bucket policy (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
@@ -203,7 +222,7 @@ impl Store {
             url: self.url.clone(),
             doing,
             key: key.to_string(),
-            detail: e.to_string(),
+            detail,
             hint,
         }
     }
@@ -259,10 +278,19 @@ impl Store {
     ) -> Result<bool, PublishError> {
         let path = self.path(&snapshot::latest_key(company_id));
         let payload = serde_json::to_vec_pretty(new).expect("a pointer serialises");
+        let mut lost_race = false;
         for _ in 0..10 {
             let current = self.latest(company_id).await?;
             let mode = match &current {
                 Some((cur, _)) if cur.snapshot_id.as_str() >= new.snapshot_id.as_str() => {
+                    if cur.snapshot_id != new.snapshot_id {
+                        let (latest, this) = (&cur.snapshot_id, &new.snapshot_id);
+                        if lost_race {
+                            tracing::warn!(key = %path, "Another publisher moved latest.json to snapshot {latest}, newer than {this}, between our read and our conditional write; it stays latest ({this} is in the store, not latest).");
+                        } else {
+                            tracing::warn!(key = %path, "latest.json already names snapshot {latest}, newer than {this}; it stays latest ({this} is in the store, not latest).");
+                        }
+                    }
                     return Ok(cur.snapshot_id == new.snapshot_id);
                 }
                 Some((_, version)) => match self.backend {
@@ -289,6 +317,7 @@ impl Store {
                     object_store::Error::Precondition { .. }
                     | object_store::Error::AlreadyExists { .. },
                 ) => {
+                    lost_race = true;
                     tracing::info!(key = %path, "Another publisher moved the latest pointer first; reading it again.");
                 }
                 Err(e) => return Err(self.error("updating", &path, e)),

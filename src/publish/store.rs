@@ -144,17 +144,30 @@ impl Store {
                 }
                 use object_store::aws::AmazonS3ConfigKey as K;
                 let has = |k: K| builder.get_config_value(&k).is_some_and(|v| !v.is_empty());
+                // A flag reads back as "false" when unset: only a true one counts.
+                let on = |k: K| {
+                    builder.get_config_value(&k).is_some_and(|v| {
+                        matches!(
+                            v.to_ascii_lowercase().as_str(),
+                            "1" | "true" | "on" | "yes" | "y"
+                        )
+                    })
+                };
+                // A role's credentials: web identity, a container's, or (on EC2, asked for
+                // by naming the endpoint) the instance's; never the metadata endpoint by
+                // default, which off EC2 is a long wait for nothing.
                 let role = [
                     "AWS_WEB_IDENTITY_TOKEN_FILE",
                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
                     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "AWS_METADATA_ENDPOINT",
                 ]
                 .iter()
                 .any(|v| std::env::var_os(v).is_some());
                 let keys = has(K::AccessKeyId) && has(K::SecretAccessKey);
-                if !(keys || has(K::SkipSignature) || role) {
+                if !(keys || on(K::SkipSignature) || role) {
                     return Err(bad(
-                        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION)".into(),
+                        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION), or on EC2 with an instance role AWS_METADATA_ENDPOINT=http://169.254.169.254".into(),
                     ));
                 }
                 let builder = builder

@@ -17,6 +17,7 @@ mod rules;
 mod server;
 mod simulator;
 mod snapshot;
+mod store_credentials;
 mod support;
 #[cfg(feature = "tray")]
 mod tray;

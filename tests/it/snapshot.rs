@@ -828,3 +828,286 @@ fn a_failed_check_publishes_nothing_and_keeps_the_last_good_snapshot() {
             .success()
     );
 }
+
+/// A store by URL, with the S3 server's settings for an `s3://` one.
+fn open_store(url: &str, s3: &S3) -> Store {
+    let mut config = StoreConfig::new(url);
+    config.options = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    Store::open(&config).expect("open the store")
+}
+
+/// An object's bytes, if it is there.
+fn object(store: &Store, key: &str) -> Option<Vec<u8>> {
+    connector::publish::runtime()
+        .block_on(store.get_bytes(key))
+        .unwrap_or_else(|e| panic!("reading {key}: {e}"))
+        .map(|b| b.to_vec())
+}
+
+/// The snapshot ids waiting in a state folder's outbox for `company`, oldest first.
+fn waiting(state: &Path, company: &str) -> Vec<String> {
+    let mut ids: Vec<String> =
+        std::fs::read_dir(state.join("companies").join(company).join("outbox"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// `connector sync` of golden into `state` while the store is down: its snapshot waits in the
+/// outbox. Returns the snapshot's id.
+fn sync_while_the_store_is_down(odbc: &str, state: &Path, s3: &S3) -> String {
+    let mut down = s3.env();
+    down[0].1 = "http://127.0.0.1:9".into();
+    let out = sync(
+        odbc,
+        "golden",
+        state,
+        Some("s3://down/x"),
+        &["--store-timeout", "1"],
+        &down,
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let ids = waiting(state, "golden");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
+}
+
+/// `connector sync` that publishes what waits in the outbox and is then killed (right after
+/// normalising, before it makes a snapshot of its own), so the store shows what publishing the
+/// waiting snapshot did to `latest.json`.
+fn publish_waiting_then_stop(
+    odbc: &str,
+    state: &Path,
+    url: &str,
+    env: &[(&str, String)],
+) -> String {
+    let mut env = env.to_vec();
+    env.push((connector::failpoint::ENV, "normalised".into()));
+    let out = sync(odbc, "golden", state, Some(url), &[], &env);
+    let msg = text(&out);
+    assert!(
+        !out.status.success() && msg.contains("test kill point"),
+        "the sync was not stopped at the kill point: {msg}"
+    );
+    msg
+}
+
+#[test]
+fn publishing_a_snapshot_older_than_latest_leaves_latest_on_the_newer_one_on_both_stores() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("older");
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let local = dir.path().join("store");
+    for (n, url) in [file_url(&local), format!("s3://{bucket}/p")]
+        .into_iter()
+        .enumerate()
+    {
+        let store = open_store(&url, &s3);
+        // PC A makes a snapshot while the store is down; PC B then publishes a newer one.
+        let (pc_a, pc_b) = (
+            dir.path().join(format!("a{n}")),
+            dir.path().join(format!("b{n}")),
+        );
+        let older = sync_while_the_store_is_down(&company.odbc, &pc_a, &s3);
+        sync_ok(&company.odbc, "golden", &pc_b, Some(&url), &s3.env());
+        let newer_pointer = object(&store, "golden/latest.json").expect("B's latest.json");
+        let newer: Value = serde_json::from_slice(&newer_pointer).unwrap();
+        let newer = newer["snapshotId"].as_str().unwrap().to_owned();
+        assert!(older < newer, "{url}: {older} does not sort before {newer}");
+
+        // A's store comes back: it publishes its waiting, older snapshot.
+        let msg = publish_waiting_then_stop(&company.odbc, &pc_a, &url, &s3.env());
+        assert_eq!(
+            waiting(&pc_a, "golden"),
+            Vec::<String>::new(),
+            "{url}: the older snapshot was not published: {msg}"
+        );
+        assert!(
+            object(&store, &format!("golden/snapshots/{older}/manifest.json")).is_some(),
+            "{url}: the older snapshot's manifest is not in the store: {msg}"
+        );
+        assert_eq!(
+            object(&store, "golden/latest.json"),
+            Some(newer_pointer),
+            "{url}: latest.json was moved back from {newer} to {older}: {msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "latest.json already names snapshot {newer}, newer than {older}"
+            )),
+            "{url}: the connector does not say it left latest on {newer}: {msg}"
+        );
+        let out = verify(&url, "golden", &[], &s3.env());
+        assert!(
+            out.status.success() && text(&out).contains(&newer),
+            "{url}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// A TCP relay to `target` on a loopback port that, when the first `PUT …/latest.json` arrives,
+/// runs `writer` (another publisher) before passing the request on, and records that request's
+/// head: a change to `latest.json` exactly between the connector's read and its write.
+fn relay_with_writer_before_the_pointer_put(
+    target: &str,
+    writer: Box<dyn FnOnce() + Send>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let target = target.to_owned();
+    let writer = Arc::new(Mutex::new(Some(writer)));
+    let seen = Arc::new(Mutex::new(None));
+    let seen_by_relay = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut from_server, mut to_client) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+            let (writer, seen) = (writer.clone(), seen_by_relay.clone());
+            // Requests one by one (keep-alive): head, then a Content-Length body.
+            std::thread::spawn(move || {
+                let (mut client, mut server) = (client, server);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 64 * 1024];
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match client.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let lower = head.to_ascii_lowercase();
+                    assert!(
+                        !lower.contains("transfer-encoding: chunked"),
+                        "the relay reads Content-Length bodies only: {head}"
+                    );
+                    let length: usize = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        match client.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let target = head.split_whitespace().nth(1).unwrap_or("");
+                    let path = target.split('?').next().unwrap_or("");
+                    if head.starts_with("PUT ") && path.ends_with("/latest.json") {
+                        let first = writer.lock().unwrap().take();
+                        if let Some(write) = first {
+                            write();
+                            *seen.lock().unwrap() = Some(head.clone());
+                        }
+                    }
+                    if server.write_all(&buf[..head_end + length]).is_err() {
+                        return;
+                    }
+                    buf.drain(..head_end + length);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[test]
+fn a_publisher_moving_latest_between_the_connectors_read_and_write_is_detected_and_not_clobbered() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("race");
+    let dir = tempdir();
+    let company = golden(&dir.path().join("company"));
+    let url = format!("s3://{bucket}/p");
+    let store = open_store(&url, &s3);
+    let (pc_a, pc_b) = (dir.path().join("a"), dir.path().join("b"));
+    // A published once (latest has an ETag to match), then made a snapshot while the store was
+    // down; so did B, later: B's snapshot is the newer.
+    sync_ok(&company.odbc, "golden", &pc_a, Some(&url), &s3.env());
+    let older = sync_while_the_store_is_down(&company.odbc, &pc_a, &s3);
+    let newer = sync_while_the_store_is_down(&company.odbc, &pc_b, &s3);
+    assert!(older < newer, "{older} does not sort before {newer}");
+
+    // B publishes through the connector's own publish code, straight to the S3 server, while
+    // A's conditional write of latest.json is held in the relay.
+    let published_by_b = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (b_outbox, b_store, b_result) = (
+        pc_b.join("companies/golden/outbox"),
+        open_store(&url, &s3),
+        published_by_b.clone(),
+    );
+    let (endpoint, seen) = relay_with_writer_before_the_pointer_put(
+        s3.endpoint.trim_start_matches("http://"),
+        Box::new(move || {
+            let outbox = connector::publish::Outbox::open(&b_outbox, 3).unwrap();
+            let snap = outbox.pending().unwrap().remove(0);
+            let published = connector::publish::runtime()
+                .block_on(b_store.publish(&snap, &outbox, &indicatif::ProgressBar::hidden()))
+                .map(|p| (p.snapshot_id, p.is_latest))
+                .map_err(|e| e.to_string());
+            *b_result.lock().unwrap() = Some(published);
+        }),
+    );
+    let mut env = s3.env();
+    env[0].1 = endpoint;
+    let msg = publish_waiting_then_stop(&company.odbc, &pc_a, &url, &env);
+
+    let head = seen.lock().unwrap().clone();
+    let head = head.unwrap_or_else(|| panic!("A never wrote latest.json: {msg}"));
+    assert_eq!(
+        published_by_b.lock().unwrap().clone(),
+        Some(Ok((newer.clone(), true))),
+        "B's publish"
+    );
+    let latest: Value =
+        serde_json::from_slice(&object(&store, "golden/latest.json").unwrap()).unwrap();
+    assert_eq!(
+        latest["snapshotId"], newer,
+        "A clobbered B's latest.json with its older snapshot: {msg}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nif-match: "),
+        "A's write of latest.json is not conditional on the version it read: {head}"
+    );
+    assert!(
+        object(&store, &format!("golden/snapshots/{older}/manifest.json")).is_some(),
+        "A's snapshot is not in the store: {msg}"
+    );
+    assert_eq!(waiting(&pc_a, "golden"), Vec::<String>::new(), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "Another publisher moved latest.json to snapshot {newer}, newer than {older}"
+        )),
+        "A does not name the other publisher's snapshot: {msg}"
+    );
+    let out = verify(&url, "golden", &[], &s3.env());
+    assert!(
+        out.status.success() && text(&out).contains(&newer),
+        "{}",
+        text(&out)
+    );
+}
