@@ -666,18 +666,25 @@ fn unreachable_store_keeps_snapshots_in_the_outbox_and_publishes_them_in_order_l
     }
 }
 
-/// A TCP relay to `target` on a loopback port that drops every connection for the first
-/// `outage`, then relays: a store that is down for a while, then back.
-fn flaky_relay(target: &str, outage: std::time::Duration) -> String {
+/// A TCP relay to `target` on a loopback port that closes the first `drops` connections at
+/// once (a store that is down), then relays: returns its URL and its own count of the
+/// connections it dropped.
+fn flaky_relay(
+    target: &str,
+    drops: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let target = target.to_owned();
-    let started = std::time::Instant::now();
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = dropped.clone();
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            if started.elapsed() < outage {
+            if count.load(Ordering::SeqCst) < drops {
                 drop(client); // connection closed at once: a transient failure
+                count.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
             let Ok(server) = TcpStream::connect(&target) else {
@@ -695,7 +702,7 @@ fn flaky_relay(target: &str, outage: std::time::Duration) -> String {
             });
         }
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), dropped)
 }
 
 #[test]
@@ -706,12 +713,10 @@ fn a_store_that_is_down_for_a_while_is_ridden_out_by_retries_with_backoff() {
     let company = golden(&dir.path().join("company"));
     let state = dir.path().join("state");
     let mut env = s3.env();
-    env[0].1 = flaky_relay(
-        s3.endpoint.trim_start_matches("http://"),
-        std::time::Duration::from_secs(3),
-    );
+    // The store refuses the first four connections: the sync can only succeed by retrying.
+    let (relay, dropped) = flaky_relay(s3.endpoint.trim_start_matches("http://"), 4);
+    env[0].1 = relay;
     let url = format!("s3://{bucket}/x");
-    let started = std::time::Instant::now();
     let out = sync(
         &company.odbc,
         "golden",
@@ -721,7 +726,11 @@ fn a_store_that_is_down_for_a_while_is_ridden_out_by_retries_with_backoff() {
         &env,
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(started.elapsed().as_secs() >= 3, "the outage was not felt");
+    assert_eq!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "the relay's own count of the connections it dropped"
+    );
     assert!(verify(&url, "golden", &[], &s3.env()).status.success());
 }
 
