@@ -265,8 +265,75 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .merge(api)
+        .fallback(|| async {
+            ApiError::not_found("no such route: the routes are in /openapi.json")
+        })
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Every error answer in the JSON error shape. axum's own refusals (a method the route does
+/// not take, a body too large or not JSON, a path it cannot read) come as plain text or
+/// empty: their words are kept as the message, their headers (`Allow`, …) too. The link
+/// pages' HTML errors stay HTML: a person reads them.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let already = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
+    if already {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE
+            && name != header::CONTENT_LENGTH
+            && !out.headers().contains_key(name)
+        {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A query DuckDB refused as it ran: a value the query language let through but DuckDB
+/// cannot read or compare is the client's fault (400; DuckDB's words stay in the log, with
+/// the SQL they may quote), anything else is the server's.
+fn refused(e: duckdb::Error) -> ApiError {
+    let text = e.to_string();
+    const CLIENT: [&str; 3] = [
+        "Conversion Error",
+        "Out of Range Error",
+        "Invalid Input Error",
+    ];
+    if CLIENT.iter().any(|kind| text.contains(kind)) {
+        tracing::info!(error = %text, "DuckDB refused a value of a query.");
+        ApiError::bad(
+            "query: a value in it cannot be compared with its field (out of range, or not readable as the field's type)",
+        )
+    } else {
+        ApiError::internal(e)
+    }
 }
 
 async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -762,7 +829,7 @@ async fn list_records(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(refused)?;
     let results: Vec<Value> = rows
         .iter()
         .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))

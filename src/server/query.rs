@@ -16,6 +16,7 @@
 //! bound parameter. Nothing from a request is pasted into SQL. Errors name the token at fault.
 
 use crate::model::{DataType, Field, FieldType};
+use chrono::{Datelike, Timelike};
 
 /// Longest `query` accepted, in characters.
 pub const MAX_QUERY_CHARS: usize = 2048;
@@ -321,6 +322,10 @@ impl Parser<'_> {
     }
 }
 
+/// The years a date or date-time in a query may have (what DuckDB's DATE reads back as
+/// written; records hold nothing outside them).
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
 /// Checks `value` against the field's type; returns the SQL placeholder (with its cast) and
 /// the value to bind.
 fn typed(path: &str, ty: FieldType, value: &str) -> Result<(&'static str, String), QueryError> {
@@ -337,9 +342,12 @@ fn typed(path: &str, ty: FieldType, value: &str) -> Result<(&'static str, String
             _ => return Err(wrong("true or false")),
         },
         FieldType::Date => {
-            chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
-                .map_err(|_| wrong("a date (YYYY-MM-DD)"))?;
-            ("CAST(? AS DATE)", value.to_owned())
+            let date = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .ok()
+                .filter(|d| YEARS.contains(&d.year()))
+                .ok_or_else(|| wrong("a date (YYYY-MM-DD, years 0001 to 9999)"))?;
+            // the parsed date is bound, written the one way DuckDB reads
+            ("CAST(? AS DATE)", date.format("%Y-%m-%d").to_string())
         }
         FieldType::Datetime => {
             let parsed = chrono::DateTime::parse_from_rfc3339(value)
@@ -348,9 +356,17 @@ fn typed(path: &str, ty: FieldType, value: &str) -> Result<(&'static str, String
                     chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
                         .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
                 })
-                .map_err(|_| {
-                    wrong("a date-time (RFC 3339, e.g. 2025-03-10T09:30:00Z, or a date)")
+                .ok()
+                .filter(|t| YEARS.contains(&t.year()))
+                .ok_or_else(|| {
+                    wrong("a date-time (RFC 3339, e.g. 2025-03-10T09:30:00Z, or a date; years 0001 to 9999)")
                 })?;
+            // chrono keeps a leap second (:60) as a nanosecond count past a whole second
+            if parsed.nanosecond() >= 1_000_000_000 {
+                return Err(wrong(
+                    "a date-time without a leap second (:60 is not kept: use :59)",
+                ));
+            }
             (
                 "CAST(? AS TIMESTAMP)",
                 parsed.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),

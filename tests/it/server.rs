@@ -434,6 +434,19 @@ fn bad_requests_are_4xx_naming_the_fault_never_500() {
             format!("/companies/{co}/data/invoices?snapshot=20200101T000000000Z-00000000"),
             "not loaded",
         ),
+        // dates the query language reads but DuckDB would not: a fifth-digit year, a leap second
+        (
+            format!("/companies/{co}/data/invoices?query=issueDate%3E%2B10000-01-01"),
+            "years 0001 to 9999",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=modifiedDate%3E-0001-01-01T00:00:00Z"),
+            "years 0001 to 9999",
+        ),
+        (
+            format!("/companies/{co}/data/invoices?query=modifiedDate%3E2016-12-31T23:59:60Z"),
+            "leap second",
+        ),
     ] {
         let (status, body) = s.server.get(&s.key, &path);
         assert!((400..500).contains(&status), "{path}: {status} {body}");
@@ -453,6 +466,73 @@ fn bad_requests_are_4xx_naming_the_fault_never_500() {
         body["error"].as_str().unwrap().contains("\"name\""),
         "{body}"
     );
+}
+
+#[test]
+fn every_error_answer_has_the_json_error_shape() {
+    let s = setup(&[]);
+    let co = &s.company_id;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    // (method, path, content type and body, status): refusals axum makes before a handler runs
+    let cases: [(&str, String, Option<(&str, &str)>, u16); 5] = [
+        ("GET", "/no/such/route".into(), None, 404),
+        ("DELETE", "/companies".into(), None, 405),
+        ("PATCH", format!("/companies/{co}/data/invoices"), None, 405),
+        (
+            "GET",
+            format!("/companies/{co}/data/invoices/%FF%FE"),
+            None,
+            400,
+        ),
+        (
+            "POST",
+            format!("/companies/{co}/connector/checkin"),
+            Some(("application/json", "{")),
+            401,
+        ),
+    ];
+    for (method, path, body, status) in cases {
+        let (got, content_type, allow, text) = rt.block_on(async {
+            let mut req = client
+                .request(method.parse().unwrap(), format!("{}{path}", s.server.base))
+                .bearer_auth(&s.key);
+            if let Some((ty, body)) = body {
+                req = req.header("content-type", ty).body(body.to_owned());
+            }
+            let resp = req.send().await.unwrap();
+            let header = |h: &str| {
+                resp.headers()
+                    .get(h)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            let (ty, allow) = (header("content-type"), header("allow"));
+            (
+                resp.status().as_u16(),
+                ty,
+                allow,
+                resp.text().await.unwrap(),
+            )
+        });
+        assert_eq!(got, status, "{method} {path}: {text}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{method} {path}: {content_type}: {text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], status, "{method} {path}: {v}");
+        assert!(
+            !v["error"].as_str().unwrap_or_default().is_empty(),
+            "{method} {path}: {v}"
+        );
+        if status == 405 {
+            assert!(!allow.is_empty(), "{method} {path}: no Allow header");
+        }
+    }
 }
 
 #[test]
