@@ -478,7 +478,13 @@ fn every_error_answer_has_the_json_error_shape() {
         .unwrap();
     let client = reqwest::Client::new();
     // (method, path, content type and body, status): refusals axum makes before a handler runs
-    let cases: [(&str, String, Option<(&str, &str)>, u16); 5] = [
+    type Case = (
+        &'static str,
+        String,
+        Option<(&'static str, &'static str)>,
+        u16,
+    );
+    let cases: [Case; 5] = [
         ("GET", "/no/such/route".into(), None, 404),
         ("DELETE", "/companies".into(), None, 405),
         ("PATCH", format!("/companies/{co}/data/invoices"), None, 405),
