@@ -184,6 +184,14 @@ pub fn check_manifest(
             manifest.schema_version
         ));
     }
+    for (name, entry) in &manifest.data_types {
+        if !crate::snapshot::manifest::is_sha256(&entry.sha256) {
+            problems.push(format!(
+                "data type {name}: its sha256 {:?} is not a SHA-256 (64 lowercase hex digits)",
+                entry.sha256.chars().take(80).collect::<String>()
+            ));
+        }
+    }
     if manifest.company_id != company_id || manifest.snapshot_id != snapshot_id {
         problems.push(format!(
             "it describes company {} snapshot {}, not {company_id} {snapshot_id}",

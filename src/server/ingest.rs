@@ -363,8 +363,34 @@ pub async fn ingest(
     let id = latest.snapshot_id.clone();
     let key = (company.to_owned(), id.clone());
     let refused = || live.refused.lock().unwrap_or_else(|e| e.into_inner());
-    if live.live(company).is_some_and(|l| l.snapshot_id == id) || refused().contains(&key) {
+    let current = live.live(company);
+    if current.as_ref().is_some_and(|l| l.snapshot_id == id) || refused().contains(&key) {
         return Ok(None);
+    }
+    // Whoever can write the company's prefix writes latest.json: its ids name schemas and
+    // files here, so they are taken only in their own shapes. Refused once, logged, not
+    // recorded under a name that is not a snapshot id ("?").
+    if !crate::snapshot::manifest::is_snapshot_id(&id)
+        || !crate::snapshot::manifest::is_sha256(&latest.manifest_sha256)
+    {
+        refused().insert(key);
+        return Err(fail(
+            "?",
+            "latest.json names no snapshot id or manifest SHA-256 in their shapes".into(),
+        ));
+    }
+    // A company's data never goes back: a pointer to a snapshot older than the live one (a
+    // store rolled back, a replayed latest.json) is refused once and logged; the older
+    // snapshot's own record (it was live once) is left as it was.
+    if let Some(l) = current.filter(|l| id < l.snapshot_id) {
+        refused().insert(key);
+        return Err(fail(
+            "?",
+            format!(
+                "latest.json names snapshot {id}, older than the live {}: a company's data never goes back to an older snapshot",
+                l.snapshot_id
+            ),
+        ));
     }
     let result = check_and_load(store, live, model, company, state_dir, &latest).await;
     if result.as_ref().is_err_and(|e| !e.retry) {
@@ -477,6 +503,49 @@ async fn check_and_load(
     Ok(loaded)
 }
 
+/// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.
+fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Result<(), String> {
+    let describe = |sql: &str| -> Result<Vec<(String, String)>, String> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT column_name, column_type FROM (DESCRIBE {sql})"
+            ))
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    };
+    let actual = describe(&format!("SELECT * FROM {raw}"))
+        .map_err(|e| format!("{}: its Parquet cannot be read: {e}", dt.name))?;
+    let wanted: Vec<String> = dt
+        .fields
+        .iter()
+        .map(|f| format!("NULL::{} AS {}", f.duckdb_type(), ident(&f.name)))
+        .collect();
+    let expected = describe(&format!("SELECT {}", wanted.join(", ")))?;
+    let mut problems = Vec::new();
+    for (name, ty) in &expected {
+        match actual.iter().find(|(n, _)| n == name) {
+            None => problems.push(format!("field {name} is missing")),
+            Some((_, got)) if got != ty => {
+                problems.push(format!("field {name} is {got}, not the model's {ty}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &actual {
+        if !expected.iter().any(|(n, _)| n == name) {
+            problems.push(format!("column {name} is not in the model"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", dt.name, problems.join("; ")))
+    }
+}
+
 fn load(
     db: &Arc<Mutex<Connection>>,
     model: &DataModel,
@@ -510,6 +579,9 @@ fn load(
             let table = format!("{}.{}", ident(&schema), ident(&dt.name));
             // The Parquet file is read in place (DuckDB scans it in parallel): no copy.
             let raw = format!("read_parquet('{file}')");
+            // Exactly the model's fields with the model's types: a file lacking one would go
+            // live and then fail every request that reads it.
+            fields_match(&conn, dt, &raw)?;
             // Control totals recomputed from the rows, against the manifest's.
             let totals = crate::rules::totals_of(&conn, dt, &raw).map_err(|e| e.to_string())?;
             let expected = &manifest.data_types[&dt.name].control_totals;

@@ -153,6 +153,12 @@ pub fn new_snapshot_id_after(now: chrono::DateTime<chrono::Utc>, floor: Option<&
     }
 }
 
+/// Whether `text` is a SHA-256 as manifests and pointers write it: 64 lowercase hex digits
+/// (never a path, whatever a store's writer puts there).
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Whether `id` has the shape [`new_snapshot_id`] gives.
 pub fn is_snapshot_id(id: &str) -> bool {
     let b = id.as_bytes();

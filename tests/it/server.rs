@@ -778,6 +778,149 @@ fn a_snapshot_that_fails_verification_is_recorded_and_the_previous_one_stays_liv
     );
 }
 
+/// Hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes into the store, as whoever can write the company's prefix would, a snapshot `id`
+/// made from the latest manifest with `edit` applied, and points `latest.json` at it.
+fn plant(s: &Setup, id: &str, edit: impl FnOnce(&mut Value)) {
+    let co = &s.company_id;
+    let latest_path = s.store_dir.join(co).join("latest.json");
+    let latest: Value = serde_json::from_slice(&std::fs::read(&latest_path).unwrap()).unwrap();
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(s.store_dir.join(latest["manifestKey"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    manifest["snapshotId"] = json!(id);
+    edit(&mut manifest);
+    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    let key_path = format!("{co}/snapshots/{id}/manifest.json");
+    std::fs::create_dir_all(s.store_dir.join(&key_path).parent().unwrap()).unwrap();
+    std::fs::write(s.store_dir.join(&key_path), &bytes).unwrap();
+    let pointer =
+        json!({"snapshotId": id, "manifestKey": key_path, "manifestSha256": sha256_hex(&bytes)});
+    std::fs::write(&latest_path, serde_json::to_vec(&pointer).unwrap()).unwrap();
+}
+
+/// The server's count of refused snapshots, from `/metrics`.
+fn refused_total(s: &Setup) -> u64 {
+    let (_, body, _) = s.server.call("GET", Some(&s.key), "/metrics", None);
+    let text = body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("connector_snapshots_failed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refused-snapshot count in /metrics: {text}"))
+}
+
+/// Waits until the server has refused one more snapshot than `before`.
+fn wait_refused(s: &Setup, before: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused_total(s) <= before {
+        assert!(Instant::now() < deadline, "{what} was never refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what_the_model_lacks() {
+    let s = setup(&[]);
+    let (key, co) = (&s.key, &s.company_id);
+    let latest_path = s.store_dir.join(co).join("latest.json");
+    let first_pointer = std::fs::read(&latest_path).unwrap();
+    // A second snapshot, a customer renamed.
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = NAME || ' (renamed)' WHERE ACCOUNT_REF = (SELECT min(ACCOUNT_REF) FROM SALES_LEDGER)",
+            [],
+        )
+        .unwrap();
+    let second = s.sync();
+    s.server.wait_live(key, co, Some(&second));
+    let still_second = |what: &str| {
+        let status = s.server.ok(key, &format!("/companies/{co}/dataStatus"));
+        assert_eq!(
+            status["invoices"]["snapshotId"],
+            second.as_str(),
+            "{what}: {status}"
+        );
+        let customers = s
+            .server
+            .ok(key, &format!("/companies/{co}/data/customers?pageSize=100"));
+        assert!(
+            customers.to_string().contains("(renamed)"),
+            "{what}: {customers}"
+        );
+        let invoices = s.server.ok(key, &format!("/companies/{co}/data/invoices"));
+        assert_eq!(invoices["totalResults"], 7, "{what}: {invoices}");
+    };
+
+    // 1. latest.json pointed back at the first snapshot (a store rolled back, a replay).
+    let before = refused_total(&s);
+    std::fs::write(&latest_path, &first_pointer).unwrap();
+    wait_refused(&s, before, "a pointer back to an older snapshot");
+    still_second("after a pointer back to an older snapshot");
+
+    // 2. A data file's sha256 that is a path: the cache is named by it.
+    let failed_detail = |id: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
+            if let Some(f) = snaps["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["snapshotId"] == id && r["status"] == "failed")
+            {
+                return f["detail"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(Instant::now() < deadline, "{id} was not refused: {snaps}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let by_path = "29991231T235959990Z-0000000a";
+    plant(&s, by_path, |m| {
+        m["dataTypes"]["invoices"]["sha256"] = json!("../../../../tmp/anything");
+    });
+    let detail = failed_detail(by_path);
+    assert!(detail.contains("is not a SHA-256"), "{detail}");
+    still_second("after a sha256 that is a path");
+
+    // 3. Parquet that lacks a field of the model (status), its manifest entry consistent.
+    let lacking = "29991231T235959991Z-0000000b";
+    plant(&s, lacking, |m| {
+        let entry = &mut m["dataTypes"]["invoices"];
+        let original = s.store_dir.join(entry["key"].as_str().unwrap());
+        let file_key = format!("{co}/snapshots/{lacking}/invoices.parquet");
+        let file = s.store_dir.join(&file_key);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        duckdb::Connection::open_in_memory()
+            .unwrap()
+            .execute_batch(&format!(
+                "COPY (SELECT * EXCLUDE (status) FROM read_parquet('{}')) TO '{}' (FORMAT parquet)",
+                original.display(),
+                file.display()
+            ))
+            .unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        entry["key"] = json!(file_key);
+        entry["bytes"] = json!(bytes.len());
+        entry["sha256"] = json!(sha256_hex(&bytes));
+    });
+    let detail = failed_detail(lacking);
+    assert!(
+        detail.contains("invoices") && detail.contains("field status is missing"),
+        "{detail}"
+    );
+    still_second("after Parquet lacking a field");
+}
+
 #[test]
 fn health_metrics_and_the_rate_limit() {
     let s = setup(&["--rate-limit", "1"]);
