@@ -86,13 +86,18 @@ pub enum ServeError {
     },
 }
 
-/// Opens the control database in the state folder.
+/// Opens the control database in the state folder. The folder is the server's own (0700:
+/// keys' hashes, webhook secrets, cached data of every tenant) and the database file 0600;
+/// SQLite gives its WAL files the database's permissions.
 pub fn open_control(state_dir: &std::path::Path) -> Result<SqliteControl, ServeError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| ServeError::State {
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    Ok(SqliteControl::open(&state_dir.join("control.sqlite3"))?)
+    let path = state_dir.join("control.sqlite3");
+    crate::files::private_dir(state_dir)
+        .and_then(|()| crate::files::private_file(&path))
+        .map_err(|source| ServeError::State {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+    Ok(SqliteControl::open(&path)?)
 }
 
 /// One pass of the ingest loop over every company.

@@ -922,6 +922,22 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
 }
 
 #[test]
+fn the_servers_state_folder_and_control_database_are_readable_by_its_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(&[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = &s.server.state;
+    assert_eq!(mode(state), 0o700, "{}", state.display());
+    for name in ["control.sqlite3", "control.sqlite3-wal"] {
+        let file = state.join(name);
+        if name.ends_with("-wal") && !file.exists() {
+            continue;
+        }
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
+#[test]
 fn health_metrics_and_the_rate_limit() {
     let s = setup(&["--rate-limit", "1"]);
     let (status, body, _) = s.server.call("GET", None, "/healthz", None);
