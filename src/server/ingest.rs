@@ -57,6 +57,21 @@ pub struct IngestError {
     pub retry: bool,
 }
 
+impl IngestError {
+    /// What an API client is told: the detail's first line without the SQL a DuckDB error
+    /// quotes (after it, or after `(in: `), with the server's own folder named `STATE`, at
+    /// most 500 characters. The whole detail is in the server's log.
+    pub fn public(&self, state_dir: &Path) -> String {
+        let first = self.detail.lines().next().unwrap_or_default();
+        let head = first.split(" (in: ").next().unwrap_or_default().trim();
+        let text = head.replace(&state_dir.display().to_string(), "STATE");
+        match text.char_indices().nth(500) {
+            Some((at, _)) => format!("{}…", &text[..at]),
+            None => text,
+        }
+    }
+}
+
 /// One loaded snapshot.
 pub struct Live {
     /// Its id.

@@ -173,16 +173,41 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
                     if e.snapshot != "?" {
+                        let public = e.public(state_dir);
+                        let before = company_status(&*state.control, &company.id);
                         let _ = state.control.record_snapshot(&SnapshotRecord {
                             company_id: company.id.clone(),
                             snapshot_id: e.snapshot.clone(),
                             status: "failed".into(),
-                            detail: Some(e.detail.clone()),
+                            detail: Some(public.clone()),
                             created_at: None,
                             ingested_at: chrono::Utc::now()
                                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                             records: None,
                         });
+                        // The client hears of it as of a sync that failed on the PC.
+                        emit(
+                            state,
+                            &company.client_id,
+                            "sync.failed",
+                            serde_json::json!({
+                                "companyId": company.id,
+                                "snapshotId": e.snapshot,
+                                "reason": "snapshot_refused",
+                                "message": public,
+                                "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
+                            }),
+                        );
+                        if before != "Failing" {
+                            emit(
+                                state,
+                                &company.client_id,
+                                "company.status_changed",
+                                serde_json::json!({
+                                    "companyId": company.id, "from": before, "to": "Failing",
+                                }),
+                            );
+                        }
                     }
                 }
             }

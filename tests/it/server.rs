@@ -713,10 +713,19 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
 }
 
 #[test]
-fn a_snapshot_that_fails_verification_is_recorded_and_the_previous_one_stays_live() {
-    let s = setup(&[]);
+fn a_snapshot_that_fails_verification_is_recorded_told_to_the_client_and_the_previous_one_stays_live()
+ {
+    let s = setup(&["--allow-private-webhooks"]);
     let (key, co) = (&s.key, &s.company_id);
     let good = latest_id(&s.store_dir, co);
+    let receiver = Receiver::start(vec![200]);
+    let (status, hook, _) = s.server.call(
+        "POST",
+        Some(key),
+        "/webhooks",
+        Some(json!({"url": receiver.url, "eventTypes": ["sync.failed", "company.status_changed"]})),
+    );
+    assert_eq!(status, 201, "{hook}");
     // A snapshot whose manifest claims other control totals than its data: written by hand
     // into the store, as a broken publisher would.
     let latest_path = s.store_dir.join(co).join("latest.json");
@@ -776,6 +785,44 @@ fn a_snapshot_that_fails_verification_is_recorded_and_the_previous_one_stays_liv
         s.server.ok(key, &format!("/companies/{co}/data/invoices"))["totalResults"],
         7
     );
+    // The client is told, as of a sync that failed: sync.failed naming the snapshot and why,
+    // and the company's status going from Fetched to Failing.
+    let events: Vec<Value> = receiver
+        .wait_for(2)
+        .iter()
+        .map(|(_, body, _)| serde_json::from_str(body).unwrap())
+        .collect();
+    let of = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t)
+            .unwrap_or_else(|| panic!("no {t} among {events:?}"))
+            .clone()
+    };
+    let failed_event = of("sync.failed");
+    assert_eq!(failed_event["data"]["companyId"], co.as_str());
+    assert_eq!(failed_event["data"]["snapshotId"], bad_id);
+    assert_eq!(failed_event["data"]["reason"], "snapshot_refused");
+    assert!(
+        failed_event["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("control totals"),
+        "{failed_event}"
+    );
+    let changed = of("company.status_changed");
+    assert_eq!(
+        (&changed["data"]["from"], &changed["data"]["to"]),
+        (&json!("Fetched"), &json!("Failing")),
+        "{changed}"
+    );
+    // What the client is told quotes no SQL and no server folder.
+    for told in [failed["detail"].to_string(), failed_event.to_string()] {
+        assert!(
+            !told.contains("SELECT") && !told.contains(&s.server.state.display().to_string()),
+            "{told}"
+        );
+    }
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -919,6 +966,29 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
         "{detail}"
     );
     still_second("after Parquet lacking a field");
+
+    // 4. A data file that is not Parquet at all (its entry consistent): refused, and what the
+    // client reads names neither the server's folders nor SQL.
+    let garbage = "29991231T235959992Z-0000000c";
+    plant(&s, garbage, |m| {
+        let entry = &mut m["dataTypes"]["invoices"];
+        let file_key = format!("{co}/snapshots/{garbage}/invoices.parquet");
+        let file = s.store_dir.join(&file_key);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let bytes = b"PAR1 this is not a Parquet file PAR1".to_vec();
+        std::fs::write(&file, &bytes).unwrap();
+        entry["key"] = json!(file_key);
+        entry["bytes"] = json!(bytes.len());
+        entry["sha256"] = json!(sha256_hex(&bytes));
+    });
+    let detail = failed_detail(garbage);
+    assert!(detail.contains("invoices"), "{detail}");
+    let state = s.server.state.display().to_string();
+    assert!(
+        !detail.contains(&state) && !detail.contains("SELECT") && !detail.contains("read_parquet"),
+        "{detail}"
+    );
+    still_second("after a file that is not Parquet");
 }
 
 #[test]
