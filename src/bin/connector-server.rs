@@ -81,6 +81,22 @@ enum AdminCommand {
         #[arg(long, default_value = "server-state")]
         state_dir: PathBuf,
     },
+    /// Revoke an API client: its key stops working at once, on a running server too.
+    RevokeClient {
+        /// The client id (`cl_…`, printed by create-client).
+        client_id: String,
+        /// Folder of the control database.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+    },
+    /// Give an API client a new key (printed, once); the old one stops working at once.
+    RotateKey {
+        /// The client id (`cl_…`, printed by create-client).
+        client_id: String,
+        /// Folder of the control database.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+    },
     /// Revoke a connector (device): its credential stops working at once.
     RevokeDevice {
         /// The device id (`dev…`, from GET /companies/{id}/devices).
@@ -154,6 +170,40 @@ fn main() -> ExitCode {
                 None => {
                     anyhow::bail!("no device {device_id}: GET /companies/{{id}}/devices lists them")
                 }
+            }),
+        Command::Admin {
+            command:
+                AdminCommand::RevokeClient {
+                    client_id,
+                    state_dir,
+                },
+        } => server::open_control(&state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|control| {
+                if control.revoke_client(&client_id)? {
+                    println!("client {client_id} revoked: its API key no longer works");
+                    Ok(())
+                } else {
+                    anyhow::bail!("no client {client_id}: its id is printed by create-client")
+                }
+            }),
+        Command::Admin {
+            command:
+                AdminCommand::RotateKey {
+                    client_id,
+                    state_dir,
+                },
+        } => server::open_control(&state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|control| match control.rotate_client_key(&client_id)? {
+                Some(key) => {
+                    println!("client {client_id}: the old API key no longer works");
+                    println!("new API key (shown once, keep it safe): {key}");
+                    Ok(())
+                }
+                None => anyhow::bail!(
+                    "no client {client_id} that can have a key (unknown or revoked): its id is printed by create-client"
+                ),
             }),
     };
     match result {

@@ -41,7 +41,8 @@ pub struct AppState {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// SHA-256 of keys already found valid (keys are never revoked) → their client: no
     /// database look-up per request, and no raw key compared (or kept) here.
-    known_keys: Mutex<HashMap<String, Client>>,
+    /// API keys' hashes already looked up, as of the control data's version.
+    known_keys: Mutex<(i64, HashMap<String, Client>)>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Wakes the ingest loop (the "snapshot published" call).
@@ -97,7 +98,7 @@ impl AppState {
             live,
             rate_per_sec,
             buckets: Mutex::new(HashMap::new()),
-            known_keys: Mutex::new(HashMap::new()),
+            known_keys: Mutex::new((i64::MIN, HashMap::new())),
             metrics: Metrics::default(),
             wake: tokio::sync::Notify::new(),
             openapi: super::openapi::document(&model),
@@ -366,23 +367,30 @@ async fn authenticate(
         .into_response();
     };
     let hash = super::control::key_hash(key);
-    let known = state
-        .known_keys
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&hash)
-        .cloned();
+    // Keys are remembered until the control data changes elsewhere (an operator revoked a
+    // client or rotated its key): then forgotten at once, before this request is answered.
+    let version = match state.control.version() {
+        Ok(v) => v,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let known = {
+        let mut known = state.known_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if known.0 != version {
+            known.0 = version;
+            known.1.clear();
+        }
+        known.1.get(&hash).cloned()
+    };
     let found = match known {
         Some(client) => Ok(Some(client)),
         None => state.control.client_by_key(key),
     };
     let client = match found {
         Ok(Some(client)) => {
-            state
-                .known_keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(hash, client.clone());
+            let mut known = state.known_keys.lock().unwrap_or_else(|e| e.into_inner());
+            if known.0 == version {
+                known.1.insert(hash, client.clone());
+            }
             client
         }
         Ok(None) => {

@@ -176,8 +176,16 @@ pub trait ControlPlane: Send + Sync {
     fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError>;
     /// Creates a client; returns it and its API key (shown once, never stored).
     fn create_client(&self, name: &str) -> Result<(Client, String), ControlError>;
-    /// The client an API key belongs to.
+    /// The client an API key belongs to (none for a revoked client).
     fn client_by_key(&self, key: &str) -> Result<Option<Client>, ControlError>;
+    /// Revokes a client: its API key stops working. False when there is no such client.
+    fn revoke_client(&self, client_id: &str) -> Result<bool, ControlError>;
+    /// Gives a client a new API key (returned, shown once); the old one stops working. None
+    /// when there is no such (unrevoked) client.
+    fn rotate_client_key(&self, client_id: &str) -> Result<Option<String>, ControlError>;
+    /// A number that moves whenever another process changed the control data (an operator's
+    /// `admin` command): what a server remembers of it (API keys) is dropped when it moves.
+    fn version(&self) -> Result<i64, ControlError>;
     /// Creates a company owned by `client_id`.
     fn create_company(
         &self,
@@ -325,7 +333,10 @@ CREATE TABLE IF NOT EXISTS sync_results (
 ";
 
 /// Columns added to tables of earlier versions (`ALTER TABLE … ADD COLUMN`, once).
-const MIGRATIONS: &[(&str, &str, &str)] = &[("companies", "redirect_url", "TEXT")];
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    ("companies", "redirect_url", "TEXT"),
+    ("clients", "revoked_at", "TEXT"),
+];
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -719,7 +730,7 @@ impl ControlPlane for SqliteControl {
         let found: Option<(String, String, String)> = self
             .db()
             .query_row(
-                "SELECT id, name, key_hash FROM clients WHERE key_hash = ?1",
+                "SELECT id, name, key_hash FROM clients WHERE key_hash = ?1 AND revoked_at IS NULL",
                 [&wanted],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -728,6 +739,35 @@ impl ControlPlane for SqliteControl {
         Ok(found
             .filter(|(_, _, stored)| constant_time_eq(stored.as_bytes(), wanted.as_bytes()))
             .map(|(id, name, _)| Client { id, name }))
+    }
+
+    fn revoke_client(&self, client_id: &str) -> Result<bool, ControlError> {
+        let n = self
+            .db()
+            .execute(
+                "UPDATE clients SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+                params![client_id, now()],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    fn rotate_client_key(&self, client_id: &str) -> Result<Option<String>, ControlError> {
+        let key = random_id("ck_", 32);
+        let n = self
+            .db()
+            .execute(
+                "UPDATE clients SET key_hash = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![client_id, key_hash(&key)],
+            )
+            .map_err(self.err())?;
+        Ok((n > 0).then_some(key))
+    }
+
+    fn version(&self) -> Result<i64, ControlError> {
+        self.db()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(self.err())
     }
 
     fn create_company(

@@ -1007,6 +1007,62 @@ fn the_servers_state_folder_and_control_database_are_readable_by_its_user_only()
     }
 }
 
+/// Runs `connector-server admin ARGS --state-dir STATE`; returns what it printed.
+fn admin(s: &Setup, args: &[&str]) -> (bool, String) {
+    let out = Command::new(SERVER)
+        .arg("admin")
+        .args(args)
+        .arg("--state-dir")
+        .arg(&s.server.state)
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn a_revoked_client_or_a_rotated_key_stops_working_at_once_on_a_running_server() {
+    let s = setup(&[]);
+    let co = &s.company_id;
+    let path = format!("/companies/{co}/dataStatus");
+    let client_of = |key: &str| {
+        let (status, body, _) = s.server.call("GET", Some(key), "/companies", None);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // The key works, and the server now remembers it.
+    client_of(&s.key);
+    assert_eq!(s.server.get(&s.key, &path).0, 200);
+    let (ok, said) = admin(&s, &["rotate-key", "cl_nosuch"]);
+    assert!(!ok && said.contains("no client cl_nosuch"), "{said}");
+    // The client id, from the database the operator has.
+    let client_id: String = rusqlite::Connection::open(s.server.state.join("control.sqlite3"))
+        .unwrap()
+        .query_row("SELECT client_id FROM companies WHERE id = ?1", [co], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let (ok, said) = admin(&s, &["rotate-key", &client_id]);
+    assert!(ok, "{said}");
+    let new_key = said
+        .lines()
+        .find_map(|l| l.split(": ").nth(1).filter(|k| k.starts_with("ck_")))
+        .expect("a new key is printed")
+        .to_owned();
+    // The very next request: the old key is refused, the new one answers for the same data.
+    let (status, body) = s.server.get(&s.key, &path);
+    assert_eq!(status, 401, "the rotated-out key still works: {body}");
+    assert_eq!(s.server.get(&new_key, &path).0, 200);
+    let (ok, said) = admin(&s, &["revoke-client", &client_id]);
+    assert!(ok, "{said}");
+    let (status, body) = s.server.get(&new_key, &path);
+    assert_eq!(status, 401, "a revoked client's key still works: {body}");
+    let (ok, said) = admin(&s, &["rotate-key", &client_id]);
+    assert!(!ok, "a revoked client got a new key: {said}");
+    // Another client is untouched.
+    let other = s.server.client("Other Lender");
+    assert_eq!(client_of(&other)["results"], json!([]));
+}
+
 #[test]
 fn health_metrics_and_the_rate_limit() {
     let s = setup(&["--rate-limit", "1"]);
