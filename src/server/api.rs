@@ -813,6 +813,8 @@ async fn list_records(
         let (conn, table) = source(naive, &live, &dt.name)?;
         let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
         let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
+        // (a test holds a request here while newer snapshots go live)
+        crate::failpoint::hit("api-page");
         let offset = (page - 1) * page_size;
         let record = record_json(&dt);
         if naive {

@@ -326,14 +326,26 @@ impl LiveSet {
             list.insert(0, live);
             list.split_off(list.len().min(KEEP_SNAPSHOTS))
         };
-        // Requests still reading a dropped snapshot hold their own connection; DuckDB keeps
-        // the schema's data alive for their transaction.
-        for old in dropped {
-            if let Ok(conn) = old.connection() {
-                let _ = conn.execute_batch(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE;",
-                    ident(&old.schema)
-                ));
+        // A request still answering from a snapshot no longer kept holds it (an `Arc`): its
+        // tables are dropped when the last holder lets go (see `Drop for Live`), never under
+        // a request between two of its statements.
+        drop(dropped);
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(conn) = self.connection() {
+            match conn.execute_batch(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE;",
+                ident(&self.schema)
+            )) {
+                Ok(()) => {
+                    tracing::debug!(snapshot = %self.snapshot_id, "Dropped a snapshot no longer kept or read.")
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %self.snapshot_id, error = %e, "Could not drop a snapshot's tables.")
+                }
             }
         }
     }

@@ -217,11 +217,16 @@ impl Setup {
 
 /// A server, a client, a company created through the API, and the golden company synced to it.
 fn setup(extra: &[&str]) -> Setup {
+    setup_env(extra, &[])
+}
+
+/// [`setup`] with extra environment for the server.
+fn setup_env(extra: &[&str], env: &[(&str, String)]) -> Setup {
     let dir = tempdir();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
     let store = connector::publish::file_url(&store_dir);
-    let server = Server::start(&dir.path().join("server"), &store, extra);
+    let server = Server::start_env(&dir.path().join("server"), &store, extra, env);
     let key = server.client("Lender");
     let company_id = server.company(&key, "Golden Café Ltd");
     let company = golden(&dir.path().join("company"));
@@ -1061,6 +1066,73 @@ fn a_revoked_client_or_a_rotated_key_stops_working_at_once_on_a_running_server()
     // Another client is untouched.
     let other = s.server.client("Other Lender");
     assert_eq!(client_of(&other)["results"], json!([]));
+}
+
+#[test]
+fn a_request_answering_from_a_snapshot_keeps_it_while_newer_ones_go_live() {
+    let dir = tempdir();
+    let paused = dir.path().join("paused");
+    let s = setup_env(
+        &[],
+        &[
+            ("CONNECTOR_PAUSE_AT", "api-page".to_owned()),
+            ("CONNECTOR_PAUSE_FILE", paused.display().to_string()),
+        ],
+    );
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    let first = latest_id(&s.store_dir, &co);
+    // A page of the first snapshot, held between its count and its rows.
+    let base = s.server.base.clone();
+    let (k, c, f) = (key.clone(), co.clone(), first.clone());
+    let reader = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{base}/companies/{c}/data/invoices?snapshot={f}"))
+                .bearer_auth(k)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            Ok::<_, reqwest::Error>((status, r.text().await.unwrap_or_default()))
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached its page"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Newer snapshots go live until the first is no longer kept.
+    for n in 0..3 {
+        s.company
+            .sqlite()
+            .execute(
+                &format!(
+                    "UPDATE SALES_LEDGER SET NAME = 'Renamed {n}' WHERE ACCOUNT_REF = 'ALPHA01'"
+                ),
+                [],
+            )
+            .unwrap();
+        let id = s.sync();
+        s.server.wait_live(&key, &co, Some(&id));
+    }
+    let (status, body) = s.server.get(
+        &key,
+        &format!("/companies/{co}/data/invoices?snapshot={first}"),
+    );
+    assert_eq!(status, 404, "the first snapshot is still kept: {body}");
+    // Let the held request go on: it answers from the snapshot it started with.
+    std::fs::remove_file(&paused).unwrap();
+    let (status, body) = reader.join().unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["totalResults"], 7, "{page}");
+    assert_eq!(page["results"].as_array().unwrap().len(), 7, "{page}");
 }
 
 #[test]
