@@ -56,6 +56,9 @@ enum Command {
         /// Seconds a company's link stays usable.
         #[arg(long, default_value_t = 3600)]
         link_ttl_secs: i64,
+        /// The most companies one API client may create.
+        #[arg(long, default_value_t = server::api::DEFAULT_MAX_COMPANIES_PER_CLIENT)]
+        max_companies_per_client: usize,
         /// A connector that has not checked in for this many seconds is `not_running` in
         /// dataStatus, and its client is told (company.status_changed).
         #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             public_url,
             loopback_port,
             link_ttl_secs,
+            max_companies_per_client,
             rotate_after_secs,
             connector_silence_secs,
         } => {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
                 public_url,
                 loopback_port,
                 link_ttl_secs: link_ttl_secs.max(1),
+                max_companies_per_client,
                 rotate_after_secs: rotate_after_secs.max(0),
                 connector_silence_secs: connector_silence_secs.max(1),
             };

@@ -68,6 +68,8 @@ pub struct AppState {
     pub download_url: String,
     /// Seconds a link stays usable.
     pub link_ttl_secs: i64,
+    /// Most companies one client may create.
+    pub max_companies_per_client: usize,
     /// Device credentials older than this are rotated at check-in.
     pub rotate_after_secs: i64,
     /// Seconds between check-ins, told to connectors.
@@ -112,6 +114,7 @@ impl AppState {
             loopback_port: crate::protocol::DEFAULT_LOOPBACK_PORT,
             download_url: "/download".into(),
             link_ttl_secs: 3600,
+            max_companies_per_client: DEFAULT_MAX_COMPANIES_PER_CLIENT,
             rotate_after_secs: 24 * 3600,
             checkin_secs: 15 * 60,
             sync_every_secs: 24 * 3600,
@@ -165,6 +168,24 @@ pub struct Metrics {
     pub snapshots_live: AtomicU64,
     /// Snapshots refused at ingest.
     pub snapshots_failed: AtomicU64,
+}
+
+/// Default of the most companies one client may create (`--max-companies-per-client`).
+pub const DEFAULT_MAX_COMPANIES_PER_CLIENT: usize = 100_000;
+/// Most webhook subscriptions one client may have.
+pub const MAX_WEBHOOKS_PER_CLIENT: usize = 25;
+/// Longest URL a client may give (a webhook target, a redirect).
+pub const MAX_URL_CHARS: usize = 2048;
+
+/// A URL a client gave, no longer than [`MAX_URL_CHARS`].
+fn url_length(field: &str, url: &str) -> ApiResult<()> {
+    let n = url.chars().count();
+    if n > MAX_URL_CHARS {
+        return Err(ApiError::bad(format!(
+            "field {field:?} is {n} characters long; the limit is {MAX_URL_CHARS}"
+        )));
+    }
+    Ok(())
 }
 
 /// An error answer: status and message.
@@ -224,6 +245,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(revoke_device),
         )
         .route("/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/webhooks/{id}", axum::routing::delete(delete_webhook))
         .route("/webhooks/{id}/deliveries", get(list_deliveries))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -486,7 +508,21 @@ async fn create_company(
         .filter(|n| !n.is_empty() && n.chars().count() <= 200)
         .ok_or_else(|| ApiError::bad("field \"name\" is required: 1 to 200 characters"))?;
     if let Some(url) = &body.redirect_url {
+        url_length("redirectUrl", url)?;
         check_redirect(url)?;
+    }
+    let have = state
+        .control
+        .companies(&client.id)
+        .map_err(ApiError::internal)?
+        .len();
+    if have >= state.max_companies_per_client {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this client has {have} companies, the most this server allows one client; ask its operator"
+            ),
+        ));
     }
     let company = state
         .control
@@ -987,6 +1023,23 @@ struct NewWebhook {
     event_types: Option<Vec<String>>,
 }
 
+/// `DELETE /webhooks/{id}`: the subscription, its deliveries and their attempts.
+async fn delete_webhook(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if state
+        .control
+        .delete_webhook(&client.id, &id)
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("webhook {id} not found")))
+    }
+}
+
 async fn create_webhook(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
@@ -996,6 +1049,7 @@ async fn create_webhook(
     let url = body
         .url
         .ok_or_else(|| ApiError::bad("field \"url\" is required"))?;
+    url_length("url", &url)?;
     let types = body.event_types.unwrap_or_else(|| {
         super::webhooks::EVENT_TYPES
             .iter()
@@ -1015,6 +1069,29 @@ async fn create_webhook(
             "eventTypes: unknown event type {bad:?}; the types are {}",
             super::webhooks::EVENT_TYPES.join(", ")
         )));
+    }
+    if let Some(twice) = types
+        .iter()
+        .enumerate()
+        .find(|(i, t)| types[..*i].contains(t))
+        .map(|(_, t)| t)
+    {
+        return Err(ApiError::bad(format!(
+            "eventTypes: {twice:?} is named twice"
+        )));
+    }
+    let have = state
+        .control
+        .webhooks(&client.id)
+        .map_err(ApiError::internal)?
+        .len();
+    if have >= MAX_WEBHOOKS_PER_CLIENT {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this client has {have} webhooks, the most one client may have: delete one first (DELETE /webhooks/{{id}})"
+            ),
+        ));
     }
     super::webhooks::check_target(&url, state.allow_internal_webhooks)
         .await

@@ -150,6 +150,9 @@ pub trait ControlPlane: Send + Sync {
     ) -> Result<Webhook, ControlError>;
     /// A client's subscriptions.
     fn webhooks(&self, client_id: &str) -> Result<Vec<Webhook>, ControlError>;
+    /// Deletes a client's subscription with its deliveries and their attempts (one
+    /// transaction). False when the client has no such subscription.
+    fn delete_webhook(&self, client_id: &str, webhook_id: &str) -> Result<bool, ControlError>;
     /// Queues an event for every subscription of `client_id` that wants `event_type` (one
     /// transaction: all or none).
     fn enqueue_event(
@@ -301,9 +304,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     payload TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL, created_at TEXT NOT NULL, delivered_at TEXT, last_error TEXT);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, created_at);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL REFERENCES deliveries(id), at TEXT NOT NULL, status_code INTEGER,
     error TEXT);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 CREATE TABLE IF NOT EXISTS snapshots (
     company_id TEXT NOT NULL REFERENCES companies(id), snapshot_id TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT, created_at TEXT, ingested_at TEXT NOT NULL, records TEXT,
@@ -609,6 +614,30 @@ impl ControlPlane for SqliteControl {
             webhook_row,
         )?;
         Ok(rows)
+    }
+
+    fn delete_webhook(&self, client_id: &str, webhook_id: &str) -> Result<bool, ControlError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let owned: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM webhooks WHERE id = ?1 AND client_id = ?2",
+                [webhook_id, client_id],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        if !owned {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE webhook_id = ?1)",
+            [webhook_id],
+        )
+        .and_then(|_| tx.execute("DELETE FROM deliveries WHERE webhook_id = ?1", [webhook_id]))
+            .and_then(|_| tx.execute("DELETE FROM webhooks WHERE id = ?1", [webhook_id]))
+            .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(true)
     }
 
     fn enqueue_event(

@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub loopback_port: u16,
     /// Seconds a link stays usable.
     pub link_ttl_secs: i64,
+    /// Most companies one client may create.
+    pub max_companies_per_client: usize,
     /// Device credentials older than this are rotated at check-in.
     pub rotate_after_secs: i64,
     /// A connector silent this long is `not_running` (and its client is told).
@@ -297,6 +299,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .to_owned();
     state.loopback_port = options.loopback_port;
     state.link_ttl_secs = options.link_ttl_secs;
+    state.max_companies_per_client = options.max_companies_per_client;
     state.rotate_after_secs = options.rotate_after_secs;
     state.connector_silence_secs = options.connector_silence_secs;
     let state = Arc::new(state);

@@ -1136,6 +1136,99 @@ fn a_request_answering_from_a_snapshot_keeps_it_while_newer_ones_go_live() {
 }
 
 #[test]
+fn a_client_has_quotas_of_companies_webhooks_and_url_length_and_can_delete_a_webhook() {
+    let s = setup(&[
+        "--allow-private-webhooks",
+        "--max-companies-per-client",
+        "3",
+    ]);
+    let key = &s.key;
+    // One company exists (the golden one): two more, then the quota.
+    for n in 0..2 {
+        let (status, body, _) = s.server.call(
+            "POST",
+            Some(key),
+            "/companies",
+            Some(json!({"name": format!("Extra {n}")})),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(key),
+        "/companies",
+        Some(json!({"name": "One too many"})),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("3 companies"),
+        "{body}"
+    );
+    // Another client is not counted against it.
+    let other = s.server.client("Other Lender");
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(&other),
+        "/companies",
+        Some(json!({"name": "Theirs"})),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    let receiver = Receiver::start(vec![200]);
+    let long = format!("{}?{}", receiver.url, "x".repeat(2100));
+    for (hook, says) in [
+        (json!({"url": long}), "the limit is 2048"),
+        (
+            json!({"url": receiver.url, "eventTypes": ["data.synced", "data.synced"]}),
+            "named twice",
+        ),
+    ] {
+        let (status, body, _) = s.server.call("POST", Some(key), "/webhooks", Some(hook));
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(says), "{body}");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        let (status, body, _) = s.server.call(
+            "POST",
+            Some(key),
+            "/webhooks",
+            Some(json!({"url": receiver.url})),
+        );
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(key),
+        "/webhooks",
+        Some(json!({"url": receiver.url})),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("delete one first"),
+        "{body}"
+    );
+    // Another client cannot delete it; its owner can, and then may add one again.
+    let path = format!("/webhooks/{}", ids[0]);
+    let (status, body, _) = s.server.call("DELETE", Some(&other), &path, None);
+    assert_eq!(status, 404, "{body}");
+    let (status, body, _) = s.server.call("DELETE", Some(key), &path, None);
+    assert_eq!(status, 204, "{body}");
+    let (status, body, _) = s.server.call("DELETE", Some(key), &path, None);
+    assert_eq!(status, 404, "{body}");
+    let (_, listed, _) = s.server.call("GET", Some(key), "/webhooks", None);
+    assert!(!listed.to_string().contains(&ids[0]), "{listed}");
+    let (status, body, _) = s.server.call(
+        "POST",
+        Some(key),
+        "/webhooks",
+        Some(json!({"url": receiver.url})),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
 fn health_metrics_and_the_rate_limit() {
     let s = setup(&["--rate-limit", "1"]);
     let (status, body, _) = s.server.call("GET", None, "/healthz", None);
