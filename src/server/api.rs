@@ -45,8 +45,11 @@ pub struct AppState {
     known_keys: Mutex<(i64, HashMap<String, Client>)>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
-    /// Wakes the ingest loop (the "snapshot published" call).
+    /// Wakes the ingest loop (the "snapshot published" call, a connector's commit, a stop).
     pub wake: tokio::sync::Notify,
+    /// The companies wake calls named since the ingest loop last looked: a wake ingests only
+    /// them, never every company.
+    pub woken: Mutex<std::collections::BTreeSet<String>>,
     /// The OpenAPI document, generated from the model.
     openapi: Value,
     /// Wakes the webhook delivery worker.
@@ -87,6 +90,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Asks the ingest loop to look at `company`'s store now (and at no other company).
+    pub fn wake_for(&self, company: &str) {
+        self.woken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(company.to_owned());
+        self.wake.notify_one();
+    }
+
     /// State for a server.
     pub fn new(
         control: Arc<dyn ControlPlane>,
@@ -103,6 +115,7 @@ impl AppState {
             known_keys: Mutex::new((i64::MIN, HashMap::new())),
             metrics: Metrics::default(),
             wake: tokio::sync::Notify::new(),
+            woken: Mutex::new(Default::default()),
             openapi: super::openapi::document(&model),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             allow_internal_webhooks,
@@ -697,7 +710,7 @@ async fn snapshot_published(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     owned(&state, &client, &id)?;
-    state.wake.notify_one();
+    state.wake_for(&id);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "checking the store now"})),

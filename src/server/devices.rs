@@ -644,7 +644,7 @@ pub async fn commit(
         Err(e) => return internal(e),
     };
     tracing::info!(company = %company, snapshot = %snapshot_id, is_latest, "A connector committed a snapshot.");
-    state.wake.notify_one();
+    state.wake_for(company);
     let bytes_metadata =
         body.len() as u64 + serde_json::to_vec_pretty(&latest).map_or(0, |v| v.len() as u64);
     Json(Committed {

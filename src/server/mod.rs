@@ -104,6 +104,16 @@ pub fn open_control(state_dir: &std::path::Path) -> Result<SqliteControl, ServeE
 
 /// One pass of the ingest loop over every company.
 pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::path::Path) {
+    ingest_some(state, store, state_dir, None).await;
+}
+
+/// One pass of the ingest loop over the companies `only` names (every company for None).
+async fn ingest_some(
+    state: &api::AppState,
+    store: &Store,
+    state_dir: &std::path::Path,
+    only: Option<&std::collections::BTreeSet<String>>,
+) {
     let companies = match state.control.all_companies() {
         Ok(c) => c,
         Err(e) => {
@@ -112,6 +122,9 @@ pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::p
         }
     };
     for company in companies {
+        if only.is_some_and(|only| !only.contains(&company.id)) {
+            continue;
+        }
         match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
             Ok(Some(live)) => {
                 state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
@@ -313,16 +326,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         let state_dir = options.state_dir.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
+            // Every company once per poll; between polls, only the companies a wake named.
+            let mut last_full: Option<std::time::Instant> = None;
             while !stopping.load(Ordering::SeqCst) {
-                ingest_all(&state, &store, &state_dir).await;
-                // a connector that fell silent: its client hears `not_running`
-                if let Ok(companies) = state.control.all_companies() {
-                    for company in companies {
-                        devices::tell_reason(&state, &company.id);
+                let named =
+                    std::mem::take(&mut *state.woken.lock().unwrap_or_else(|e| e.into_inner()));
+                if last_full.is_none_or(|t| t.elapsed() >= options.poll) {
+                    last_full = Some(std::time::Instant::now());
+                    ingest_all(&state, &store, &state_dir).await;
+                    // a connector that fell silent: its client hears `not_running`
+                    if let Ok(companies) = state.control.all_companies() {
+                        for company in companies {
+                            devices::tell_reason(&state, &company.id);
+                        }
                     }
+                } else if !named.is_empty() {
+                    ingest_some(&state, &store, &state_dir, Some(&named)).await;
                 }
+                let until_poll =
+                    last_full.map_or(Duration::ZERO, |t| options.poll.saturating_sub(t.elapsed()));
                 tokio::select! {
-                    _ = tokio::time::sleep(options.poll) => {}
+                    _ = tokio::time::sleep(until_poll) => {}
                     _ = state.wake.notified() => {}
                 }
             }

@@ -1229,6 +1229,57 @@ fn a_client_has_quotas_of_companies_webhooks_and_url_length_and_can_delete_a_web
 }
 
 #[test]
+fn a_wake_call_ingests_only_the_company_it_names() {
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = connector::publish::file_url(&store_dir);
+    // No poll within the test: only wake calls make the server look at the store.
+    let server = Server::start(&dir.path().join("server"), &store, &["--poll-secs", "3600"]);
+    let key = server.client("Lender");
+    // A is the one a sequential pass over every company (in id order) would load last: were
+    // a wake to ingest every company, B would be live before A is.
+    let mut ids = [
+        server.company(&key, "One Ltd"),
+        server.company(&key, "Two Ltd"),
+    ];
+    ids.sort();
+    let [b, a] = ids;
+    for (co, name) in [(&a, "a"), (&b, "b")] {
+        let company = golden(&dir.path().join(name));
+        sync_ok(
+            &company.odbc,
+            co,
+            &dir.path().join(format!("connector-{name}")),
+            Some(&store),
+            &[],
+        );
+    }
+    let (status, body, _) = server.call(
+        "POST",
+        Some(&key),
+        &format!("/companies/{a}/snapshots/published"),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    server.wait_live(&key, &a, Some(&latest_id(&store_dir, &a)));
+    // B's snapshot waits in the store: the wake named A only.
+    let status = server.ok(&key, &format!("/companies/{b}/dataStatus"));
+    assert!(
+        status["invoices"]["snapshotId"].is_null(),
+        "B went live on A's wake call: {status}"
+    );
+    let (status, body, _) = server.call(
+        "POST",
+        Some(&key),
+        &format!("/companies/{b}/snapshots/published"),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    server.wait_live(&key, &b, Some(&latest_id(&store_dir, &b)));
+}
+
+#[test]
 fn health_metrics_and_the_rate_limit() {
     let s = setup(&["--rate-limit", "1"]);
     let (status, body, _) = s.server.call("GET", None, "/healthz", None);
