@@ -150,66 +150,7 @@ fn main() -> ExitCode {
                 .block_on(server::serve(options))
                 .map_err(Into::into)
         }
-        Command::Admin {
-            command: AdminCommand::CreateClient { name, state_dir },
-        } => server::open_control(&state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|control| Ok(control.create_client(&name)?))
-            .map(|(client, key)| {
-                println!("client {} ({})", client.name, client.id);
-                println!("API key (shown once, keep it safe): {key}");
-            }),
-        Command::Admin {
-            command:
-                AdminCommand::RevokeDevice {
-                    device_id,
-                    state_dir,
-                },
-        } => server::open_control(&state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|control| match control.revoke_device(&device_id)? {
-                Some(d) => {
-                    println!("device {} of company {} revoked", d.id, d.company_id);
-                    Ok(())
-                }
-                None => {
-                    anyhow::bail!("no device {device_id}: GET /companies/{{id}}/devices lists them")
-                }
-            }),
-        Command::Admin {
-            command:
-                AdminCommand::RevokeClient {
-                    client_id,
-                    state_dir,
-                },
-        } => server::open_control(&state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|control| {
-                if control.revoke_client(&client_id)? {
-                    println!("client {client_id} revoked: its API key no longer works");
-                    Ok(())
-                } else {
-                    anyhow::bail!("no client {client_id}: its id is printed by create-client")
-                }
-            }),
-        Command::Admin {
-            command:
-                AdminCommand::RotateKey {
-                    client_id,
-                    state_dir,
-                },
-        } => server::open_control(&state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|control| match control.rotate_client_key(&client_id)? {
-                Some(key) => {
-                    println!("client {client_id}: the old API key no longer works");
-                    println!("new API key (shown once, keep it safe): {key}");
-                    Ok(())
-                }
-                None => anyhow::bail!(
-                    "no client {client_id} that can have a key (unknown or revoked): its id is printed by create-client"
-                ),
-            }),
+        Command::Admin { command } => admin(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,4 +160,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an operator command against the control database of its `--state-dir`.
+fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    let (AdminCommand::CreateClient { state_dir, .. }
+    | AdminCommand::RevokeClient { state_dir, .. }
+    | AdminCommand::RotateKey { state_dir, .. }
+    | AdminCommand::RevokeDevice { state_dir, .. }) = &command;
+    let control = server::open_control(state_dir)?;
+    match command {
+        AdminCommand::CreateClient { name, .. } => {
+            let (client, key) = control.create_client(&name)?;
+            println!("client {} ({})", client.name, client.id);
+            println!("API key (shown once, keep it safe): {key}");
+        }
+        AdminCommand::RevokeDevice { device_id, .. } => match control.revoke_device(&device_id)? {
+            Some(d) => println!("device {} of company {} revoked", d.id, d.company_id),
+            None => {
+                anyhow::bail!("no device {device_id}: GET /companies/{{id}}/devices lists them")
+            }
+        },
+        AdminCommand::RevokeClient { client_id, .. } => {
+            if !control.revoke_client(&client_id)? {
+                anyhow::bail!("no client {client_id}: its id is printed by create-client");
+            }
+            println!("client {client_id} revoked: its API key no longer works");
+        }
+        AdminCommand::RotateKey { client_id, .. } => match control.rotate_client_key(&client_id)? {
+            Some(key) => {
+                println!("client {client_id}: the old API key no longer works");
+                println!("new API key (shown once, keep it safe): {key}");
+            }
+            None => anyhow::bail!(
+                "no client {client_id} that can have a key (unknown or revoked): its id is printed by create-client"
+            ),
+        },
+    }
+    Ok(())
 }

@@ -407,37 +407,84 @@ fn validate_outputs(ws: &Workspace, model: &DataModel) -> Result<(), RulesError>
             &format!("SELECT * FROM main.{} LIMIT 0", ident(&dt.name)),
         )
         .map_err(|e| err(format!("cannot read the table: {e}")))?;
-        let wanted: Vec<String> = dt
-            .fields
-            .iter()
-            .map(|f| format!("NULL::{} AS {}", f.duckdb_type(), ident(&f.name)))
-            .collect();
-        let expected = describe(conn, &format!("SELECT {}", wanted.join(", "))).map_err(|e| {
+        let expected = model_columns(conn, dt).map_err(|e| {
             err(format!(
                 "the schema's types are not valid DuckDB types: {e}"
             ))
         })?;
-        for (name, ty) in &expected {
-            match actual.iter().find(|(n, _)| n == name) {
-                None => return Err(err(format!("field {name} ({ty}) is missing"))),
-                Some((_, found)) if found != ty => {
-                    return Err(err(format!(
-                        "field {name} has type {found}, the schema says {ty}"
-                    )));
+        if let Some(first) = field_differences(&expected, &actual).into_iter().next() {
+            return Err(err(match first {
+                FieldDifference::Missing { name, ty } => format!("field {name} ({ty}) is missing"),
+                FieldDifference::WrongType {
+                    name,
+                    found,
+                    wanted,
+                } => {
+                    format!("field {name} has type {found}, the schema says {wanted}")
                 }
-                Some(_) => {}
-            }
-        }
-        if let Some((name, _)) = actual
-            .iter()
-            .find(|(n, _)| !expected.iter().any(|(e, _)| e == n))
-        {
-            return Err(err(format!(
-                "column {name} is not a field of the data type (add it to the schema or drop it)"
-            )));
+                FieldDifference::Extra { name } => format!(
+                    "column {name} is not a field of the data type (add it to the schema or drop it)"
+                ),
+            }));
         }
     }
     Ok(())
+}
+
+/// How a table's or file's columns differ from a data type's fields.
+pub(crate) enum FieldDifference {
+    /// A field with no column.
+    Missing { name: String, ty: String },
+    /// A column of another DuckDB type than the field's.
+    WrongType {
+        name: String,
+        found: String,
+        wanted: String,
+    },
+    /// A column that is no field.
+    Extra { name: String },
+}
+
+/// A data type's fields as (name, DuckDB type), as DuckDB spells the types.
+pub(crate) fn model_columns(
+    conn: &duckdb::Connection,
+    dt: &crate::model::DataType,
+) -> Result<Vec<(String, String)>, duckdb::Error> {
+    let wanted: Vec<String> = dt
+        .fields
+        .iter()
+        .map(|f| format!("NULL::{} AS {}", f.duckdb_type(), ident(&f.name)))
+        .collect();
+    describe(conn, &format!("SELECT {}", wanted.join(", ")))
+}
+
+/// The differences between `expected` and `actual` (name, type) columns: missing and wrongly
+/// typed fields in the fields' order, then extra columns.
+pub(crate) fn field_differences(
+    expected: &[(String, String)],
+    actual: &[(String, String)],
+) -> Vec<FieldDifference> {
+    let mut out = Vec::new();
+    for (name, ty) in expected {
+        match actual.iter().find(|(n, _)| n == name) {
+            None => out.push(FieldDifference::Missing {
+                name: name.clone(),
+                ty: ty.clone(),
+            }),
+            Some((_, found)) if found != ty => out.push(FieldDifference::WrongType {
+                name: name.clone(),
+                found: found.clone(),
+                wanted: ty.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in actual {
+        if !expected.iter().any(|(e, _)| e == name) {
+            out.push(FieldDifference::Extra { name: name.clone() });
+        }
+    }
+    out
 }
 
 /// Column names and DuckDB types of a query's result.

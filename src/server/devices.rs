@@ -354,8 +354,7 @@ fn own_data_key(company: &str, key: &str, sha256: &str) -> bool {
     !data_type.is_empty()
         && data_type.bytes().all(|b| b.is_ascii_alphanumeric())
         && file == format!("{sha256}.parquet")
-        && sha256.len() == 64
-        && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        && crate::snapshot::manifest::is_sha256(sha256)
 }
 
 /// `POST …/grants`: where to upload each missing file.

@@ -532,40 +532,24 @@ async fn check_and_load(
 
 /// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.
 fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Result<(), String> {
-    let describe = |sql: &str| -> Result<Vec<(String, String)>, String> {
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT column_name, column_type FROM (DESCRIBE {sql})"
-            ))
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
-    };
-    let actual = describe(&format!("SELECT * FROM {raw}"))
+    use crate::rules::FieldDifference as D;
+    let actual = crate::rules::describe(conn, &format!("SELECT * FROM {raw}"))
         .map_err(|e| format!("{}: its Parquet cannot be read: {e}", dt.name))?;
-    let wanted: Vec<String> = dt
-        .fields
-        .iter()
-        .map(|f| format!("NULL::{} AS {}", f.duckdb_type(), ident(&f.name)))
-        .collect();
-    let expected = describe(&format!("SELECT {}", wanted.join(", ")))?;
-    let mut problems = Vec::new();
-    for (name, ty) in &expected {
-        match actual.iter().find(|(n, _)| n == name) {
-            None => problems.push(format!("field {name} is missing")),
-            Some((_, got)) if got != ty => {
-                problems.push(format!("field {name} is {got}, not the model's {ty}"))
+    let expected = crate::rules::model_columns(conn, dt).map_err(|e| e.to_string())?;
+    let problems: Vec<String> = crate::rules::field_differences(&expected, &actual)
+        .into_iter()
+        .map(|d| match d {
+            D::Missing { name, .. } => format!("field {name} is missing"),
+            D::WrongType {
+                name,
+                found,
+                wanted,
+            } => {
+                format!("field {name} is {found}, not the model's {wanted}")
             }
-            Some(_) => {}
-        }
-    }
-    for (name, _) in &actual {
-        if !expected.iter().any(|(n, _)| n == name) {
-            problems.push(format!("column {name} is not in the model"));
-        }
-    }
+            D::Extra { name } => format!("column {name} is not in the model"),
+        })
+        .collect();
     if problems.is_empty() {
         Ok(())
     } else {

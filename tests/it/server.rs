@@ -670,14 +670,15 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         &format!("/companies/{co}/data/customers?pageSize=100"),
     );
     assert_eq!(restarted["results"], after["results"]);
-    let (status, still) = s
-        .server
-        .get(&key, &format!("/companies/{co}/data/items/{item}"));
-    assert_eq!(
-        status, 200,
-        "the deleted item is gone after a restart: {still}"
-    );
-    assert_eq!(still, gone, "the deleted item changed across a restart");
+    // The deleted item itself, still served as it was when it was deleted.
+    let deleted_item_unchanged = |s: &Setup, when: &str| {
+        let (status, still) = s
+            .server
+            .get(&key, &format!("/companies/{co}/data/items/{item}"));
+        assert_eq!(status, 200, "the deleted item is gone {when}: {still}");
+        assert_eq!(still, gone, "the deleted item changed {when}");
+    };
+    deleted_item_unchanged(&s, "across a restart");
     assert_eq!(deleted_items(&s), deleted_before);
     // The next snapshot, built on the restored one: the deleted item stays deleted with its
     // deletion time, and only the customer changed again gets a new modifiedDate.
@@ -690,14 +691,7 @@ fn modified_date_follows_content_and_disappeared_records_stay_deleted_across_res
         .unwrap();
     let third = s.sync();
     s.server.wait_live(&key, &co, Some(&third));
-    let (status, still) = s
-        .server
-        .get(&key, &format!("/companies/{co}/data/items/{item}"));
-    assert_eq!(
-        status, 200,
-        "the deleted item is gone after a restart: {still}"
-    );
-    assert_eq!(still, gone, "the deleted item changed after a restart");
+    deleted_item_unchanged(&s, "in the snapshot after a restart");
     let third_customers = s.server.ok(
         &key,
         &format!("/companies/{co}/data/customers?pageSize=100"),
