@@ -39,6 +39,14 @@ enum Command {
         /// Let webhooks target loopback, private and link-local addresses (for tests only).
         #[arg(long)]
         allow_private_webhooks: bool,
+        /// The DNS server (address:port) webhook hosts are looked up with; default: the
+        /// system's DNS configuration.
+        #[arg(long)]
+        webhook_dns: Option<std::net::SocketAddr>,
+        /// A proxy URL for webhook deliveries; none by default (HTTP_PROXY and HTTPS_PROXY are
+        /// not used for webhooks).
+        #[arg(long)]
+        webhook_proxy: Option<String>,
         /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
         #[arg(long, default_value_t = 1.0, hide = true)]
         webhook_backoff_scale: f64,
@@ -121,6 +129,8 @@ fn main() -> ExitCode {
             poll_secs,
             rate_limit,
             allow_private_webhooks,
+            webhook_dns,
+            webhook_proxy,
             webhook_backoff_scale,
             naive,
             public_url,
@@ -137,6 +147,8 @@ fn main() -> ExitCode {
                 poll: Duration::from_secs_f64(poll_secs.max(0.05)),
                 rate_per_sec: rate_limit.max(0.1),
                 allow_internal_webhooks: allow_private_webhooks,
+                webhook_dns,
+                webhook_proxy,
                 webhook_backoff_scale: webhook_backoff_scale.max(0.0),
                 naive,
                 public_url,

@@ -54,8 +54,8 @@ pub struct AppState {
     openapi: Value,
     /// Wakes the webhook delivery worker.
     pub webhook_wake: Arc<tokio::sync::Notify>,
-    /// Webhooks may target internal addresses (tests only).
-    allow_internal_webhooks: bool,
+    /// Where webhooks may go, and how their hosts are looked up.
+    pub webhook_targets: Arc<super::webhooks::Targets>,
     /// Benchmark peer: answer every data request by reading the snapshot's Parquet file with
     /// a fresh DuckDB, instead of the loaded tables.
     pub naive: bool,
@@ -105,7 +105,7 @@ impl AppState {
         live: Arc<LiveSet>,
         model: DataModel,
         rate_per_sec: f64,
-        allow_internal_webhooks: bool,
+        webhook_targets: Arc<super::webhooks::Targets>,
     ) -> Self {
         AppState {
             control,
@@ -118,7 +118,7 @@ impl AppState {
             woken: Mutex::new(Default::default()),
             openapi: super::openapi::document(&model),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
-            allow_internal_webhooks,
+            webhook_targets,
             naive: false,
             model,
             store: None,
@@ -1106,7 +1106,9 @@ async fn create_webhook(
             ),
         ));
     }
-    super::webhooks::check_target(&url, state.allow_internal_webhooks)
+    state
+        .webhook_targets
+        .check(&url)
         .await
         .map_err(ApiError::bad)?;
     let hook = state

@@ -43,6 +43,10 @@ pub struct ServeOptions {
     pub rate_per_sec: f64,
     /// Let webhooks target loopback and private addresses (tests only).
     pub allow_internal_webhooks: bool,
+    /// The DNS server webhook hosts are looked up with (default: the system's configuration).
+    pub webhook_dns: Option<SocketAddr>,
+    /// The proxy webhooks go through (default: none, whatever `HTTP(S)_PROXY` says).
+    pub webhook_proxy: Option<String>,
     /// Multiplies the webhook retry delays (tests shorten them).
     pub webhook_backoff_scale: f64,
     /// Benchmark peer: read Parquet per request (see [`api::AppState::naive`]).
@@ -292,7 +296,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         live,
         DataModel::embedded(),
         options.rate_per_sec,
-        options.allow_internal_webhooks,
+        Arc::new(webhooks::Targets::new(
+            options.webhook_dns,
+            options.allow_internal_webhooks,
+            options.webhook_proxy.clone(),
+        )),
     );
     state.naive = options.naive;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -356,7 +364,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let deliveries = tokio::spawn(webhooks::deliver_forever(
         state.control.clone(),
         state.webhook_wake.clone(),
-        options.allow_internal_webhooks,
+        state.webhook_targets.clone(),
         options.webhook_backoff_scale,
     ));
     let app = api::router(state);

@@ -11,10 +11,11 @@
 //! deduplication), `webhook-timestamp` (Unix seconds), and `webhook-signature: v1,<base64
 //! HMAC-SHA256 of "id.timestamp.body" under the secret>`. A 2xx answer is delivered; anything
 //! else is retried after [`BACKOFF_SECS`] (about a day in all), then marked failed. Redirects
-//! are not followed. Targets that resolve to loopback, private or link-local addresses are
-//! refused unless the server was started with them allowed (tests).
+//! are not followed. Only global unicast addresses are reached (unless the server was started
+//! with internal ones allowed, for tests), and a host is resolved once per connection, by
+//! [`Targets`], which checks the very addresses the connection then uses.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,65 +43,206 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> Result<St
     ))
 }
 
-/// Whether an address is one a webhook may not target by default.
-fn is_internal(ip: IpAddr) -> bool {
+/// Whether an address is global unicast: the only kind a webhook may reach by default.
+/// Everything else is refused: loopback, private, shared (CGNAT), link-local, documentation,
+/// benchmarking (`198.18.0.0/15`), reserved (`240.0.0.0/4`, `0.0.0.0/8`), multicast and
+/// broadcast; in IPv6 anything outside `2000::/3`, and inside it the ranges that lead to IPv4
+/// or to nowhere (6to4 `2002::/16`, the `2001::/23` protocol block with Teredo, documentation).
+/// NAT64 (`64:ff9b::/96`), IPv4-mapped and IPv4-compatible addresses are outside `2000::/3`.
+fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
+            let [a, b, c, _] = v4.octets();
+            !(a == 0
+                || a == 10
+                || a == 127
+                || a >= 224 // multicast, reserved, broadcast
+                || a == 100 && (64..128).contains(&b) // shared address space (CGNAT)
+                || a == 169 && b == 254
+                || a == 172 && (16..32).contains(&b)
+                || a == 192 && b == 168
+                || a == 192 && b == 0 && (c == 0 || c == 2) // protocol assignments, TEST-NET-1
+                || a == 192 && b == 88 && c == 99 // 6to4 relay anycast
+                || a == 198 && (18..20).contains(&b) // benchmarking
+                || a == 198 && b == 51 && c == 100 // TEST-NET-2
+                || a == 203 && b == 0 && c == 113) // TEST-NET-3
         }
         IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+            let s = v6.segments();
+            (s[0] & 0xe000) == 0x2000
+                && s[0] != 0x2002
+                && !(s[0] == 0x2001 && s[1] < 0x0200)
+                && !(s[0] == 0x2001 && s[1] == 0x0db8)
+                && (s[0] & 0xfff0) != 0x3ff0 // documentation, 3fff::/20
         }
     }
 }
 
-/// Checks a webhook URL: http(s), a host, and (unless allowed) no internal address.
-pub async fn check_target(url: &str, allow_internal: bool) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(format!("url {url:?} must be http:// or https://"));
+/// Where webhooks may go and how their hosts are looked up.
+///
+/// A host name is resolved once per connection, by this resolver, and the connection goes to
+/// exactly the addresses that were checked: a DNS answer that changes between a check and the
+/// connection (rebinding) cannot reach an internal address. Proxies are used only when named
+/// (`--webhook-proxy`), never from `HTTP(S)_PROXY`; a look-up that takes longer than
+/// [`DNS_TIMEOUT`] fails.
+pub struct Targets {
+    resolver: Result<hickory_resolver::TokioResolver, String>,
+    allow_internal: bool,
+    proxy: Option<String>,
+}
+
+/// The longest a webhook host's look-up may take.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Targets {
+    /// Targets looked up through `dns_server` (for example a resolver of the operator's own),
+    /// else through the system's DNS configuration. A configuration that cannot be read is
+    /// reported on each delivery, naming `--webhook-dns`.
+    pub fn new(
+        dns_server: Option<SocketAddr>,
+        allow_internal: bool,
+        proxy: Option<String>,
+    ) -> Self {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
+        let builder = match dns_server {
+            Some(addr) => {
+                let mut server = NameServerConfig::udp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                Ok(hickory_resolver::TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![server]),
+                    TokioRuntimeProvider::default(),
+                ))
+            }
+            None => hickory_resolver::TokioResolver::builder_tokio().map_err(|e| {
+                format!("the system's DNS configuration cannot be read ({e}): name a DNS server with --webhook-dns")
+            }),
+        };
+        let resolver = builder.and_then(|mut b| {
+            let options = b.options_mut();
+            options.timeout = Duration::from_secs(2);
+            options.attempts = 2;
+            b.build()
+                .map_err(|e| format!("the DNS resolver cannot start: {e}"))
+        });
+        if let Err(e) = &resolver {
+            tracing::warn!(error = %e, "Webhook hosts cannot be looked up.");
+        }
+        Targets {
+            resolver,
+            allow_internal,
+            proxy,
+        }
     }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| format!("url {url:?} has no host"))?;
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<IpAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("url {url:?}: its host does not resolve: {e}"))?
-        .map(|a| a.ip())
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("url {url:?}: its host does not resolve"));
+
+    fn check_ip(&self, shown: &str, ip: IpAddr) -> Result<(), String> {
+        if self.allow_internal || is_global(ip) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{shown} resolves to {ip}, which is not a public (global unicast) address: webhooks must reach a public address"
+            ))
+        }
     }
-    if let Some(ip) = addrs.iter().find(|ip| !allow_internal && is_internal(**ip)) {
-        return Err(format!(
-            "url {url:?} resolves to {ip}, a loopback, private or link-local address: webhooks must reach a public address"
-        ));
+
+    /// The addresses of `host`, every one of them checked; an IP literal is checked as it is.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let host = host.trim_matches(['[', ']']);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            self.check_ip(host, ip)?;
+            return Ok(vec![ip]);
+        }
+        let resolver = self.resolver.as_ref().map_err(Clone::clone)?;
+        let found = tokio::time::timeout(DNS_TIMEOUT, resolver.lookup_ip(host))
+            .await
+            .map_err(|_| {
+                format!(
+                    "looking up {host} took longer than {} s",
+                    DNS_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("{host} does not resolve: {e}"))?;
+        let addrs: Vec<IpAddr> = found.iter().collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} does not resolve"));
+        }
+        for ip in &addrs {
+            self.check_ip(host, *ip)?;
+        }
+        Ok(addrs)
     }
-    Ok(())
+
+    /// Checks a webhook URL: http(s), a host, and (unless allowed) only public addresses.
+    pub async fn check(&self, url: &str) -> Result<(), String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(format!("url {url:?} must be http:// or https://"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| format!("url {url:?} has no host"))?;
+        self.resolve(host)
+            .await
+            .map(drop)
+            .map_err(|e| format!("url {url:?}: {e}"))
+    }
+
+    /// The HTTP client deliveries use: this resolver, no redirects, no proxy unless named.
+    fn client(self: &Arc<Self>) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .dns_resolver(self.clone())
+            .no_proxy();
+        if let Some(proxy) = &self.proxy {
+            builder = builder.proxy(
+                reqwest::Proxy::all(proxy)
+                    .map_err(|e| format!("--webhook-proxy {proxy:?} is not a proxy URL: {e}"))?,
+            );
+        }
+        builder
+            .build()
+            .map_err(|e| format!("the webhook HTTP client cannot be built: {e}"))
+    }
+}
+
+impl reqwest::dns::Resolve for Targets {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        // reqwest holds the resolver as an Arc of its own; the look-up needs `self` beyond
+        // this call, so it runs on a clone of what it reads.
+        let host = name.as_str().to_owned();
+        let targets = Targets {
+            resolver: self.resolver.clone(),
+            allow_internal: self.allow_internal,
+            proxy: None,
+        };
+        Box::pin(async move {
+            let addrs = targets.resolve(&host).await?;
+            let iter: reqwest::dns::Addrs =
+                Box::new(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(iter)
+        })
+    }
 }
 
 /// Sends what is due, forever: every `tick`, and at once when woken.
 pub async fn deliver_forever(
     control: Arc<dyn ControlPlane>,
     wake: Arc<tokio::sync::Notify>,
-    allow_internal: bool,
+    targets: Arc<Targets>,
     backoff_scale: f64,
 ) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client can be built");
+    let client = match targets.client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Webhooks cannot be delivered.");
+            return;
+        }
+    };
     loop {
         let now = chrono::Utc::now().timestamp_millis();
         match control.due_deliveries(now, 50) {
@@ -109,9 +251,9 @@ pub async fn deliver_forever(
                     deliver(
                         &*control,
                         &client,
+                        &targets,
                         &delivery,
                         &hook,
-                        allow_internal,
                         backoff_scale,
                     )
                     .await;
@@ -129,16 +271,22 @@ pub async fn deliver_forever(
 async fn deliver(
     control: &dyn ControlPlane,
     client: &reqwest::Client,
+    targets: &Targets,
     d: &Delivery,
     hook: &Webhook,
-    allow_internal: bool,
     backoff_scale: f64,
 ) {
     let timestamp = chrono::Utc::now().timestamp();
     let outcome: Result<u16, (Option<u16>, String)> = async {
-        check_target(&hook.url, allow_internal)
-            .await
-            .map_err(|e| (None, e))?;
+        // The scheme and an IP literal are checked here; a host name is looked up and
+        // checked by the client's resolver, once, for the connection it makes.
+        let literal = reqwest::Url::parse(&hook.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .filter(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().is_ok());
+        if literal.is_some() {
+            targets.check(&hook.url).await.map_err(|e| (None, e))?;
+        }
         let signature = sign(&hook.secret, &d.id, timestamp, &d.payload).map_err(|e| (None, e))?;
         let response = client
             .post(&hook.url)
@@ -149,7 +297,7 @@ async fn deliver(
             .body(d.payload.clone())
             .send()
             .await
-            .map_err(|e| (None, format!("could not reach {}: {e}", hook.url)))?;
+            .map_err(|e| (None, describe_send_error(&hook.url, &e)))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             Ok(status)
@@ -193,6 +341,22 @@ async fn deliver(
     }
 }
 
+/// A failed send, with the cause that says why (the resolver's refusal, a refused connection).
+fn describe_send_error(url: &str, e: &reqwest::Error) -> String {
+    let mut text = format!("could not reach {url}");
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    if let Some(cause) = last {
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn internal_addresses_are_recognised() {
+    fn only_global_unicast_addresses_are_reachable() {
         for ip in [
             "127.0.0.1",
             "10.1.2.3",
@@ -224,11 +388,31 @@ mod tests {
             "::ffff:127.0.0.1",
             "100.64.0.1",
             "0.0.0.0",
+            "0.1.2.3",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "192.0.2.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "::127.0.0.1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "::",
         ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+            assert!(!is_global(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2a00:1450::1",
+        ] {
+            assert!(is_global(ip.parse().unwrap()), "{ip}");
         }
     }
 }

@@ -2014,3 +2014,182 @@ fn a_clear_audit_trail_in_sage_reaches_the_api_as_archived_records_never_as_dele
         assert_eq!(filtered["totalResults"], archived.len(), "{filtered}");
     }
 }
+
+/// A DNS server of the test's own, on loopback UDP: answers A queries with what `answer`
+/// returns for the name (lower-cased, no trailing dot) and the number of A queries for that
+/// name so far (0 for the first); `None` leaves the query unanswered. AAAA and every other
+/// type get an empty answer. Records have a TTL of 0.
+struct TestDns {
+    addr: std::net::SocketAddr,
+}
+
+impl TestDns {
+    fn start(
+        answer: impl Fn(&str, usize) -> Option<Vec<std::net::Ipv4Addr>> + Send + 'static,
+    ) -> TestDns {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut asked: std::collections::HashMap<String, usize> = Default::default();
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let query = &buf[..n];
+                // header (12 bytes), then the question: labels up to a zero byte, type, class
+                let mut at = 12;
+                let mut labels = Vec::new();
+                while at < n && query[at] != 0 {
+                    let len = query[at] as usize;
+                    labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).to_string());
+                    at += 1 + len;
+                }
+                let question_end = at + 5;
+                let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+                let name = labels.join(".").to_ascii_lowercase();
+                let ips = if qtype == 1 {
+                    let seen = asked.entry(name.clone()).or_default();
+                    *seen += 1;
+                    match answer(&name, *seen - 1) {
+                        Some(ips) => ips,
+                        None => continue,
+                    }
+                } else {
+                    Vec::new()
+                };
+                let mut reply = query[..2].to_vec(); // the query's id
+                reply.extend_from_slice(&[0x81, 0x80, 0, 1]); // a response, no error; 1 question
+                reply.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+                reply.extend_from_slice(&[0, 0, 0, 0]);
+                reply.extend_from_slice(&query[12..question_end]);
+                for ip in ips {
+                    // the question's name by pointer, A, IN, TTL 0, 4 bytes of address
+                    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    reply.extend_from_slice(&ip.octets());
+                }
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+        TestDns { addr }
+    }
+}
+
+#[test]
+fn webhook_hosts_are_resolved_once_checked_and_connected_to_as_checked() {
+    // The "internal service": a listener on loopback that must never hear from the server.
+    let internal = Receiver::start(vec![200]);
+    let port = internal
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let dns = TestDns::start(|name, nth| match name {
+        // rebinding: a public address for the first look-up, loopback after it
+        "rebind.example" if nth == 0 => Some(vec![[8, 8, 8, 8].into()]),
+        "rebind.example" => Some(vec![[127, 0, 0, 1].into()]),
+        // one public and one private address in the same answer
+        "mixed.example" => Some(vec![[8, 8, 8, 8].into(), [10, 0, 0, 1].into()]),
+        "benchmarking.example" => Some(vec![[198, 18, 0, 1].into()]),
+        "silent.example" => None,
+        _ => Some(Vec::new()),
+    });
+    // The proxy variables point at the internal service too: webhooks must not use them.
+    let proxy = format!("http://127.0.0.1:{port}");
+    let s = setup_env(
+        &[
+            "--webhook-dns",
+            &dns.addr.to_string(),
+            "--webhook-backoff-scale",
+            "0.00002",
+        ],
+        &[
+            ("HTTP_PROXY", proxy.clone()),
+            ("http_proxy", proxy.clone()),
+            ("HTTPS_PROXY", proxy.clone()),
+            ("ALL_PROXY", proxy),
+        ],
+    );
+    let register = |url: &str| {
+        s.server
+            .call("POST", Some(&s.key), "/webhooks", Some(json!({"url": url})))
+    };
+    // Ranges that are not global unicast, as literals and through DNS.
+    for (url, names) in [
+        (format!("http://mixed.example:{port}/"), "10.0.0.1"),
+        (format!("http://benchmarking.example:{port}/"), "198.18.0.1"),
+        ("http://[64:ff9b::7f00:1]/".to_owned(), "64:ff9b::7f00:1"),
+        ("http://[2002:7f00:1::1]/".to_owned(), "2002:7f00:1::1"),
+        ("http://[::127.0.0.1]/".to_owned(), "::127.0.0.1"),
+        ("http://0.0.0.1/".to_owned(), "0.0.0.1"),
+        ("http://240.0.0.1/".to_owned(), "240.0.0.1"),
+        ("http://224.0.0.251/".to_owned(), "224.0.0.251"),
+    ] {
+        let (status, body, _) = register(&url);
+        assert_eq!(status, 400, "{url}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(names) && error.contains("public"),
+            "{url}: {body}"
+        );
+    }
+    // A look-up that never ends is cut short and named.
+    let started = Instant::now();
+    let (status, body, _) = register("http://silent.example/");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("silent.example"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Rebinding: the registration's look-up sees a public address, every delivery's sees
+    // loopback, and the delivery is refused before any connection.
+    let (status, hook, _) = register(&format!("http://rebind.example:{port}/hook"));
+    assert_eq!(status, 201, "{hook}");
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Rebound Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let id = s.sync();
+    s.server.wait_live(&s.key, &s.company_id, Some(&id));
+    let hook_id = hook["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivery = loop {
+        let list = s
+            .server
+            .ok(&s.key, &format!("/webhooks/{hook_id}/deliveries"));
+        let d = list["results"][0].clone();
+        if d["status"] == "failed" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let error = delivery["lastError"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("public"),
+        "{delivery}"
+    );
+    assert!(
+        delivery["attemptLog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["statusCode"].is_null()),
+        "{delivery}"
+    );
+    assert!(
+        internal.requests.lock().unwrap().is_empty(),
+        "the internal service was reached: {:?}",
+        internal.requests.lock().unwrap()
+    );
+}
