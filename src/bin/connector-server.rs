@@ -67,6 +67,15 @@ enum Command {
         /// The most companies one API client may create.
         #[arg(long, default_value_t = server::api::DEFAULT_MAX_COMPANIES_PER_CLIENT)]
         max_companies_per_client: usize,
+        /// Seconds a data request may take; past them its query is stopped (503).
+        #[arg(long, default_value_t = server::limits::DEFAULT_TIMEOUT.as_secs_f64())]
+        query_timeout_secs: f64,
+        /// The most data queries running at once, in all; more wait for a place.
+        #[arg(long, default_value_t = server::limits::DEFAULT_GLOBAL)]
+        max_queries: usize,
+        /// The most data queries one API key may have running at once; more are refused (429).
+        #[arg(long, default_value_t = server::limits::DEFAULT_PER_KEY)]
+        max_queries_per_key: usize,
         /// A connector that has not checked in for this many seconds is `not_running` in
         /// dataStatus, and its client is told (company.status_changed).
         #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
@@ -137,6 +146,9 @@ fn main() -> ExitCode {
             loopback_port,
             link_ttl_secs,
             max_companies_per_client,
+            query_timeout_secs,
+            max_queries,
+            max_queries_per_key,
             rotate_after_secs,
             connector_silence_secs,
         } => {
@@ -155,6 +167,9 @@ fn main() -> ExitCode {
                 loopback_port,
                 link_ttl_secs: link_ttl_secs.max(1),
                 max_companies_per_client,
+                query_timeout: Duration::from_secs_f64(query_timeout_secs.max(0.01)),
+                max_queries,
+                max_queries_per_key,
                 rotate_after_secs: rotate_after_secs.max(0),
                 connector_silence_secs: connector_silence_secs.max(1),
             };

@@ -45,6 +45,8 @@ pub struct AppState {
     known_keys: Mutex<(i64, HashMap<String, Client>)>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Deadline and concurrency limits of data queries.
+    pub limits: super::limits::QueryLimits,
     /// Wakes the ingest loop (the "snapshot published" call, a connector's commit, a stop).
     pub wake: tokio::sync::Notify,
     /// The companies wake calls named since the ingest loop last looked: a wake ingests only
@@ -114,6 +116,7 @@ impl AppState {
             buckets: Mutex::new(HashMap::new()),
             known_keys: Mutex::new((i64::MIN, HashMap::new())),
             metrics: Metrics::default(),
+            limits: Default::default(),
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Default::default()),
             openapi: super::openapi::document(&model),
@@ -224,11 +227,35 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.0,
             Json(json!({"error": self.1, "status": self.0.as_u16()})),
         )
-            .into_response()
+            .into_response();
+        // a busy answer says when to come back (the rate limit puts its own wait)
+        if matches!(
+            self.0,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        response
+    }
+}
+
+impl From<super::limits::Refusal> for ApiError {
+    fn from(refusal: super::limits::Refusal) -> Self {
+        use super::limits::Refusal as R;
+        match refusal {
+            R::KeyBusy { .. } => ApiError(StatusCode::TOO_MANY_REQUESTS, refusal.to_string()),
+            R::ServerBusy | R::TimedOut { .. } => {
+                tracing::warn!(reason = %refusal, "A data query was stopped or not started.");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
+            }
+            R::Panicked(_) => ApiError::internal(refusal),
+        }
     }
 }
 
@@ -858,36 +885,45 @@ async fn list_records(
     } else {
         format!("WHERE {}", filter.sql)
     };
-    let (total, rows) = tokio::task::spawn_blocking(move || -> duckdb::Result<(u64, Vec<String>)> {
-        let (conn, table) = source(naive, &live, &dt.name)?;
-        let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
-        let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
+    let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
+    let (total, rows) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>)> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
+        let _keep = &live; // the snapshot stays loaded until the answer is read
+        let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
         let offset = (page - 1) * page_size;
+        // The total is counted only when the page cannot tell it: a page that is not full
+        // and not past the end ends the results.
+        let total = |got: usize| -> duckdb::Result<u64> {
+            if (got as u64) < page_size && (got > 0 || page == 1) {
+                return Ok(offset + got as u64);
+            }
+            let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
+            Ok(n as u64)
+        };
         let record = record_json(&dt);
         if naive {
             let sql = format!("SELECT {record} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            return Ok((total as u64, rows));
+            return Ok((total(rows.len())?, rows));
         }
         // The page's rows first (a sort of row numbers only), then the JSON of just those rows:
         // building nested JSON for every matching row would cost far more than the page.
         let mut stmt = conn.prepare(&format!("SELECT rowid FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}"))?;
         let rowids: Vec<i64> = stmt.query_map(params_ref.as_slice(), |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let total = total(rowids.len())?;
         if rowids.is_empty() {
-            return Ok((total as u64, Vec::new()));
+            return Ok((total, Vec::new()));
         }
         let list: Vec<String> = rowids.iter().map(i64::to_string).collect();
         let mut stmt = conn.prepare(&format!("SELECT t.rowid, {record} FROM {table} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", list.join(",")))?;
         let mut by_rowid: HashMap<i64, String> = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<_, _>>()?;
-        Ok((total as u64, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect()))
+        Ok((total, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect()))
     })
-    .await
-    .map_err(ApiError::internal)?
+    .await?
     .map_err(refused)?;
     let results: Vec<Value> = rows
         .iter()
@@ -982,18 +1018,24 @@ async fn get_record(
     let answered_by = live.snapshot_id.clone();
     let naive = state.naive;
     let record_id_owned = record_id.clone();
-    let row = tokio::task::spawn_blocking(move || -> duckdb::Result<Option<String>> {
-        let (conn, table) = source(naive, &live, &dt.name)?;
-        let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
-        match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0)) {
-            Ok(row) => Ok(Some(row)),
-            Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
-            Err(e) => Err(e),
-        }
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
+    let row = state
+        .limits
+        .run(
+            &client.id,
+            conn,
+            move |conn| -> duckdb::Result<Option<String>> {
+                let _keep = &live;
+                let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
+                match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0)) {
+                    Ok(row) => Ok(Some(row)),
+                    Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await?
+        .map_err(ApiError::internal)?;
     let row = row
         .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
     Ok(with_snapshot(

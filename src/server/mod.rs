@@ -14,6 +14,7 @@ pub mod api;
 pub mod control;
 pub mod devices;
 pub mod ingest;
+pub mod limits;
 pub mod link;
 pub mod openapi;
 pub mod query;
@@ -59,6 +60,12 @@ pub struct ServeOptions {
     pub link_ttl_secs: i64,
     /// Most companies one client may create.
     pub max_companies_per_client: usize,
+    /// Deadline of one data request.
+    pub query_timeout: Duration,
+    /// Most data queries at once, in all.
+    pub max_queries: usize,
+    /// Most data queries at once for one API key.
+    pub max_queries_per_key: usize,
     /// Device credentials older than this are rotated at check-in.
     pub rotate_after_secs: i64,
     /// A connector silent this long is `not_running` (and its client is told).
@@ -321,6 +328,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     state.loopback_port = options.loopback_port;
     state.link_ttl_secs = options.link_ttl_secs;
     state.max_companies_per_client = options.max_companies_per_client;
+    state.limits = limits::QueryLimits::new(
+        options.query_timeout,
+        options.max_queries,
+        options.max_queries_per_key,
+    );
     state.rotate_after_secs = options.rotate_after_secs;
     state.connector_silence_secs = options.connector_silence_secs;
     let state = Arc::new(state);

@@ -22,6 +22,9 @@ use chrono::{Datelike, Timelike};
 pub const MAX_QUERY_CHARS: usize = 2048;
 /// Deepest `{}` nesting accepted.
 const MAX_DEPTH: usize = 32;
+/// Most comparisons one query may hold: each is a pass over the data type's rows (a `~` on
+/// a large table costs milliseconds), so hundreds of them would take one request seconds.
+pub const MAX_TERMS: usize = 20;
 
 /// A request the API refuses, with what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,6 +273,12 @@ impl Parser<'_> {
     }
 
     fn comparison(&mut self) -> Result<String, QueryError> {
+        if self.filter.params.len() >= MAX_TERMS {
+            return Err(QueryError(format!(
+                "more than {MAX_TERMS} comparisons, the most one query may hold {}: split it into several requests",
+                self.position()
+            )));
+        }
         let path = match self.tokens.get(self.at) {
             Some((_, Token::Text(t))) => t.clone(),
             _ => {

@@ -115,26 +115,7 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = reqwest::Client::new();
-            let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
-            if let Some(key) = key {
-                req = req.bearer_auth(key);
-            }
-            if let Some(body) = body {
-                req = req.json(&body);
-            }
-            let resp = req.send().await.expect("the server answers");
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap();
-            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            (status, value, headers)
-        })
+        call_at(&self.base, method, key, path, body)
     }
 
     pub(crate) fn get(&self, key: &str, path: &str) -> (u16, Value) {
@@ -213,6 +194,37 @@ impl Setup {
         );
         latest_id(&self.store_dir, &self.company_id)
     }
+}
+
+/// One request to the server at `base`: its status, JSON body (text as a JSON string if it
+/// is not JSON) and headers.
+fn call_at(
+    base: &str,
+    method: &str,
+    key: Option<&str>,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method.parse().unwrap(), format!("{base}{path}"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value, headers)
+    })
 }
 
 /// A server, a client, a company created through the API, and the golden company synced to it.
@@ -1067,7 +1079,7 @@ fn a_request_answering_from_a_snapshot_keeps_it_while_newer_ones_go_live() {
     let dir = tempdir();
     let paused = dir.path().join("paused");
     let s = setup_env(
-        &[],
+        &["--query-timeout-secs", "600"],
         &[
             ("CONNECTOR_PAUSE_AT", "api-page".to_owned()),
             ("CONNECTOR_PAUSE_FILE", paused.display().to_string()),
@@ -1075,7 +1087,7 @@ fn a_request_answering_from_a_snapshot_keeps_it_while_newer_ones_go_live() {
     );
     let (key, co) = (s.key.clone(), s.company_id.clone());
     let first = latest_id(&s.store_dir, &co);
-    // A page of the first snapshot, held between its count and its rows.
+    // A page of the first snapshot, held before its queries.
     let base = s.server.base.clone();
     let (k, c, f) = (key.clone(), co.clone(), first.clone());
     let reader = std::thread::spawn(move || {
@@ -2192,4 +2204,121 @@ fn webhook_hosts_are_resolved_once_checked_and_connected_to_as_checked() {
         "the internal service was reached: {:?}",
         internal.requests.lock().unwrap()
     );
+}
+
+#[test]
+fn a_query_is_bounded_in_terms_time_and_concurrency_per_key_and_in_all() {
+    let dir = tempdir();
+    let paused = dir.path().join("paused");
+    let s = setup_env(
+        &[
+            "--query-timeout-secs",
+            "3",
+            "--max-queries",
+            "1",
+            "--max-queries-per-key",
+            "1",
+        ],
+        &[
+            ("CONNECTOR_PAUSE_AT", "api-page".to_owned()),
+            ("CONNECTOR_PAUSE_FILE", paused.display().to_string()),
+        ],
+    );
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    // More comparisons than a query may hold: refused before any work, naming the limit.
+    let terms: Vec<String> = (0..21).map(|n| format!("status~x{n}")).collect();
+    let path = |n: usize| {
+        format!(
+            "/companies/{co}/data/invoices?query={}",
+            terms[..n].join("%7C%7C")
+        )
+    };
+    let (status, body) = s.server.get(&key, &path(21));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("20 comparisons"),
+        "{body}"
+    );
+    // A second client with a synced company of its own.
+    let other = s.server.client("Other Lender");
+    let other_co = s.server.company(&other, "Other Company");
+    sync_ok(
+        &s.company.odbc,
+        &other_co,
+        &dir.path().join("other-connector"),
+        Some(&s.server.store),
+        &[],
+    );
+    s.server.wait_live(&other, &other_co, None);
+    let other_path = format!("/companies/{other_co}/data/invoices");
+
+    // The first data query (20 comparisons: allowed) is held inside its work.
+    let held = {
+        let (base, key, path) = (s.server.base.clone(), key.clone(), path(20));
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (status, body, _) = call_at(&base, "GET", Some(&key), &path, None);
+            ((status, body), started.elapsed())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "the query never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same key again: waits for its key's one place until its deadline, then is
+    // refused and told to come back.
+    let started = Instant::now();
+    let (status, body, headers) = s.server.call("GET", Some(&key), &path(1), None);
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(
+        body["error"].as_str().unwrap().contains("queries running"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    // Another client: waits for the one place in all, until its own deadline.
+    let started = Instant::now();
+    let (status, body, headers) = s.server.call("GET", Some(&other), &other_path, None);
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(body["error"].as_str().unwrap().contains("busy"), "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The held query is answered at its deadline, stopped.
+    let ((status, body), took) = held.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("took longer than 3 s"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // Its work still holds its places until it ends: then both clients are answered.
+    let (status, _, _) = s.server.call("GET", Some(&key), &path(1), None);
+    assert_eq!(status, 429);
+    std::fs::remove_file(&paused).unwrap();
+    let answered = |key: &str, path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = s.server.get(key, path);
+            if status == 200 {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{status} {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(answered(&other, &other_path)["totalResults"], 7);
+    let page = answered(&key, &path(20));
+    assert_eq!(page["totalResults"], 0, "{page}");
 }
