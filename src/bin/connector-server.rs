@@ -47,6 +47,9 @@ enum Command {
         /// not used for webhooks).
         #[arg(long)]
         webhook_proxy: Option<String>,
+        /// Days webhook deliveries (and their attempts) are kept once delivered or failed.
+        #[arg(long, default_value_t = 30.0)]
+        delivery_retention_days: f64,
         /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
         #[arg(long, default_value_t = 1.0, hide = true)]
         webhook_backoff_scale: f64,
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             allow_private_webhooks,
             webhook_dns,
             webhook_proxy,
+            delivery_retention_days,
             webhook_backoff_scale,
             naive,
             public_url,
@@ -162,6 +166,9 @@ fn main() -> ExitCode {
                 webhook_dns,
                 webhook_proxy,
                 webhook_backoff_scale: webhook_backoff_scale.max(0.0),
+                delivery_retention: Duration::from_secs_f64(
+                    delivery_retention_days.clamp(0.0, 36_500.0) * 86_400.0,
+                ),
                 naive,
                 public_url,
                 loopback_port,

@@ -141,6 +141,19 @@ impl AppState {
         }
     }
 
+    /// Runs a control-plane call on a blocking thread: the database and its lock never hold
+    /// up an async worker.
+    pub async fn control_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn ControlPlane) -> Result<T, super::control::ControlError> + Send + 'static,
+    ) -> ApiResult<T> {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || f(&*control))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    }
+
     /// The notifier of a company's long-polling check-ins.
     pub fn company_wake(&self, company: &str) -> Arc<tokio::sync::Notify> {
         self.company_wakes
@@ -1084,10 +1097,10 @@ async fn delete_webhook(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let (client_id, hook) = (client.id.clone(), id.clone());
     if state
-        .control
-        .delete_webhook(&client.id, &id)
-        .map_err(ApiError::internal)?
+        .control_call(move |c| c.delete_webhook(&client_id, &hook))
+        .await?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -1170,25 +1183,63 @@ async fn list_webhooks(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
 ) -> ApiResult<Json<Value>> {
-    let hooks = state
-        .control
-        .webhooks(&client.id)
-        .map_err(ApiError::internal)?;
+    let client_id = client.id.clone();
+    let hooks = state.control_call(move |c| c.webhooks(&client_id)).await?;
     Ok(Json(json!({ "results": hooks })))
 }
 
+/// Query parameters of `GET /webhooks/{id}/deliveries`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryParams {
+    page_size: Option<String>,
+    after: Option<String>,
+}
+
+/// Most deliveries on one page of `GET /webhooks/{id}/deliveries`.
+pub const MAX_DELIVERIES_PAGE: u64 = 1000;
+
+/// A webhook's deliveries, newest first, a page at a time: `pageSize` (100 by default) and
+/// `after` (the last delivery id of the previous page, as the `next` link gives it).
 async fn list_deliveries(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
+    params: Result<Query<DeliveryParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let hooks = state
-        .control
-        .webhooks(&client.id)
-        .map_err(ApiError::internal)?;
-    if !hooks.iter().any(|h| h.id == id) {
-        return Err(ApiError::not_found(format!("webhook {id} not found")));
+    let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
+    let limit = number(
+        "pageSize",
+        params.page_size.as_deref(),
+        DEFAULT_PAGE_SIZE,
+        MAX_DELIVERIES_PAGE,
+    )? as usize;
+    let (client_id, hook, after) = (client.id.clone(), id.clone(), params.after.clone());
+    let found = state
+        .control_call(move |c| {
+            if !c.webhooks(&client_id)?.iter().any(|h| h.id == hook) {
+                return Ok(None);
+            }
+            c.deliveries(&hook, after.as_deref(), limit + 1).map(Some)
+        })
+        .await?;
+    let mut deliveries =
+        found.ok_or_else(|| ApiError::not_found(format!("webhook {id} not found")))?;
+    let mut links = serde_json::Map::new();
+    let here = |after: Option<&str>| {
+        let mut href = format!("/webhooks/{id}/deliveries?pageSize={limit}");
+        if let Some(after) = after {
+            href.push_str(&format!("&after={}", urlencode(after)));
+        }
+        json!({ "href": href })
+    };
+    links.insert("self".into(), here(params.after.as_deref()));
+    if deliveries.len() > limit {
+        deliveries.truncate(limit);
+        links.insert(
+            "next".into(),
+            here(deliveries.last().map(|d| d.id.as_str())),
+        );
     }
-    let deliveries = state.control.deliveries(&id).map_err(ApiError::internal)?;
-    Ok(Json(json!({ "results": deliveries })))
+    Ok(Json(json!({ "results": deliveries, "_links": links })))
 }

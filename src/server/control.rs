@@ -128,7 +128,7 @@ pub struct Delivery {
 }
 
 /// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     /// When.
@@ -161,10 +161,13 @@ pub trait ControlPlane: Send + Sync {
         event_type: &str,
         payload: &serde_json::Value,
     ) -> Result<usize, ControlError>;
-    /// Pending deliveries due at `now_ms`, oldest first, with their webhook.
+    /// Pending deliveries due at `now_ms`, with their webhook: the oldest `per_webhook` of
+    /// each webhook (so that one webhook's backlog never hides another's), oldest first, at
+    /// most `limit`.
     fn due_deliveries(
         &self,
         now_ms: i64,
+        per_webhook: usize,
         limit: usize,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError>;
     /// Records an attempt; `next_attempt_at` None means no more tries (delivered or failed).
@@ -175,8 +178,17 @@ pub trait ControlPlane: Send + Sync {
         delivered: bool,
         next_attempt_at: Option<i64>,
     ) -> Result<(), ControlError>;
-    /// A webhook's deliveries with their attempts, newest first.
-    fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError>;
+    /// A webhook's deliveries with their attempts, newest first: at most `limit`, those
+    /// after delivery `after` (the last of the previous page) when given.
+    fn deliveries(
+        &self,
+        webhook_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, ControlError>;
+    /// Deletes the deliveries made before `before` (RFC 3339) that are no longer pending,
+    /// with their attempts; returns how many.
+    fn purge_deliveries(&self, before: &str) -> Result<usize, ControlError>;
     /// Creates a client; returns it and its API key (shown once, never stored).
     fn create_client(&self, name: &str) -> Result<(Client, String), ControlError>;
     /// The client an API key belongs to (none for a revoked client).
@@ -305,6 +317,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at INTEGER NOT NULL, created_at TEXT NOT NULL, delivered_at TEXT, last_error TEXT);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, created_at);
+CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries(created_at);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL REFERENCES deliveries(id), at TEXT NOT NULL, status_code INTEGER,
     error TEXT);
@@ -669,14 +682,18 @@ impl ControlPlane for SqliteControl {
     fn due_deliveries(
         &self,
         now_ms: i64,
+        per_webhook: usize,
         limit: usize,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError> {
         let rows = self.rows(
             &format!(
-                "SELECT {DELIVERY_COLUMNS}, {WEBHOOK_COLUMNS} FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 ORDER BY d.next_attempt_at, d.created_at LIMIT ?2"
+                "SELECT {DELIVERY_COLUMNS}, {WEBHOOK_COLUMNS}
+                 FROM (SELECT *, row_number() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, created_at) AS nth
+                       FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?1) d
+                 JOIN webhooks w ON w.id = d.webhook_id
+                 WHERE d.nth <= ?2 ORDER BY d.next_attempt_at, d.created_at LIMIT ?3"
             ),
-            params![now_ms, limit as i64],
+            params![now_ms, per_webhook as i64, limit as i64],
             // The webhook's columns follow the delivery's ten.
             |r| Ok((delivery_row(r)?, webhook_at(r, 10)?)),
         )?;
@@ -711,32 +728,53 @@ impl ControlPlane for SqliteControl {
         tx.commit().map_err(self.err())
     }
 
-    fn deliveries(&self, webhook_id: &str) -> Result<Vec<Delivery>, ControlError> {
-        let mut rows = self.rows(
-            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.webhook_id = ?1 ORDER BY d.created_at DESC, d.id"),
-            [webhook_id],
-            delivery_row,
-        )?;
-        let db = self.db();
-        let mut attempts = db
-            .prepare(
-                "SELECT at, status_code, error FROM attempts WHERE delivery_id = ?1 ORDER BY rowid",
+    fn deliveries(
+        &self,
+        webhook_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, ControlError> {
+        // One statement: the page by the (webhook_id, created_at) index, each delivery's
+        // attempts (at most 11) as a JSON array beside it.
+        self.rows(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS},
+                    (SELECT json_group_array(json_object('at', a.at, 'statusCode', a.status_code, 'error', a.error))
+                     FROM (SELECT * FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.rowid) a)
+                 FROM deliveries d
+                 WHERE d.webhook_id = ?1
+                   AND (?2 IS NULL OR (d.created_at, d.id) < (SELECT created_at, id FROM deliveries WHERE id = ?2 AND webhook_id = ?1))
+                 ORDER BY d.created_at DESC, d.id DESC LIMIT ?3"
+            ),
+            params![webhook_id, after, limit as i64],
+            |r| {
+                let mut d = delivery_row(r)?;
+                let log: String = r.get(10)?;
+                d.attempt_log = serde_json::from_str(&log).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, e.into())
+                })?;
+                Ok(d)
+            },
+        )
+    }
+
+    fn purge_deliveries(&self, before: &str) -> Result<usize, ControlError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        const OLD: &str = "SELECT id FROM deliveries WHERE created_at < ?1 AND status != 'pending'";
+        tx.execute(
+            &format!("DELETE FROM attempts WHERE delivery_id IN ({OLD})"),
+            [before],
+        )
+        .map_err(self.err())?;
+        let n = tx
+            .execute(
+                &format!("DELETE FROM deliveries WHERE id IN ({OLD})"),
+                [before],
             )
             .map_err(self.err())?;
-        for d in &mut rows {
-            d.attempt_log = attempts
-                .query_map([&d.id], |r| {
-                    Ok(Attempt {
-                        at: r.get(0)?,
-                        status_code: r.get(1)?,
-                        error: r.get(2)?,
-                    })
-                })
-                .map_err(self.err())?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(self.err())?;
-        }
-        Ok(rows)
+        tx.commit().map_err(self.err())?;
+        Ok(n)
     }
 
     fn create_client(&self, name: &str) -> Result<(Client, String), ControlError> {

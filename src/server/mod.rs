@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub webhook_dns: Option<SocketAddr>,
     /// The proxy webhooks go through (default: none, whatever `HTTP(S)_PROXY` says).
     pub webhook_proxy: Option<String>,
+    /// How long webhook deliveries are kept once no longer pending.
+    pub delivery_retention: Duration,
     /// Multiplies the webhook retry delays (tests shorten them).
     pub webhook_backoff_scale: f64,
     /// Benchmark peer: read Parquet per request (see [`api::AppState::naive`]).
@@ -378,6 +380,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         state.webhook_wake.clone(),
         state.webhook_targets.clone(),
         options.webhook_backoff_scale,
+        options.delivery_retention,
     ));
     let app = api::router(state);
     let result = axum::serve(listener, app)

@@ -229,12 +229,24 @@ impl reqwest::dns::Resolve for Targets {
     }
 }
 
-/// Sends what is due, forever: every `tick`, and at once when woken.
+/// Most deliveries being sent at once, in all.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Most deliveries of one webhook being sent at once: a slow or dead receiver holds up only
+/// its own events.
+pub const PER_WEBHOOK: usize = 4;
+/// How often deliveries older than the retention period are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Sends what is due, forever: every 200 ms, and at once when woken. Each delivery is sent
+/// by a task of its own, at most [`PER_WEBHOOK`] per webhook and [`MAX_IN_FLIGHT`] in all;
+/// the control plane is called on blocking threads. Deliveries made more than `retention`
+/// ago that are no longer pending are deleted (at start, then hourly).
 pub async fn deliver_forever(
     control: Arc<dyn ControlPlane>,
     wake: Arc<tokio::sync::Notify>,
     targets: Arc<Targets>,
     backoff_scale: f64,
+    retention: Duration,
 ) {
     let client = match targets.client() {
         Ok(c) => c,
@@ -243,22 +255,66 @@ pub async fn deliver_forever(
             return;
         }
     };
+    let mut in_flight = std::collections::HashSet::new();
+    // Deliveries whose tasks ended; taken out of `in_flight` only before the next look at
+    // the outbox, so that a look taken while one was ending cannot send it twice.
+    let finished: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let mut last_purge: Option<std::time::Instant> = None;
     loop {
+        for id in std::mem::take(&mut *finished.lock().unwrap_or_else(|e| e.into_inner())) {
+            in_flight.remove(&id);
+        }
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(std::time::Instant::now());
+            let before = (chrono::Utc::now()
+                - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let c = control.clone();
+            match tokio::task::spawn_blocking(move || c.purge_deliveries(&before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(
+                    deliveries = n,
+                    "Deleted webhook deliveries past their retention period."
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Could not delete old webhook deliveries.")
+                }
+                Err(e) => tracing::error!(error = %e, "Could not delete old webhook deliveries."),
+            }
+        }
         let now = chrono::Utc::now().timestamp_millis();
-        match control.due_deliveries(now, 50) {
-            Ok(due) => {
+        let c = control.clone();
+        match tokio::task::spawn_blocking(move || {
+            c.due_deliveries(now, PER_WEBHOOK, 4 * MAX_IN_FLIGHT)
+        })
+        .await
+        {
+            Ok(Ok(due)) => {
                 for (delivery, hook) in due {
-                    deliver(
-                        &*control,
-                        &client,
-                        &targets,
-                        &delivery,
-                        &hook,
-                        backoff_scale,
-                    )
-                    .await;
+                    if in_flight.len() >= MAX_IN_FLIGHT {
+                        break;
+                    }
+                    if !in_flight.insert(delivery.id.clone()) {
+                        continue;
+                    }
+                    let (control, client, targets, finished, wake) = (
+                        control.clone(),
+                        client.clone(),
+                        targets.clone(),
+                        finished.clone(),
+                        wake.clone(),
+                    );
+                    tokio::spawn(async move {
+                        deliver(&control, &client, &targets, &delivery, &hook, backoff_scale).await;
+                        finished
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(delivery.id);
+                        wake.notify_one();
+                    });
                 }
             }
+            Ok(Err(e)) => tracing::error!(error = %e, "Could not read the webhook outbox."),
             Err(e) => tracing::error!(error = %e, "Could not read the webhook outbox."),
         }
         tokio::select! {
@@ -269,7 +325,7 @@ pub async fn deliver_forever(
 }
 
 async fn deliver(
-    control: &dyn ControlPlane,
+    control: &Arc<dyn ControlPlane>,
     client: &reqwest::Client,
     targets: &Targets,
     d: &Delivery,
@@ -336,8 +392,13 @@ async fn deliver(
             )
         }
     };
-    if let Err(e) = control.record_attempt(&d.id, &attempt, delivered, next) {
-        tracing::error!(error = %e, "Could not record a webhook attempt.");
+    let (c, id) = (control.clone(), d.id.clone());
+    match tokio::task::spawn_blocking(move || c.record_attempt(&id, &attempt, delivered, next))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "Could not record a webhook attempt."),
+        Err(e) => tracing::error!(error = %e, "Could not record a webhook attempt."),
     }
 }
 

@@ -2322,3 +2322,203 @@ fn a_query_is_bounded_in_terms_time_and_concurrency_per_key_and_in_all() {
     let page = answered(&key, &path(20));
     assert_eq!(page["totalResults"], 0, "{page}");
 }
+
+#[test]
+fn webhook_deliveries_are_paged_newest_first_and_kept_for_the_retention_period() {
+    let flags = [
+        "--allow-private-webhooks",
+        "--delivery-retention-days",
+        "30",
+    ];
+    let mut s = setup(&flags);
+    let receiver = Receiver::start(vec![200]);
+    let (status, hook, _) = s.server.call(
+        "POST",
+        Some(&s.key),
+        "/webhooks",
+        Some(json!({"url": receiver.url})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    // A long history, as the server writes it: a delivery an hour for 1,050 hours (about 44
+    // days), each delivered after one attempt; and one still pending, 50 days old.
+    let now = chrono::Utc::now();
+    let stamp =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut made = Vec::new();
+    {
+        let mut db = rusqlite::Connection::open(s.server.state.join("control.sqlite3")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let tx = db.transaction().unwrap();
+        for i in 0..1051 {
+            let (id, created, status) = if i < 1050 {
+                (
+                    format!("msg_history{i:05}"),
+                    now - chrono::Duration::hours(i) - chrono::Duration::minutes(1),
+                    "delivered",
+                )
+            } else {
+                (
+                    "msg_stillpending".to_owned(),
+                    now - chrono::Duration::days(50),
+                    "pending",
+                )
+            };
+            tx.execute(
+                "INSERT INTO deliveries (id, webhook_id, event_type, payload, status, attempts, next_attempt_at, created_at, delivered_at)
+                 VALUES (?1, ?2, 'data.synced', '{}', ?3, 1, ?4, ?5, ?5)",
+                rusqlite::params![id, hook_id, status, i64::MAX / 2, stamp(created)],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO attempts (delivery_id, at, status_code) VALUES (?1, ?2, 200)",
+                rusqlite::params![id, stamp(created)],
+            )
+            .unwrap();
+            made.push((stamp(created), id));
+        }
+        tx.commit().unwrap();
+    }
+    // Newest first, ties by id, as the route promises.
+    made.sort_by(|a, b| b.cmp(a));
+    let everything = |s: &Setup| {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut path = format!("/webhooks/{hook_id}/deliveries?pageSize=100");
+        loop {
+            let page = s.server.ok(&s.key, &path);
+            let results = page["results"].as_array().unwrap();
+            assert!(results.len() <= 100, "{path}");
+            for d in results {
+                assert_eq!(d["attemptLog"].as_array().unwrap().len(), 1, "{d}");
+                seen.push((
+                    d["createdAt"].as_str().unwrap().to_owned(),
+                    d["id"].as_str().unwrap().to_owned(),
+                ));
+            }
+            match page["_links"]["next"]["href"].as_str() {
+                Some(next) => path = next.to_owned(),
+                None => return seen,
+            }
+        }
+    };
+    assert_eq!(everything(&s), made);
+    for bad in ["0", "1001", "x"] {
+        let (status, body) = s.server.get(
+            &s.key,
+            &format!("/webhooks/{hook_id}/deliveries?pageSize={bad}"),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("pageSize"),
+            "{body}"
+        );
+    }
+    // After a restart (the worker deletes at start, then hourly): what is older than 30 days
+    // and no longer pending is gone, with its attempts; the rest is still there.
+    s.server.stop();
+    let state = s.server.state.clone();
+    let store = s.server.store.clone();
+    s.server = Server::start(&state, &store, &flags);
+    let cutoff = stamp(now - chrono::Duration::days(30));
+    let kept: Vec<(String, String)> = made
+        .iter()
+        .filter(|(created, id)| *created >= cutoff || id == "msg_stillpending")
+        .cloned()
+        .collect();
+    assert!(
+        kept.len() < made.len() && kept.len() > 700,
+        "{}",
+        kept.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = everything(&s);
+        if seen == kept {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} kept, {} expected",
+            seen.len(),
+            kept.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let db = rusqlite::Connection::open(state.join("control.sqlite3")).unwrap();
+    let attempts: i64 = db
+        .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(attempts as usize, kept.len());
+}
+
+#[test]
+fn a_receiver_that_never_answers_does_not_hold_up_another_clients_events() {
+    let s = setup(&["--allow-private-webhooks"]);
+    // Client A's receiver accepts connections and never answers (each try waits out the
+    // server's 10 s timeout).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("http://{}/hook", hole.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in hole.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let register = |key: &str, url: &str| {
+        let (status, hook, _) =
+            s.server
+                .call("POST", Some(key), "/webhooks", Some(json!({"url": url})));
+        assert_eq!(status, 201, "{hook}");
+        hook["id"].as_str().unwrap().to_owned()
+    };
+    let slow_hook = register(&s.key, &hole_url);
+    let other = s.server.client("Other Lender");
+    let receiver = Receiver::start(vec![200]);
+    let fast_hook = register(&other, &receiver.url);
+    let queue = |hook: &str, ids: std::ops::Range<usize>| {
+        let mut db = rusqlite::Connection::open(s.server.state.join("control.sqlite3")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let tx = db.transaction().unwrap();
+        for i in ids {
+            tx.execute(
+                "INSERT INTO deliveries (id, webhook_id, event_type, payload, status, next_attempt_at, created_at)
+                 VALUES (?1, ?2, 'data.synced', '{}', 'pending', 0, ?3)",
+                rusqlite::params![
+                    format!("msg_queued{i:04}"),
+                    hook,
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    // A backlog of 40 events for the silent receiver, all due, older than the other's event.
+    queue(&slow_hook, 0..40);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the silent receiver was never tried"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    queue(&fast_hook, 40..41);
+    let started = Instant::now();
+    let got = receiver.wait_for(1);
+    assert_eq!(got[0].0["webhook-id"], "msg_queued0040");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the other client's event waited {:?}",
+        started.elapsed()
+    );
+    // The silent receiver has at most its share of connections open at once.
+    let open = held.lock().unwrap().len();
+    assert!(
+        (1..=4).contains(&open),
+        "{open} connections to the silent receiver"
+    );
+}
