@@ -79,6 +79,24 @@ enum Command {
         /// The most data queries one API key may have running at once; more are refused (429).
         #[arg(long, default_value_t = server::limits::DEFAULT_PER_KEY)]
         max_queries_per_key: usize,
+        /// The most connections served at once; more wait until one closes.
+        #[arg(long, default_value_t = server::listen::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Seconds a connection may take to send a request's head (idle time before it
+        /// included): slow or idle clients are cut off then.
+        #[arg(long, default_value_t = server::listen::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+        header_timeout_secs: f64,
+        /// Seconds a request may take to be answered, its body included (not the connector's
+        /// uploads and check-ins): 408 after.
+        #[arg(long, default_value_t = 30.0)]
+        request_timeout_secs: f64,
+        /// Requests per second allowed per IP address without a valid API key (bursts of
+        /// twice that): link pages, sign-in codes, wrong keys.
+        #[arg(long, default_value_t = 50.0)]
+        unauthenticated_rate_limit: f64,
+        /// The bearer token `/metrics` asks for; without one, `/metrics` is off.
+        #[arg(long, env = "CONNECTOR_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Option<String>,
         /// A connector that has not checked in for this many seconds is `not_running` in
         /// dataStatus, and its client is told (company.status_changed).
         #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
@@ -155,6 +173,11 @@ fn main() -> ExitCode {
             max_queries_per_key,
             rotate_after_secs,
             connector_silence_secs,
+            max_connections,
+            header_timeout_secs,
+            request_timeout_secs,
+            unauthenticated_rate_limit,
+            metrics_token,
         } => {
             let options = ServeOptions {
                 store: StoreConfig::new(store),
@@ -177,6 +200,13 @@ fn main() -> ExitCode {
                 query_timeout: Duration::from_secs_f64(query_timeout_secs.max(0.01)),
                 max_queries,
                 max_queries_per_key,
+                connections: server::listen::ConnectionLimits {
+                    max_connections,
+                    header_timeout: Duration::from_secs_f64(header_timeout_secs.max(0.1)),
+                },
+                request_timeout: Duration::from_secs_f64(request_timeout_secs.max(0.1)),
+                unauthenticated_rate: unauthenticated_rate_limit.max(0.1),
+                metrics_token,
                 rotate_after_secs: rotate_after_secs.max(0),
                 connector_silence_secs: connector_silence_secs.max(1),
             };

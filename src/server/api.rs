@@ -47,6 +47,14 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Deadline and concurrency limits of data queries.
     pub limits: super::limits::QueryLimits,
+    /// Deadline of one request (not the connector's routes: uploads and long polls).
+    pub request_timeout: std::time::Duration,
+    /// Requests per second per IP address without a valid API key.
+    pub unauthenticated_rate: f64,
+    /// Token buckets of requests without a valid API key, per IP address.
+    ip_buckets: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
+    /// SHA-256 of the token `/metrics` asks for; None: `/metrics` is off.
+    pub metrics_token: Option<[u8; 32]>,
     /// Wakes the ingest loop (the "snapshot published" call, a connector's commit, a stop).
     pub wake: tokio::sync::Notify,
     /// The companies wake calls named since the ingest loop last looked: a wake ingests only
@@ -117,6 +125,10 @@ impl AppState {
             known_keys: Mutex::new((i64::MIN, HashMap::new())),
             metrics: Metrics::default(),
             limits: Default::default(),
+            request_timeout: std::time::Duration::from_secs(30),
+            unauthenticated_rate: 50.0,
+            ip_buckets: Mutex::new(HashMap::new()),
+            metrics_token: None,
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Default::default()),
             openapi: super::openapi::document(&model),
@@ -166,20 +178,62 @@ impl AppState {
 
     /// Takes a token from `client`'s bucket; `Err(seconds)` until one is there.
     fn admit(&self, client: &str) -> Result<(), u64> {
-        let burst = self.rate_per_sec * 2.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let (tokens, last) = buckets.entry(client.to_owned()).or_insert((burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.rate_per_sec).ceil().max(1.0) as u64)
-        }
+        take_token(&self.buckets, client.to_owned(), self.rate_per_sec)
     }
+
+    /// Takes a token from the bucket of the address a request without a valid API key came
+    /// from; a 429 answer when there is none. Requests with no known address pass.
+    fn admit_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Result<(), Response> {
+        let Some(peer) = peer else { return Ok(()) };
+        take_token(&self.ip_buckets, peer, self.unauthenticated_rate).map_err(|wait| {
+            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut response = ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many requests without a valid API key from this address; retry in {wait} s"
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            response
+        })
+    }
+}
+
+/// Takes a token from `key`'s bucket (refilled at `rate` a second, holding twice that);
+/// `Err(seconds)` until one is there. Full buckets are forgotten when the map grows large.
+fn take_token<K: std::hash::Hash + Eq>(
+    buckets: &Mutex<HashMap<K, (f64, Instant)>>,
+    key: K,
+    rate: f64,
+) -> Result<(), u64> {
+    let burst = rate * 2.0;
+    let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if buckets.len() >= 100_000 {
+        buckets.retain(|_, (tokens, last)| {
+            *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
+        });
+    }
+    let (tokens, last) = buckets.entry(key).or_insert((burst, now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+    *last = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        Ok(())
+    } else {
+        Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// The address a request came from, as the listener recorded it.
+fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Prometheus counters.
@@ -344,9 +398,44 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such route: the routes are in /openapi.json")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline_and_anonymous_limit,
+        ))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Two limits every request meets before its route: a request without an `Authorization`
+/// header spends a token of its address's bucket (`--unauthenticated-rate-limit`), and a
+/// request must be answered within `--request-timeout-secs` (408). The connector's routes
+/// are outside the deadline: an upload of a large snapshot and a long-polling check-in take
+/// as long as they take, and need a device credential to start.
+async fn deadline_and_anonymous_limit(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.headers().contains_key(header::AUTHORIZATION)
+        && let Err(refused) = state.admit_unauthenticated(peer_of(&request))
+    {
+        return refused;
+    }
+    if request.uri().path().contains("/connector/") {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request was not answered within {} s (a body sent too slowly, or a server too busy): send it again",
+                state.request_timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Every error answer in the JSON error shape. axum's own refusals (a method the route does
@@ -458,7 +547,13 @@ async fn authenticate(
     };
     let found = match known {
         Some(client) => Ok(Some(client)),
-        None => state.control.client_by_key(key),
+        None => {
+            // a key not seen yet costs a database look-up: its address pays for it
+            if let Err(refused) = state.admit_unauthenticated(peer_of(&request)) {
+                return refused;
+            }
+            state.control.client_by_key(key)
+        }
     };
     let client = match found {
         Ok(Some(client)) => {
@@ -1057,7 +1152,28 @@ async fn get_record(
     ))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// `/metrics`, for the operator's scraper: off unless the server has a metrics token, and
+/// then only for a request that bears it (never an API client's key).
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(wanted) = state.metrics_token else {
+        return ApiError::not_found(
+            "metrics are off: start the server with a metrics token (CONNECTOR_METRICS_TOKEN) and send it as Authorization: Bearer <token>",
+        )
+        .into_response();
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <sha2::Sha256 as sha2::Digest>::digest(t.trim().as_bytes()));
+    // hashes compared, so the comparison's time says nothing of the token
+    if sent.is_none_or(|sent| sent.as_slice() != wanted) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send the server's metrics token as Authorization: Bearer <token>".into(),
+        )
+        .into_response();
+    }
     let m = &state.metrics;
     let body = format!(
         "# HELP connector_http_requests_total HTTP requests answered, by status class.\n\
@@ -1081,7 +1197,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         m.snapshots_live.load(Ordering::Relaxed),
         m.snapshots_failed.load(Ordering::Relaxed),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod ingest;
 pub mod limits;
 pub mod link;
+pub mod listen;
 pub mod openapi;
 pub mod query;
 pub mod webhooks;
@@ -64,6 +65,14 @@ pub struct ServeOptions {
     pub max_companies_per_client: usize,
     /// Deadline of one data request.
     pub query_timeout: Duration,
+    /// Connections served at once, and how long a request head may take.
+    pub connections: listen::ConnectionLimits,
+    /// Deadline of one request (data, control and public routes; not the connector's).
+    pub request_timeout: Duration,
+    /// Requests per second per IP address without a valid API key (bursts of twice that).
+    pub unauthenticated_rate: f64,
+    /// The bearer token `/metrics` asks for; without one, `/metrics` is off.
+    pub metrics_token: Option<String>,
     /// Most data queries at once, in all.
     pub max_queries: usize,
     /// Most data queries at once for one API key.
@@ -330,6 +339,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     state.loopback_port = options.loopback_port;
     state.link_ttl_secs = options.link_ttl_secs;
     state.max_companies_per_client = options.max_companies_per_client;
+    state.request_timeout = options.request_timeout;
+    state.unauthenticated_rate = options.unauthenticated_rate;
+    state.metrics_token = options
+        .metrics_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| <sha2::Sha256 as sha2::Digest>::digest(t.trim().as_bytes()).into());
     state.limits = limits::QueryLimits::new(
         options.query_timeout,
         options.max_queries,
@@ -383,9 +399,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         options.delivery_retention,
     ));
     let app = api::router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    listen::serve(listener, app, options.connections, shutdown_signal()).await;
     stopping.store(true, Ordering::SeqCst);
     wake_on_stop.wake.notify_one();
     if tokio::time::timeout(Duration::from_secs(60), watcher)
@@ -396,10 +410,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     deliveries.abort();
     tracing::info!("The server stopped.");
-    result.map_err(|source| ServeError::Listen {
-        addr: bound,
-        source,
-    })
+    Ok(())
 }
 
 /// Resolves at SIGINT or SIGTERM.

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use crate::support::{Company, golden, sync_ok, tempdir, text};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_connector-server");
+/// The metrics token test servers are started with.
+pub(crate) const METRICS_TOKEN: &str = "metrics-token-of-the-tests";
 
 /// A running server; stopped with SIGTERM when dropped.
 pub(crate) struct Server {
@@ -43,6 +45,7 @@ impl Server {
             &["--listen", "127.0.0.1:0"]
         };
         let mut child = Command::new(SERVER)
+            .env("CONNECTOR_METRICS_TOKEN", METRICS_TOKEN)
             .args(["serve", "--store", store])
             .args(listen)
             .arg("--state-dir")
@@ -868,7 +871,7 @@ fn plant(s: &Setup, id: &str, edit: impl FnOnce(&mut Value)) {
 
 /// The server's count of refused snapshots, from `/metrics`.
 fn refused_total(s: &Setup) -> u64 {
-    let (_, body, _) = s.server.call("GET", Some(&s.key), "/metrics", None);
+    let (_, body, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
     let text = body.as_str().unwrap_or_default().to_owned();
     text.lines()
         .find_map(|l| l.strip_prefix("connector_snapshots_failed_total "))
@@ -1305,7 +1308,7 @@ fn health_metrics_and_the_rate_limit() {
         body["error"].as_str().unwrap().contains("retry in"),
         "{body}"
     );
-    let (_, metrics, _) = s.server.call("GET", None, "/metrics", None);
+    let (_, metrics, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
     let metrics = metrics.as_str().unwrap().to_owned();
     let limited: u64 = metrics
         .lines()
@@ -2520,5 +2523,176 @@ fn a_receiver_that_never_answers_does_not_hold_up_another_clients_events() {
     assert!(
         (1..=4).contains(&open),
         "{open} connections to the silent receiver"
+    );
+}
+
+/// A raw connection to the server at `base` (`http://host:port`).
+fn raw_connection(base: &str) -> std::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection (or 20 s pass); returns what it sent.
+fn read_to_close(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_cannot_take_the_server_down() {
+    use std::io::Write;
+    let s = setup(&[
+        "--header-timeout-secs",
+        "1",
+        "--max-connections",
+        "20",
+        "--request-timeout-secs",
+        "2",
+    ]);
+    // 40 clients sending a request head a byte at a time, never finishing it: more than
+    // the server serves at once.
+    let slow: Vec<_> = (0..40)
+        .map(|_| {
+            let mut stream = raw_connection(&s.server.base);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+                while started.elapsed() < Duration::from_secs(30) {
+                    if stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a real client is answered.
+    let started = Instant::now();
+    let page = s.server.ok(&s.key, "/companies");
+    assert!(page["results"].is_array(), "{page}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every slow client was cut off, long before it stopped trying by itself.
+    for t in slow {
+        let lasted = t.join().unwrap();
+        assert!(
+            lasted < Duration::from_secs(15),
+            "a slow client lasted {lasted:?}"
+        );
+    }
+    // A kept-alive connection left idle is closed after the header timeout.
+    let mut idle = raw_connection(&s.server.base);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body sent too slowly: the request is answered 408, in the JSON error shape.
+    let mut trickle = raw_connection(&s.server.base);
+    write!(
+        trickle,
+        "POST /companies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        s.key
+    )
+    .unwrap();
+    let writer = {
+        let mut trickle = trickle.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..60 {
+                if trickle.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    let answer = read_to_close(&mut trickle);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"status\":408"), "{answer}");
+    writer.join().unwrap();
+}
+
+#[test]
+fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_their_token() {
+    let s = setup(&["--unauthenticated-rate-limit", "5"]);
+    // The client's key is known before the flood.
+    s.server.ok(&s.key, "/companies");
+    let mut refused = None;
+    for n in 0..40 {
+        let (status, body, headers) =
+            s.server
+                .call("GET", Some(&format!("ck_wrong{n}")), "/companies", None);
+        assert!(status == 401 || status == 429, "{status} {body}");
+        if status == 429 {
+            refused = Some((body, headers));
+            break;
+        }
+    }
+    let (body, headers) = refused.expect("wrong keys were never rate-limited");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("without a valid API key"),
+        "{body}"
+    );
+    // Requests with no key at all share the address's bucket.
+    let (status, _, _) = s.server.call("GET", None, "/openapi.json", None);
+    assert_eq!(status, 429);
+    // A valid key is not held back by its address.
+    s.server.ok(&s.key, "/companies");
+
+    // /metrics: never with an API client's key; with the server's metrics token.
+    let (status, body, _) = s.server.call("GET", Some(&s.key), "/metrics", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("connector_rate_limited_total"),
+        "{body}"
+    );
+    // A server started without a token has no /metrics.
+    let dir = tempdir();
+    let bare = Server::start_env(
+        &dir.path().join("server"),
+        &s.server.store,
+        &[],
+        &[("CONNECTOR_METRICS_TOKEN", String::new())],
+    );
+    let (status, body, _) = bare.call("GET", Some(METRICS_TOKEN), "/metrics", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("CONNECTOR_METRICS_TOKEN"),
+        "{body}"
     );
 }
