@@ -182,23 +182,21 @@ impl AppState {
     }
 
     /// Takes a token from the bucket of the address a request without a valid API key came
-    /// from; a 429 answer when there is none. Requests with no known address pass.
-    fn admit_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Result<(), Response> {
-        let Some(peer) = peer else { return Ok(()) };
-        take_token(&self.ip_buckets, peer, self.unauthenticated_rate).map_err(|wait| {
-            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let mut response = ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many requests without a valid API key from this address; retry in {wait} s"
-                ),
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            response
-        })
+    /// from; the 429 answer when there is none. Requests with no known address pass.
+    fn refuse_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
+        let wait = take_token(&self.ip_buckets, peer?, self.unauthenticated_rate).err()?;
+        self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let mut response = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many requests without a valid API key from this address; retry in {wait} s"
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        Some(response)
     }
 }
 
@@ -418,7 +416,7 @@ async fn deadline_and_anonymous_limit(
     next: Next,
 ) -> Response {
     if !request.headers().contains_key(header::AUTHORIZATION)
-        && let Err(refused) = state.admit_unauthenticated(peer_of(&request))
+        && let Some(refused) = state.refuse_unauthenticated(peer_of(&request))
     {
         return refused;
     }
@@ -549,7 +547,7 @@ async fn authenticate(
         Some(client) => Ok(Some(client)),
         None => {
             // a key not seen yet costs a database look-up: its address pays for it
-            if let Err(refused) = state.admit_unauthenticated(peer_of(&request)) {
+            if let Some(refused) = state.refuse_unauthenticated(peer_of(&request)) {
                 return refused;
             }
             state.control.client_by_key(key)
