@@ -20,96 +20,100 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch the store for new snapshots and answer API requests until SIGINT/SIGTERM.
-    Serve {
-        /// Store URL: file:///folder, or s3://bucket/prefix with the usual AWS_* variables.
-        #[arg(long)]
-        store: String,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Folder for the control database and the data cache.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
-        /// Seconds between two looks at each company's latest snapshot.
-        #[arg(long, default_value_t = 2.0)]
-        poll_secs: f64,
-        /// Requests per second allowed per API key (bursts of twice that).
-        #[arg(long, default_value_t = 200.0)]
-        rate_limit: f64,
-        /// Let webhooks target loopback, private and link-local addresses (for tests only).
-        #[arg(long)]
-        allow_private_webhooks: bool,
-        /// The DNS server (address:port) webhook hosts are looked up with; default: the
-        /// system's DNS configuration.
-        #[arg(long)]
-        webhook_dns: Option<std::net::SocketAddr>,
-        /// A proxy URL for webhook deliveries; none by default (HTTP_PROXY and HTTPS_PROXY are
-        /// not used for webhooks).
-        #[arg(long)]
-        webhook_proxy: Option<String>,
-        /// Days webhook deliveries (and their attempts) are kept once delivered or failed.
-        #[arg(long, default_value_t = 30.0)]
-        delivery_retention_days: f64,
-        /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
-        #[arg(long, default_value_t = 1.0, hide = true)]
-        webhook_backoff_scale: f64,
-        /// Benchmark peer: answer data requests by reading the Parquet files with a fresh
-        /// DuckDB per request (what `make bench-api` measures the server against).
-        #[arg(long, hide = true)]
-        naive: bool,
-        /// The server's public base URL, as browsers and connectors reach it (link URLs and
-        /// upload grants); default: http:// and the address listened on.
-        #[arg(long)]
-        public_url: Option<String>,
-        /// The port of the connector's loopback listener that the link page sends browsers to.
-        #[arg(long, default_value_t = connector::protocol::DEFAULT_LOOPBACK_PORT)]
-        loopback_port: u16,
-        /// Seconds a company's link stays usable.
-        #[arg(long, default_value_t = 3600)]
-        link_ttl_secs: i64,
-        /// The most companies one API client may create.
-        #[arg(long, default_value_t = server::api::DEFAULT_MAX_COMPANIES_PER_CLIENT)]
-        max_companies_per_client: usize,
-        /// Seconds a data request may take; past them its query is stopped (503).
-        #[arg(long, default_value_t = server::limits::DEFAULT_TIMEOUT.as_secs_f64())]
-        query_timeout_secs: f64,
-        /// The most data queries running at once, in all; more wait for a place.
-        #[arg(long, default_value_t = server::limits::DEFAULT_GLOBAL)]
-        max_queries: usize,
-        /// The most data queries one API key may have running at once; more are refused (429).
-        #[arg(long, default_value_t = server::limits::DEFAULT_PER_KEY)]
-        max_queries_per_key: usize,
-        /// The most connections served at once; more wait until one closes.
-        #[arg(long, default_value_t = server::listen::DEFAULT_MAX_CONNECTIONS)]
-        max_connections: usize,
-        /// Seconds a connection may take to send a request's head (idle time before it
-        /// included): slow or idle clients are cut off then.
-        #[arg(long, default_value_t = server::listen::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
-        header_timeout_secs: f64,
-        /// Seconds a request may take to be answered, its body included (not the connector's
-        /// uploads and check-ins): 408 after.
-        #[arg(long, default_value_t = 30.0)]
-        request_timeout_secs: f64,
-        /// Requests per second allowed per IP address without a valid API key (bursts of
-        /// twice that): link pages, sign-in codes, wrong keys.
-        #[arg(long, default_value_t = 50.0)]
-        unauthenticated_rate_limit: f64,
-        /// The bearer token `/metrics` asks for; without one, `/metrics` is off.
-        #[arg(long, env = "CONNECTOR_METRICS_TOKEN", hide_env_values = true)]
-        metrics_token: Option<String>,
-        /// A connector that has not checked in for this many seconds is `not_running` in
-        /// dataStatus, and its client is told (company.status_changed).
-        #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
-        connector_silence_secs: i64,
-        /// Rotate a device credential at check-in once it is this many seconds old.
-        #[arg(long, default_value_t = 86_400)]
-        rotate_after_secs: i64,
-    },
+    Serve(Box<ServeArgs>),
     /// Operator commands.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// The options of `serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Store URL: file:///folder, or s3://bucket/prefix with the usual AWS_* variables.
+    #[arg(long)]
+    store: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Folder for the control database and the data cache.
+    #[arg(long, default_value = "server-state")]
+    state_dir: PathBuf,
+    /// Seconds between two looks at each company's latest snapshot.
+    #[arg(long, default_value_t = 2.0)]
+    poll_secs: f64,
+    /// Requests per second allowed per API key (bursts of twice that).
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit: f64,
+    /// Let webhooks target loopback, private and link-local addresses (for tests only).
+    #[arg(long)]
+    allow_private_webhooks: bool,
+    /// The DNS server (address:port) webhook hosts are looked up with; default: the
+    /// system's DNS configuration.
+    #[arg(long)]
+    webhook_dns: Option<std::net::SocketAddr>,
+    /// A proxy URL for webhook deliveries; none by default (HTTP_PROXY and HTTPS_PROXY are
+    /// not used for webhooks).
+    #[arg(long)]
+    webhook_proxy: Option<String>,
+    /// Days webhook deliveries (and their attempts) are kept once delivered or failed.
+    #[arg(long, default_value_t = 30.0)]
+    delivery_retention_days: f64,
+    /// Multiply webhook retry delays by this (tests shorten a day of retries to seconds).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    webhook_backoff_scale: f64,
+    /// Benchmark peer: answer data requests by reading the Parquet files with a fresh
+    /// DuckDB per request (what `make bench-api` measures the server against).
+    #[arg(long, hide = true)]
+    naive: bool,
+    /// The server's public base URL, as browsers and connectors reach it (link URLs and
+    /// upload grants); default: http:// and the address listened on.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// The port of the connector's loopback listener that the link page sends browsers to.
+    #[arg(long, default_value_t = connector::protocol::DEFAULT_LOOPBACK_PORT)]
+    loopback_port: u16,
+    /// Seconds a company's link stays usable.
+    #[arg(long, default_value_t = 3600)]
+    link_ttl_secs: i64,
+    /// The most companies one API client may create.
+    #[arg(long, default_value_t = server::api::DEFAULT_MAX_COMPANIES_PER_CLIENT)]
+    max_companies_per_client: usize,
+    /// Seconds a data request may take; past them its query is stopped (503).
+    #[arg(long, default_value_t = server::limits::DEFAULT_TIMEOUT.as_secs_f64())]
+    query_timeout_secs: f64,
+    /// The most data queries running at once, in all; more wait for a place.
+    #[arg(long, default_value_t = server::limits::DEFAULT_GLOBAL)]
+    max_queries: usize,
+    /// The most data queries one API key may have running at once; more are refused (429).
+    #[arg(long, default_value_t = server::limits::DEFAULT_PER_KEY)]
+    max_queries_per_key: usize,
+    /// The most connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = server::listen::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a request's head (idle time before it
+    /// included): slow or idle clients are cut off then.
+    #[arg(long, default_value_t = server::listen::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    header_timeout_secs: f64,
+    /// Seconds a request may take to be answered, its body included (not the connector's
+    /// uploads and check-ins): 408 after.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout_secs: f64,
+    /// Requests per second allowed per IP address without a valid API key (bursts of
+    /// twice that): link pages, sign-in codes, wrong keys.
+    #[arg(long, default_value_t = 50.0)]
+    unauthenticated_rate_limit: f64,
+    /// The bearer token `/metrics` asks for; without one, `/metrics` is off.
+    #[arg(long, env = "CONNECTOR_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// A connector that has not checked in for this many seconds is `not_running` in
+    /// dataStatus, and its client is told (company.status_changed).
+    #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
+    connector_silence_secs: i64,
+    /// Rotate a device credential at check-in once it is this many seconds old.
+    #[arg(long, default_value_t = 86_400)]
+    rotate_after_secs: i64,
 }
 
 #[derive(Subcommand)]
@@ -152,33 +156,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     connector::telemetry::init("info");
     let result: anyhow::Result<()> = match cli.command {
-        Command::Serve {
-            store,
-            listen,
-            state_dir,
-            poll_secs,
-            rate_limit,
-            allow_private_webhooks,
-            webhook_dns,
-            webhook_proxy,
-            delivery_retention_days,
-            webhook_backoff_scale,
-            naive,
-            public_url,
-            loopback_port,
-            link_ttl_secs,
-            max_companies_per_client,
-            query_timeout_secs,
-            max_queries,
-            max_queries_per_key,
-            rotate_after_secs,
-            connector_silence_secs,
-            max_connections,
-            header_timeout_secs,
-            request_timeout_secs,
-            unauthenticated_rate_limit,
-            metrics_token,
-        } => {
+        Command::Serve(args) => {
+            let ServeArgs {
+                store,
+                listen,
+                state_dir,
+                poll_secs,
+                rate_limit,
+                allow_private_webhooks,
+                webhook_dns,
+                webhook_proxy,
+                delivery_retention_days,
+                webhook_backoff_scale,
+                naive,
+                public_url,
+                loopback_port,
+                link_ttl_secs,
+                max_companies_per_client,
+                query_timeout_secs,
+                max_queries,
+                max_queries_per_key,
+                rotate_after_secs,
+                connector_silence_secs,
+                max_connections,
+                header_timeout_secs,
+                request_timeout_secs,
+                unauthenticated_rate_limit,
+                metrics_token,
+            } = *args;
             let options = ServeOptions {
                 store: StoreConfig::new(store),
                 listen,
