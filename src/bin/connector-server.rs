@@ -142,6 +142,14 @@ enum AdminCommand {
         #[arg(long, default_value = "server-state")]
         state_dir: PathBuf,
     },
+    /// Seal webhook signing secrets under a new key: a new first line in the secrets key
+    /// file (CONNECTOR_SECRETS_KEY_FILE, else secrets.key in the state folder), every secret
+    /// sealed again under it. The old keys stay in the file; delete their lines afterwards.
+    RotateSecretsKey {
+        /// Folder of the control database.
+        #[arg(long, default_value = "server-state")]
+        state_dir: PathBuf,
+    },
     /// Revoke a connector (device): its credential stops working at once.
     RevokeDevice {
         /// The device id (`dev…`, from GET /companies/{id}/devices).
@@ -236,9 +244,22 @@ fn admin(command: AdminCommand) -> anyhow::Result<()> {
     let (AdminCommand::CreateClient { state_dir, .. }
     | AdminCommand::RevokeClient { state_dir, .. }
     | AdminCommand::RotateKey { state_dir, .. }
-    | AdminCommand::RevokeDevice { state_dir, .. }) = &command;
+    | AdminCommand::RevokeDevice { state_dir, .. }
+    | AdminCommand::RotateSecretsKey { state_dir }) = &command;
+    if let AdminCommand::RotateSecretsKey { state_dir } = &command {
+        let file = server::secrets::SecretKeys::path_for(&state_dir.join("control.sqlite3"));
+        server::secrets::SecretKeys::rotate(&file).map_err(anyhow::Error::msg)?;
+        let control = server::open_control(state_dir)?;
+        let n = control.reseal_secrets(true)?;
+        println!(
+            "{n} webhook secrets sealed under a new key, the first line of {}; the older keys' lines may now be deleted",
+            file.display()
+        );
+        return Ok(());
+    }
     let control = server::open_control(state_dir)?;
     match command {
+        AdminCommand::RotateSecretsKey { .. } => {}
         AdminCommand::CreateClient { name, .. } => {
             let (client, key) = control.create_client(&name)?;
             println!("client {} ({})", client.name, client.id);

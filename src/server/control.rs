@@ -28,6 +28,9 @@ pub enum ControlError {
         /// SQLite's message.
         detail: String,
     },
+    /// The key file that seals webhook secrets cannot be used.
+    #[error("{0}")]
+    Secrets(String),
 }
 
 /// An API client (a lender, an accounting app).
@@ -299,6 +302,8 @@ pub trait ControlPlane: Send + Sync {
 pub struct SqliteControl {
     conn: Mutex<Connection>,
     path: String,
+    /// The keys that seal webhook secrets (see [`super::secrets`]).
+    secrets: Mutex<super::secrets::SecretKeys>,
 }
 
 const SCHEMA: &str = "
@@ -511,10 +516,23 @@ impl SqliteControl {
                     .map_err(err)?;
             }
         }
-        Ok(SqliteControl {
+        let secrets =
+            super::secrets::SecretKeys::load_or_create(&super::secrets::SecretKeys::path_for(path))
+                .map_err(ControlError::Secrets)?;
+        let control = SqliteControl {
             conn: Mutex::new(conn),
             path: shown,
-        })
+            secrets: Mutex::new(secrets),
+        };
+        // secrets of older versions, stored in clear, are sealed now
+        let sealed = control.reseal_secrets(false)?;
+        if sealed > 0 {
+            tracing::info!(
+                webhooks = sealed,
+                "Sealed webhook secrets that were stored in clear."
+            );
+        }
+        Ok(control)
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> ControlError + '_ {
@@ -522,6 +540,55 @@ impl SqliteControl {
             path: self.path.clone(),
             detail: e.to_string(),
         }
+    }
+
+    /// Seals every webhook secret stored in clear, and (with `all`) every one sealed under a
+    /// key other than the sealing key; returns how many were sealed again. One transaction.
+    pub fn reseal_secrets(&self, all: bool) -> Result<usize, ControlError> {
+        let rows: Vec<(String, String)> =
+            self.rows("SELECT id, secret FROM webhooks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let mut n = 0;
+        for (id, stored) in rows {
+            let sealed = super::secrets::SecretKeys::is_sealed(&stored);
+            if sealed && (!all || self.keys().is_current(&stored)) {
+                continue;
+            }
+            let secret = self.open_secret(&stored)?;
+            let resealed = self.keys().seal(&secret);
+            tx.execute(
+                "UPDATE webhooks SET secret = ?2 WHERE id = ?1",
+                params![id, resealed],
+            )
+            .map_err(self.err())?;
+            n += 1;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(n)
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, super::secrets::SecretKeys> {
+        self.secrets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stored secret opened; the key file is read again once when its key is unknown
+    /// (another process rotated the keys).
+    fn open_secret(&self, stored: &str) -> Result<String, ControlError> {
+        let mut keys = self.keys();
+        if let Some(secret) = keys.open(stored).map_err(ControlError::Secrets)? {
+            return Ok(secret);
+        }
+        keys.reload().map_err(ControlError::Secrets)?;
+        keys.open(stored)
+            .map_err(ControlError::Secrets)?
+            .ok_or_else(|| {
+                ControlError::Secrets(
+                    "a webhook secret is sealed under a key the secrets key file no longer holds: put that key back in the file (as a line after the first)".into(),
+                )
+            })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -614,7 +681,7 @@ impl ControlPlane for SqliteControl {
         self.db()
             .execute(
                 "INSERT INTO webhooks (id, client_id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![hook.id, hook.client_id, hook.url, serde_json::to_string(&hook.event_types).unwrap_or_default(), hook.secret, hook.created_at],
+                params![hook.id, hook.client_id, hook.url, serde_json::to_string(&hook.event_types).unwrap_or_default(), self.keys().seal(&hook.secret), hook.created_at],
             )
             .map_err(self.err())?;
         Ok(hook)
@@ -626,7 +693,12 @@ impl ControlPlane for SqliteControl {
             [client_id],
             webhook_row,
         )?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|mut hook| {
+                hook.secret = self.open_secret(&hook.secret)?;
+                Ok(hook)
+            })
+            .collect()
     }
 
     fn delete_webhook(&self, client_id: &str, webhook_id: &str) -> Result<bool, ControlError> {
@@ -697,7 +769,12 @@ impl ControlPlane for SqliteControl {
             // The webhook's columns follow the delivery's ten.
             |r| Ok((delivery_row(r)?, webhook_at(r, 10)?)),
         )?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|(delivery, mut hook)| {
+                hook.secret = self.open_secret(&hook.secret)?;
+                Ok((delivery, hook))
+            })
+            .collect()
     }
 
     fn record_attempt(

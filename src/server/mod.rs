@@ -19,6 +19,7 @@ pub mod link;
 pub mod listen;
 pub mod openapi;
 pub mod query;
+pub mod secrets;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -2696,3 +2696,102 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
         "{body}"
     );
 }
+
+#[test]
+fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation_on_a_running_server() {
+    let mut s = setup(&["--allow-private-webhooks"]);
+    let receiver = Receiver::start(vec![200]);
+    let (status, hook, _) = s.server.call(
+        "POST",
+        Some(&s.key),
+        "/webhooks",
+        Some(json!({"url": receiver.url})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    let db_path = s.server.state.join("control.sqlite3");
+    let stored = || -> String {
+        rusqlite::Connection::open(&db_path)
+            .unwrap()
+            .query_row(
+                "SELECT secret FROM webhooks WHERE id = ?1",
+                [&hook_id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // Nothing of the secret is in the database, nor anywhere in its files.
+    let key_part = secret.trim_start_matches("whsec_");
+    let first = stored();
+    assert!(first.starts_with("sealed:v1:"), "{first}");
+    for entry in std::fs::read_dir(&s.server.state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(key_part),
+                "the secret is in clear in {}",
+                path.display()
+            );
+        }
+    }
+    let key_file = s.server.state.join("secrets.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Rotation by the operator while the server runs: sealed again under a new key, and the
+    // running server still signs with the same secret.
+    let (ok, said) = admin(&s, &["rotate-secrets-key"]);
+    assert!(ok, "{said}");
+    let second = stored();
+    assert!(
+        second.starts_with("sealed:v1:") && second != first,
+        "{second}"
+    );
+    let key_id = |sealed: &str| sealed.split(':').nth(2).unwrap().to_owned();
+    assert_ne!(key_id(&first), key_id(&second));
+    let signed_with_secret = |s: &Setup, name: &str, n: usize| {
+        s.company
+            .sqlite()
+            .execute(
+                &format!("UPDATE SALES_LEDGER SET NAME = '{name}' WHERE ACCOUNT_REF = 'ALPHA01'"),
+                [],
+            )
+            .unwrap();
+        let id = s.sync();
+        s.server.wait_live(&s.key, &s.company_id, Some(&id));
+        let got = receiver.wait_for(n);
+        let (headers, body, _) = &got[n - 1];
+        assert!(
+            python_verifies(&secret, headers, body),
+            "not signed with the subscription's secret: {headers:?}"
+        );
+    };
+    signed_with_secret(&s, "Rotated Ltd", 1);
+    // A secret stored in clear by an older version is sealed when the server starts.
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute(
+            "UPDATE webhooks SET secret = ?2 WHERE id = ?1",
+            [&hook_id, &secret],
+        )
+        .unwrap();
+    s.server.stop();
+    let (state, store) = (s.server.state.clone(), s.server.store.clone());
+    s.server = Server::start(&state, &store, &["--allow-private-webhooks"]);
+    let third = stored();
+    assert!(third.starts_with("sealed:v1:"), "{third}");
+    assert_eq!(key_id(&third), key_id(&second));
+    signed_with_secret(&s, "Restarted Ltd", 2);
+    // Without its key, the server says which file to mend rather than signing with junk.
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let (ok, said) = admin(&s, &["create-client", "Another"]);
+    assert!(!ok);
+    assert!(
+        said.contains("secrets.key") && said.contains("line 1"),
+        "{said}"
+    );
+}
