@@ -89,6 +89,16 @@ struct ServeArgs {
     /// The most data queries one API key may have running at once; more are refused (429).
     #[arg(long, default_value_t = server::limits::DEFAULT_PER_KEY)]
     max_queries_per_key: usize,
+    /// The memory one company's database may use (DuckDB's memory_limit: 2GB, 512MB, …);
+    /// past it, a load or query spills to disk or fails, never the server.
+    #[arg(long, default_value = "2GB")]
+    company_memory_limit: String,
+    /// Threads one company's database may run a load or a query on.
+    #[arg(long, default_value_t = 2)]
+    company_threads: usize,
+    /// Days a deleted record stays served (isDeleted = true) after its deletion.
+    #[arg(long, default_value_t = 90)]
+    keep_deleted_days: u32,
     /// The most connections served at once; more wait until one closes.
     #[arg(long, default_value_t = server::listen::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -186,6 +196,9 @@ fn main() -> ExitCode {
                 max_queries_per_key,
                 rotate_after_secs,
                 connector_silence_secs,
+                company_memory_limit,
+                company_threads,
+                keep_deleted_days,
                 max_connections,
                 header_timeout_secs,
                 request_timeout_secs,
@@ -213,6 +226,11 @@ fn main() -> ExitCode {
                 query_timeout: Duration::from_secs_f64(query_timeout_secs.max(0.01)),
                 max_queries,
                 max_queries_per_key,
+                company_limits: server::ingest::CompanyLimits {
+                    memory: company_memory_limit,
+                    threads: company_threads,
+                    keep_deleted_days,
+                },
                 connections: server::listen::ConnectionLimits {
                     max_connections,
                     header_timeout: Duration::from_secs_f64(header_timeout_secs.max(0.1)),

@@ -63,6 +63,21 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Data files uploaded at the same time.
 const CONCURRENT_UPLOADS: usize = 4;
 
+/// What [`Store::fetch_to_file`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// No such object.
+    Missing,
+    /// The object is not the size it should be (the size the store gave, or the bytes that
+    /// arrived).
+    WrongSize(u64),
+    /// Written whole; its SHA-256, lowercase hex.
+    Written {
+        /// The SHA-256 of what was written.
+        sha256: String,
+    },
+}
+
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -239,6 +254,60 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("reading", &path, e)),
         }
+    }
+
+    /// Streams object `key` into the file `to`, hashing as it goes, never holding the object
+    /// in memory: refused before a byte is read when the store says it is not `expected`
+    /// bytes long, and cut off as soon as more than that arrives. A file that was not
+    /// written whole is removed.
+    pub async fn fetch_to_file(
+        &self,
+        key: &str,
+        to: &Path,
+        expected: u64,
+    ) -> Result<Fetched, PublishError> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(key);
+        let result = match self.inner.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Fetched::Missing),
+            Err(e) => return Err(self.error("reading", &path, e)),
+        };
+        if result.meta.size != expected {
+            return Ok(Fetched::WrongSize(result.meta.size));
+        }
+        let local = |e: std::io::Error| PublishError::Local {
+            doing: "writing",
+            path: to.to_owned(),
+            source: e,
+        };
+        let written = async {
+            let mut file = tokio::fs::File::create(to).await.map_err(local)?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut stream = result.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.error("reading", &path, e))?;
+                size += chunk.len() as u64;
+                if size > expected {
+                    return Ok(Fetched::WrongSize(size));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(local)?;
+            }
+            if size != expected {
+                return Ok(Fetched::WrongSize(size));
+            }
+            file.sync_all().await.map_err(local)?;
+            Ok(Fetched::Written {
+                sha256: snapshot::hex(&hasher.finalize()),
+            })
+        }
+        .await;
+        if !matches!(written, Ok(Fetched::Written { .. })) {
+            let _ = std::fs::remove_file(to);
+        }
+        written
     }
 
     /// The company's `latest` pointer and the version to replace it conditionally.

@@ -343,18 +343,8 @@ pub async fn checkin(
     .into_response()
 }
 
-/// Whether `key` is one of the company's data keys (`COMPANY/data/TYPE/SHA256.parquet`).
 fn own_data_key(company: &str, key: &str, sha256: &str) -> bool {
-    let Some(rest) = key.strip_prefix(&format!("{company}/data/")) else {
-        return false;
-    };
-    let Some((data_type, file)) = rest.split_once('/') else {
-        return false;
-    };
-    !data_type.is_empty()
-        && data_type.bytes().all(|b| b.is_ascii_alphanumeric())
-        && file == format!("{sha256}.parquet")
-        && crate::snapshot::manifest::is_sha256(sha256)
+    crate::snapshot::is_data_key_of(company, key, sha256)
 }
 
 /// `POST …/grants`: where to upload each missing file.
@@ -568,10 +558,7 @@ pub async fn commit(
     let Some(manifest) = manifest else {
         return refused(problems);
     };
-    let cache = super::ingest::cache_dir(&state.state_dir);
-    if let Err(e) = std::fs::create_dir_all(&cache) {
-        return internal(e);
-    }
+    let cache = super::ingest::cache_dir(&state.state_dir, company);
     for (name, entry) in &manifest.data_types {
         if !own_data_key(company, &entry.key, &entry.sha256) {
             problems.push(format!(
@@ -580,28 +567,10 @@ pub async fn commit(
             ));
             continue;
         }
-        let cached = cache.join(format!("{}.parquet", entry.sha256));
-        if cached.exists() {
-            continue;
-        }
-        let data = match store.get_bytes(&entry.key).await {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                problems.push(format!("{name}: {} is not in the store", entry.key));
-                continue;
-            }
-            Err(e) => return internal(e),
-        };
-        let found = crate::publish::check_data(entry, &data);
-        if !found.is_empty() {
-            problems.push(format!("{name}: {}: {}", entry.key, found.join("; ")));
-            continue;
-        }
-        let tmp = crate::files::sibling(&cached, "tmp");
-        if let Err(e) =
-            crate::files::write_synced(&tmp, &data).and_then(|()| std::fs::rename(&tmp, &cached))
-        {
-            tracing::warn!(file = %cached.display(), error = %e, "Could not cache a committed file; ingest fetches it again.");
+        match super::ingest::fetch_into_cache(store, company, &cache, name, entry).await {
+            Ok(_) => {}
+            Err(super::ingest::CacheError::Refused(problem)) => problems.push(problem),
+            Err(super::ingest::CacheError::Later(e)) => return internal(e),
         }
     }
     if !problems.is_empty() {

@@ -16,7 +16,8 @@
 //!    ingested again.
 //! 4. `modifiedDate`: a record whose content (every field) equals its previous version keeps
 //!    that version's `modifiedDate`; a new or changed one gets the time the snapshot went
-//!    live. A record of the previous snapshot missing from this one stays, `isDeleted = true`.
+//!    live. A record of the previous snapshot missing from this one stays, `isDeleted = true`,
+//!    for [`CompanyLimits::keep_deleted_days`] after its deletion.
 //! 5. Going live is one swap of an `Arc` under a lock: a request holds the snapshot it
 //!    started with until it finishes, so none sees a mix of two snapshots or fails during the
 //!    swap. The previous [`KEEP_SNAPSHOTS`] snapshots stay loaded for `snapshot=` queries.
@@ -135,6 +136,31 @@ pub struct LiveSet {
     cache: PathBuf,
     /// (company, snapshot) pairs already refused: not loaded and checked again at every poll.
     refused: Mutex<std::collections::HashSet<(String, String)>>,
+    /// What one company's database may use.
+    pub limits: CompanyLimits,
+}
+
+/// What one company's DuckDB may use: past its memory it spills to `STATE/db/tmp/COMPANY`
+/// or fails that load or query (never the server), and it runs on at most `threads`.
+#[derive(Debug, Clone)]
+pub struct CompanyLimits {
+    /// DuckDB's `memory_limit` (`2GB`, `512MB`, …).
+    pub memory: String,
+    /// DuckDB's `threads`.
+    pub threads: usize,
+    /// Days a record stays served as deleted (`isDeleted = true`) after its deletion; then it
+    /// is no longer carried into new snapshots.
+    pub keep_deleted_days: u32,
+}
+
+impl Default for CompanyLimits {
+    fn default() -> Self {
+        CompanyLimits {
+            memory: "2GB".into(),
+            threads: 2,
+            keep_deleted_days: 90,
+        }
+    }
 }
 
 /// In the saved state: the live snapshot (one row).
@@ -147,8 +173,9 @@ impl LiveSet {
             companies: RwLock::default(),
             databases: Mutex::default(),
             dir: state_dir.join("db"),
-            cache: cache_dir(state_dir),
+            cache: state_dir.join("cache"),
             refused: Mutex::default(),
+            limits: CompanyLimits::default(),
         }
     }
 
@@ -192,7 +219,10 @@ impl LiveSet {
         ))?;
         let rebuilt = (|| {
             for (name, entry) in &manifest.data_types {
-                let file = self.cache.join(format!("{}.parquet", entry.sha256));
+                let file = self
+                    .cache
+                    .join(company)
+                    .join(format!("{}.parquet", entry.sha256));
                 if !file.exists() {
                     return Err(format!("{} is no longer cached", file.display()));
                 }
@@ -223,7 +253,7 @@ impl LiveSet {
             changes: Default::default(),
             schema,
             db: db.clone(),
-            cache: self.cache.clone(),
+            cache: self.cache.join(company),
         });
         self.companies
             .write()
@@ -307,11 +337,22 @@ impl LiveSet {
             .join(format!("{company}.duckdb"))
             .to_string_lossy()
             .replace('\'', "''");
+        let spill = self
+            .dir
+            .join("tmp")
+            .join(company)
+            .to_string_lossy()
+            .replace('\'', "''");
         let conn = Connection::open_in_memory()?;
+        let memory = self.limits.memory.replace('\'', "");
         conn.execute_batch(&format!(
             "SET preserve_insertion_order = false;
+             SET memory_limit = '{memory}';
+             SET threads = {threads};
+             SET temp_directory = '{spill}';
              ATTACH '{file}' AS persist;
-             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);"
+             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);",
+            threads = self.limits.threads.max(1),
         ))?;
         let db = Arc::new(Mutex::new(conn));
         dbs.insert(company.to_owned(), db.clone());
@@ -356,9 +397,68 @@ fn schema_of(snapshot_id: &str) -> String {
     format!("s_{}", snapshot_id.replace('-', "_"))
 }
 
-/// Where fetched data files are cached.
-pub fn cache_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("cache")
+/// Where fetched data files are cached: a folder per company, so that one company's
+/// manifest can never name (and be served) a file another company's snapshot brought in.
+pub fn cache_dir(state_dir: &Path, company: &str) -> PathBuf {
+    state_dir.join("cache").join(company)
+}
+
+/// Why a data file could not be brought into a company's cache.
+pub enum CacheError {
+    /// The file is not what the manifest says (or not there): the snapshot is refused.
+    Refused(String),
+    /// The store or the disk failed: try again later.
+    Later(String),
+}
+
+/// Brings a manifest entry's data file into `company`'s `cache` folder (nothing to do
+/// when it is there: only checked files are ever put there) and returns its path. The entry
+/// must name one of the company's own data keys. The file is streamed to disk while hashed,
+/// its size checked against the manifest before a byte is read, and renamed into place only
+/// when its size and SHA-256 match.
+pub async fn fetch_into_cache(
+    store: &Store,
+    company: &str,
+    cache: &Path,
+    name: &str,
+    entry: &crate::snapshot::manifest::DataTypeEntry,
+) -> Result<PathBuf, CacheError> {
+    use crate::publish::Fetched;
+    if !crate::snapshot::is_data_key_of(company, &entry.key, &entry.sha256) {
+        return Err(CacheError::Refused(format!(
+            "{name}: {} is not one of this company's data keys ({company}/data/TYPE/SHA256.parquet)",
+            entry.key
+        )));
+    }
+    let path = cache.join(format!("{}.parquet", entry.sha256));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(cache)
+        .map_err(|e| CacheError::Later(format!("cannot create {}: {e}", cache.display())))?;
+    let tmp = crate::files::sibling(&path, "tmp");
+    let fetched = store
+        .fetch_to_file(&entry.key, &tmp, entry.bytes)
+        .await
+        .map_err(|e| CacheError::Later(e.to_string()))?;
+    let refused = |what: String| CacheError::Refused(format!("{name}: {}: {what}", entry.key));
+    match fetched {
+        Fetched::Missing => Err(refused("it is missing from the store".into())),
+        Fetched::WrongSize(n) => Err(refused(format!(
+            "{n} bytes, the manifest says {}",
+            entry.bytes
+        ))),
+        Fetched::Written { sha256 } if sha256 != entry.sha256 => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(refused(format!(
+                "SHA-256 {sha256}, the manifest says {}",
+                entry.sha256
+            )))
+        }
+        Fetched::Written { .. } => std::fs::rename(&tmp, &path)
+            .map(|()| path.clone())
+            .map_err(|e| CacheError::Later(format!("cannot cache {}: {e}", path.display()))),
+    }
 }
 
 /// Checks and loads the snapshot `latest.json` names, and makes it live. Returns it, or
@@ -470,36 +570,16 @@ async fn check_and_load(
             ));
         }
     }
-    // 2. Fetch into the cache, checking every byte.
-    let cache = cache_dir(state_dir);
-    std::fs::create_dir_all(&cache)
-        .map_err(|e| later(&id, format!("cannot create {}: {e}", cache.display())))?;
+    // 2. Fetch into the company's cache, checking every byte.
+    let cache = cache_dir(state_dir, company);
     let mut files = HashMap::new();
     for (name, entry) in &manifest.data_types {
-        let path = cache.join(format!("{}.parquet", entry.sha256));
-        if !path.exists() {
-            let data = store
-                .get_bytes(&entry.key)
-                .await
-                .map_err(|e| later(&id, e.to_string()))?
-                .ok_or_else(|| {
-                    fail(
-                        &id,
-                        format!("{name}: {} is missing from the store", entry.key),
-                    )
-                })?;
-            let problems = crate::publish::check_data(entry, &data);
-            if !problems.is_empty() {
-                return Err(fail(
-                    &id,
-                    format!("{name}: {}: {}", entry.key, problems.join("; ")),
-                ));
-            }
-            let tmp = crate::files::sibling(&path, "tmp");
-            crate::files::write_synced(&tmp, &data)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| later(&id, format!("cannot cache {}: {e}", path.display())))?;
-        }
+        let path = fetch_into_cache(store, company, &cache, name, entry)
+            .await
+            .map_err(|e| match e {
+                CacheError::Refused(detail) => fail(&id, detail),
+                CacheError::Later(detail) => later(&id, detail),
+            })?;
         files.insert(name.clone(), path);
     }
     // 3-5. Load, check, carry modifiedDate and deletions, swap.
@@ -510,6 +590,7 @@ async fn check_and_load(
     let model = model.clone();
     let company_owned = company.to_owned();
     let cache_owned = cache.clone();
+    let keep_deleted_days = live.limits.keep_deleted_days;
     let loaded = tokio::task::spawn_blocking(move || {
         load(
             &db,
@@ -519,6 +600,7 @@ async fn check_and_load(
             previous.as_deref(),
             &company_owned,
             cache_owned,
+            keep_deleted_days,
         )
     })
     .await
@@ -565,6 +647,7 @@ fn load(
     previous: Option<&Live>,
     company: &str,
     cache: PathBuf,
+    keep_deleted_days: u32,
 ) -> Result<Live, String> {
     let conn = db
         .lock()
@@ -624,7 +707,8 @@ fn load(
                          FROM n LEFT JOIN {old} o USING ({id});
                          INSERT INTO {table}
                          SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
-                         FROM {old} o ANTI JOIN {raw} n USING ({id});",
+                         FROM {old} o ANTI JOIN {raw} n USING ({id})
+                         WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep_deleted_days} DAY);",
                         h = ident(HASH_COLUMN),
                         m = ident(MODIFIED_DATE),
                         id = ident(crate::model::ID_FIELD),

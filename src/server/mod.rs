@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::model::DataModel;
 use crate::publish::{Store, StoreConfig};
 use control::{ControlPlane, SnapshotRecord, SqliteControl};
@@ -66,6 +68,8 @@ pub struct ServeOptions {
     pub max_companies_per_client: usize,
     /// Deadline of one data request.
     pub query_timeout: Duration,
+    /// What one company's database may use.
+    pub company_limits: ingest::CompanyLimits,
     /// Connections served at once, and how long a request head may take.
     pub connections: listen::ConnectionLimits,
     /// Deadline of one request (data, control and public routes; not the connector's).
@@ -144,10 +148,46 @@ async fn ingest_some(
             return;
         }
     };
+    let companies: Vec<_> = companies
+        .into_iter()
+        .filter(|c| only.is_none_or(|only| only.contains(&c.id)))
+        .collect();
+    // Clients take turns (one company of each, then the next of each, …), and companies are
+    // loaded a few at a time: one client's many companies, or one slow download, do not hold
+    // up another client's data.
+    let mut by_client: std::collections::BTreeMap<String, std::collections::VecDeque<_>> =
+        Default::default();
     for company in companies {
-        if only.is_some_and(|only| !only.contains(&company.id)) {
-            continue;
-        }
+        by_client
+            .entry(company.client_id.clone())
+            .or_default()
+            .push_back(company);
+    }
+    let mut turns = Vec::new();
+    while !by_client.is_empty() {
+        by_client.retain(|_, queue| {
+            turns.extend(queue.pop_front());
+            !queue.is_empty()
+        });
+    }
+    futures::stream::iter(turns)
+        .for_each_concurrent(INGEST_AT_ONCE, |company| {
+            ingest_company(state, store, state_dir, company)
+        })
+        .await;
+}
+
+/// Companies loaded at the same time by one pass of the ingest loop.
+pub const INGEST_AT_ONCE: usize = 4;
+
+/// Looks at one company's store, and makes its new snapshot live or records why not.
+async fn ingest_company(
+    state: &api::AppState,
+    store: &Store,
+    state_dir: &std::path::Path,
+    company: control::Company,
+) {
+    {
         match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
             Ok(Some(live)) => {
                 state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +338,9 @@ pub(crate) fn emit(
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
     let control: Arc<dyn ControlPlane> = Arc::new(open_control(&options.state_dir)?);
-    let live = Arc::new(ingest::LiveSet::new(&options.state_dir));
+    let mut live = ingest::LiveSet::new(&options.state_dir);
+    live.limits = options.company_limits.clone();
+    let live = Arc::new(live);
     for company in control.all_companies()? {
         match live.restore(&company.id) {
             Ok(0) => {}

@@ -146,6 +146,23 @@ pub fn data_key(company_id: &str, data_type: &str, sha256: &str) -> String {
     format!("{company_id}/data/{data_type}/{sha256}.parquet")
 }
 
+/// Whether `key` is one of `company`'s data keys, the one [`data_key`] gives for `sha256`
+/// (`COMPANY/data/TYPE/SHA256.parquet`, the hash in its shape): what a manifest may name.
+pub fn is_data_key_of(company: &str, key: &str, sha256: &str) -> bool {
+    let Some(rest) = key.strip_prefix(&format!("{company}/data/")) else {
+        return false;
+    };
+    let Some((data_type, file)) = rest.split_once('/') else {
+        return false;
+    };
+    !data_type.is_empty()
+        && data_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && file == format!("{sha256}.parquet")
+        && manifest::is_sha256(sha256)
+}
+
 /// The store key of a snapshot's manifest.
 pub fn manifest_key(company_id: &str, snapshot_id: &str) -> String {
     format!("{company_id}/snapshots/{snapshot_id}/{MANIFEST_FILE}")

@@ -869,6 +869,19 @@ fn plant(s: &Setup, id: &str, edit: impl FnOnce(&mut Value)) {
     std::fs::write(&latest_path, serde_json::to_vec(&pointer).unwrap()).unwrap();
 }
 
+/// Writes `bytes` into the store as the setup company's invoices data file, under its own
+/// content-addressed key, and points the manifest entry at it (key, size and hash agreeing).
+fn put_data_file(s: &Setup, entry: &mut Value, bytes: &[u8]) {
+    let sha = sha256_hex(bytes);
+    let file_key = format!("{}/data/invoices/{sha}.parquet", s.company_id);
+    let file = s.store_dir.join(&file_key);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, bytes).unwrap();
+    entry["key"] = json!(file_key);
+    entry["bytes"] = json!(bytes.len());
+    entry["sha256"] = json!(sha);
+}
+
 /// The server's count of refused snapshots, from `/metrics`.
 fn refused_total(s: &Setup) -> u64 {
     let (_, body, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
@@ -958,21 +971,16 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     plant(&s, lacking, |m| {
         let entry = &mut m["dataTypes"]["invoices"];
         let original = s.store_dir.join(entry["key"].as_str().unwrap());
-        let file_key = format!("{co}/snapshots/{lacking}/invoices.parquet");
-        let file = s.store_dir.join(&file_key);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let made = s.store_dir.join(format!("{lacking}.parquet"));
         duckdb::Connection::open_in_memory()
             .unwrap()
             .execute_batch(&format!(
                 "COPY (SELECT * EXCLUDE (status) FROM read_parquet('{}')) TO '{}' (FORMAT parquet)",
                 original.display(),
-                file.display()
+                made.display()
             ))
             .unwrap();
-        let bytes = std::fs::read(&file).unwrap();
-        entry["key"] = json!(file_key);
-        entry["bytes"] = json!(bytes.len());
-        entry["sha256"] = json!(sha256_hex(&bytes));
+        put_data_file(&s, entry, &std::fs::read(&made).unwrap());
     });
     let detail = failed_detail(lacking);
     assert!(
@@ -986,14 +994,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     let garbage = "29991231T235959992Z-0000000c";
     plant(&s, garbage, |m| {
         let entry = &mut m["dataTypes"]["invoices"];
-        let file_key = format!("{co}/snapshots/{garbage}/invoices.parquet");
-        let file = s.store_dir.join(&file_key);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        let bytes = b"PAR1 this is not a Parquet file PAR1".to_vec();
-        std::fs::write(&file, &bytes).unwrap();
-        entry["key"] = json!(file_key);
-        entry["bytes"] = json!(bytes.len());
-        entry["sha256"] = json!(sha256_hex(&bytes));
+        put_data_file(&s, entry, b"PAR1 this is not a Parquet file PAR1");
     });
     let detail = failed_detail(garbage);
     assert!(detail.contains("invoices"), "{detail}");
@@ -2794,4 +2795,143 @@ fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation_on_a_running_se
         said.contains("secrets.key") && said.contains("line 1"),
         "{said}"
     );
+}
+
+#[test]
+fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache() {
+    let dir = tempdir();
+    let s = setup(&[]);
+    let (key, co) = (&s.key, &s.company_id);
+    // Another client's company, whose first customer has a name only it has.
+    let other = s.server.client("Other Lender");
+    let other_co = s.server.company(&other, "Other Company");
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Known Only To B Ltd' WHERE ACCOUNT_REF = (SELECT min(ACCOUNT_REF) FROM SALES_LEDGER)",
+            [],
+        )
+        .unwrap();
+    sync_ok(
+        &s.company.odbc,
+        &other_co,
+        &dir.path().join("other-connector"),
+        Some(&s.server.store),
+        &[],
+    );
+    s.server.wait_live(&other, &other_co, None);
+    let b_latest: Value = serde_json::from_slice(
+        &std::fs::read(s.store_dir.join(&other_co).join("latest.json")).unwrap(),
+    )
+    .unwrap();
+    let b_manifest: Value = serde_json::from_slice(
+        &std::fs::read(s.store_dir.join(b_latest["manifestKey"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let b_customers = b_manifest["dataTypes"]["customers"].clone();
+    let b_sha = b_customers["sha256"].as_str().unwrap().to_owned();
+    let mine = |what: &str| {
+        let customers = s
+            .server
+            .ok(key, &format!("/companies/{co}/data/customers?pageSize=100"));
+        assert!(
+            !customers.to_string().contains("Known Only To B"),
+            "{what}: {customers}"
+        );
+    };
+    let refused_with = |id: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
+            if let Some(f) = snaps["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["snapshotId"] == id && r["status"] == "failed")
+            {
+                return f["detail"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(Instant::now() < deadline, "{id} was not refused: {snaps}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // 1. B's file, by B's key: a key outside the company's own prefix is refused.
+    let theirs = "29991231T235959980Z-000000b1";
+    plant(&s, theirs, |m| {
+        m["dataTypes"]["customers"] = b_customers.clone()
+    });
+    let detail = refused_with(theirs);
+    assert!(detail.contains("customers"), "{detail}");
+    mine("after a manifest naming another company's key");
+    // 2. B's hash under this company's own key, where no such file is: the server's copy of
+    // B's file (B's cache) is never used for this company.
+    let cached = "29991231T235959981Z-000000b2";
+    plant(&s, cached, |m| {
+        let entry = &mut m["dataTypes"]["customers"];
+        entry["sha256"] = json!(b_sha);
+        entry["bytes"] = b_customers["bytes"].clone();
+        entry["key"] = json!(format!("{co}/data/customers/{b_sha}.parquet"));
+        entry["rows"] = b_customers["rows"].clone();
+        entry["controlTotals"] = b_customers["controlTotals"].clone();
+    });
+    let detail = refused_with(cached);
+    assert!(detail.contains("customers"), "{detail}");
+    mine("after a manifest naming another company's file by its hash");
+    // 3. A file larger than its manifest entry says: refused by its size.
+    let big = "29991231T235959982Z-000000b3";
+    plant(&s, big, |m| {
+        let bytes = vec![b'x'; 4096];
+        let sha = sha256_hex(&bytes);
+        let file_key = format!("{co}/data/customers/{sha}.parquet");
+        let file = s.store_dir.join(&file_key);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
+        let entry = &mut m["dataTypes"]["customers"];
+        entry["key"] = json!(file_key);
+        entry["sha256"] = json!(sha);
+        entry["bytes"] = json!(100);
+    });
+    let detail = refused_with(big);
+    assert!(detail.contains("bytes, the manifest says"), "{detail}");
+    mine("after a file of the wrong size");
+}
+
+#[test]
+fn a_deleted_record_is_served_as_deleted_for_the_days_the_server_keeps_it_then_no_more() {
+    let s = setup(&["--keep-deleted-days", "0"]);
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    let db = s.company.sqlite();
+    let item: String = db
+        .query_row(
+            "SELECT STOCK_CODE FROM STOCK ORDER BY STOCK_CODE LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM STOCK WHERE STOCK_CODE = ?1", [&item])
+        .unwrap();
+    drop(db);
+    let second = s.sync();
+    s.server.wait_live(&key, &co, Some(&second));
+    let path = format!("/companies/{co}/data/items/{item}");
+    let gone = s.server.ok(&key, &path);
+    assert_eq!(gone["isDeleted"], true, "{gone}");
+    // The next snapshot comes after the (zero) days it is kept: it is no longer served.
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Later Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let third = s.sync();
+    s.server.wait_live(&key, &co, Some(&third));
+    let (status, body) = s.server.get(&key, &path);
+    assert_eq!(status, 404, "{body}");
+    // Records Sage itself marks deleted are the source's, not carried: still served.
+    let deleted = s.server.ok(
+        &key,
+        &format!("/companies/{co}/data/invoices?query=isDeleted%3Dtrue"),
+    );
+    assert_eq!(deleted["totalResults"], 1, "{deleted}");
 }

@@ -31,9 +31,19 @@ impl Drop for Killed {
 /// Xvfb on a free display: (process, DISPLAY).
 fn xvfb() -> (Killed, String) {
     for n in 90..140 {
-        if std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-            || std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        {
+        let lock = format!("/tmp/.X{n}-lock");
+        let socket = format!("/tmp/.X11-unix/X{n}");
+        // A lock whose Xvfb is gone (killed without cleaning up, by an earlier run) is stale:
+        // its display is free again.
+        let owner_alive = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if std::path::Path::new(&lock).exists() && !owner_alive {
+            let _ = std::fs::remove_file(&lock);
+            let _ = std::fs::remove_file(&socket);
+        }
+        if std::path::Path::new(&socket).exists() || std::path::Path::new(&lock).exists() {
             continue;
         }
         let child = Command::new("Xvfb")
