@@ -588,7 +588,6 @@ async fn check_and_load(
         .map_err(|e| later(&id, e.to_string()))?;
     let previous = live.live(company);
     let model = model.clone();
-    let company_owned = company.to_owned();
     let cache_owned = cache.clone();
     let keep_deleted_days = live.limits.keep_deleted_days;
     let loaded = tokio::task::spawn_blocking(move || {
@@ -598,7 +597,6 @@ async fn check_and_load(
             &manifest,
             &files,
             previous.as_deref(),
-            &company_owned,
             cache_owned,
             keep_deleted_days,
         )
@@ -645,7 +643,6 @@ fn load(
     manifest: &Manifest,
     files: &HashMap<String, PathBuf>,
     previous: Option<&Live>,
-    company: &str,
     cache: PathBuf,
     keep_deleted_days: u32,
 ) -> Result<Live, String> {
@@ -757,7 +754,7 @@ fn load(
         let _ = q("ROLLBACK");
         return Err(e);
     }
-    tracing::debug!(company, schema, "Loaded a snapshot.");
+    tracing::debug!(schema, "Loaded a snapshot.");
     Ok(Live {
         snapshot_id: manifest.snapshot_id.clone(),
         manifest: manifest.clone(),
