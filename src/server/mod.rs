@@ -13,6 +13,8 @@
 pub mod api;
 pub mod control;
 pub mod devices;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
 pub mod limits;
 pub mod link;
