@@ -436,7 +436,9 @@ pub async fn fetch_into_cache(
     }
     std::fs::create_dir_all(cache)
         .map_err(|e| CacheError::Later(format!("cannot create {}: {e}", cache.display())))?;
-    let tmp = crate::files::sibling(&path, "tmp");
+    // a name of its own: the ingest loop and a connector's commit may fetch the same file at
+    // once, and each renames its own whole copy into place
+    let tmp = crate::files::sibling(&path, &format!("tmp-{:016x}", rand::random::<u64>()));
     let fetched = store
         .fetch_to_file(&entry.key, &tmp, entry.bytes)
         .await

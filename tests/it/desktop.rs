@@ -16,13 +16,20 @@ use crate::support::{CONNECTOR, Company, tempdir};
 /// The ODBC template that reaches a simulated company through the SQLite3 driver.
 pub const SIM_TEMPLATE: &str = "Driver={{SQLite3}};Database={ACCDATA}/SAGE50.DB;NoCreat=1";
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, then released) outside the ephemeral range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Chosen below Linux's ephemeral range (32768-60999): a port handed out by a bind to
+    // port 0 (every test server listens so) can never be this one while the test has not
+    // bound it yet. Random within 20000-30000, so two tests rarely try the same one.
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..30_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 30000")
 }
 
 /// An HTTP answer.
