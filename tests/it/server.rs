@@ -187,6 +187,58 @@ struct Setup {
 }
 
 impl Setup {
+    /// Renames customer ALPHA01 in the source, syncs, and waits until that snapshot is live.
+    fn rename_and_sync(&self, name: &str) -> String {
+        self.company
+            .sqlite()
+            .execute(
+                "UPDATE SALES_LEDGER SET NAME = ?1 WHERE ACCOUNT_REF = 'ALPHA01'",
+                [name],
+            )
+            .unwrap();
+        let id = self.sync();
+        self.server
+            .wait_live(&self.key, &self.company_id, Some(&id));
+        id
+    }
+
+    /// The newest delivery of webhook `hook_id`, once it has ended `failed`.
+    fn wait_delivery_failed(&self, hook_id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let list = self
+                .server
+                .ok(&self.key, &format!("/webhooks/{hook_id}/deliveries"));
+            let d = list["results"][0].clone();
+            if d["status"] == "failed" {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "{list}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The public reason the setup company's snapshot `id` was refused, once it is recorded.
+    fn refused_detail(&self, id: &str) -> String {
+        let co = &self.company_id;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let snaps = self
+                .server
+                .ok(&self.key, &format!("/companies/{co}/snapshots"));
+            if let Some(f) = snaps["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["snapshotId"] == id && r["status"] == "failed")
+            {
+                return f["detail"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(Instant::now() < deadline, "{id} was not refused: {snaps}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn sync(&self) -> String {
         sync_ok(
             &self.company.odbc,
@@ -942,27 +994,11 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     still_second("after a pointer back to an older snapshot");
 
     // 2. A data file's sha256 that is a path: the cache is named by it.
-    let failed_detail = |id: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
-            if let Some(f) = snaps["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["snapshotId"] == id && r["status"] == "failed")
-            {
-                return f["detail"].as_str().unwrap_or_default().to_owned();
-            }
-            assert!(Instant::now() < deadline, "{id} was not refused: {snaps}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let by_path = "29991231T235959990Z-0000000a";
     plant(&s, by_path, |m| {
         m["dataTypes"]["invoices"]["sha256"] = json!("../../../../tmp/anything");
     });
-    let detail = failed_detail(by_path);
+    let detail = s.refused_detail(by_path);
     assert!(detail.contains("is not a SHA-256"), "{detail}");
     still_second("after a sha256 that is a path");
 
@@ -982,7 +1018,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
             .unwrap();
         put_data_file(&s, entry, &std::fs::read(&made).unwrap());
     });
-    let detail = failed_detail(lacking);
+    let detail = s.refused_detail(lacking);
     assert!(
         detail.contains("invoices") && detail.contains("field status is missing"),
         "{detail}"
@@ -996,7 +1032,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
         let entry = &mut m["dataTypes"]["invoices"];
         put_data_file(&s, entry, b"PAR1 this is not a Parquet file PAR1");
     });
-    let detail = failed_detail(garbage);
+    let detail = s.refused_detail(garbage);
     assert!(detail.contains("invoices"), "{detail}");
     let state = s.server.state.display().to_string();
     assert!(
@@ -1857,28 +1893,8 @@ fn webhooks_to_private_addresses_are_refused_and_a_dead_receiver_ends_failed() {
         "/webhooks",
         Some(json!({"url": receiver.url})),
     );
-    s.company
-        .sqlite()
-        .execute(
-            "UPDATE SALES_LEDGER SET NAME = 'Dead Letter Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
-            [],
-        )
-        .unwrap();
-    let id = s.sync();
-    s.server.wait_live(&s.key, &s.company_id, Some(&id));
-    let hook_id = hook["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let delivery = loop {
-        let list = s
-            .server
-            .ok(&s.key, &format!("/webhooks/{hook_id}/deliveries"));
-        let d = list["results"][0].clone();
-        if d["status"] == "failed" {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    s.rename_and_sync("Dead Letter Ltd");
+    let delivery = s.wait_delivery_failed(hook["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(delivery["attempts"], 11, "{delivery}");
     assert!(
         delivery["lastError"].as_str().unwrap().contains("500"),
@@ -2168,28 +2184,8 @@ fn webhook_hosts_are_resolved_once_checked_and_connected_to_as_checked() {
     // loopback, and the delivery is refused before any connection.
     let (status, hook, _) = register(&format!("http://rebind.example:{port}/hook"));
     assert_eq!(status, 201, "{hook}");
-    s.company
-        .sqlite()
-        .execute(
-            "UPDATE SALES_LEDGER SET NAME = 'Rebound Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
-            [],
-        )
-        .unwrap();
-    let id = s.sync();
-    s.server.wait_live(&s.key, &s.company_id, Some(&id));
-    let hook_id = hook["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let delivery = loop {
-        let list = s
-            .server
-            .ok(&s.key, &format!("/webhooks/{hook_id}/deliveries"));
-        let d = list["results"][0].clone();
-        if d["status"] == "failed" {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "{list}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    s.rename_and_sync("Rebound Ltd");
+    let delivery = s.wait_delivery_failed(hook["id"].as_str().unwrap(), Duration::from_secs(60));
     let error = delivery["lastError"].as_str().unwrap();
     assert!(
         error.contains("127.0.0.1") && error.contains("public"),
@@ -2755,15 +2751,7 @@ fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation_on_a_running_se
     let key_id = |sealed: &str| sealed.split(':').nth(2).unwrap().to_owned();
     assert_ne!(key_id(&first), key_id(&second));
     let signed_with_secret = |s: &Setup, name: &str, n: usize| {
-        s.company
-            .sqlite()
-            .execute(
-                &format!("UPDATE SALES_LEDGER SET NAME = '{name}' WHERE ACCOUNT_REF = 'ALPHA01'"),
-                [],
-            )
-            .unwrap();
-        let id = s.sync();
-        s.server.wait_live(&s.key, &s.company_id, Some(&id));
+        s.rename_and_sync(name);
         let got = receiver.wait_for(n);
         let (headers, body, _) = &got[n - 1];
         assert!(
@@ -2839,28 +2827,12 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
             "{what}: {customers}"
         );
     };
-    let refused_with = |id: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
-            if let Some(f) = snaps["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["snapshotId"] == id && r["status"] == "failed")
-            {
-                return f["detail"].as_str().unwrap_or_default().to_owned();
-            }
-            assert!(Instant::now() < deadline, "{id} was not refused: {snaps}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     // 1. B's file, by B's key: a key outside the company's own prefix is refused.
     let theirs = "29991231T235959980Z-000000b1";
     plant(&s, theirs, |m| {
         m["dataTypes"]["customers"] = b_customers.clone()
     });
-    let detail = refused_with(theirs);
+    let detail = s.refused_detail(theirs);
     assert!(detail.contains("customers"), "{detail}");
     mine("after a manifest naming another company's key");
     // 2. B's hash under this company's own key, where no such file is: the server's copy of
@@ -2874,7 +2846,7 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
         entry["rows"] = b_customers["rows"].clone();
         entry["controlTotals"] = b_customers["controlTotals"].clone();
     });
-    let detail = refused_with(cached);
+    let detail = s.refused_detail(cached);
     assert!(detail.contains("customers"), "{detail}");
     mine("after a manifest naming another company's file by its hash");
     // 3. A file larger than its manifest entry says: refused by its size.
@@ -2891,7 +2863,7 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
         entry["sha256"] = json!(sha);
         entry["bytes"] = json!(100);
     });
-    let detail = refused_with(big);
+    let detail = s.refused_detail(big);
     assert!(detail.contains("bytes, the manifest says"), "{detail}");
     mine("after a file of the wrong size");
 }
@@ -2917,15 +2889,7 @@ fn a_deleted_record_is_served_as_deleted_for_the_days_the_server_keeps_it_then_n
     let gone = s.server.ok(&key, &path);
     assert_eq!(gone["isDeleted"], true, "{gone}");
     // The next snapshot comes after the (zero) days it is kept: it is no longer served.
-    s.company
-        .sqlite()
-        .execute(
-            "UPDATE SALES_LEDGER SET NAME = 'Later Ltd' WHERE ACCOUNT_REF = 'ALPHA01'",
-            [],
-        )
-        .unwrap();
-    let third = s.sync();
-    s.server.wait_live(&key, &co, Some(&third));
+    s.rename_and_sync("Later Ltd");
     let (status, body) = s.server.get(&key, &path);
     assert_eq!(status, 404, "{body}");
     // Records Sage itself marks deleted are the source's, not carried: still served.
