@@ -207,6 +207,42 @@ pub fn document(model: &DataModel) -> Value {
         "parameters": [company_param, {"name": "deviceId", "in": "path", "required": true, "schema": {"type": "string"}}],
         "description": "Revokes a connector: its credential stops working at once and it stops syncing the company.",
         "responses": {"200": {"description": "The revoked device.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Device"}}}}, "404": error_response("No such company or device.")}}}));
+    // What every API route can answer besides its own: the server's limits and keys.
+    for (path, item) in paths.iter_mut() {
+        let data = path.contains("/data/");
+        for operation in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let mut add = |code: &str, what: &str| {
+                responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error_response(what));
+            };
+            add("401", "No valid API key (Authorization: Bearer <key>).");
+            add(
+                "408",
+                "The request was not answered within the server's request deadline (a body sent too slowly, or a server too busy): send it again.",
+            );
+            add(
+                "429",
+                "Too many requests: this key's rate limit (or, on data routes, its queries running at once until this one's deadline), or too many requests without a valid key from this address. Retry-After says when to come back.",
+            );
+            if data {
+                add(
+                    "503",
+                    "The query ran past its deadline and was stopped, or the server had no place for it before then: narrow it, or retry after Retry-After.",
+                );
+            }
+        }
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Connector API", "version": format!("{}", crate::model::SCHEMA_VERSION),

@@ -1365,6 +1365,20 @@ fn the_openapi_document_is_generated_from_the_schemas_and_matches_what_is_served
     let (status, doc, _) = s.server.call("GET", None, "/openapi.json", None);
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
+    // What the server's keys and limits answer is documented on every route.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for code in ["401", "408", "429"] {
+                assert!(
+                    operation["responses"][code].is_object(),
+                    "{method} {path} does not document {code}"
+                );
+            }
+            if path.contains("/data/") {
+                assert!(operation["responses"]["503"].is_object(), "{method} {path}");
+            }
+        }
+    }
     let model = connector::model::DataModel::embedded();
     for dt in &model.types {
         let schema = &doc["components"]["schemas"][&dt.name];
