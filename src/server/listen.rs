@@ -33,15 +33,6 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
 }
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-        }
-    }
-}
-
 /// Serves `app` on `listener` until `shutdown` resolves, then stops gracefully.
 pub async fn serve(
     listener: TcpListener,

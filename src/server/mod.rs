@@ -189,105 +189,103 @@ async fn ingest_company(
     state_dir: &std::path::Path,
     company: control::Company,
 ) {
-    {
-        match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
-            Ok(Some(live)) => {
-                state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
-                let before = company_status(&*state.control, &company.id);
+    match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
+        Ok(Some(live)) => {
+            state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
+            let before = company_status(&*state.control, &company.id);
+            emit(
+                state,
+                &company.client_id,
+                "data.synced",
+                serde_json::json!({
+                    "companyId": company.id,
+                    "snapshotId": live.snapshot_id,
+                    "dataTypes": live.changes,
+                }),
+            );
+            if before != "Fetched" {
                 emit(
                     state,
                     &company.client_id,
-                    "data.synced",
+                    "company.status_changed",
                     serde_json::json!({
-                        "companyId": company.id,
-                        "snapshotId": live.snapshot_id,
-                        "dataTypes": live.changes,
+                        "companyId": company.id, "from": before, "to": "Fetched",
                     }),
                 );
-                if before != "Fetched" {
+            }
+            let record = SnapshotRecord {
+                company_id: company.id.clone(),
+                snapshot_id: live.snapshot_id.clone(),
+                status: "live".into(),
+                detail: None,
+                created_at: Some(live.manifest.created_at.clone()),
+                ingested_at: live.went_live_at.clone(),
+                records: serde_json::to_value(&live.records).ok(),
+            };
+            if let Err(e) = state.control.record_snapshot(&record) {
+                tracing::error!(error = %e, "Could not record a live snapshot.");
+            }
+            let (set, saving) = (state.live.clone(), live.clone());
+            let saved = tokio::task::spawn_blocking(move || set.save(&saving)).await;
+            if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r) {
+                tracing::error!(company = %company.id, error = %e, "Could not save the live snapshot's state; after a restart it is ingested again.");
+            }
+        }
+        Ok(None) => {}
+        Err(e) if e.retry => {
+            tracing::warn!(company = %company.id, error = %e, "Could not load a published snapshot now; the next poll tries again.");
+        }
+        Err(e) => {
+            // Recorded once per snapshot id; the live snapshot stays as it was.
+            let already = state
+                .control
+                .snapshots(&company.id)
+                .map(|s| {
+                    s.iter()
+                        .any(|r| r.snapshot_id == e.snapshot && r.status == "failed")
+                })
+                .unwrap_or(false);
+            if !already {
+                state
+                    .metrics
+                    .snapshots_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
+                if e.snapshot != "?" {
+                    let public = e.public(state_dir);
+                    let before = company_status(&*state.control, &company.id);
+                    let _ = state.control.record_snapshot(&SnapshotRecord {
+                        company_id: company.id.clone(),
+                        snapshot_id: e.snapshot.clone(),
+                        status: "failed".into(),
+                        detail: Some(public.clone()),
+                        created_at: None,
+                        ingested_at: chrono::Utc::now()
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        records: None,
+                    });
+                    // The client hears of it as of a sync that failed on the PC.
                     emit(
                         state,
                         &company.client_id,
-                        "company.status_changed",
+                        "sync.failed",
                         serde_json::json!({
-                            "companyId": company.id, "from": before, "to": "Fetched",
+                            "companyId": company.id,
+                            "snapshotId": e.snapshot,
+                            "reason": "snapshot_refused",
+                            "message": public,
+                            "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
                         }),
                     );
-                }
-                let record = SnapshotRecord {
-                    company_id: company.id.clone(),
-                    snapshot_id: live.snapshot_id.clone(),
-                    status: "live".into(),
-                    detail: None,
-                    created_at: Some(live.manifest.created_at.clone()),
-                    ingested_at: live.went_live_at.clone(),
-                    records: serde_json::to_value(&live.records).ok(),
-                };
-                if let Err(e) = state.control.record_snapshot(&record) {
-                    tracing::error!(error = %e, "Could not record a live snapshot.");
-                }
-                let (set, saving) = (state.live.clone(), live.clone());
-                let saved = tokio::task::spawn_blocking(move || set.save(&saving)).await;
-                if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r) {
-                    tracing::error!(company = %company.id, error = %e, "Could not save the live snapshot's state; after a restart it is ingested again.");
-                }
-            }
-            Ok(None) => {}
-            Err(e) if e.retry => {
-                tracing::warn!(company = %company.id, error = %e, "Could not load a published snapshot now; the next poll tries again.");
-            }
-            Err(e) => {
-                // Recorded once per snapshot id; the live snapshot stays as it was.
-                let already = state
-                    .control
-                    .snapshots(&company.id)
-                    .map(|s| {
-                        s.iter()
-                            .any(|r| r.snapshot_id == e.snapshot && r.status == "failed")
-                    })
-                    .unwrap_or(false);
-                if !already {
-                    state
-                        .metrics
-                        .snapshots_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
-                    if e.snapshot != "?" {
-                        let public = e.public(state_dir);
-                        let before = company_status(&*state.control, &company.id);
-                        let _ = state.control.record_snapshot(&SnapshotRecord {
-                            company_id: company.id.clone(),
-                            snapshot_id: e.snapshot.clone(),
-                            status: "failed".into(),
-                            detail: Some(public.clone()),
-                            created_at: None,
-                            ingested_at: chrono::Utc::now()
-                                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                            records: None,
-                        });
-                        // The client hears of it as of a sync that failed on the PC.
+                    if before != "Failing" {
                         emit(
                             state,
                             &company.client_id,
-                            "sync.failed",
+                            "company.status_changed",
                             serde_json::json!({
-                                "companyId": company.id,
-                                "snapshotId": e.snapshot,
-                                "reason": "snapshot_refused",
-                                "message": public,
-                                "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
+                                "companyId": company.id, "from": before, "to": "Failing",
                             }),
                         );
-                        if before != "Failing" {
-                            emit(
-                                state,
-                                &company.client_id,
-                                "company.status_changed",
-                                serde_json::json!({
-                                    "companyId": company.id, "from": before, "to": "Failing",
-                                }),
-                            );
-                        }
                     }
                 }
             }

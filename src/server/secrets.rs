@@ -169,7 +169,7 @@ impl SecretKeys {
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     let shown = |e: std::io::Error| format!("secrets key file {}: {e}", path.display());
     let tmp = path.with_extension("key.tmp");
-    std::fs::write(&tmp, text).map_err(shown)?;
+    crate::files::write_synced(&tmp, text.as_bytes()).map_err(shown)?;
     crate::files::private_file(&tmp).map_err(shown)?;
     std::fs::rename(&tmp, path).map_err(shown)
 }

@@ -86,9 +86,16 @@ fn is_global(ip: IpAddr) -> bool {
 /// (`--webhook-proxy`), never from `HTTP(S)_PROXY`; a look-up that takes longer than
 /// [`DNS_TIMEOUT`] fails.
 pub struct Targets {
+    lookup: Lookup,
+    proxy: Option<String>,
+}
+
+/// The look-up and the check of every address it gives: what the delivery client resolves
+/// host names with (cloned per look-up; the resolver is shared inside).
+#[derive(Clone)]
+struct Lookup {
     resolver: Result<hickory_resolver::TokioResolver, String>,
     allow_internal: bool,
-    proxy: Option<String>,
 }
 
 /// The longest a webhook host's look-up may take.
@@ -131,12 +138,56 @@ impl Targets {
             tracing::warn!(error = %e, "Webhook hosts cannot be looked up.");
         }
         Targets {
-            resolver,
-            allow_internal,
+            lookup: Lookup {
+                resolver,
+                allow_internal,
+            },
             proxy,
         }
     }
 
+    /// The addresses of `host`, every one of them checked; an IP literal is checked as it is.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        self.lookup.resolve(host).await
+    }
+
+    /// Checks a webhook URL: http(s), a host, and (unless allowed) only public addresses.
+    pub async fn check(&self, url: &str) -> Result<(), String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(format!("url {url:?} must be http:// or https://"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| format!("url {url:?} has no host"))?;
+        self.resolve(host)
+            .await
+            .map(drop)
+            .map_err(|e| format!("url {url:?}: {e}"))
+    }
+
+    /// The HTTP client deliveries use: this resolver, no redirects, no proxy unless named.
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .dns_resolver(Arc::new(self.lookup.clone()))
+            .no_proxy();
+        if let Some(proxy) = &self.proxy {
+            builder = builder.proxy(
+                reqwest::Proxy::all(proxy)
+                    .map_err(|e| format!("--webhook-proxy {proxy:?} is not a proxy URL: {e}"))?,
+            );
+        }
+        builder
+            .build()
+            .map_err(|e| format!("the webhook HTTP client cannot be built: {e}"))
+    }
+}
+
+impl Lookup {
     fn check_ip(&self, shown: &str, ip: IpAddr) -> Result<(), String> {
         if self.allow_internal || is_global(ip) {
             Ok(())
@@ -173,55 +224,14 @@ impl Targets {
         }
         Ok(addrs)
     }
-
-    /// Checks a webhook URL: http(s), a host, and (unless allowed) only public addresses.
-    pub async fn check(&self, url: &str) -> Result<(), String> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(format!("url {url:?} must be http:// or https://"));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("url {url:?} has no host"))?;
-        self.resolve(host)
-            .await
-            .map(drop)
-            .map_err(|e| format!("url {url:?}: {e}"))
-    }
-
-    /// The HTTP client deliveries use: this resolver, no redirects, no proxy unless named.
-    fn client(self: &Arc<Self>) -> Result<reqwest::Client, String> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .dns_resolver(self.clone())
-            .no_proxy();
-        if let Some(proxy) = &self.proxy {
-            builder = builder.proxy(
-                reqwest::Proxy::all(proxy)
-                    .map_err(|e| format!("--webhook-proxy {proxy:?} is not a proxy URL: {e}"))?,
-            );
-        }
-        builder
-            .build()
-            .map_err(|e| format!("the webhook HTTP client cannot be built: {e}"))
-    }
 }
 
-impl reqwest::dns::Resolve for Targets {
+impl reqwest::dns::Resolve for Lookup {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        // reqwest holds the resolver as an Arc of its own; the look-up needs `self` beyond
-        // this call, so it runs on a clone of what it reads.
-        let host = name.as_str().to_owned();
-        let targets = Targets {
-            resolver: self.resolver.clone(),
-            allow_internal: self.allow_internal,
-            proxy: None,
-        };
+        // the future outlives this call: it owns a clone
+        let (host, lookup) = (name.as_str().to_owned(), self.clone());
         Box::pin(async move {
-            let addrs = targets.resolve(&host).await?;
+            let addrs = lookup.resolve(&host).await?;
             let iter: reqwest::dns::Addrs =
                 Box::new(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(iter)

@@ -202,6 +202,19 @@ impl Setup {
         id
     }
 
+    /// Subscribes the setup client to every event at `url`; the subscription as created
+    /// (`id`, `secret`, …).
+    fn subscribe(&self, url: &str) -> Value {
+        let (status, hook, _) = self.server.call(
+            "POST",
+            Some(&self.key),
+            "/webhooks",
+            Some(json!({ "url": url })),
+        );
+        assert_eq!(status, 201, "{hook}");
+        hook
+    }
+
     /// The newest delivery of webhook `hook_id`, once it has ended `failed`.
     fn wait_delivery_failed(&self, hook_id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
@@ -2346,13 +2359,7 @@ fn webhook_deliveries_are_paged_newest_first_and_kept_for_the_retention_period()
     ];
     let mut s = setup(&flags);
     let receiver = Receiver::start(vec![200]);
-    let (status, hook, _) = s.server.call(
-        "POST",
-        Some(&s.key),
-        "/webhooks",
-        Some(json!({"url": receiver.url})),
-    );
-    assert_eq!(status, 201, "{hook}");
+    let hook = s.subscribe(&receiver.url);
     let hook_id = hook["id"].as_str().unwrap().to_owned();
     // A long history, as the server writes it: a delivery an hour for 1,050 hours (about 44
     // days), each delivered after one attempt; and one still pending, 50 days old.
@@ -2712,13 +2719,7 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
 fn webhook_secrets_are_sealed_at_rest_and_survive_a_key_rotation_on_a_running_server() {
     let mut s = setup(&["--allow-private-webhooks"]);
     let receiver = Receiver::start(vec![200]);
-    let (status, hook, _) = s.server.call(
-        "POST",
-        Some(&s.key),
-        "/webhooks",
-        Some(json!({"url": receiver.url})),
-    );
-    assert_eq!(status, 201, "{hook}");
+    let hook = s.subscribe(&receiver.url);
     let secret = hook["secret"].as_str().unwrap().to_owned();
     let hook_id = hook["id"].as_str().unwrap().to_owned();
     let db_path = s.server.state.join("control.sqlite3");
