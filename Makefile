@@ -29,17 +29,25 @@ PG_DIR ?= /var/tmp/connector-test-pg
 # A real S3-compatible server process on loopback (moto's server), and pyarrow to read the
 # published Parquet as a stranger would: both from PyPI into a virtualenv in the cache.
 VENV ?= $(CACHE)/venv
-PY_PACKAGES := "moto[server]>=5.1,<6" "pyarrow>=15"
+PY_PACKAGES := "moto[server]>=5.1,<6" "pyarrow>=15" \
+	"schemathesis==4.32.5" "openapi-python-client==0.29.1" "openapi-spec-validator==0.9.0"
 S3_DIR ?= /var/tmp/connector-test-s3
 export CONNECTOR_TEST_S3_PORT ?= 54330
 export CONNECTOR_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(CONNECTOR_TEST_S3_PORT)
 export CONNECTOR_TEST_PYTHON ?= $(VENV)/bin/python
+# Client developers' tools from npm (the TypeScript generator and compiler), and the reference
+# page's renderer: Redoc's standalone bundle, built into the server (`/docs`) from this file.
+NODE_TOOLS ?= $(CACHE)/npm
+NPM_PACKAGES := openapi-typescript@7.13.0 typescript@5.9.3
+REDOC_VERSION := 2.5.4
+export CONNECTOR_TEST_NODE_MODULES ?= $(NODE_TOOLS)/node_modules
+export CONNECTOR_REDOC_JS ?= $(CACHE)/redoc-$(REDOC_VERSION)/redoc.standalone.js
 
 APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc odbc-postgresql \
 	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver \
 	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth trayer xdotool imagemagick x11-utils x11-xserver-utils openssl
 
-.PHONY: deps duckdb venv build test lint demo bench-extract bench-normalise bench-sync bench-api bench-fuzz bench-link pg-up pg-down s3-up s3-down
+.PHONY: deps duckdb venv npm build test lint demo bench-extract bench-normalise bench-sync bench-api bench-fuzz bench-link pg-up pg-down s3-up s3-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -51,12 +59,25 @@ deps:
 	  echo "Installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@$(MAKE) --no-print-directory duckdb venv
+	@$(MAKE) --no-print-directory duckdb venv npm
 
 venv:
-	@if [ ! -x "$(VENV)/bin/moto_server" ] || ! "$(VENV)/bin/python" -c "import pyarrow" 2>/dev/null; then \
-	  echo "Installing the test S3 server and pyarrow into $(VENV)"; \
+	@if [ ! -x "$(VENV)/bin/moto_server" ] || [ ! -x "$(VENV)/bin/schemathesis" ] || [ ! -x "$(VENV)/bin/openapi-python-client" ] \
+	  || ! "$(VENV)/bin/python" -c "import pyarrow" 2>/dev/null; then \
+	  echo "Installing the test S3 server, pyarrow and the API client tools into $(VENV)"; \
 	  python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q --disable-pip-version-check $(PY_PACKAGES); \
+	fi
+
+npm:
+	@if [ ! -x "$(NODE_TOOLS)/node_modules/.bin/openapi-typescript" ] || [ ! -x "$(NODE_TOOLS)/node_modules/.bin/tsc" ]; then \
+	  echo "Installing $(NPM_PACKAGES) into $(NODE_TOOLS)"; \
+	  mkdir -p "$(NODE_TOOLS)" && npm install --silent --no-audit --no-fund --prefix "$(NODE_TOOLS)" $(NPM_PACKAGES) >/dev/null; \
+	fi
+	@if [ ! -f "$(CONNECTOR_REDOC_JS)" ]; then \
+	  echo "Fetching Redoc $(REDOC_VERSION)'s standalone bundle into $$(dirname $(CONNECTOR_REDOC_JS))"; \
+	  tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent redoc@$(REDOC_VERSION) >/dev/null && tar xzf *.tgz) && \
+	  mkdir -p "$$(dirname $(CONNECTOR_REDOC_JS))" && cp $$tmp/package/bundles/redoc.standalone.js \
+	    $$tmp/package/bundles/redoc.standalone.js.LICENSE.txt "$$(dirname $(CONNECTOR_REDOC_JS))/" && rm -rf $$tmp; \
 	fi
 
 duckdb:

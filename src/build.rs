@@ -5,6 +5,7 @@
 //! 2. Embed the SQL rules (`sql/`, `sql/checks/`) and the data model (`schemas/datatypes/`)
 //!    into the binary, so an installed connector needs no files beside it. The lists are
 //!    generated here because a folder's files can't be listed by `include_str!`.
+//! 3. Embed Redoc's bundle for `/docs` (below).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -30,6 +31,29 @@ fn main() {
     let dest =
         Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("embedded.rs");
     std::fs::write(dest, out).expect("write embedded.rs");
+    redoc();
+}
+
+/// 3. Embed Redoc's standalone bundle (`CONNECTOR_REDOC_JS`, fetched from npm by `make npm`)
+///    for the server's `/docs` page; without it, `/docs` says where the document is instead.
+fn redoc() {
+    println!("cargo:rerun-if-env-changed=CONNECTOR_REDOC_JS");
+    let bundle = std::env::var("CONNECTOR_REDOC_JS")
+        .ok()
+        .filter(|p| Path::new(p).is_file());
+    let code = match bundle {
+        Some(path) => {
+            println!("cargo:rerun-if-changed={path}");
+            format!("Some(include_str!({path:?}))")
+        }
+        None => "None".to_owned(),
+    };
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("redoc.rs");
+    std::fs::write(
+        dest,
+        format!("/// Redoc's standalone bundle, when the build had it.\npub const REDOC_JS: Option<&str> = {code};\n"),
+    )
+    .expect("write redoc.rs");
 }
 
 /// Writes `pub const NAME: &[(&str, &str)]` = (file name, contents), sorted by file name.

@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Watch the store for new snapshots and answer API requests until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
+    /// Print the OpenAPI document the server serves at /openapi.json (to generate a client
+    /// without a running server).
+    Openapi,
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -244,6 +247,11 @@ fn main() -> ExitCode {
             connector::publish::runtime()
                 .block_on(server::serve(options))
                 .map_err(Into::into)
+        }
+        Command::Openapi => {
+            let doc = server::openapi::document(&connector::model::DataModel::embedded());
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            Ok(())
         }
         Command::Admin { command } => admin(command),
     };

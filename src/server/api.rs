@@ -177,7 +177,7 @@ impl AppState {
     }
 
     /// Takes a token from `client`'s bucket; `Err(seconds)` until one is there.
-    fn admit(&self, client: &str) -> Result<(), u64> {
+    fn admit(&self, client: &str) -> Result<Quota, u64> {
         take_token(&self.buckets, client.to_owned(), self.rate_per_sec)
     }
 
@@ -200,13 +200,51 @@ impl AppState {
     }
 }
 
-/// Takes a token from `key`'s bucket (refilled at `rate` a second, holding twice that);
-/// `Err(seconds)` until one is there. Full buckets are forgotten when the map grows large.
+/// What is left of a key's rate limit after a request, for its answer's headers.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    /// Requests a full bucket holds (a burst).
+    limit: u64,
+    /// Requests that can be made now.
+    remaining: u64,
+    /// Seconds until the bucket is full again.
+    reset: u64,
+    /// Requests per second it refills at.
+    rate: f64,
+}
+
+impl Quota {
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds), and the IETF draft's
+    /// `RateLimit-Policy` and `RateLimit` fields saying the same.
+    fn write(self, headers: &mut HeaderMap) {
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        put("x-ratelimit-limit", self.limit.to_string());
+        put("x-ratelimit-remaining", self.remaining.to_string());
+        put("x-ratelimit-reset", self.reset.to_string());
+        let window = (self.limit as f64 / self.rate).ceil().max(1.0) as u64;
+        put(
+            "ratelimit-policy",
+            format!("\"per-key\";q={};w={window}", self.limit),
+        );
+        put(
+            "ratelimit",
+            format!("\"per-key\";r={};t={}", self.remaining, self.reset),
+        );
+    }
+}
+
+/// Takes a token from `key`'s bucket (refilled at `rate` a second, holding twice that): what
+/// is left, or `Err(seconds)` until one is there. Full buckets are forgotten when the map
+/// grows large.
 fn take_token<K: std::hash::Hash + Eq>(
     buckets: &Mutex<HashMap<K, (f64, Instant)>>,
     key: K,
     rate: f64,
-) -> Result<(), u64> {
+) -> Result<Quota, u64> {
     let burst = rate * 2.0;
     let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
@@ -220,7 +258,12 @@ fn take_token<K: std::hash::Hash + Eq>(
     *last = now;
     if *tokens >= 1.0 {
         *tokens -= 1.0;
-        Ok(())
+        Ok(Quota {
+            limit: burst.floor() as u64,
+            remaining: tokens.floor() as u64,
+            reset: ((burst - *tokens) / rate).ceil() as u64,
+            rate,
+        })
     } else {
         Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
     }
@@ -277,7 +320,7 @@ impl ApiError {
         ApiError(StatusCode::BAD_REQUEST, message.into())
     }
 
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError(StatusCode::NOT_FOUND, message.into())
     }
 
@@ -391,6 +434,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/openapi.json",
             get(|State(state): State<Arc<AppState>>| async move { Json(state.openapi.clone()) }),
         )
+        .route("/docs", get(super::docs::page))
+        .route("/docs/redoc.standalone.js", get(super::docs::bundle))
         .route("/metrics", get(metrics))
         .merge(api)
         .fallback(|| async {
@@ -401,6 +446,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             deadline_and_anonymous_limit,
         ))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(no_store_by_default))
+        // compressed when the client asks (gzip, br, zstd), with Vary: Accept-Encoding
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -440,6 +488,17 @@ async fn deadline_and_anonymous_limit(
 /// not take, a body too large or not JSON, a path it cannot read) come as plain text or
 /// empty: their words are kept as the message, their headers (`Allow`, …) too. The link
 /// pages' HTML errors stay HTML: a person reads them.
+/// Answers say whether they may be kept: data answers set their own (see [`Caching`]); every
+/// other answer is about live state (a company's status, its webhooks) and is not stored.
+async fn no_store_by_default(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -567,20 +626,33 @@ async fn authenticate(
         }
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    if let Err(wait) = state.admit(&client.id) {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        let mut response = ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many requests for this API key; retry in {wait} s"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return response;
-    }
+    let quota = match state.admit(&client.id) {
+        Ok(quota) => quota,
+        Err(wait) => {
+            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut response = ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many requests for this API key; retry in {wait} s"),
+            )
+            .into_response();
+            let burst = state.rate_per_sec * 2.0;
+            Quota {
+                limit: burst.floor() as u64,
+                remaining: 0,
+                reset: (burst / state.rate_per_sec).ceil() as u64,
+                rate: state.rate_per_sec,
+            }
+            .write(response.headers_mut());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+    };
     request.extensions_mut().insert(client);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    quota.write(response.headers_mut());
+    response
 }
 
 /// The caller's company, or 404 (also for another client's company).
@@ -601,7 +673,7 @@ struct NewCompany {
 
 /// Checks a redirect URL: absolute https, or http to this machine (development).
 fn check_redirect(url: &str) -> ApiResult<()> {
-    let ok = url.len() <= 2000
+    let ok = url.chars().count() <= 2000
         && (url.starts_with("https://")
             || url.starts_with("http://localhost")
             || url.starts_with("http://127.0.0.1")
@@ -850,14 +922,22 @@ async fn snapshot_published(
     ))
 }
 
-/// Query-string parameters of a data listing.
+/// Query-string parameters of a data listing (any other is refused: a misspelt `pagesize`
+/// must not be silently ignored).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListParams {
     query: Option<String>,
     order_by: Option<String>,
     page: Option<String>,
     page_size: Option<String>,
+    snapshot: Option<String>,
+}
+
+/// Query-string parameters of one record.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RecordParams {
     snapshot: Option<String>,
 }
 
@@ -879,6 +959,9 @@ fn number(name: &str, value: Option<&str>, default: u64, max: u64) -> ApiResult<
 /// The snapshot a request reads: the live one, or `snapshot=`.
 fn snapshot_for(state: &AppState, company: &str, wanted: Option<&str>) -> ApiResult<Arc<Live>> {
     match wanted {
+        Some(id) if !crate::snapshot::manifest::is_snapshot_id(id) => Err(ApiError::bad(format!(
+            "snapshot must be a snapshot id like 20261129T090501002Z-1a2b3c4d (from GET /companies/{company}/snapshots), not {id:?}"
+        ))),
         Some(id) => state.live.snapshot(company, id).ok_or_else(|| {
             ApiError::not_found(format!(
                 "snapshot {id} is not loaded: GET /companies/{company}/snapshots lists them (the latest {} are queryable)",
@@ -968,6 +1051,8 @@ async fn list_records(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
     Path((id, dt_name)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
@@ -985,6 +1070,10 @@ async fn list_records(
     )?;
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
     let answered_by = live.snapshot_id.clone();
+    let cache = Caching::of(&answered_by, &uri, params.snapshot.is_some());
+    if cache.fresh(&headers) {
+        return Ok(cache.not_modified());
+    }
     let naive = state.naive;
     let where_sql = if filter.sql.is_empty() {
         String::new()
@@ -1035,13 +1124,16 @@ async fn list_records(
         .iter()
         .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
         .collect();
+    // Every link names the snapshot that answered this page: a walk through the pages reads
+    // one snapshot, even when a newer one goes live in the middle of it.
     let base = format!("/companies/{id}/data/{dt_name}");
+    let snapshot = Some(answered_by.clone());
     let link = |p: u64| {
         let mut q = format!("{base}?page={p}&pageSize={page_size}");
         for (k, v) in [
             ("query", &params.query),
             ("orderBy", &params.order_by),
-            ("snapshot", &params.snapshot),
+            ("snapshot", &snapshot),
         ] {
             if let Some(v) = v {
                 q.push_str(&format!("&{k}={}", urlencode(v)));
@@ -1057,16 +1149,13 @@ async fn list_records(
     if page * page_size < total {
         links.insert("next".into(), link(page + 1));
     }
-    Ok(with_snapshot(
-        &answered_by,
-        Json(json!({
-            "results": results,
-            "pageNumber": page,
-            "pageSize": page_size,
-            "totalResults": total,
-            "_links": links,
-        })),
-    ))
+    Ok(cache.answer(Json(json!({
+        "results": results,
+        "pageNumber": page,
+        "pageSize": page_size,
+        "totalResults": total,
+        "_links": links,
+    }))))
 }
 
 /// Where a request reads a data type: a connection and a table expression. Normally the
@@ -1090,13 +1179,80 @@ fn source(
     ))
 }
 
-/// Names the snapshot that answered, in `X-Snapshot-Id`.
-fn with_snapshot(snapshot: &str, body: Json<Value>) -> Response {
-    let mut response = body.into_response();
-    if let Ok(value) = HeaderValue::from_str(snapshot) {
-        response.headers_mut().insert("x-snapshot-id", value);
+/// How a data answer may be cached. Its content is fixed by the snapshot that answers and
+/// the request, so its `ETag` is derived from those two: a client polling with
+/// `If-None-Match` gets `304 Not Modified` (no query is run) until a new snapshot goes live.
+/// The live snapshot can change at any moment, so such answers must be revalidated
+/// (`no-cache`); an answer from a named snapshot stays true while it is kept (an hour).
+/// Either way the data is one client's: `private`.
+struct Caching {
+    snapshot: String,
+    etag: String,
+    named: bool,
+}
+
+impl Caching {
+    fn of(snapshot: &str, uri: &axum::http::Uri, named: bool) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(snapshot.as_bytes())
+            .chain_update(b"\n")
+            .chain_update(uri.path().as_bytes())
+            .chain_update(b"?")
+            .chain_update(uri.query().unwrap_or("").as_bytes())
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Caching {
+            snapshot: snapshot.to_owned(),
+            // weak: the same content may be sent compressed or not
+            etag: format!("W/\"{hex}\""),
+            named,
+        }
     }
-    response
+
+    /// Whether the client's `If-None-Match` names this answer (weak comparison).
+    fn fresh(&self, headers: &HeaderMap) -> bool {
+        let ours = self.etag.trim_start_matches("W/");
+        headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim())
+            .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
+    }
+
+    fn headers(&self, response: &mut Response) {
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("x-snapshot-id", self.snapshot.as_str()),
+            ("etag", self.etag.as_str()),
+            (
+                "cache-control",
+                if self.named {
+                    "private, max-age=3600"
+                } else {
+                    "private, no-cache"
+                },
+            ),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+
+    fn not_modified(&self) -> Response {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        self.headers(&mut response);
+        response
+    }
+
+    fn answer(&self, body: Json<Value>) -> Response {
+        let mut response = body.into_response();
+        self.headers(&mut response);
+        response
+    }
 }
 
 fn urlencode(value: &str) -> String {
@@ -1116,12 +1272,18 @@ async fn get_record(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
     Path((id, dt_name, record_id)): Path<(String, String, String)>,
-    Query(params): Query<ListParams>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    params: Result<Query<RecordParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
     owned(&state, &client, &id)?;
     let dt = data_type(&state, &dt_name)?.clone();
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
-    let answered_by = live.snapshot_id.clone();
+    let cache = Caching::of(&live.snapshot_id, &uri, params.snapshot.is_some());
+    if cache.fresh(&headers) {
+        return Ok(cache.not_modified());
+    }
     let naive = state.naive;
     let record_id_owned = record_id.clone();
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
@@ -1144,10 +1306,9 @@ async fn get_record(
         .map_err(ApiError::internal)?;
     let row = row
         .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
-    Ok(with_snapshot(
-        &answered_by,
-        Json(serde_json::from_str(&row).map_err(ApiError::internal)?),
-    ))
+    Ok(cache.answer(Json(
+        serde_json::from_str(&row).map_err(ApiError::internal)?,
+    )))
 }
 
 /// `/metrics`, for the operator's scraper: off unless the server has a metrics token, and
@@ -1304,7 +1465,7 @@ async fn list_webhooks(
 
 /// Query parameters of `GET /webhooks/{id}/deliveries`.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeliveryParams {
     page_size: Option<String>,
     after: Option<String>,

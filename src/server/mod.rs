@@ -13,6 +13,7 @@
 pub mod api;
 pub mod control;
 pub mod devices;
+pub mod docs;
 #[cfg(test)]
 mod fuzz;
 pub mod ingest;

@@ -432,9 +432,16 @@ pub fn parse(data_type: &DataType, query: &str) -> Result<Filter, QueryError> {
 /// `orderBy=field` or `-field` → an ORDER BY list (always ending with `id`, so pages are stable).
 pub fn order_by(data_type: &DataType, spec: Option<&str>) -> Result<String, QueryError> {
     let id = quote(crate::model::ID_FIELD);
-    let Some(spec) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
+    let Some(spec) = spec else {
         return Ok(format!("{id} ASC"));
     };
+    if spec.trim().is_empty() {
+        return Err(QueryError(
+            "orderBy is empty: name a field (a leading - sorts descending), or leave orderBy out"
+                .into(),
+        ));
+    }
+    let spec = spec.trim();
     let (field, dir) = match spec.strip_prefix('-') {
         Some(f) => (f, "DESC"),
         None => (spec, "ASC"),

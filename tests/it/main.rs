@@ -4,6 +4,7 @@
 //! S3-compatible server process on loopback (`make test` starts it), read back by pyarrow.
 
 mod agent;
+mod api_clients;
 mod desktop;
 mod doctor;
 mod errors;

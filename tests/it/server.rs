@@ -176,19 +176,19 @@ fn latest_id(store_dir: &Path, company: &str) -> String {
     latest["snapshotId"].as_str().unwrap().to_owned()
 }
 
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
-    server: Server,
-    key: String,
-    company_id: String,
-    company: Company,
-    store_dir: PathBuf,
-    connector_state: PathBuf,
+    pub(crate) server: Server,
+    pub(crate) key: String,
+    pub(crate) company_id: String,
+    pub(crate) company: Company,
+    pub(crate) store_dir: PathBuf,
+    pub(crate) connector_state: PathBuf,
 }
 
 impl Setup {
     /// Renames customer ALPHA01 in the source, syncs, and waits until that snapshot is live.
-    fn rename_and_sync(&self, name: &str) -> String {
+    pub(crate) fn rename_and_sync(&self, name: &str) -> String {
         self.company
             .sqlite()
             .execute(
@@ -204,7 +204,7 @@ impl Setup {
 
     /// Subscribes the setup client to every event at `url`; the subscription as created
     /// (`id`, `secret`, …).
-    fn subscribe(&self, url: &str) -> Value {
+    pub(crate) fn subscribe(&self, url: &str) -> Value {
         let (status, hook, _) = self.server.call(
             "POST",
             Some(&self.key),
@@ -252,7 +252,7 @@ impl Setup {
         }
     }
 
-    fn sync(&self) -> String {
+    pub(crate) fn sync(&self) -> String {
         sync_ok(
             &self.company.odbc,
             &self.company_id,
@@ -266,7 +266,7 @@ impl Setup {
 
 /// One request to the server at `base`: its status, JSON body (text as a JSON string if it
 /// is not JSON) and headers.
-fn call_at(
+pub(crate) fn call_at(
     base: &str,
     method: &str,
     key: Option<&str>,
@@ -296,12 +296,12 @@ fn call_at(
 }
 
 /// A server, a client, a company created through the API, and the golden company synced to it.
-fn setup(extra: &[&str]) -> Setup {
+pub(crate) fn setup(extra: &[&str]) -> Setup {
     setup_env(extra, &[])
 }
 
 /// [`setup`] with extra environment for the server.
-fn setup_env(extra: &[&str], env: &[(&str, String)]) -> Setup {
+pub(crate) fn setup_env(extra: &[&str], env: &[(&str, String)]) -> Setup {
     let dir = tempdir();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
@@ -1393,8 +1393,19 @@ fn the_openapi_document_is_generated_from_the_schemas_and_matches_what_is_served
         }
     }
     let model = connector::model::DataModel::embedded();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    // a nested object is a reference to its component
+    let resolve = |v: &Value| -> Value {
+        match v["$ref"].as_str().or(v["items"]["$ref"].as_str()) {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => v.clone(),
+        }
+    };
     for dt in &model.types {
-        let schema = &doc["components"]["schemas"][&dt.name];
+        let schema = schemas
+            .values()
+            .find(|s| s["x-data-type"] == dt.name.as_str())
+            .unwrap_or_else(|| panic!("no component for {}", dt.name));
         for f in &dt.fields {
             assert!(
                 schema["properties"][&f.name].is_object(),
@@ -1426,11 +1437,34 @@ fn the_openapi_document_is_generated_from_the_schemas_and_matches_what_is_served
                     "{}: served field {k} is not documented",
                     dt.name
                 );
-                let types: Vec<&str> = match &prop["type"] {
+                let mut types: Vec<&str> = match &prop["type"] {
                     Value::String(t) => vec![t.as_str()],
                     Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
                     _ => vec![],
                 };
+                if prop["$ref"].is_string() {
+                    types.push("object");
+                }
+                if let Some(any) = prop["anyOf"].as_array() {
+                    types.push(if any[0]["$ref"].is_string() {
+                        "object"
+                    } else {
+                        "array"
+                    });
+                    types.push("null");
+                }
+                // the nested fields served are the component's
+                if let (Value::Object(inner), Some(props)) =
+                    (v, resolve(prop)["properties"].as_object())
+                {
+                    for k in inner.keys() {
+                        assert!(
+                            props.contains_key(k),
+                            "{}.{k}: not in its component",
+                            dt.name
+                        );
+                    }
+                }
                 let actual = match v {
                     Value::Null => "null",
                     Value::Bool(_) => "boolean",

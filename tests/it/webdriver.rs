@@ -95,6 +95,7 @@ impl Browser {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -223,6 +224,14 @@ impl Browser {
             "/execute/sync",
             Some(json!({"script": script, "args": args})),
         )
+    }
+
+    /// What the page logged to its console since the last call (each with `level`, `message`).
+    pub fn console_log(&self) -> Vec<Value> {
+        self.cmd("POST", "/se/log", Some(json!({"type": "browser"})))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Saves a PNG screenshot.
