@@ -73,6 +73,8 @@ pub struct AppState {
     pub store: Option<crate::publish::Store>,
     /// The server's state folder (the ingest cache that commit fills).
     pub state_dir: std::path::PathBuf,
+    /// Where pages already reached begin (see [`PageStarts`]).
+    page_starts: PageStarts,
     /// The server's public base URL (link URLs, upload grants).
     pub public_url: String,
     /// The connector's loopback port the link page sends browsers to.
@@ -150,6 +152,7 @@ impl AppState {
             company_wakes: Mutex::new(HashMap::new()),
             connector_silence_secs: super::devices::NOT_SEEN_SECS,
             told_reasons: Mutex::new(HashMap::new()),
+            page_starts: PageStarts::default(),
         }
     }
 
@@ -1080,8 +1083,29 @@ async fn list_records(
     } else {
         format!("WHERE {}", filter.sql)
     };
+    let page_size_text = page_size.to_string();
+    let listing: [&str; 5] = [
+        &answered_by,
+        &dt_name,
+        params.query.as_deref().unwrap_or(""),
+        params.order_by.as_deref().unwrap_or(""),
+        &page_size_text,
+    ];
+    // where this page begins, when the page before it was just read
+    let start = match (naive, page > 1) {
+        (false, true) => state.page_starts.get(&listing, page),
+        _ => None,
+    };
+    let (keyset_sql, keyset_params) = match &start {
+        Some(after) => {
+            query::after(&dt, params.order_by.as_deref(), after).map_err(|e| ApiError::bad(e.0))?
+        }
+        None => (String::new(), Vec::new()),
+    };
+    let order_value =
+        query::order_value(&dt, params.order_by.as_deref()).map_err(|e| ApiError::bad(e.0))?;
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
-    let (total, rows) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>)> {
+    let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>, Option<query::After>)> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
         let _keep = &live; // the snapshot stays loaded until the answer is read
@@ -1101,25 +1125,37 @@ async fn list_records(
             let sql = format!("SELECT {record} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            return Ok((total(rows.len())?, rows));
+            return Ok((total(rows.len())?, rows, None));
         }
         // The page's rows first (a sort of row numbers only), then the JSON of just those rows:
-        // building nested JSON for every matching row would cost far more than the page.
-        let mut stmt = conn.prepare(&format!("SELECT rowid FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}"))?;
-        let rowids: Vec<i64> = stmt.query_map(params_ref.as_slice(), |r| r.get(0))?.collect::<Result<_, _>>()?;
+        // building nested JSON for every matching row would cost far more than the page. From
+        // a known page start, only the rows after it are sorted, and none skipped.
+        let (page_where, skip) = match (keyset_sql.is_empty(), where_sql.is_empty()) {
+            (true, _) => (where_sql.clone(), offset),
+            (false, true) => (format!("WHERE {keyset_sql}"), 0),
+            (false, false) => (format!("{where_sql} AND {keyset_sql}"), 0),
+        };
+        let page_params: Vec<&dyn duckdb::ToSql> = filter.params.iter().chain(keyset_params.iter()).map(|p| p as &dyn duckdb::ToSql).collect();
+        let mut stmt = conn.prepare(&format!("SELECT rowid, {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
+        let picked: Vec<(i64, Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let last = picked.last().map(|(_, value, id)| query::After { value: value.clone(), id: id.clone() });
+        let rowids: Vec<i64> = picked.into_iter().map(|(r, _, _)| r).collect();
         let total = total(rowids.len())?;
         if rowids.is_empty() {
-            return Ok((total, Vec::new()));
+            return Ok((total, Vec::new(), None));
         }
         let list: Vec<String> = rowids.iter().map(i64::to_string).collect();
         let mut stmt = conn.prepare(&format!("SELECT t.rowid, {record} FROM {table} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", list.join(",")))?;
         let mut by_rowid: HashMap<i64, String> = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<_, _>>()?;
-        Ok((total, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect()))
+        Ok((total, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect(), last))
     })
     .await?
     .map_err(refused)?;
+    if let Some(last) = last.filter(|_| rows.len() as u64 == page_size) {
+        state.page_starts.put(&listing, page + 1, last);
+    }
     let results: Vec<Value> = rows
         .iter()
         .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
@@ -1177,6 +1213,47 @@ fn source(
         duckdb::Connection::open_in_memory()?,
         format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM read_parquet('{file}'))"),
     ))
+}
+
+/// Where the pages of recent walks begin: for a listing (snapshot, data type, query,
+/// ordering, page size) and a page number, the last row of the page before it. A client
+/// following `next` links asks for page N+1 right after page N, whose answer recorded where
+/// N+1 begins, so the page is read from there (keyset paging: a filter on the ordering and
+/// a sort of one page) instead of sorting and skipping every row before it. A page nobody
+/// reached yet (a jump, another server node) is read by offset: the same rows, more slowly.
+/// The oldest entries go first once [`PAGE_STARTS`] are held.
+#[derive(Default)]
+struct PageStarts(Mutex<(HashMap<u64, query::After>, std::collections::VecDeque<u64>)>);
+
+/// Most page starts remembered.
+const PAGE_STARTS: usize = 20_000;
+
+impl PageStarts {
+    fn key(listing: &[&str], page: u64) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        listing.hash(&mut h);
+        page.hash(&mut h);
+        h.finish()
+    }
+
+    fn get(&self, listing: &[&str], page: u64) -> Option<query::After> {
+        let starts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        starts.0.get(&Self::key(listing, page)).cloned()
+    }
+
+    fn put(&self, listing: &[&str], page: u64, after: query::After) {
+        let mut starts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Self::key(listing, page);
+        if starts.0.insert(key, after).is_none() {
+            starts.1.push_back(key);
+        }
+        while starts.1.len() > PAGE_STARTS {
+            if let Some(old) = starts.1.pop_front() {
+                starts.0.remove(&old);
+            }
+        }
+    }
 }
 
 /// How a data answer may be cached. Its content is fixed by the snapshot that answers and

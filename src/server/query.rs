@@ -450,6 +450,76 @@ pub fn order_by(data_type: &DataType, spec: Option<&str>) -> Result<String, Quer
     Ok(format!("{} {dir} NULLS LAST, {id} {dir}", column.sql))
 }
 
+/// Where the next page of a cursor walk starts: the last row's ordering value (as DuckDB
+/// writes it as text; None for NULL) and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// The ordering field's value.
+    pub value: Option<String>,
+    /// The record id (the tie-breaker of every ordering).
+    pub id: String,
+}
+
+/// The ordering of `spec`: its column (the id when none) and whether it is descending.
+fn ordering(data_type: &DataType, spec: Option<&str>) -> Result<(Column, bool), QueryError> {
+    let id = Column {
+        sql: quote(crate::model::ID_FIELD),
+        ty: FieldType::String,
+    };
+    let Some(spec) = spec else {
+        return Ok((id, false));
+    };
+    let spec = spec.trim();
+    let (field, desc) = match spec.strip_prefix('-') {
+        Some(f) => (f, true),
+        None => (spec, false),
+    };
+    let column = column(data_type, field).map_err(|e| QueryError(format!("orderBy: {e}")))?;
+    Ok((column, desc))
+}
+
+/// SQL giving a row's ordering value as text, to find where the next page begins.
+pub fn order_value(data_type: &DataType, spec: Option<&str>) -> Result<String, QueryError> {
+    let (column, _) = ordering(data_type, spec)?;
+    Ok(format!("CAST({} AS VARCHAR)", column.sql))
+}
+
+/// The condition selecting the rows that come after `after` in the ordering of `spec`
+/// ([`order_by`]: NULLs last, ties by id), and its parameters. A page read with it costs a
+/// page, however deep: nothing before it is sorted or skipped.
+pub fn after(
+    data_type: &DataType,
+    spec: Option<&str>,
+    after: &After,
+) -> Result<(String, Vec<String>), QueryError> {
+    let (column, desc) = ordering(data_type, spec)?;
+    let id = quote(crate::model::ID_FIELD);
+    let gt = if desc { "<" } else { ">" };
+    let cast = match column.ty {
+        FieldType::Integer => "CAST(? AS BIGINT)",
+        FieldType::Boolean => "CAST(? AS BOOLEAN)",
+        FieldType::Date => "CAST(? AS DATE)",
+        FieldType::Datetime => "CAST(? AS TIMESTAMP)",
+        FieldType::Money | FieldType::Decimal => "CAST(? AS DECIMAL(24,6))",
+        _ => "?",
+    };
+    let c = &column.sql;
+    Ok(if *c == id {
+        (format!("{id} {gt} ?"), vec![after.id.clone()])
+    } else {
+        match &after.value {
+            Some(v) => (
+                format!("({c} {gt} {cast} OR ({c} = {cast} AND {id} {gt} ?) OR {c} IS NULL)"),
+                vec![v.clone(), v.clone(), after.id.clone()],
+            ),
+            None => (
+                format!("({c} IS NULL AND {id} {gt} ?)"),
+                vec![after.id.clone()],
+            ),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
