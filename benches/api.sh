@@ -6,8 +6,10 @@
 #   (c) an incremental pull: invoices with modifiedDate >= the snapshot's time, 100 a page;
 # then the same queries against the naive peer (the same server answering each request by
 # reading the published Parquet with a fresh DuckDB: `serve --naive`), with the answers
-# compared. Then, under load (a), a new snapshot is published: time from `latest.json`
-# changing to the new snapshot being served, and every failed request counted.
+# compared. Also: the bytes of a page of 100 invoices per Accept-Encoding, query (a) with
+# gzip on, and the cost of the last page of a walk against the first. Then, under load (a), a
+# new snapshot is published: time from `latest.json` changing to the new snapshot being served,
+# and every failed request counted.
 set -euo pipefail
 CACHE=${CACHE:-$HOME/.cache/connector}
 BIN=${CARGO_TARGET_DIR:-$CACHE/target}/debug
@@ -54,8 +56,8 @@ ID=$(api "$A" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["results"]
 B="/companies/$CO/data/invoices/$ID"
 C="/companies/$CO/data/invoices?query=modifiedDate%3E%3D${WENT_LIVE//:/%3A}&pageSize=100"
 
-measure() { # label path -> appends "label rps p50 p99 errors" to $W/runs.txt
-  wrk -t2 -c64 -d"${SECS}s" --timeout 10s --latency -H "Authorization: Bearer $KEY" "$BASE$2" > "$W/wrk-$1.txt"
+measure() { # label path [extra wrk args] -> appends "label rps p50 p99 errors" to $W/runs.txt
+  wrk -t2 -c64 -d"${SECS}s" --timeout 10s --latency -H "Authorization: Bearer $KEY" "${@:3}" "$BASE$2" > "$W/wrk-$1.txt"
   "$PY" - "$1" "$W/wrk-$1.txt" >> "$W/runs.txt" <<'PY'
 import re, sys
 label, path = sys.argv[1:3]
@@ -78,6 +80,33 @@ for q in a b c; do
   api "$path" > "$W/answer-server-$q.json"
   echo "server, query ($q)" >&2; measure "server-$q" "$path"
 done
+# Bytes of a page of 100 invoices as sent, per Accept-Encoding, and query (a) with gzip on.
+P100="/companies/$CO/data/invoices?pageSize=100"
+for enc in identity gzip br zstd; do
+  printf '%s %s\n' "$enc" "$(curl -s -o /dev/null -w '%{size_download}' -H "Authorization: Bearer $KEY" -H "Accept-Encoding: $enc" "$BASE$P100")"
+done > "$W/bytes.txt"
+echo "server, query (a) with Accept-Encoding: gzip" >&2; measure "server-a-gzip" "$A" -H "Accept-Encoding: gzip"
+# Deep pages: the last page of invoices 100 at a time, newest first, read right after the page
+# before it (where it begins is known) and by offset (the page before it, which nobody reached),
+# against the first page; medians of repeated sequential requests.
+echo "deep pages" >&2
+"$PY" - "$BASE" "$KEY" "/companies/$CO/data/invoices?orderBy=-issueDate&pageSize=100" > "$W/deep.txt" <<'PY'
+import json, statistics, sys, time, urllib.request
+base, key, path = sys.argv[1:4]
+def get(p):
+    req = urllib.request.Request(base + p, headers={"Authorization": "Bearer " + key})
+    t = time.perf_counter()
+    body = json.load(urllib.request.urlopen(req))
+    return (time.perf_counter() - t) * 1000, body
+_, first = get(path)
+last = max(1, -(-first["totalResults"] // 100))
+snap = first["_links"]["self"]["href"].split("snapshot=")[1]
+page = lambda n: f"{path}&page={n}&snapshot={snap}"
+t_first = statistics.median(get(page(1))[0] for _ in range(20))
+t_offset = statistics.median(get(page(last - 1))[0] for _ in range(10))
+t_keyset = statistics.median(get(page(last))[0] for _ in range(20))
+print(last, round(t_first, 2), round(t_offset, 2), round(t_keyset, 2))
+PY
 stop
 start --naive
 until [ "$(live_id)" = "$FIRST" ]; do sleep 0.1; done
@@ -132,6 +161,18 @@ for q in "abc":
     failed += s[3] + n[3]
     ratio = f"**{s[0]/n[0]:.1f}×**" if n[0] > 0 else "∞ (naive: none answered)"
     print(f"| {names[q]} | {s[0]:,.0f} | {s[1]:.2f} | {s[2]:.2f} | {n[0]:,.1f} | {n[1]:.2f} | {n[2]:.2f} | {ratio} | {'yes' if same else 'NO'} |")
+s, g = runs["server-a"], runs["server-a-gzip"]
+print(f"\nQuery (a) with Accept-Encoding: gzip: {g[0]:,.0f} req/s, p50 {g[1]:.2f} ms, p99 {g[2]:.2f} ms "
+      f"({g[0]/s[0]:.2f}× the rate without; {g[3]} non-2xx).")
+sizes = dict(line.split() for line in open(f"{w}/bytes.txt"))
+plain = int(sizes["identity"])
+print("\n| a page of 100 invoices | bytes sent | of identity |\n|---|---:|---:|")
+for enc in ["identity", "gzip", "br", "zstd"]:
+    print(f"| {enc} | {int(sizes[enc]):,} | {int(sizes[enc]) / plain:.1%} |")
+last, first, offset, keyset = open(f"{w}/deep.txt").read().split()
+print(f"\nDeep pages (invoices newest first, 100 a page, {int(last):,} pages), median ms: first page {first}; "
+      f"last page right after the one before it (keyset) {keyset} (**{float(keyset)/float(first):.2f}×** the first); "
+      f"the page before it, reached by offset {offset} ({float(offset)/float(first):.2f}× the first).")
 snap, seconds = open(f"{w}/swap.txt").read().split()
 swap = open(f"{w}/wrk-swap.txt").read()
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", swap)

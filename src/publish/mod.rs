@@ -451,17 +451,22 @@ impl Store {
                 source,
             })?;
         check_hash(local, entry, &Sha256::digest(&bytes))?;
-        let mode = if replace {
-            PutMode::Overwrite
-        } else {
-            PutMode::Create
-        };
+        if !replace {
+            return self
+                .create_once(&path, bytes.into())
+                .await
+                .map_err(|e| self.error("uploading", &path, e));
+        }
         match self
             .inner
-            .put_opts(&path, PutPayload::from(bytes), PutOptions::from(mode))
+            .put_opts(
+                &path,
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Overwrite),
+            )
             .await
         {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) => Err(self.error("uploading", &path, e)),
         }
     }
@@ -693,18 +698,9 @@ impl Store {
         let manifest_key = snapshot::manifest_key(&m.company_id, &m.snapshot_id);
         let path = self.path(&manifest_key);
         crate::failpoint::hit("manifest-before");
-        match self
-            .inner
-            .put_opts(
-                &path,
-                PutPayload::from(manifest_bytes.clone()),
-                PutOptions::from(PutMode::Create),
-            )
+        self.create_once(&path, manifest_bytes.clone().into())
             .await
-        {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(self.error("writing", &path, e)),
-        }
+            .map_err(|e| self.error("writing", &path, e))?;
         crate::failpoint::hit("manifest-after");
         let latest = Latest {
             snapshot_id: m.snapshot_id.clone(),

@@ -77,6 +77,8 @@ pub struct Store {
     pub(super) s3_uploads: Option<super::s3_uploads::S3Uploads>,
     /// Pre-signs URLs, for stores that can (S3): the server hands them to connectors.
     pub signer: Option<Arc<dyn Signer>>,
+    /// How long a transient failure is retried.
+    retry_timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -243,7 +245,44 @@ impl Store {
             multipart_threshold: config.multipart_threshold,
             s3_uploads,
             signer,
+            retry_timeout: config.retry_timeout,
         })
+    }
+
+    /// Writes an object that is written once and never changes (a content-addressed data
+    /// file, a manifest): one already there is the same object. The store client does not
+    /// retry such a write when its connection breaks (it cannot tell whether the write took),
+    /// but an object written once is safe to send again: a transient failure is retried here,
+    /// with backoff, for the store's retry time.
+    pub(super) async fn create_once(
+        &self,
+        path: &object_store::path::Path,
+        bytes: bytes::Bytes,
+    ) -> Result<(), object_store::Error> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let sent = self
+                .inner
+                .put_opts(
+                    path,
+                    object_store::PutPayload::from(bytes.clone()),
+                    object_store::PutOptions::from(object_store::PutMode::Create),
+                )
+                .await;
+            match sent {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => return Ok(()),
+                Err(e)
+                    if is_transient(&self.backend, &e)
+                        && started.elapsed() + wait < self.retry_timeout =>
+                {
+                    tracing::info!(key = %path, error = %e, wait_ms = wait.as_millis() as u64, "A write to the store failed; sending it again.");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The full object path of `key` (a `/`-separated key below the store's prefix).

@@ -593,9 +593,9 @@ async fn authenticate(
     let hash = super::control::key_hash(key);
     // Keys are remembered until the control data changes elsewhere (an operator revoked a
     // client or rotated its key): then forgotten at once, before this request is answered.
-    let version = match state.control.version() {
+    let version = match state.control_call(|c| c.version()).await {
         Ok(v) => v,
-        Err(e) => return ApiError::internal(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let known = {
         let mut known = state.known_keys.lock().unwrap_or_else(|e| e.into_inner());
@@ -612,7 +612,8 @@ async fn authenticate(
             if let Some(refused) = state.refuse_unauthenticated(peer_of(&request)) {
                 return refused;
             }
-            state.control.client_by_key(key)
+            let key = key.to_owned();
+            state.control_call(move |c| c.client_by_key(&key)).await
         }
     };
     let client = match found {
@@ -627,7 +628,7 @@ async fn authenticate(
             return ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
                 .into_response();
         }
-        Err(e) => return ApiError::internal(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let quota = match state.admit(&client.id) {
         Ok(quota) => quota,
@@ -659,11 +660,11 @@ async fn authenticate(
 }
 
 /// The caller's company, or 404 (also for another client's company).
-fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
+async fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
+    let (client_id, company_id) = (client.id.clone(), id.to_owned());
     state
-        .control
-        .company(&client.id, id)
-        .map_err(ApiError::internal)?
+        .control_call(move |c| c.company(&client_id, &company_id))
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))
 }
 
@@ -692,11 +693,9 @@ fn check_redirect(url: &str) -> ApiResult<()> {
 }
 
 /// A new link for a company, as the client sees it.
-fn link_for(state: &AppState, company: &Company) -> ApiResult<Value> {
-    let token = state
-        .control
-        .create_link(&company.id, state.link_ttl_secs)
-        .map_err(ApiError::internal)?;
+async fn link_for(state: &AppState, company: &Company) -> ApiResult<Value> {
+    let (id, ttl) = (company.id.clone(), state.link_ttl_secs);
+    let token = state.control_call(move |c| c.create_link(&id, ttl)).await?;
     let expires = chrono::Utc::now() + chrono::Duration::seconds(state.link_ttl_secs);
     Ok(json!({
         "linkUrl": format!("{}/link/{token}", state.public_url),
@@ -705,9 +704,10 @@ fn link_for(state: &AppState, company: &Company) -> ApiResult<Value> {
 }
 
 /// A company with a fresh link.
-fn with_link(state: &AppState, company: &Company) -> ApiResult<Value> {
+async fn with_link(state: &AppState, company: &Company) -> ApiResult<Value> {
     let mut value = serde_json::to_value(company).map_err(ApiError::internal)?;
-    if let (Some(obj), Value::Object(link)) = (value.as_object_mut(), link_for(state, company)?) {
+    let link = link_for(state, company).await?;
+    if let (Some(obj), Value::Object(link)) = (value.as_object_mut(), link) {
         obj.extend(link);
     }
     Ok(value)
@@ -732,10 +732,10 @@ async fn create_company(
         url_length("redirectUrl", url)?;
         check_redirect(url)?;
     }
+    let client_id = client.id.clone();
     let have = state
-        .control
-        .companies(&client.id)
-        .map_err(ApiError::internal)?
+        .control_call(move |c| c.companies(&client_id))
+        .await?
         .len();
     if have >= state.max_companies_per_client {
         return Err(ApiError(
@@ -745,11 +745,14 @@ async fn create_company(
             ),
         ));
     }
+    let (client_id, redirect) = (client.id.clone(), body.redirect_url.clone());
     let company = state
-        .control
-        .create_company(&client.id, &name, body.redirect_url.as_deref())
-        .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(with_link(&state, &company)?)))
+        .control_call(move |c| c.create_company(&client_id, &name, redirect.as_deref()))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(with_link(&state, &company).await?),
+    ))
 }
 
 /// `POST /companies/{id}/link`: a new link (the last one expired or was used).
@@ -758,8 +761,8 @@ async fn new_link(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let company = owned(&state, &client, &id)?;
-    Ok((StatusCode::CREATED, Json(link_for(&state, &company)?)))
+    let company = owned(&state, &client, &id).await?;
+    Ok((StatusCode::CREATED, Json(link_for(&state, &company).await?)))
 }
 
 /// `POST /companies/{id}/sync`: queues a sync; a connector checking in gets it at once.
@@ -768,11 +771,11 @@ async fn request_sync(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    owned(&state, &client, &id)?;
+    owned(&state, &client, &id).await?;
+    let company = id.clone();
     let request = state
-        .control
-        .request_sync(&id)
-        .map_err(ApiError::internal)?;
+        .control_call(move |c| c.request_sync(&company))
+        .await?;
     state.company_wake(&id).notify_waiters();
     tracing::info!(company = %id, request = %request, "A sync was requested through the API.");
     Ok((
@@ -787,8 +790,9 @@ async fn list_devices(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state, &client, &id)?;
-    let devices = state.control.devices(&id).map_err(ApiError::internal)?;
+    owned(&state, &client, &id).await?;
+    let company = id.clone();
+    let devices = state.control_call(move |c| c.devices(&company)).await?;
     Ok(Json(json!({ "results": devices })))
 }
 
@@ -798,20 +802,17 @@ async fn revoke_device(
     Extension(client): Extension<Client>,
     Path((id, device_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state, &client, &id)?;
-    let known = state
-        .control
-        .devices(&id)
-        .map_err(ApiError::internal)?
-        .iter()
-        .any(|d| d.id == device_id);
-    if !known {
-        return Err(ApiError::not_found(format!("device {device_id} not found")));
-    }
+    owned(&state, &client, &id).await?;
+    let (company, device) = (id.clone(), device_id.clone());
     let device = state
-        .control
-        .revoke_device(&device_id)
-        .map_err(ApiError::internal)?;
+        .control_call(move |c| {
+            if !c.devices(&company)?.iter().any(|d| d.id == device) {
+                return Ok(None);
+            }
+            c.revoke_device(&device).map(Some)
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("device {device_id} not found")))?;
     state.company_wake(&id).notify_waiters();
     tracing::info!(company = %id, device = %device_id, "A connector was revoked by its client.");
     Ok(Json(json!(device)))
@@ -821,10 +822,8 @@ async fn list_companies(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<Client>,
 ) -> ApiResult<Json<Value>> {
-    let companies = state
-        .control
-        .companies(&client.id)
-        .map_err(ApiError::internal)?;
+    let client_id = client.id.clone();
+    let companies = state.control_call(move |c| c.companies(&client_id)).await?;
     Ok(Json(json!({ "results": companies })))
 }
 
@@ -833,13 +832,12 @@ async fn get_company(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let company = owned(&state, &client, &id)?;
+    let company = owned(&state, &client, &id).await?;
     let mut value = serde_json::to_value(&company).map_err(ApiError::internal)?;
-    let devices = state.control.devices(&id).map_err(ApiError::internal)?;
-    let last = state
-        .control
-        .last_sync_result(&id)
-        .map_err(ApiError::internal)?;
+    let company_id = id.clone();
+    let (devices, last) = state
+        .control_call(move |c| Ok((c.devices(&company_id)?, c.last_sync_result(&company_id)?)))
+        .await?;
     let connector = devices.iter().find(|d| d.revoked_at.is_none());
     if let Some(obj) = value.as_object_mut() {
         obj.insert("linked".into(), json!(connector.is_some()));
@@ -867,12 +865,13 @@ async fn data_status(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state, &client, &id)?;
+    owned(&state, &client, &id).await?;
     let live = state.live.live(&id);
     // why the data is not being kept fresh, as the connector says (or its silence says)
+    let company_id = id.clone();
     let connector = state
-        .control
-        .devices(&id)
+        .control_call(move |c| c.devices(&company_id))
+        .await
         .ok()
         .and_then(|d| super::devices::connector_reason(&d, state.connector_silence_secs));
     let mut out = serde_json::Map::new();
@@ -907,8 +906,11 @@ async fn list_snapshots(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state, &client, &id)?;
-    let snapshots = state.control.snapshots(&id).map_err(ApiError::internal)?;
+    owned(&state, &client, &id).await?;
+    let company_id = id.clone();
+    let snapshots = state
+        .control_call(move |c| c.snapshots(&company_id))
+        .await?;
     Ok(Json(json!({ "results": snapshots })))
 }
 
@@ -917,7 +919,7 @@ async fn snapshot_published(
     Extension(client): Extension<Client>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    owned(&state, &client, &id)?;
+    owned(&state, &client, &id).await?;
     state.wake_for(&id);
     Ok((
         StatusCode::ACCEPTED,
@@ -1059,7 +1061,7 @@ async fn list_records(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
-    owned(&state, &client, &id)?;
+    owned(&state, &client, &id).await?;
     let dt = data_type(&state, &dt_name)?.clone();
     let filter = query::parse(&dt, params.query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad(format!("query: {e}")))?;
@@ -1354,7 +1356,7 @@ async fn get_record(
     params: Result<Query<RecordParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(|e| ApiError::bad(e.to_string()))?;
-    owned(&state, &client, &id)?;
+    owned(&state, &client, &id).await?;
     let dt = data_type(&state, &dt_name)?.clone();
     let live = snapshot_for(&state, &id, params.snapshot.as_deref())?;
     let cache = Caching::of(&live.snapshot_id, &uri, params.snapshot.is_some());
@@ -1500,10 +1502,10 @@ async fn create_webhook(
             "eventTypes: {twice:?} is named twice"
         )));
     }
+    let client_id = client.id.clone();
     let have = state
-        .control
-        .webhooks(&client.id)
-        .map_err(ApiError::internal)?
+        .control_call(move |c| c.webhooks(&client_id))
+        .await?
         .len();
     if have >= MAX_WEBHOOKS_PER_CLIENT {
         return Err(ApiError(
@@ -1518,10 +1520,10 @@ async fn create_webhook(
         .check(&url)
         .await
         .map_err(ApiError::bad)?;
+    let (client_id, target) = (client.id.clone(), url.clone());
     let hook = state
-        .control
-        .create_webhook(&client.id, &url, &types)
-        .map_err(ApiError::internal)?;
+        .control_call(move |c| c.create_webhook(&client_id, &target, &types))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({

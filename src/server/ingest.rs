@@ -337,12 +337,12 @@ impl LiveSet {
             .join(format!("{company}.duckdb"))
             .to_string_lossy()
             .replace('\'', "''");
-        let spill = self
-            .dir
-            .join("tmp")
-            .join(company)
-            .to_string_lossy()
-            .replace('\'', "''");
+        // DuckDB makes only the last folder of its spill path: the rest must be there (a
+        // large snapshot spilling into a missing folder was refused for it)
+        let spill_dir = self.dir.join("tmp").join(company);
+        std::fs::create_dir_all(&spill_dir)
+            .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let spill = spill_dir.to_string_lossy().replace('\'', "''");
         let conn = Connection::open_in_memory()?;
         let memory = self.limits.memory.replace('\'', "");
         conn.execute_batch(&format!(

@@ -582,3 +582,46 @@ fn pages_read_from_where_the_last_one_ended_are_the_pages_an_offset_gives() {
         assert_eq!(jumped, all[4..6], "{path}: page 3 by offset");
     }
 }
+
+#[test]
+fn the_readme_quickstart_works_when_pasted() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### Quickstart").expect("a quickstart")..];
+    let section = &section[..section.find("### How the pieces fit").unwrap()];
+    let blocks: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    assert_eq!(blocks.len(), 2, "the quickstart and the generated client");
+    let venv = venv_tool("python");
+    let script = format!(
+        "set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{}\n{}",
+        blocks[0], blocks[1]
+    );
+    let (ok, out) = run(Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                venv.parent().unwrap().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(SERVER).parent().unwrap().parent().unwrap(),
+        ));
+    assert!(ok, "{out}");
+    // the first page of invoices, then the generated client's walk through all of them
+    assert!(out.contains("\"results\":[{"), "{out}");
+    let walked: u64 = out
+        .lines()
+        .find(|l| l.contains(" invoices, all from snapshot"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(walked > 100, "{out}");
+}

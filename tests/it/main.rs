@@ -19,6 +19,7 @@ mod server;
 mod simulator;
 mod snapshot;
 mod store_credentials;
+mod store_faults;
 mod support;
 #[cfg(feature = "tray")]
 mod tray;
