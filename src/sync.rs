@@ -137,7 +137,7 @@ pub struct SyncOptions<'a> {
 
 /// Where a sync publishes: a store it writes itself, or the server that writes for it.
 enum Destination<'a> {
-    Store(Store),
+    Store(Box<Store>),
     Server(&'a ServerPublisher),
 }
 
@@ -345,7 +345,7 @@ pub fn sync(options: &SyncOptions<'_>) -> Result<SyncReport, SyncError> {
     });
     let store = match &options.via_server {
         Some(server) => Destination::Server(server),
-        None => Destination::Store(Store::open(&store_config)?),
+        None => Destination::Store(Box::new(Store::open(&store_config)?)),
     };
     let outbox = Outbox::open(&dir.join("outbox"), options.outbox_limit)?;
     outbox.remove_partial()?;
