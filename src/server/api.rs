@@ -187,7 +187,25 @@ impl AppState {
     /// Takes a token from the bucket of the address a request without a valid API key came
     /// from; the 429 answer when there is none. Requests with no known address pass.
     fn refuse_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
-        let wait = take_token(&self.ip_buckets, peer?, self.unauthenticated_rate).err()?;
+        self.admit_unauthenticated(peer).err()
+    }
+
+    /// [`Self::refuse_unauthenticated`], with what is left of the address's bucket when the
+    /// request may go on (None: no known address).
+    fn admit_unauthenticated(
+        &self,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Option<Quota>, Response> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let wait = match take_token(&self.ip_buckets, peer, self.unauthenticated_rate) {
+            Ok(mut quota) => {
+                quota.policy = "per-address";
+                return Ok(Some(quota));
+            }
+            Err(wait) => wait,
+        };
         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         let mut response = ApiError(
             StatusCode::TOO_MANY_REQUESTS,
@@ -199,7 +217,7 @@ impl AppState {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        Some(response)
+        Err(response)
     }
 }
 
@@ -214,6 +232,8 @@ struct Quota {
     reset: u64,
     /// Requests per second it refills at.
     rate: f64,
+    /// Whose bucket: `per-key`, or `per-address` for requests without a key.
+    policy: &'static str,
 }
 
 impl Quota {
@@ -231,11 +251,11 @@ impl Quota {
         let window = (self.limit as f64 / self.rate).ceil().max(1.0) as u64;
         put(
             "ratelimit-policy",
-            format!("\"per-key\";q={};w={window}", self.limit),
+            format!("\"{}\";q={};w={window}", self.policy, self.limit),
         );
         put(
             "ratelimit",
-            format!("\"per-key\";r={};t={}", self.remaining, self.reset),
+            format!("\"{}\";r={};t={}", self.policy, self.remaining, self.reset),
         );
     }
 }
@@ -266,6 +286,7 @@ fn take_token<K: std::hash::Hash + Eq>(
             remaining: tokens.floor() as u64,
             reset: ((burst - *tokens) / rate).ceil() as u64,
             rate,
+            policy: "per-key",
         })
     } else {
         Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
@@ -466,16 +487,25 @@ async fn deadline_and_anonymous_limit(
     request: Request,
     next: Next,
 ) -> Response {
-    if !request.headers().contains_key(header::AUTHORIZATION)
-        && let Some(refused) = state.refuse_unauthenticated(peer_of(&request))
-    {
-        return refused;
+    // a request without a key spends its address's bucket, and is told what is left
+    let mut quota = None;
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        match state.admit_unauthenticated(peer_of(&request)) {
+            Ok(q) => quota = q,
+            Err(refused) => return refused,
+        }
     }
+    let with_quota = |mut response: Response| {
+        if let Some(q) = quota {
+            q.write(response.headers_mut());
+        }
+        response
+    };
     if request.uri().path().contains("/connector/") {
-        return next.run(request).await;
+        return with_quota(next.run(request).await);
     }
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
+        Ok(response) => with_quota(response),
         Err(_) => ApiError(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -487,10 +517,6 @@ async fn deadline_and_anonymous_limit(
     }
 }
 
-/// Every error answer in the JSON error shape. axum's own refusals (a method the route does
-/// not take, a body too large or not JSON, a path it cannot read) come as plain text or
-/// empty: their words are kept as the message, their headers (`Allow`, …) too. The link
-/// pages' HTML errors stay HTML: a person reads them.
 /// Answers say whether they may be kept: data answers set their own (see [`Caching`]); every
 /// other answer is about live state (a company's status, its webhooks) and is not stored.
 async fn no_store_by_default(request: Request, next: Next) -> Response {
@@ -502,6 +528,10 @@ async fn no_store_by_default(request: Request, next: Next) -> Response {
     response
 }
 
+/// Every error answer in the JSON error shape. axum's own refusals (a method the route does
+/// not take, a body too large or not JSON, a path it cannot read) come as plain text or
+/// empty: their words are kept as the message, their headers (`Allow`, …) too. The link
+/// pages' HTML errors stay HTML: a person reads them.
 async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -645,6 +675,7 @@ async fn authenticate(
                 remaining: 0,
                 reset: (burst / state.rate_per_sec).ceil() as u64,
                 rate: state.rate_per_sec,
+                policy: "per-key",
             }
             .write(response.headers_mut());
             response

@@ -456,7 +456,7 @@ fn answers_are_compressed_on_request_and_cached_by_etag_until_a_new_snapshot() {
 }
 
 #[test]
-fn every_answer_to_a_key_carries_its_rate_limit() {
+fn every_answer_carries_its_rate_limit_per_key_or_per_address() {
     let dir = tempdir();
     let store = connector::publish::file_url(&dir.path().join("store"));
     // 2 requests a second, bursts of 4
@@ -479,6 +479,11 @@ fn every_answer_to_a_key_carries_its_rate_limit() {
     assert_eq!(first["x-ratelimit-reset"], "1");
     assert_eq!(first["ratelimit-policy"], "\"per-key\";q=4;w=2");
     assert_eq!(first["ratelimit"], "\"per-key\";r=3;t=1");
+    // an answer without a key tells what is left of its address's bucket (50 a second)
+    let (status, _, anonymous) = server.call("GET", None, "/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(anonymous["x-ratelimit-limit"], "100");
+    assert_eq!(anonymous["ratelimit-policy"], "\"per-address\";q=100;w=2");
 }
 
 #[test]
