@@ -187,25 +187,12 @@ impl AppState {
     /// Takes a token from the bucket of the address a request without a valid API key came
     /// from; the 429 answer when there is none. Requests with no known address pass.
     fn refuse_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
-        self.admit_unauthenticated(peer).err()
+        let wait = self.admit_unauthenticated(peer).err()?;
+        Some(self.too_many_unauthenticated(wait))
     }
 
-    /// [`Self::refuse_unauthenticated`], with what is left of the address's bucket when the
-    /// request may go on (None: no known address).
-    fn admit_unauthenticated(
-        &self,
-        peer: Option<std::net::IpAddr>,
-    ) -> Result<Option<Quota>, Response> {
-        let Some(peer) = peer else {
-            return Ok(None);
-        };
-        let wait = match take_token(&self.ip_buckets, peer, self.unauthenticated_rate) {
-            Ok(mut quota) => {
-                quota.policy = "per-address";
-                return Ok(Some(quota));
-            }
-            Err(wait) => wait,
-        };
+    /// The 429 answer to a request without a valid key whose address's bucket is empty.
+    fn too_many_unauthenticated(&self, wait: u64) -> Response {
         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         let mut response = ApiError(
             StatusCode::TOO_MANY_REQUESTS,
@@ -217,7 +204,18 @@ impl AppState {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        Err(response)
+        response
+    }
+
+    /// Takes a token from the address's bucket: what is left of it (None: no known address),
+    /// or the seconds to wait.
+    fn admit_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Result<Option<Quota>, u64> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let mut quota = take_token(&self.ip_buckets, peer, self.unauthenticated_rate)?;
+        quota.policy = "per-address";
+        Ok(Some(quota))
     }
 }
 
@@ -492,7 +490,7 @@ async fn deadline_and_anonymous_limit(
     if !request.headers().contains_key(header::AUTHORIZATION) {
         match state.admit_unauthenticated(peer_of(&request)) {
             Ok(q) => quota = q,
-            Err(refused) => return refused,
+            Err(wait) => return state.too_many_unauthenticated(wait),
         }
     }
     let with_quota = |mut response: Response| {
