@@ -31,6 +31,9 @@ pub enum ControlError {
     /// The key file that seals webhook secrets cannot be used.
     #[error("{0}")]
     Secrets(String),
+    /// The blocking task that ran a call failed (it panicked).
+    #[error("a control-plane call failed: {0}")]
+    Task(String),
 }
 
 /// An API client (a lender, an accounting app).

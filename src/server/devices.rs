@@ -99,7 +99,12 @@ pub async fn authenticate(
             None,
         );
     }
-    let device = match state.control.authenticate_device(credential) {
+    // (the control plane is asked on the blocking pool: never on an async worker)
+    let (control, given) = (state.control.clone(), credential.to_owned());
+    let auth = tokio::task::spawn_blocking(move || control.authenticate_device(&given))
+        .await
+        .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+    let device = match auth {
         Ok(DeviceAuth::Valid(d)) => d,
         Ok(DeviceAuth::Revoked(d)) => {
             tracing::warn!(device = %d.id, company = %d.company_id, "A revoked connector called.");
@@ -279,27 +284,27 @@ pub async fn checkin(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .contains_key(&device.company_id);
-    if !known {
-        let before = state
-            .control
-            .devices(&device.company_id)
-            .ok()
-            .and_then(|d| reason_code(&connector_reason(&d, state.connector_silence_secs)));
-        state
-            .told_reasons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(device.company_id.clone())
-            .or_insert(before);
-    }
-    if let Err(e) = state.control.record_checkin(&device.id, &status) {
-        return internal(e);
-    }
-    tell_reason(&state, &device.company_id);
-    let credential = match state
-        .control
-        .rotate_device(&device.id, state.rotate_after_secs)
-    {
+    let (s, d) = (state.clone(), device.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        if !known {
+            let before = s
+                .control
+                .devices(&d.company_id)
+                .ok()
+                .and_then(|v| reason_code(&connector_reason(&v, s.connector_silence_secs)));
+            s.told_reasons
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(d.company_id.clone())
+                .or_insert(before);
+        }
+        s.control.record_checkin(&d.id, &status)?;
+        tell_reason(&s, &d.company_id);
+        s.control.rotate_device(&d.id, s.rotate_after_secs)
+    })
+    .await
+    .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+    let credential = match recorded {
         Ok(c) => c,
         Err(e) => return internal(e),
     };
@@ -310,14 +315,21 @@ pub async fn checkin(
     let sync_requested = loop {
         // Listen before looking, so a request queued in between is not missed.
         let notified = wake.notified();
-        match state.control.take_sync_request(&company) {
-            Ok(Some(id)) => break Some(id),
-            Ok(None) => {}
+        let (control, co, id) = (state.control.clone(), company.clone(), device.id.clone());
+        let looked = tokio::task::spawn_blocking(move || {
+            Ok((
+                control.take_sync_request(&co)?,
+                control.device_revoked(&id).ok().flatten(),
+            ))
+        })
+        .await
+        .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+        let revoked = match looked {
+            Ok((Some(id), _)) => break Some(id),
+            Ok((None, revoked)) => revoked,
             Err(e) => return internal(e),
-        }
-        if let Ok(Some(d)) = state.control.device_revoked(&device.id)
-            && d
-        {
+        };
+        if revoked == Some(true) {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "this connector was revoked: link it again from the app",

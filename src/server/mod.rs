@@ -31,8 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use crate::model::DataModel;
 use crate::publish::{Store, StoreConfig};
 use control::{ControlPlane, SnapshotRecord, SqliteControl};
@@ -132,17 +130,70 @@ pub fn open_control(state_dir: &std::path::Path) -> Result<SqliteControl, ServeE
     Ok(SqliteControl::open(&path)?)
 }
 
-/// One pass of the ingest loop over every company.
-pub async fn ingest_all(state: &api::AppState, store: &Store, state_dir: &std::path::Path) {
-    ingest_some(state, store, state_dir, None).await;
+/// The companies being ingested, and the places for them. A pass of the ingest loop starts
+/// the companies that are not already being ingested and returns: a company whose store is
+/// slow holds its own place, not the next pass, so another client's new snapshot is looked
+/// at on time. At most [`INGEST_AT_ONCE`] load at once, at most [`INGEST_PER_CLIENT`] of one
+/// client's companies, clients taking turns.
+pub struct Ingests {
+    places: Arc<tokio::sync::Semaphore>,
+    busy: Arc<std::sync::Mutex<Busy>>,
+    /// The ingests running, polled by the ingest loop's own task (as they always were: a
+    /// company's load never runs beside another on a second thread).
+    running: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, ()>>,
 }
 
-/// One pass of the ingest loop over the companies `only` names (every company for None).
-async fn ingest_some(
-    state: &api::AppState,
+/// The companies being ingested, and how many of each client's.
+type Busy = (
+    std::collections::HashSet<String>,
+    std::collections::HashMap<String, usize>,
+);
+
+impl Default for Ingests {
+    fn default() -> Self {
+        Ingests {
+            places: Arc::new(tokio::sync::Semaphore::new(INGEST_AT_ONCE)),
+            busy: Default::default(),
+            running: Default::default(),
+        }
+    }
+}
+
+impl Ingests {
+    /// Waits for every ingest started to end (at shutdown: a load or a save in progress is
+    /// finished, not cut off).
+    pub async fn finish(&mut self) {
+        use futures::StreamExt;
+        while self.running.next().await.is_some() {}
+    }
+
+    /// Runs the ingests until one ends (never, when none runs).
+    pub async fn progress(&mut self) {
+        use futures::StreamExt;
+        if self.running.next().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One pass of the ingest loop over every company.
+pub fn ingest_all(
+    state: &Arc<api::AppState>,
+    store: &Store,
+    state_dir: &std::path::Path,
+    ingests: &mut Ingests,
+) {
+    ingest_some(state, store, state_dir, None, ingests);
+}
+
+/// One pass of the ingest loop over the companies `only` names (every company for None):
+/// starts those not being ingested already, and returns.
+fn ingest_some(
+    state: &Arc<api::AppState>,
     store: &Store,
     state_dir: &std::path::Path,
     only: Option<&std::collections::BTreeSet<String>>,
+    ingests: &mut Ingests,
 ) {
     let companies = match state.control.all_companies() {
         Ok(c) => c,
@@ -155,9 +206,7 @@ async fn ingest_some(
         .into_iter()
         .filter(|c| only.is_none_or(|only| only.contains(&c.id)))
         .collect();
-    // Clients take turns (one company of each, then the next of each, …), and companies are
-    // loaded a few at a time: one client's many companies, or one slow download, do not hold
-    // up another client's data.
+    // Clients take turns (one company of each, then the next of each, …).
     let mut by_client: std::collections::BTreeMap<String, std::collections::VecDeque<_>> =
         Default::default();
     for company in companies {
@@ -173,15 +222,40 @@ async fn ingest_some(
             !queue.is_empty()
         });
     }
-    futures::stream::iter(turns)
-        .for_each_concurrent(INGEST_AT_ONCE, |company| {
-            ingest_company(state, store, state_dir, company)
-        })
-        .await;
+    for company in turns {
+        {
+            let mut busy = ingests.busy.lock().unwrap_or_else(|e| e.into_inner());
+            let of_client = busy.1.get(&company.client_id).copied().unwrap_or(0);
+            if busy.0.contains(&company.id) || of_client >= INGEST_PER_CLIENT {
+                continue;
+            }
+            busy.0.insert(company.id.clone());
+            *busy.1.entry(company.client_id.clone()).or_default() += 1;
+        }
+        let (state, store, dir) = (state.clone(), store.clone(), state_dir.to_owned());
+        let (places, busy) = (ingests.places.clone(), ingests.busy.clone());
+        ingests.running.push(Box::pin(async move {
+            let (id, client) = (company.id.clone(), company.client_id.clone());
+            if let Ok(_place) = places.acquire().await {
+                ingest_company(&state, &store, &dir, company).await;
+            }
+            let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
+            busy.0.remove(&id);
+            if let Some(n) = busy.1.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.1.remove(&client);
+                }
+            }
+        }));
+    }
 }
 
-/// Companies loaded at the same time by one pass of the ingest loop.
+/// Companies loaded at the same time.
 pub const INGEST_AT_ONCE: usize = 4;
+/// Companies of one client loaded at the same time: a client whose store is slow leaves
+/// places for the others.
+pub const INGEST_PER_CLIENT: usize = 2;
 
 /// Looks at one company's store, and makes its new snapshot live or records why not.
 async fn ingest_company(
@@ -400,8 +474,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let state = Arc::new(state);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
-    // The ingest loop stops between passes at shutdown, so a snapshot being loaded or its
-    // state being saved is finished, not cut off.
+    // At shutdown the ingest loop stops starting ingests and waits for those running, so a
+    // snapshot being loaded or its state being saved is finished, not cut off.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let state = state.clone();
@@ -410,12 +484,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tokio::spawn(async move {
             // Every company once per poll; between polls, only the companies a wake named.
             let mut last_full: Option<std::time::Instant> = None;
+            let mut ingests = Ingests::default();
             while !stopping.load(Ordering::SeqCst) {
                 let named =
                     std::mem::take(&mut *state.woken.lock().unwrap_or_else(|e| e.into_inner()));
                 if last_full.is_none_or(|t| t.elapsed() >= options.poll) {
                     last_full = Some(std::time::Instant::now());
-                    ingest_all(&state, &store, &state_dir).await;
+                    ingest_all(&state, &store, &state_dir, &mut ingests);
                     // a connector that fell silent: its client hears `not_running`
                     if let Ok(companies) = state.control.all_companies() {
                         for company in companies {
@@ -423,15 +498,18 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
                         }
                     }
                 } else if !named.is_empty() {
-                    ingest_some(&state, &store, &state_dir, Some(&named)).await;
+                    ingest_some(&state, &store, &state_dir, Some(&named), &mut ingests);
                 }
                 let until_poll =
                     last_full.map_or(Duration::ZERO, |t| options.poll.saturating_sub(t.elapsed()));
+                // the ingests run meanwhile; one ending is a moment to look again
                 tokio::select! {
                     _ = tokio::time::sleep(until_poll) => {}
                     _ = state.wake.notified() => {}
+                    _ = ingests.progress() => {}
                 }
             }
+            ingests.finish().await;
         })
     };
     let wake_on_stop = state.clone();

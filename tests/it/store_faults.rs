@@ -273,3 +273,58 @@ fn the_server_ingests_through_a_broken_network_and_serves_nothing_partial() {
         "{snaps}"
     );
 }
+
+#[test]
+fn a_slow_store_for_one_clients_companies_does_not_hold_up_another_clients() {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket("faults-order");
+    let proxy = FaultProxy::start(&s3);
+    let dir = tempdir();
+    let store = format!("s3://{bucket}/p");
+    let server = Server::start_env(&dir.path().join("server"), &store, &[], &proxy.env(&s3));
+    let (key_a, key_b) = (server.client("Slow lender"), server.client("Other lender"));
+    // Client A has more companies than are ingested at once (4), and every read of their
+    // objects stalls past the store client's time-out.
+    let a: Vec<String> = (0..5)
+        .map(|i| server.company(&key_a, &format!("Slow {i}")))
+        .collect();
+    let b = server.company(&key_b, "Quick Ltd");
+    proxy.arm(Value::Array(
+        a.iter()
+            .map(|co| json!({"fault": "stall", "method": "GET", "path": co, "times": -1, "seconds": 30}))
+            .collect(),
+    ));
+    let company = golden(&dir.path().join("company"));
+    for co in a.iter().chain([&b]) {
+        let state = dir.path().join(format!("connector-{co}"));
+        let out = sync(&company.odbc, co, &state, Some(&store), &[], &s3.env());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let started = Instant::now();
+    let live_b = latest(&s3, &bucket, &b).unwrap();
+    server.wait_live(&key_b, &b, Some(&live_b));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "client B's company waited {waited:?} behind client A's slow store"
+    );
+    for co in &a {
+        let (status, body) = server.get(&key_a, &format!("/companies/{co}/data/customers"));
+        assert_eq!(
+            status, 404,
+            "{co} should still be waiting for its store: {body}"
+        );
+    }
+    // (what the slow store did to A is not a refusal of A's snapshots)
+    for co in &a {
+        let snaps = server.ok(&key_a, &format!("/companies/{co}/snapshots"));
+        assert!(
+            snaps["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"] != "failed"),
+            "{snaps}"
+        );
+    }
+}
