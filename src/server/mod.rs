@@ -141,6 +141,9 @@ pub struct Ingests {
     /// The ingests running, polled by the ingest loop's own task (as they always were: a
     /// company's load never runs beside another on a second thread).
     running: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, ()>>,
+    /// Per client, the company it last had started: the next pass begins after it, so a
+    /// client's later companies are not starved by its first ones taking its places.
+    last_started: std::collections::HashMap<String, String>,
 }
 
 /// The companies being ingested, and how many of each client's.
@@ -155,6 +158,7 @@ impl Default for Ingests {
             places: Arc::new(tokio::sync::Semaphore::new(INGEST_AT_ONCE)),
             busy: Default::default(),
             running: Default::default(),
+            last_started: Default::default(),
         }
     }
 }
@@ -215,6 +219,14 @@ fn ingest_some(
             .or_default()
             .push_back(company);
     }
+    // each client's companies in id order, from the one after its last started
+    for (client, queue) in by_client.iter_mut() {
+        queue.make_contiguous().sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(last) = ingests.last_started.get(client) {
+            let after = queue.iter().position(|c| c.id > *last).unwrap_or(0);
+            queue.rotate_left(after);
+        }
+    }
     let mut turns = Vec::new();
     while !by_client.is_empty() {
         by_client.retain(|_, queue| {
@@ -232,6 +244,9 @@ fn ingest_some(
             busy.0.insert(company.id.clone());
             *busy.1.entry(company.client_id.clone()).or_default() += 1;
         }
+        ingests
+            .last_started
+            .insert(company.client_id.clone(), company.id.clone());
         let (state, store, dir) = (state.clone(), store.clone(), state_dir.to_owned());
         let (places, busy) = (ingests.places.clone(), ingests.busy.clone());
         ingests.running.push(Box::pin(async move {

@@ -315,6 +315,21 @@ fn a_slow_store_for_one_clients_companies_does_not_hold_up_another_clients() {
             "{co} should still be waiting for its store: {body}"
         );
     }
+    // The store answers again: nothing was lost, every company of A goes live (once the
+    // store client's retries, up to a minute, end or succeed).
+    proxy.arm(json!([]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for co in &a {
+        let id = latest(&s3, &bucket, co).unwrap();
+        loop {
+            let (_, status) = server.get(&key_a, &format!("/companies/{co}/dataStatus"));
+            if status["invoices"]["snapshotId"] == id.as_str() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{co} never went live: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     // (what the slow store did to A is not a refusal of A's snapshots)
     for co in &a {
         let snaps = server.ok(&key_a, &format!("/companies/{co}/snapshots"));
