@@ -272,13 +272,7 @@ impl Builder<'_> {
             None => f.description.clone(),
         };
         if f.nullable {
-            schema = match schema.get("type").cloned() {
-                Some(ty) if schema.get("$ref").is_none() => {
-                    schema["type"] = json!([ty, "null"]);
-                    schema
-                }
-                _ => json!({"anyOf": [schema, {"type": "null"}]}),
-            };
+            schema = nullable(schema);
         }
         schema["description"] = Value::String(description);
         schema
@@ -627,6 +621,7 @@ pub fn document(model: &DataModel) -> Value {
     })
 }
 
+/// `schema` or null: a scalar's type becomes `[type, "null"]`, a reference an `anyOf`.
 fn nullable(schema: Value) -> Value {
     match schema.get("type").cloned() {
         Some(ty) if schema.get("$ref").is_none() => {

@@ -280,6 +280,24 @@ fn add_customers(s: &Setup, prefix: &str, n: usize) {
     }
 }
 
+/// Adds `n` customers (see [`add_customers`]), syncs, and waits until that snapshot is live.
+fn sync_with_customers(s: &Setup, prefix: &str, n: usize) -> String {
+    add_customers(s, prefix, n);
+    let id = s.sync();
+    s.server.wait_live(&s.key, &s.company_id, Some(&id));
+    id
+}
+
+/// The record ids of a page, in order.
+fn page_ids(page: &Value) -> Vec<String> {
+    page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Walks `path` by its `next` links from the first page; every record's id and the snapshot
 /// each page came from. `between` runs after the first page.
 fn walk(s: &Setup, path: &str, between: impl FnOnce()) -> (Vec<String>, Vec<String>) {
@@ -290,9 +308,7 @@ fn walk(s: &Setup, path: &str, between: impl FnOnce()) -> (Vec<String>, Vec<Stri
         let (status, page, headers) = s.server.call("GET", Some(&s.key), &href, None);
         assert_eq!(status, 200, "{href}: {page}");
         snapshots.push(headers["x-snapshot-id"].to_str().unwrap().to_owned());
-        for r in page["results"].as_array().unwrap() {
-            ids.push(r["id"].as_str().unwrap().to_owned());
-        }
+        ids.extend(page_ids(&page));
         next = page["_links"]["next"]["href"].as_str().map(str::to_owned);
         if let Some(f) = between.take() {
             f();
@@ -304,22 +320,12 @@ fn walk(s: &Setup, path: &str, between: impl FnOnce()) -> (Vec<String>, Vec<Stri
 #[test]
 fn a_walk_through_the_pages_is_one_snapshot_while_a_new_one_goes_live() {
     let s = setup(&[]);
-    add_customers(&s, "M", 300);
-    let first = s.sync();
-    s.server.wait_live(&s.key, &s.company_id, Some(&first));
+    let first = sync_with_customers(&s, "M", 300);
     let co = &s.company_id;
-    let expected: Vec<String> = {
-        let all = s.server.ok(
-            &s.key,
-            &format!("/companies/{co}/data/customers?pageSize=5000&snapshot={first}"),
-        );
-        all["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let expected = page_ids(&s.server.ok(
+        &s.key,
+        &format!("/companies/{co}/data/customers?pageSize=5000&snapshot={first}"),
+    ));
     assert!(expected.len() > 300, "{}", expected.len());
     // Between pages 1 and 2: customers that sort before every page are added, one on page 1
     // is removed, and that snapshot goes live. Read from the live snapshot, page 2 would
@@ -538,18 +544,8 @@ fn the_reference_page_renders_the_document_in_chromium_without_a_console_error()
 #[test]
 fn pages_read_from_where_the_last_one_ended_are_the_pages_an_offset_gives() {
     let s = setup(&[]);
-    add_customers(&s, "K", 120);
-    let id = s.sync();
-    s.server.wait_live(&s.key, &s.company_id, Some(&id));
+    sync_with_customers(&s, "K", 120);
     let co = &s.company_id;
-    let ids = |page: &Value| -> Vec<String> {
-        page["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_owned())
-            .collect()
-    };
     // Orderings on text, dates with NULLs, money, a nested field, descending ones; with and
     // without a filter. Walking by next links (each page begins where the last ended) gives
     // exactly one page holding everything; jumping to a page no walk reached gives the rows
@@ -579,11 +575,11 @@ fn pages_read_from_where_the_last_one_ended_are_the_pages_an_offset_gives() {
                     .replace('!', "%21")
             ));
         }
-        let all = ids(&s.server.ok(&s.key, &format!("{path}pageSize=5000")));
+        let all = page_ids(&s.server.ok(&s.key, &format!("{path}pageSize=5000")));
         assert!(all.len() > 6, "{path}: {}", all.len());
         let (walked, _) = walk(&s, &format!("{path}pageSize=3"), || {});
         assert_eq!(walked, all, "{path}: walked by next links");
-        let jumped = ids(&s.server.ok(&s.key, &format!("{path}pageSize=2&page=3")));
+        let jumped = page_ids(&s.server.ok(&s.key, &format!("{path}pageSize=2&page=3")));
         assert_eq!(jumped, all[4..6], "{path}: page 3 by offset");
     }
 }

@@ -119,14 +119,33 @@ fn every_fault(method: &str) -> Value {
     ])
 }
 
+/// The S3 server, a new bucket on it, a fault proxy in front of it, a folder, and the
+/// store URL of the bucket.
+fn faulty_store(hint: &str) -> (S3, String, FaultProxy, tempfile::TempDir, String) {
+    let s3 = S3::from_env();
+    let bucket = s3.bucket(hint);
+    let proxy = FaultProxy::start(&s3);
+    let store = format!("s3://{bucket}/p");
+    (s3, bucket, proxy, tempdir(), store)
+}
+
+/// No snapshot of company `co` was refused.
+fn none_refused(server: &Server, key: &str, co: &str) {
+    let snaps = server.ok(key, &format!("/companies/{co}/snapshots"));
+    assert!(
+        snaps["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] != "failed"),
+        "{snaps}"
+    );
+}
+
 #[test]
 fn publishing_through_a_broken_network_shows_nothing_partial_and_loses_nothing() {
-    let s3 = S3::from_env();
-    let bucket = s3.bucket("faults-publish");
-    let proxy = FaultProxy::start(&s3);
-    let dir = tempdir();
+    let (s3, bucket, proxy, dir, store) = faulty_store("faults-publish");
     let company = golden(&dir.path().join("company"));
-    let store = format!("s3://{bucket}/p");
     let state = dir.path().join("connector");
     let env = proxy.env(&s3);
 
@@ -188,11 +207,7 @@ fn publishing_through_a_broken_network_shows_nothing_partial_and_loses_nothing()
 
 #[test]
 fn the_server_ingests_through_a_broken_network_and_serves_nothing_partial() {
-    let s3 = S3::from_env();
-    let bucket = s3.bucket("faults-ingest");
-    let proxy = FaultProxy::start(&s3);
-    let dir = tempdir();
-    let store = format!("s3://{bucket}/p");
+    let (s3, bucket, proxy, dir, store) = faulty_store("faults-ingest");
     let server = Server::start_env(&dir.path().join("server"), &store, &[], &proxy.env(&s3));
     let key = server.client("Lender");
     let co = server.company(&key, "Golden Café Ltd");
@@ -263,24 +278,12 @@ fn the_server_ingests_through_a_broken_network_and_serves_nothing_partial() {
         "a fault was never met: {done:?}"
     );
     // nothing was refused for the network's faults
-    let snaps = server.ok(&key, &format!("/companies/{co}/snapshots"));
-    assert!(
-        snaps["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["status"] != "failed"),
-        "{snaps}"
-    );
+    none_refused(&server, &key, &co);
 }
 
 #[test]
 fn a_slow_store_for_one_clients_companies_does_not_hold_up_another_clients() {
-    let s3 = S3::from_env();
-    let bucket = s3.bucket("faults-order");
-    let proxy = FaultProxy::start(&s3);
-    let dir = tempdir();
-    let store = format!("s3://{bucket}/p");
+    let (s3, bucket, proxy, dir, store) = faulty_store("faults-order");
     let server = Server::start_env(&dir.path().join("server"), &store, &[], &proxy.env(&s3));
     let (key_a, key_b) = (server.client("Slow lender"), server.client("Other lender"));
     // Client A has more companies than are ingested at once (4), and every read of their
@@ -332,14 +335,6 @@ fn a_slow_store_for_one_clients_companies_does_not_hold_up_another_clients() {
     }
     // (what the slow store did to A is not a refusal of A's snapshots)
     for co in &a {
-        let snaps = server.ok(&key_a, &format!("/companies/{co}/snapshots"));
-        assert!(
-            snaps["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"] != "failed"),
-            "{snaps}"
-        );
+        none_refused(&server, &key_a, co);
     }
 }
