@@ -81,7 +81,7 @@ npm:
 	fi
 
 duckdb:
-	@if [ -z "$(FEATURES)" ] && [ ! -f "$(DUCKDB_LIB_DIR)/libduckdb.so" ]; then \
+	@if [[ "$(FEATURES)" != *bundled* ]] && [ ! -f "$(DUCKDB_LIB_DIR)/libduckdb.so" ]; then \
 	  echo "Fetching libduckdb $(DUCKDB_VERSION) into $(DUCKDB_LIB_DIR)"; \
 	  tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent $(DUCKDB_NPM) >/dev/null && tar xzf *.tgz) && \
 	  mkdir -p "$(DUCKDB_LIB_DIR)" && cp $$tmp/package/libduckdb.so "$(DUCKDB_LIB_DIR)/" && rm -rf $$tmp; \
