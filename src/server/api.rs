@@ -163,9 +163,8 @@ impl AppState {
         f: impl FnOnce(&dyn ControlPlane) -> Result<T, super::control::ControlError> + Send + 'static,
     ) -> ApiResult<T> {
         let control = self.control.clone();
-        tokio::task::spawn_blocking(move || f(&*control))
+        super::control::blocking(move || f(&*control))
             .await
-            .map_err(ApiError::internal)?
             .map_err(ApiError::internal)
     }
 
@@ -184,11 +183,27 @@ impl AppState {
         take_token(&self.buckets, client.to_owned(), self.rate_per_sec)
     }
 
-    /// Takes a token from the bucket of the address a request without a valid API key came
-    /// from; the 429 answer when there is none. Requests with no known address pass.
-    fn refuse_unauthenticated(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
-        let wait = self.admit_unauthenticated(peer).err()?;
+    /// Whether a credential not known yet may be looked up for a request from `peer`: the
+    /// 429 answer while its address's bucket is empty, else None (nothing is spent). Requests with no
+    /// known address pass.
+    pub(crate) fn refuse_look_up(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
+        let wait = token_of(&self.ip_buckets, peer?, self.unauthenticated_rate, 0.0).err()?;
         Some(self.too_many_unauthenticated(wait))
+    }
+
+    /// A credential that was not valid costs its address a token: the 401 answer, with what
+    /// is left of the address's bucket in its headers.
+    pub(crate) fn charge_invalid(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        mut refusal: Response,
+    ) -> Response {
+        match self.admit_unauthenticated(peer) {
+            Ok(Some(quota)) => quota.write(refusal.headers_mut()),
+            Ok(None) => {}
+            Err(wait) => return self.too_many_unauthenticated(wait),
+        }
+        refusal
     }
 
     /// The 429 answer to a request without a valid key whose address's bucket is empty.
@@ -266,6 +281,16 @@ fn take_token<K: std::hash::Hash + Eq>(
     key: K,
     rate: f64,
 ) -> Result<Quota, u64> {
+    token_of(buckets, key, rate, 1.0)
+}
+
+/// [`take_token`] spending `cost` tokens (0: only looks whether one is there).
+fn token_of<K: std::hash::Hash + Eq>(
+    buckets: &Mutex<HashMap<K, (f64, Instant)>>,
+    key: K,
+    rate: f64,
+    cost: f64,
+) -> Result<Quota, u64> {
     let burst = rate * 2.0;
     let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
@@ -278,7 +303,7 @@ fn take_token<K: std::hash::Hash + Eq>(
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
     if *tokens >= 1.0 {
-        *tokens -= 1.0;
+        *tokens -= cost;
         Ok(Quota {
             limit: burst.floor() as u64,
             remaining: tokens.floor() as u64,
@@ -292,7 +317,7 @@ fn take_token<K: std::hash::Hash + Eq>(
 }
 
 /// The address a request came from, as the listener recorded it.
-fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
+pub(crate) fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
     request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -636,8 +661,9 @@ async fn authenticate(
     let found = match known {
         Some(client) => Ok(Some(client)),
         None => {
-            // a key not seen yet costs a database look-up: its address pays for it
-            if let Some(refused) = state.refuse_unauthenticated(peer_of(&request)) {
+            // a key not seen yet costs a database look-up: an address whose wrong keys
+            // emptied its bucket waits, and each wrong key is charged to it below
+            if let Some(refused) = state.refuse_look_up(peer_of(&request)) {
                 return refused;
             }
             let key = key.to_owned();
@@ -653,8 +679,11 @@ async fn authenticate(
             client
         }
         Ok(None) => {
-            return ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
-                .into_response();
+            return state.charge_invalid(
+                peer_of(&request),
+                ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
+                    .into_response(),
+            );
         }
         Err(e) => return e.into_response(),
     };
@@ -1094,7 +1123,9 @@ async fn list_records(
     let dt = data_type(&state, &dt_name)?.clone();
     let filter = query::parse(&dt, params.query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad(format!("query: {e}")))?;
-    let order = query::order_by(&dt, params.order_by.as_deref()).map_err(|e| ApiError::bad(e.0))?;
+    let ordering =
+        query::Ordering::parse(&dt, params.order_by.as_deref()).map_err(|e| ApiError::bad(e.0))?;
+    let order = ordering.sql();
     let page = number("page", params.page.as_deref(), 1, u32::MAX as u64)?;
     let page_size = number(
         "pageSize",
@@ -1128,13 +1159,10 @@ async fn list_records(
         _ => None,
     };
     let (keyset_sql, keyset_params) = match &start {
-        Some(after) => {
-            query::after(&dt, params.order_by.as_deref(), after).map_err(|e| ApiError::bad(e.0))?
-        }
+        Some(after) => ordering.after(after),
         None => (String::new(), Vec::new()),
     };
-    let order_value =
-        query::order_value(&dt, params.order_by.as_deref()).map_err(|e| ApiError::bad(e.0))?;
+    let order_value = ordering.value_sql();
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>, Option<query::After>)> {
         // (a test holds a request here while newer snapshots go live)
@@ -1448,7 +1476,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_http_requests_total{{class=\"2xx\"}} {}\n\
          connector_http_requests_total{{class=\"4xx\"}} {}\n\
          connector_http_requests_total{{class=\"5xx\"}} {}\n\
-         # HELP connector_rate_limited_total Requests refused by the per-key rate limit.\n\
+         # HELP connector_rate_limited_total Requests refused by a rate limit (per key or per address).\n\
          # TYPE connector_rate_limited_total counter\n\
          connector_rate_limited_total {}\n\
          # HELP connector_snapshots_live_total Snapshots that went live.\n\
@@ -1456,13 +1484,17 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_snapshots_live_total {}\n\
          # HELP connector_snapshots_failed_total Snapshots refused at ingest.\n\
          # TYPE connector_snapshots_failed_total counter\n\
-         connector_snapshots_failed_total {}\n",
+         connector_snapshots_failed_total {}\n\
+         # HELP connector_queries_running Data queries running now, all keys together.\n\
+         # TYPE connector_queries_running gauge\n\
+         connector_queries_running {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
         m.rate_limited.load(Ordering::Relaxed),
         m.snapshots_live.load(Ordering::Relaxed),
         m.snapshots_failed.load(Ordering::Relaxed),
+        state.limits.running(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -36,6 +36,16 @@ pub enum ControlError {
     Task(String),
 }
 
+/// Runs control-plane work on tokio's blocking pool and waits for it: the database and its
+/// lock never hold up an async worker. Every caller on an async path goes through here.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(ControlError::Task(e.to_string())))
+}
+
 /// An API client (a lender, an accounting app).
 #[derive(Debug, Clone, Serialize)]
 pub struct Client {

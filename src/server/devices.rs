@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::api::AppState;
-use super::control::{Device, DeviceAuth};
+use super::control::{Device, DeviceAuth, blocking};
 use crate::protocol::{
     CheckIn, CheckInAnswer, Committed, DEVICE_CREDENTIAL_PREFIX, GrantRequest, Grants, Reason,
     Refusal, SyncResult, UPLOAD, Upload, device_path,
@@ -78,6 +78,21 @@ fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// The server could not finish now (its store or its own disk failed): 503 with
+/// `Retry-After`, which the connector retries; nothing was committed.
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "A connector's request could not be finished now; it is told to retry.");
+    let mut answer = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server could not finish this now; nothing was committed: try again",
+        None,
+    );
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    answer
+}
+
 /// Authenticates a device credential and checks the company in the path is its own.
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
@@ -99,11 +114,15 @@ pub async fn authenticate(
             None,
         );
     }
+    // a look-up costs the database: an address whose wrong credentials emptied its bucket
+    // waits (each wrong one is charged to it below), as with API keys
+    let peer = super::api::peer_of(&request);
+    if let Some(refused) = state.refuse_look_up(peer) {
+        return refused;
+    }
     // (the control plane is asked on the blocking pool: never on an async worker)
     let (control, given) = (state.control.clone(), credential.to_owned());
-    let auth = tokio::task::spawn_blocking(move || control.authenticate_device(&given))
-        .await
-        .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+    let auth = blocking(move || control.authenticate_device(&given)).await;
     let device = match auth {
         Ok(DeviceAuth::Valid(d)) => d,
         Ok(DeviceAuth::Revoked(d)) => {
@@ -115,10 +134,13 @@ pub async fn authenticate(
             );
         }
         Ok(DeviceAuth::Invalid) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "this device credential is not valid",
-                None,
+            return state.charge_invalid(
+                peer,
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "this device credential is not valid",
+                    None,
+                ),
             );
         }
         Err(e) => return internal(e),
@@ -285,7 +307,7 @@ pub async fn checkin(
         .unwrap_or_else(|e| e.into_inner())
         .contains_key(&device.company_id);
     let (s, d) = (state.clone(), device.clone());
-    let recorded = tokio::task::spawn_blocking(move || {
+    let recorded = blocking(move || {
         if !known {
             let before = s
                 .control
@@ -302,8 +324,7 @@ pub async fn checkin(
         tell_reason(&s, &d.company_id);
         s.control.rotate_device(&d.id, s.rotate_after_secs)
     })
-    .await
-    .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+    .await;
     let credential = match recorded {
         Ok(c) => c,
         Err(e) => return internal(e),
@@ -316,14 +337,13 @@ pub async fn checkin(
         // Listen before looking, so a request queued in between is not missed.
         let notified = wake.notified();
         let (control, co, id) = (state.control.clone(), company.clone(), device.id.clone());
-        let looked = tokio::task::spawn_blocking(move || {
+        let looked = blocking(move || {
             Ok((
                 control.take_sync_request(&co)?,
                 control.device_revoked(&id).ok().flatten(),
             ))
         })
-        .await
-        .unwrap_or_else(|e| Err(super::control::ControlError::Task(e.to_string())));
+        .await;
         let revoked = match looked {
             Ok((Some(id), _)) => break Some(id),
             Ok((None, revoked)) => revoked,
@@ -582,7 +602,7 @@ pub async fn commit(
         match super::ingest::fetch_into_cache(store, company, &cache, name, entry).await {
             Ok(_) => {}
             Err(super::ingest::CacheError::Refused(problem)) => problems.push(problem),
-            Err(super::ingest::CacheError::Later(e)) => return internal(e),
+            Err(super::ingest::CacheError::Later(e)) => return unavailable(e),
         }
     }
     if !problems.is_empty() {
@@ -664,17 +684,15 @@ pub async fn result(
             None,
         );
     };
-    if let Err(e) = state
-        .control
-        .record_sync_result(&device.company_id, &device.id, &body)
-    {
-        return internal(e);
-    }
-    if !body.ok {
-        let company = match state.control.company_by_id(&device.company_id) {
-            Ok(Some(c)) => c,
-            Ok(None) => return StatusCode::NO_CONTENT.into_response(),
-            Err(e) => return internal(e),
+    let told = blocking(move || {
+        state
+            .control
+            .record_sync_result(&device.company_id, &device.id, &body)?;
+        if body.ok {
+            return Ok(());
+        }
+        let Some(company) = state.control.company_by_id(&device.company_id)? else {
+            return Ok(());
         };
         tracing::warn!(company = %company.id, reason = ?body.reason, "A connector reported a failed sync.");
         super::emit(
@@ -691,6 +709,11 @@ pub async fn result(
                 "finishedAt": body.finished_at,
             }),
         );
+        Ok(())
+    })
+    .await;
+    if let Err(e) = told {
+        return internal(e);
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -264,8 +264,9 @@ fn fuzz_queries(n: usize, seed: u64) -> Result<(usize, usize), String> {
                 continue;
             };
             accepted += 1;
-            let order = query::order_by(dt, Some("-modifiedDate"))
-                .map_err(|e| format!("{}: {e}", dt.name))?;
+            let order = query::Ordering::parse(dt, Some("-modifiedDate"))
+                .map_err(|e| format!("{}: {e}", dt.name))?
+                .sql();
             let sql = format!(
                 "SELECT count(*) FROM t {} ORDER BY ALL",
                 if filter.sql.is_empty() {

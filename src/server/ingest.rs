@@ -593,6 +593,7 @@ async fn check_and_load(
     let cache_owned = cache.clone();
     let keep_deleted_days = live.limits.keep_deleted_days;
     let loaded = tokio::task::spawn_blocking(move || {
+        crate::failpoint::hit("ingest-load");
         load(
             &db,
             &model,
@@ -605,11 +606,31 @@ async fn check_and_load(
     })
     .await
     .map_err(|e| later(&id, e.to_string()))?
-    .map_err(|detail| fail(&id, detail))?;
+    .map_err(|detail| match on_the_server(&detail) {
+        true => later(&id, detail),
+        false => fail(&id, detail),
+    })?;
     let loaded = Arc::new(loaded);
     live.swap_in(company, loaded.clone());
     tracing::info!(company, snapshot = %id, "A new snapshot is live.");
     Ok(loaded)
+}
+
+/// Whether a load failed on the server's own resources (memory, disk, a folder it could not
+/// make) rather than on the snapshot's content: DuckDB names these classes in its messages.
+/// Such a snapshot is not refused: the next poll loads it again. A refusal is for content,
+/// which a published snapshot never changes.
+pub fn on_the_server(detail: &str) -> bool {
+    const CLASSES: [&str; 7] = [
+        "IO Error",
+        "Out of Memory Error",
+        "INTERRUPT Error",
+        "INTERNAL Error",
+        "FATAL Error",
+        "Connection Error",
+        "No space left on device",
+    ];
+    CLASSES.iter().any(|class| detail.contains(class))
 }
 
 /// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.

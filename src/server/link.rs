@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::AppState;
-use super::control::{DevicePoll, LinkState};
+use super::control::{DevicePoll, LinkState, blocking};
 use crate::protocol::{
     DEFAULT_LOOPBACK_PORT, DEVICE_CODE_PATH, DEVICE_TOKEN_PATH, DeviceCode, DeviceCodeRequest,
     DeviceTokenRequest, Linked, REDEEM_PATH, RedeemRequest, Refusal,
@@ -112,7 +112,9 @@ fn not_found() -> Response {
 
 /// `GET /link/{token}`: what happens next, the install steps, and the button.
 pub async fn link_page(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
-    let (company, link_state) = match state.control.link(&token) {
+    let control = state.control.clone();
+    let looked = token.clone();
+    let (company, link_state) = match blocking(move || control.link(&looked)).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(),
         Err(e) => return internal(e),
@@ -175,18 +177,21 @@ pub async fn start(
             );
         }
     };
-    let company = match state.control.link(&token) {
-        Ok(Some((company, LinkState::Usable))) => company,
-        Ok(Some((_, other))) => return unusable(other),
-        Ok(None) => return not_found(),
-        Err(e) => return internal(e),
-    };
     let link_state = super::control::random_token(16);
-    let code = match state
-        .control
-        .create_link_code(&token, &link_state, CODE_TTL_SECS)
-    {
-        Ok(Some(code)) => code,
+    let (control, given) = (state.control.clone(), link_state.clone());
+    let made = blocking(move || {
+        Ok(match control.link(&token)? {
+            Some((company, LinkState::Usable)) => control
+                .create_link_code(&token, &given, CODE_TTL_SECS)?
+                .map(|code| Ok((company, code))),
+            Some((_, other)) => Some(Err(other)),
+            None => None,
+        })
+    })
+    .await;
+    let (company, code) = match made {
+        Ok(Some(Ok(made))) => made,
+        Ok(Some(Err(other))) => return unusable(other),
         Ok(None) => return not_found(),
         Err(e) => return internal(e),
     };
@@ -219,7 +224,8 @@ pub async fn enter_code(
     Form(form): Form<CodeForm>,
 ) -> Response {
     let typed = form.user_code.unwrap_or_default();
-    match state.control.approve_user_code(&token, &typed) {
+    let (control, given) = (state.control.clone(), token.clone());
+    match blocking(move || control.approve_user_code(&given, &typed)).await {
         Ok(Ok(company)) => {
             tracing::info!(company = %company.id, "A user code was typed on the link page: the connector showing it is linked.");
             let back = company
@@ -293,14 +299,23 @@ fn device_name(name: &str) -> String {
 }
 
 /// Creates the device and its answer.
-fn linked(state: &AppState, company_id: &str, name: &str) -> Response {
-    let company = match state.control.company_by_id(company_id) {
-        Ok(Some(c)) => c,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, "this company no longer exists"),
-        Err(e) => return internal(e),
-    };
-    match state.control.create_device(company_id, &device_name(name)) {
-        Ok((device, credential)) => {
+async fn linked(state: &AppState, company_id: &str, name: &str) -> Response {
+    let (control, id, name) = (
+        state.control.clone(),
+        company_id.to_owned(),
+        device_name(name),
+    );
+    let created = blocking(move || {
+        let Some(company) = control.company_by_id(&id)? else {
+            return Ok(None);
+        };
+        let (device, credential) = control.create_device(&id, &name)?;
+        Ok(Some((company, device, credential)))
+    })
+    .await;
+    match created {
+        Ok(None) => refuse(StatusCode::NOT_FOUND, "this company no longer exists"),
+        Ok(Some((company, device, credential))) => {
             tracing::info!(company = %company_id, device = %device.id, "A connector was linked.");
             Json(Linked {
                 company_id: company.id,
@@ -328,11 +343,12 @@ pub async fn redeem(
             ),
         );
     };
-    match state
-        .control
-        .redeem_link_code(&body.code, &body.state, &body.company_id)
-    {
-        Ok(Ok(company)) => linked(&state, &company.id, &body.device_name),
+    let (control, given) = (state.control.clone(), body.clone());
+    let redeemed =
+        blocking(move || control.redeem_link_code(&given.code, &given.state, &given.company_id))
+            .await;
+    match redeemed {
+        Ok(Ok(company)) => linked(&state, &company.id, &body.device_name).await,
         Ok(Err(why)) => {
             tracing::warn!(company = %body.company_id, why, "Refused a loopback code.");
             refuse(StatusCode::BAD_REQUEST, why)
@@ -347,10 +363,9 @@ pub async fn device_code(
     body: Result<Json<DeviceCodeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let name = body.map(|Json(b)| b.device_name).unwrap_or_default();
-    match state
-        .control
-        .create_device_code(&device_name(&name), DEVICE_CODE_TTL_SECS)
-    {
+    let control = state.control.clone();
+    let name = device_name(&name);
+    match blocking(move || control.create_device_code(&name, DEVICE_CODE_TTL_SECS)).await {
         Ok((device_code, user_code)) => Json(DeviceCode {
             device_code,
             user_code,
@@ -375,11 +390,12 @@ pub async fn device_token(
             ),
         );
     };
-    match state.control.poll_device_code(&body.device_code) {
+    let (control, code) = (state.control.clone(), body.device_code.clone());
+    match blocking(move || control.poll_device_code(&code)).await {
         Ok(DevicePoll::Approved {
             company_id,
             device_name,
-        }) => linked(&state, &company_id, &device_name),
+        }) => linked(&state, &company_id, &device_name).await,
         Ok(DevicePoll::Pending) => (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "authorization_pending", "status": 400})),

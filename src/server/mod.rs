@@ -180,32 +180,16 @@ impl Ingests {
     }
 }
 
-/// One pass of the ingest loop over every company.
-pub fn ingest_all(
-    state: &Arc<api::AppState>,
-    store: &Store,
-    state_dir: &std::path::Path,
-    ingests: &mut Ingests,
-) {
-    ingest_some(state, store, state_dir, None, ingests);
-}
-
-/// One pass of the ingest loop over the companies `only` names (every company for None):
-/// starts those not being ingested already, and returns.
+/// One pass of the ingest loop over `companies`, or those of them `only` names: starts
+/// those not being ingested already, and returns.
 fn ingest_some(
     state: &Arc<api::AppState>,
     store: &Store,
     state_dir: &std::path::Path,
+    companies: Vec<control::Company>,
     only: Option<&std::collections::BTreeSet<String>>,
     ingests: &mut Ingests,
 ) {
-    let companies = match state.control.all_companies() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "Could not list the companies to watch.");
-            return;
-        }
-    };
     let companies: Vec<_> = companies
         .into_iter()
         .filter(|c| only.is_none_or(|only| only.contains(&c.id)))
@@ -274,12 +258,31 @@ pub const INGEST_PER_CLIENT: usize = 2;
 
 /// Looks at one company's store, and makes its new snapshot live or records why not.
 async fn ingest_company(
-    state: &api::AppState,
+    state: &Arc<api::AppState>,
     store: &Store,
     state_dir: &std::path::Path,
     company: control::Company,
 ) {
-    match ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await {
+    let ingested = ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await;
+    // what follows writes the control plane and the saved state: on the blocking pool
+    let (state, state_dir) = (state.clone(), state_dir.to_owned());
+    let recorded = control::blocking(move || {
+        record_ingest(&state, &state_dir, &company, ingested);
+        Ok(())
+    });
+    if let Err(e) = recorded.await {
+        tracing::error!(error = %e, "Could not record an ingest's outcome.");
+    }
+}
+
+/// Records what an ingest did: events, the snapshot's record, the saved state.
+fn record_ingest(
+    state: &api::AppState,
+    state_dir: &std::path::Path,
+    company: &control::Company,
+    ingested: Result<Option<Arc<ingest::Live>>, ingest::IngestError>,
+) {
+    match ingested {
         Ok(Some(live)) => {
             state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
             let before = company_status(&*state.control, &company.id);
@@ -315,9 +318,7 @@ async fn ingest_company(
             if let Err(e) = state.control.record_snapshot(&record) {
                 tracing::error!(error = %e, "Could not record a live snapshot.");
             }
-            let (set, saving) = (state.live.clone(), live.clone());
-            let saved = tokio::task::spawn_blocking(move || set.save(&saving)).await;
-            if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r) {
+            if let Err(e) = state.live.save(&live) {
                 tracing::error!(company = %company.id, error = %e, "Could not save the live snapshot's state; after a restart it is ingested again.");
             }
         }
@@ -500,20 +501,37 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             // Every company once per poll; between polls, only the companies a wake named.
             let mut last_full: Option<std::time::Instant> = None;
             let mut ingests = Ingests::default();
+            let mut sweep: Option<tokio::task::JoinHandle<()>> = None;
             while !stopping.load(Ordering::SeqCst) {
                 let named =
                     std::mem::take(&mut *state.woken.lock().unwrap_or_else(|e| e.into_inner()));
-                if last_full.is_none_or(|t| t.elapsed() >= options.poll) {
+                let full = last_full.is_none_or(|t| t.elapsed() >= options.poll);
+                if full {
                     last_full = Some(std::time::Instant::now());
-                    ingest_all(&state, &store, &state_dir, &mut ingests);
-                    // a connector that fell silent: its client hears `not_running`
-                    if let Ok(companies) = state.control.all_companies() {
-                        for company in companies {
-                            devices::tell_reason(&state, &company.id);
+                }
+                if full || !named.is_empty() {
+                    let listing = state.control.clone();
+                    match control::blocking(move || listing.all_companies()).await {
+                        Ok(companies) => {
+                            let only = (!full).then_some(&named);
+                            ingest_some(&state, &store, &state_dir, companies, only, &mut ingests);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "Could not list the companies to watch.");
                         }
                     }
-                } else if !named.is_empty() {
-                    ingest_some(&state, &store, &state_dir, Some(&named), &mut ingests);
+                }
+                // a connector that fell silent: its client hears `not_running` (one sweep at
+                // a time, on the blocking pool, beside the ingests)
+                if full && sweep.as_ref().is_none_or(|s| s.is_finished()) {
+                    let state = state.clone();
+                    sweep = Some(tokio::task::spawn_blocking(move || {
+                        if let Ok(companies) = state.control.all_companies() {
+                            for company in companies {
+                                devices::tell_reason(&state, &company.id);
+                            }
+                        }
+                    }));
                 }
                 let until_poll =
                     last_full.map_or(Duration::ZERO, |t| options.poll.saturating_sub(t.elapsed()));

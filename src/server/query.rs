@@ -429,27 +429,6 @@ pub fn parse(data_type: &DataType, query: &str) -> Result<Filter, QueryError> {
     Ok(parser.filter)
 }
 
-/// `orderBy=field` or `-field` → an ORDER BY list (always ending with `id`, so pages are stable).
-pub fn order_by(data_type: &DataType, spec: Option<&str>) -> Result<String, QueryError> {
-    let id = quote(crate::model::ID_FIELD);
-    let Some(spec) = spec else {
-        return Ok(format!("{id} ASC"));
-    };
-    if spec.trim().is_empty() {
-        return Err(QueryError(
-            "orderBy is empty: name a field (a leading - sorts descending), or leave orderBy out"
-                .into(),
-        ));
-    }
-    let spec = spec.trim();
-    let (field, dir) = match spec.strip_prefix('-') {
-        Some(f) => (f, "DESC"),
-        None => (spec, "ASC"),
-    };
-    let column = column(data_type, field).map_err(|e| QueryError(format!("orderBy: {e}")))?;
-    Ok(format!("{} {dir} NULLS LAST, {id} {dir}", column.sql))
-}
-
 /// Where the next page of a cursor walk starts: the last row's ordering value (as DuckDB
 /// writes it as text; None for NULL) and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,53 +439,85 @@ pub struct After {
     pub id: String,
 }
 
-/// The ordering of `spec`: its column (the id when none) and whether it is descending.
-fn ordering(data_type: &DataType, spec: Option<&str>) -> Result<(Column, bool), QueryError> {
-    let id = Column {
-        sql: quote(crate::model::ID_FIELD),
-        ty: FieldType::String,
-    };
-    let Some(spec) = spec else {
-        return Ok((id, false));
-    };
-    let spec = spec.trim();
-    let (field, desc) = match spec.strip_prefix('-') {
-        Some(f) => (f, true),
-        None => (spec, false),
-    };
-    let column = column(data_type, field).map_err(|e| QueryError(format!("orderBy: {e}")))?;
-    Ok((column, desc))
+/// `orderBy=field` or `-field`, checked against the data type once per request: the ORDER
+/// BY list, the value a page ends on, and where the next page begins all come from it.
+#[derive(Debug, Clone)]
+pub struct Ordering {
+    /// The field's column (the id when orderBy is left out).
+    column: Column,
+    /// `-field`.
+    desc: bool,
 }
 
-/// SQL giving a row's ordering value as text, to find where the next page begins.
-pub fn order_value(data_type: &DataType, spec: Option<&str>) -> Result<String, QueryError> {
-    let (column, _) = ordering(data_type, spec)?;
-    Ok(format!("CAST({} AS VARCHAR)", column.sql))
-}
+impl Ordering {
+    /// The ordering `spec` names (by id when None); an unknown field or an empty spec is an
+    /// error naming orderBy.
+    pub fn parse(data_type: &DataType, spec: Option<&str>) -> Result<Ordering, QueryError> {
+        let id = Column {
+            sql: quote(crate::model::ID_FIELD),
+            ty: FieldType::String,
+        };
+        let Some(spec) = spec else {
+            return Ok(Ordering {
+                column: id,
+                desc: false,
+            });
+        };
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(QueryError(
+                "orderBy is empty: name a field (a leading - sorts descending), or leave orderBy out"
+                    .into(),
+            ));
+        }
+        let (field, desc) = match spec.strip_prefix('-') {
+            Some(f) => (f, true),
+            None => (spec, false),
+        };
+        let column = column(data_type, field).map_err(|e| QueryError(format!("orderBy: {e}")))?;
+        Ok(Ordering { column, desc })
+    }
 
-/// The condition selecting the rows that come after `after` in the ordering of `spec`
-/// ([`order_by`]: NULLs last, ties by id), and its parameters. A page read with it costs a
-/// page, however deep: nothing before it is sorted or skipped.
-pub fn after(
-    data_type: &DataType,
-    spec: Option<&str>,
-    after: &After,
-) -> Result<(String, Vec<String>), QueryError> {
-    let (column, desc) = ordering(data_type, spec)?;
-    let id = quote(crate::model::ID_FIELD);
-    let gt = if desc { "<" } else { ">" };
-    let cast = match column.ty {
-        FieldType::Integer => "CAST(? AS BIGINT)",
-        FieldType::Boolean => "CAST(? AS BOOLEAN)",
-        FieldType::Date => "CAST(? AS DATE)",
-        FieldType::Datetime => "CAST(? AS TIMESTAMP)",
-        FieldType::Money | FieldType::Decimal => "CAST(? AS DECIMAL(24,6))",
-        _ => "?",
-    };
-    let c = &column.sql;
-    Ok(if *c == id {
-        (format!("{id} {gt} ?"), vec![after.id.clone()])
-    } else {
+    fn is_id(&self) -> bool {
+        self.column.sql == quote(crate::model::ID_FIELD)
+    }
+
+    /// The ORDER BY list: NULLs last, always ending with the id, so pages are stable.
+    pub fn sql(&self) -> String {
+        let (id, dir) = (quote(crate::model::ID_FIELD), self.direction());
+        if self.is_id() {
+            return format!("{id} {dir}");
+        }
+        format!("{} {dir} NULLS LAST, {id} {dir}", self.column.sql)
+    }
+
+    fn direction(&self) -> &'static str {
+        if self.desc { "DESC" } else { "ASC" }
+    }
+
+    /// SQL giving a row's ordering value as text, to find where the next page begins.
+    pub fn value_sql(&self) -> String {
+        format!("CAST({} AS VARCHAR)", self.column.sql)
+    }
+
+    /// The condition selecting the rows that come after `after` in this ordering, and its
+    /// parameters. A page read with it costs a page, however deep: nothing before it is
+    /// sorted or skipped.
+    pub fn after(&self, after: &After) -> (String, Vec<String>) {
+        let id = quote(crate::model::ID_FIELD);
+        let gt = if self.desc { "<" } else { ">" };
+        let cast = match self.column.ty {
+            FieldType::Integer => "CAST(? AS BIGINT)",
+            FieldType::Boolean => "CAST(? AS BOOLEAN)",
+            FieldType::Date => "CAST(? AS DATE)",
+            FieldType::Datetime => "CAST(? AS TIMESTAMP)",
+            FieldType::Money | FieldType::Decimal => "CAST(? AS DECIMAL(24,6))",
+            _ => "?",
+        };
+        let c = &self.column.sql;
+        if self.is_id() {
+            return (format!("{id} {gt} ?"), vec![after.id.clone()]);
+        }
         match &after.value {
             Some(v) => (
                 format!("({c} {gt} {cast} OR ({c} = {cast} AND {id} {gt} ?) OR {c} IS NULL)"),
@@ -517,7 +528,7 @@ pub fn after(
                 vec![after.id.clone()],
             ),
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -575,11 +586,13 @@ mod tests {
     #[test]
     fn ordering_is_allow_listed_and_stable() {
         let t = invoices();
-        assert_eq!(order_by(&t, None).unwrap(), "\"id\" ASC");
+        let order_by = |spec| Ordering::parse(&t, spec).map(|o| o.sql());
+        assert_eq!(order_by(None).unwrap(), "\"id\" ASC");
         assert_eq!(
-            order_by(&t, Some("-issueDate")).unwrap(),
+            order_by(Some("-issueDate")).unwrap(),
             "\"issueDate\" DESC NULLS LAST, \"id\" DESC"
         );
-        assert!(order_by(&t, Some("issueDate; DROP TABLE x")).is_err());
+        assert!(order_by(Some("issueDate; DROP TABLE x")).is_err());
+        assert!(order_by(Some(" ")).is_err());
     }
 }

@@ -3,7 +3,6 @@
 //! file pointing at simulated companies, and a plain HTTP client that does what a browser
 //! does (no redirects followed, cookies and headers by hand).
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,10 +158,7 @@ impl AgentProcess {
             .stderr(log)
             .spawn()
             .expect("start connector run");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = crate::support::first_line(&mut child);
         let base = line
             .trim()
             .strip_prefix("listening on ")

@@ -556,11 +556,35 @@ fn the_server_refuses_a_commit_whose_files_are_not_what_the_manifest_says() {
     bad["companyId"] = json!(other);
     assert_eq!(commit(&bad).status, 422);
     // latest did not move.
-    let after: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(world.store_dir.join(&id).join("latest.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(after, latest);
+    let read_latest = || -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(world.store_dir.join(&id).join("latest.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(read_latest(), latest);
+    // A good commit the server cannot keep a copy of (its cache folder for the company is a
+    // file now, as a full or broken disk would refuse it) is not refused: 503, retry later,
+    // nothing committed; the same commit lands once the server's disk is well.
+    let cache = world.server.state.join("cache").join(&id);
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::write(&cache, b"not a folder").unwrap();
+    let mut good = manifest.clone();
+    newer(&mut good);
+    let r = commit(&good);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert!(r.body.contains("nothing was committed"), "{}", r.body);
+    assert!(
+        !r.body.contains(&world.server.state.display().to_string()),
+        "{}",
+        r.body
+    );
+    assert_eq!(read_latest(), latest);
+    std::fs::remove_file(&cache).unwrap();
+    let r = commit(&good);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(read_latest()["snapshotId"], good["snapshotId"]);
     let _ = free_port();
 }
 

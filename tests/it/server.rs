@@ -1,7 +1,6 @@
 //! `connector-server` over real HTTP on loopback: the real server process, a real store the
 //! real connector published to, and an HTTP client that knows nothing of the server's code.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,10 +59,7 @@ impl Server {
             })
             .spawn()
             .expect("start connector-server");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = crate::support::first_line(&mut child);
         let base = line
             .trim()
             .strip_prefix("listening on ")
@@ -945,6 +941,91 @@ fn put_data_file(s: &Setup, entry: &mut Value, bytes: &[u8]) {
     entry["key"] = json!(file_key);
     entry["bytes"] = json!(bytes.len());
     entry["sha256"] = json!(sha);
+}
+
+#[test]
+fn a_load_failing_on_the_servers_own_disk_is_tried_again_not_refused() {
+    // The server held just before loading its second snapshot: the files it fetched into
+    // its cache are taken from its disk meanwhile (a clean-up, a disk fault), so DuckDB
+    // fails to read them. That says nothing about the snapshot: it must not be refused
+    // (a refusal is final, and the client would be told the sync failed); it goes live
+    // once the files are fetched again.
+    let dir = tempdir();
+    let paused = dir.path().join("paused");
+    let s = setup_env(
+        &["--allow-private-webhooks"],
+        &[
+            ("CONNECTOR_PAUSE_AT", "ingest-load:2".to_owned()),
+            ("CONNECTOR_PAUSE_FILE", paused.display().to_string()),
+        ],
+    );
+    let (key, co) = (&s.key, &s.company_id);
+    let receiver = Receiver::start(vec![200]);
+    let (status, hook, _) = s.server.call(
+        "POST",
+        Some(key),
+        "/webhooks",
+        Some(json!({"url": receiver.url, "eventTypes": ["sync.failed", "data.synced"]})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    s.company
+        .sqlite()
+        .execute(
+            "UPDATE SALES_LEDGER SET NAME = 'Alpha Renamed' WHERE ACCOUNT_REF = 'ALPHA01'",
+            [],
+        )
+        .unwrap();
+    let second = s.sync();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never began loading {second}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cache = s.server.state.join("cache").join(co);
+    let mut taken = 0;
+    for file in std::fs::read_dir(&cache).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            std::fs::remove_file(&path).unwrap();
+            taken += 1;
+        }
+    }
+    assert!(taken > 0, "no cached files in {}", cache.display());
+    std::fs::remove_file(&paused).unwrap();
+    let status = s.server.wait_live(key, co, Some(&second));
+    assert_eq!(status["invoices"]["snapshotId"], second.as_str());
+    let customer = s.server.ok(
+        key,
+        &format!("/companies/{co}/data/customers?query=customerName%3D%22Alpha%20Renamed%22"),
+    );
+    assert_eq!(customer["totalResults"], 1, "{customer}");
+    let snaps = s.server.ok(key, &format!("/companies/{co}/snapshots"));
+    assert!(
+        snaps["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] != "failed"),
+        "{snaps}"
+    );
+    assert_eq!(refused_total(&s), 0);
+    let events: Vec<Value> = receiver
+        .wait_for(1)
+        .iter()
+        .map(|(_, body, _)| serde_json::from_str(body).unwrap())
+        .collect();
+    assert!(
+        events.iter().all(|e| e["type"] != "sync.failed"),
+        "{events:?}"
+    );
+    let log = std::fs::read_to_string(s.server.state.join("server.err")).unwrap();
+    assert!(
+        log.contains("Could not load a published snapshot now"),
+        "the failed load was not logged as one to try again: {log}"
+    );
 }
 
 /// The server's count of refused snapshots, from `/metrics`.
@@ -2694,17 +2775,30 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
     // The client's key is known before the flood.
     s.server.ok(&s.key, "/companies");
     let mut refused = None;
+    let mut left = Vec::new();
     for n in 0..40 {
         let (status, body, headers) =
             s.server
                 .call("GET", Some(&format!("ck_wrong{n}")), "/companies", None);
         assert!(status == 401 || status == 429, "{status} {body}");
+        if status == 401 {
+            // each wrong key is told what is left of its address's bucket
+            assert_eq!(headers["ratelimit-policy"], "\"per-address\";q=10;w=2");
+            left.push(
+                headers["x-ratelimit-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
         if status == 429 {
             refused = Some((body, headers));
             break;
         }
     }
     let (body, headers) = refused.expect("wrong keys were never rate-limited");
+    assert!(left.len() >= 9, "{left:?}");
+    assert_eq!(left[..3], ["9", "8", "7"], "{left:?}");
     assert!(headers.contains_key("retry-after"), "{headers:?}");
     assert!(
         body["error"]
@@ -2713,9 +2807,15 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
             .contains("without a valid API key"),
         "{body}"
     );
-    // Requests with no key at all share the address's bucket.
+    // Requests with no key at all share the address's bucket, and so do wrong device
+    // credentials on the connector's routes.
     let (status, _, _) = s.server.call("GET", None, "/openapi.json", None);
     assert_eq!(status, 429);
+    let checkin = format!("/companies/{}/connector/checkin", s.company_id);
+    let (status, body, _) = s
+        .server
+        .call("POST", Some("dv_wrong"), &checkin, Some(json!({})));
+    assert_eq!(status, 429, "{body}");
     // A valid key is not held back by its address.
     s.server.ok(&s.key, "/companies");
 
@@ -2728,6 +2828,13 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
         body.as_str()
             .unwrap()
             .contains("connector_rate_limited_total"),
+        "{body}"
+    );
+    // no data query is running now: the gauge is back at zero after every request
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("\nconnector_queries_running 0\n"),
         "{body}"
     );
     // A server started without a token has no /metrics.

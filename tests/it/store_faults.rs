@@ -4,7 +4,6 @@
 //! stalls. Publishing and ingesting through it: nothing partial is ever visible, nothing is
 //! lost, and a failure that outlasts the retries is reported by name.
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,13 +32,10 @@ impl FaultProxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the fault proxy");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = crate::support::first_line(&mut child);
         FaultProxy {
             child,
-            endpoint: format!("http://127.0.0.1:{}", line.trim()),
+            endpoint: format!("http://127.0.0.1:{line}"),
         }
     }
 

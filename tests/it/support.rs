@@ -6,6 +6,17 @@ use std::process::{Command, Output};
 pub const SIM: &str = env!("CARGO_BIN_EXE_sage50-sim");
 pub const CONNECTOR: &str = env!("CARGO_BIN_EXE_connector");
 
+/// The first line a process started with a piped stdout prints (its address, its port),
+/// without the line end; "" when it closed stdout first.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap_or_default();
+    line.trim_end().to_owned()
+}
+
 /// A temporary folder that lives as long as the value.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()

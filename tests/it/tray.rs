@@ -4,7 +4,6 @@
 //! clicked over dbusmenu, and the agent, run by the tray as its child, killed and restarted.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,11 +78,8 @@ fn session_bus() -> (Killed, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("dbus-daemon is installed");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Killed(child), line.trim().to_owned())
+    let line = crate::support::first_line(&mut child);
+    (Killed(child), line)
 }
 
 /// The StatusNotifierWatcher a desktop's panel runs: records who registered what.
