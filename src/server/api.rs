@@ -75,6 +75,8 @@ pub struct AppState {
     pub state_dir: std::path::PathBuf,
     /// Where pages already reached begin (see [`PageStarts`]).
     page_starts: PageStarts,
+    /// Counts of listings already counted (see [`Counts`]).
+    counts: Counts,
     /// The server's public base URL (link URLs, upload grants).
     pub public_url: String,
     /// The connector's loopback port the link page sends browsers to.
@@ -153,6 +155,7 @@ impl AppState {
             connector_silence_secs: super::devices::NOT_SEEN_SECS,
             told_reasons: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
+            counts: Counts::default(),
         }
     }
 
@@ -1163,6 +1166,11 @@ async fn list_records(
         None => (String::new(), Vec::new()),
     };
     let order_value = ordering.value_sql();
+    let counted: [&str; 3] = [&answered_by, &dt_name, params.query.as_deref().unwrap_or("")];
+    let known_total = match naive {
+        false => state.counts.get(&counted, 0),
+        true => None,
+    };
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>, Option<query::After>)> {
         // (a test holds a request here while newer snapshots go live)
@@ -1175,6 +1183,9 @@ async fn list_records(
         let total = |got: usize| -> duckdb::Result<u64> {
             if (got as u64) < page_size && (got > 0 || page == 1) {
                 return Ok(offset + got as u64);
+            }
+            if let Some(n) = known_total {
+                return Ok(n);
             }
             let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
             Ok(n as u64)
@@ -1214,6 +1225,9 @@ async fn list_records(
     .map_err(refused)?;
     if let Some(last) = last.filter(|_| rows.len() as u64 == page_size) {
         state.page_starts.put(&listing, page + 1, last);
+    }
+    if !naive && known_total.is_none() {
+        state.counts.put(&counted, 0, total);
     }
     let results: Vec<Value> = rows
         .iter()
@@ -1280,14 +1294,27 @@ fn source(
 /// N+1 begins, so the page is read from there (keyset paging: a filter on the ordering and
 /// a sort of one page) instead of sorting and skipping every row before it. A page nobody
 /// reached yet (a jump, another server node) is read by offset: the same rows, more slowly.
-/// The oldest entries go first once [`PAGE_STARTS`] are held.
-#[derive(Default)]
-struct PageStarts(Mutex<(HashMap<u64, query::After>, std::collections::VecDeque<u64>)>);
+type PageStarts = Remembered<query::After>;
 
-/// Most page starts remembered.
-const PAGE_STARTS: usize = 20_000;
+/// How many records a listing (snapshot, data type, query) has: a snapshot never changes, so
+/// a listing counted once is not counted again (the pages after the first of a walk, a
+/// client polling the same query) until the entry is pushed out by newer ones.
+type Counts = Remembered<u64>;
 
-impl PageStarts {
+/// Values remembered by a key of strings and a number (hashed), the oldest going first once
+/// [`REMEMBERED`] are held.
+struct Remembered<V>(Mutex<(HashMap<u64, V>, std::collections::VecDeque<u64>)>);
+
+impl<V> Default for Remembered<V> {
+    fn default() -> Self {
+        Remembered(Mutex::default())
+    }
+}
+
+/// Most values remembered, of each kind.
+const REMEMBERED: usize = 20_000;
+
+impl<V: Clone> Remembered<V> {
     fn key(listing: &[&str], page: u64) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1296,18 +1323,18 @@ impl PageStarts {
         h.finish()
     }
 
-    fn get(&self, listing: &[&str], page: u64) -> Option<query::After> {
+    fn get(&self, listing: &[&str], page: u64) -> Option<V> {
         let starts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         starts.0.get(&Self::key(listing, page)).cloned()
     }
 
-    fn put(&self, listing: &[&str], page: u64, after: query::After) {
+    fn put(&self, listing: &[&str], page: u64, value: V) {
         let mut starts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let key = Self::key(listing, page);
-        if starts.0.insert(key, after).is_none() {
+        if starts.0.insert(key, value).is_none() {
             starts.1.push_back(key);
         }
-        while starts.1.len() > PAGE_STARTS {
+        while starts.1.len() > REMEMBERED {
             if let Some(old) = starts.1.pop_front() {
                 starts.0.remove(&old);
             }

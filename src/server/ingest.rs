@@ -229,7 +229,9 @@ impl LiveSet {
                 let file = file.to_string_lossy().replace('\'', "''");
                 q(&format!(
                     "CREATE TABLE {s}.{t} AS SELECT r.*, p.{h}, p.{m} FROM read_parquet('{file}') r JOIN persist.main.{st} p USING ({id});
-                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};",
+                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};
+                     {index}",
+                    index = index_by_id(&format!("{}.{}", ident(&schema), ident(name)), name),
                     s = ident(&schema),
                     t = ident(name),
                     h = ident(HASH_COLUMN),
@@ -633,6 +635,16 @@ pub fn on_the_server(detail: &str) -> bool {
     CLASSES.iter().any(|class| detail.contains(class))
 }
 
+/// An index of a loaded table on its ids: a record asked for by id is found through it, not
+/// by scanning the table.
+fn index_by_id(table: &str, data_type: &str) -> String {
+    format!(
+        "CREATE INDEX {} ON {table} ({});",
+        ident(&format!("by_id_{data_type}")),
+        ident(crate::model::ID_FIELD)
+    )
+}
+
 /// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.
 fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Result<(), String> {
     use crate::rules::FieldDifference as D;
@@ -740,6 +752,7 @@ fn load(
                     m = ident(MODIFIED_DATE)
                 ))?,
             }
+            q(&index_by_id(&table, &dt.name))?;
             let (h, del, id) = (
                 ident(HASH_COLUMN),
                 ident(crate::model::IS_DELETED_FIELD),
