@@ -723,10 +723,13 @@ async fn authenticate(
 /// The caller's company, or 404 (also for another client's company).
 async fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
     let (client_id, company_id) = (client.id.clone(), id.to_owned());
-    state
+    let company = state
         .control_call(move |c| c.company(&client_id, &company_id))
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))?;
+    // what it serves after a restart is taken back on its first request
+    super::ready(&state.live, id).await;
+    Ok(company)
 }
 
 #[derive(Deserialize)]
@@ -1166,7 +1169,11 @@ async fn list_records(
         None => (String::new(), Vec::new()),
     };
     let order_value = ordering.value_sql();
-    let counted: [&str; 3] = [&answered_by, &dt_name, params.query.as_deref().unwrap_or("")];
+    let counted: [&str; 3] = [
+        &answered_by,
+        &dt_name,
+        params.query.as_deref().unwrap_or(""),
+    ];
     let known_total = match naive {
         false => state.counts.get(&counted, 0),
         true => None,

@@ -138,6 +138,11 @@ pub struct LiveSet {
     refused: Mutex<std::collections::HashSet<(String, String)>>,
     /// What one company's database may use.
     pub limits: CompanyLimits,
+    /// Companies whose saved state has not been taken back yet: a server listens before it
+    /// has taken back every company (see [`LiveSet::take_back`]).
+    unrestored: Mutex<std::collections::HashSet<String>>,
+    /// One company is taken back at a time.
+    restoring: Mutex<()>,
 }
 
 /// What one company's DuckDB may use: past its memory it spills to `STATE/db/tmp/COMPANY`
@@ -176,7 +181,68 @@ impl LiveSet {
             cache: state_dir.join("cache"),
             refused: Mutex::default(),
             limits: CompanyLimits::default(),
+            unrestored: Mutex::default(),
+            restoring: Mutex::default(),
         }
+    }
+
+    /// Notes companies whose saved state is to be taken back later: on demand (its first
+    /// request or ingest), or by the server's background pass after it listens.
+    pub fn defer_restore(&self, companies: impl IntoIterator<Item = String>) {
+        self.unrestored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(companies);
+    }
+
+    /// Whether a company's saved state has been taken back (or it had none to take).
+    pub fn is_restored(&self, company: &str) -> bool {
+        !self
+            .unrestored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(company)
+    }
+
+    /// The companies not taken back yet.
+    pub fn unrestored(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .unrestored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// Takes back a company's live snapshot from its saved state if that is still to do
+    /// (blocking: call it on the blocking pool). A company being taken back by another
+    /// caller is waited for, never taken back twice.
+    pub fn take_back(&self, company: &str) {
+        if self.is_restored(company) {
+            return;
+        }
+        let _one_at_a_time = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_restored(company) {
+            return;
+        }
+        // (a test holds the server here, listening, with the company not taken back)
+        crate::failpoint::hit("restore");
+        match self.restore(company) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(company, snapshots = n, "Took back the loaded snapshots.")
+            }
+            Err(e) => {
+                tracing::warn!(company, error = %e, "Could not take back the loaded snapshots; the latest is loaded again.")
+            }
+        }
+        self.unrestored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(company);
     }
 
     /// Rebuilds a company's live snapshot from its saved state and the cached Parquet (after a

@@ -263,6 +263,7 @@ async fn ingest_company(
     state_dir: &std::path::Path,
     company: control::Company,
 ) {
+    ready(&state.live, &company.id).await;
     let ingested = ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await;
     // what follows writes the control plane and the saved state: on the blocking pool
     let (state, state_dir) = (state.clone(), state_dir.to_owned());
@@ -273,6 +274,16 @@ async fn ingest_company(
     if let Err(e) = recorded.await {
         tracing::error!(error = %e, "Could not record an ingest's outcome.");
     }
+}
+
+/// Waits until the company's saved state is taken back (at once when it is): what it
+/// serves and what it ingests next build on it.
+pub(crate) async fn ready(live: &Arc<ingest::LiveSet>, company: &str) {
+    if live.is_restored(company) {
+        return;
+    }
+    let (live, company) = (live.clone(), company.to_owned());
+    let _ = tokio::task::spawn_blocking(move || live.take_back(&company)).await;
 }
 
 /// Records what an ingest did: events, the snapshot's record, the saved state.
@@ -432,17 +443,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let mut live = ingest::LiveSet::new(&options.state_dir);
     live.limits = options.company_limits.clone();
     let live = Arc::new(live);
-    for company in control.all_companies()? {
-        match live.restore(&company.id) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(company = %company.id, snapshots = n, "Took back the loaded snapshots.")
-            }
-            Err(e) => {
-                tracing::warn!(company = %company.id, error = %e, "Could not take back the loaded snapshots; the latest is loaded again.")
-            }
-        }
-    }
+    // The server listens at once: each company's saved state is taken back on its first
+    // request or ingest, or by the pass below, whichever comes first.
+    live.defer_restore(control.all_companies()?.into_iter().map(|c| c.id));
     let mut state = api::AppState::new(
         control,
         live,
@@ -490,6 +493,23 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let state = Arc::new(state);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
+    {
+        let live = state.live.clone();
+        let left = live.unrestored();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            for company in &left {
+                live.take_back(company);
+            }
+            if !left.is_empty() {
+                tracing::info!(
+                    companies = left.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "Took back every company's saved state."
+                );
+            }
+        });
+    }
     // At shutdown the ingest loop stops starting ingests and waits for those running, so a
     // snapshot being loaded or its state being saved is finished, not cut off.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1028,6 +1028,68 @@ fn a_load_failing_on_the_servers_own_disk_is_tried_again_not_refused() {
     );
 }
 
+#[test]
+fn a_restarted_server_listens_before_taking_back_its_companies_and_serves_each_on_demand() {
+    let mut s = setup(&[]);
+    let (key, co) = (s.key.clone(), s.company_id.clone());
+    let live = latest_id(&s.store_dir, &co);
+    let before = s.server.ok(&key, &format!("/companies/{co}/data/invoices"));
+    let (state, store) = (s.server.state.clone(), s.server.store.clone());
+    s.server.stop();
+    // Restarted with the taking back of the company held: the server answers meanwhile.
+    let dir = tempdir();
+    let paused = dir.path().join("paused");
+    let env = [
+        ("CONNECTOR_PAUSE_AT", "restore".to_owned()),
+        ("CONNECTOR_PAUSE_FILE", paused.display().to_string()),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let starting = std::thread::spawn(move || {
+        let server = Server::start_env(&state, &store, &[], &env);
+        let _ = tx.send(());
+        server
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the server did not listen while a company's saved state was still to take back"
+    );
+    s.server = starting.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the company was never taken back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, companies, _) = s.server.call("GET", Some(&key), "/companies", None);
+    assert_eq!(status, 200, "{companies}");
+    // The company's own request waits for it, and is answered from what was live, not from
+    // a reload (the same records, modifiedDate included).
+    let base = s.server.base.clone();
+    let (k, c) = (key.clone(), co.clone());
+    let asking = std::thread::spawn(move || {
+        call_at(
+            &base,
+            "GET",
+            Some(&k),
+            &format!("/companies/{c}/data/invoices"),
+            None,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !asking.is_finished(),
+        "the company answered before it was taken back"
+    );
+    std::fs::remove_file(&paused).unwrap();
+    let (status, after, _) = asking.join().unwrap();
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after, before);
+    let status = s.server.ok(&key, &format!("/companies/{co}/dataStatus"));
+    assert_eq!(status["invoices"]["snapshotId"], live.as_str());
+}
+
 /// The server's count of refused snapshots, from `/metrics`.
 fn refused_total(s: &Setup) -> u64 {
     let (_, body, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
