@@ -143,6 +143,13 @@ WATCH=$!
 "$BIN/connector" sync --odbc "$CS" --company "$CO" --store "$STORE" --state-dir "$W/connector" > "$W/sync2.out" 2> "$W/sync2.log"
 wait $WATCH
 wait $WRK
+# A restart: how soon the server listens, and how soon the company's first request is answered
+# (its saved state is taken back on demand, not before the server listens).
+echo "restart" >&2
+stop
+T0=$(date +%s%N); start; T1=$(date +%s%N)
+api "$A" > /dev/null; T2=$(date +%s%N)
+echo "$(( (T1 - T0) / 1000000 )) $(( (T2 - T0) / 1000000 ))" > "$W/restart.txt"
 "$PY" - "$W" "$SECS" <<'PY' | tee "$OUT/api.md"
 import json, re, sys
 w, secs = sys.argv[1:3]
@@ -181,4 +188,7 @@ reqs = re.search(r"(\d+) requests in", swap).group(1)
 print(f"\nNew snapshot {snap}: served {seconds} s after latest.json changed (target < 5 s).")
 print(f"Under load (a) for 120 s while it was published and swapped in: {int(reqs):,} requests, "
       f"{int(bad.group(1)) if bad else 0} non-2xx, {sock.group(0) if sock else 'no socket errors'}.")
+listening, answered = open(f"{w}/restart.txt").read().split()
+print(f"\nRestart: listening after {int(listening):,} ms (polled every 50 ms); the company's first "
+      f"answer (query (a)) after {int(answered):,} ms, its saved state taken back on demand.")
 PY
