@@ -53,6 +53,10 @@ pub struct AppState {
     pub unauthenticated_rate: f64,
     /// Token buckets of requests without a valid API key, per IP address.
     ip_buckets: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
+    /// Token buckets of look-ups of credentials not known yet (API keys, device
+    /// credentials), per IP address: a look-up takes a token first, and a valid credential
+    /// gives it back, so only wrong ones spend it (at the same rate as `ip_buckets`).
+    lookup_buckets: Mutex<HashMap<std::net::IpAddr, (f64, Instant)>>,
     /// SHA-256 of the token `/metrics` asks for; None: `/metrics` is off.
     pub metrics_token: Option<[u8; 32]>,
     /// Wakes the ingest loop (the "snapshot published" call, a connector's commit, a stop).
@@ -132,6 +136,7 @@ impl AppState {
             request_timeout: std::time::Duration::from_secs(30),
             unauthenticated_rate: 50.0,
             ip_buckets: Mutex::new(HashMap::new()),
+            lookup_buckets: Mutex::new(HashMap::new()),
             metrics_token: None,
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Default::default()),
@@ -186,27 +191,43 @@ impl AppState {
         take_token(&self.buckets, client.to_owned(), self.rate_per_sec)
     }
 
-    /// Whether a credential not known yet may be looked up for a request from `peer`: the
-    /// 429 answer while its address's bucket is empty, else None (nothing is spent). Requests with no
-    /// known address pass.
-    pub(crate) fn refuse_look_up(&self, peer: Option<std::net::IpAddr>) -> Option<Response> {
-        let wait = token_of(&self.ip_buckets, peer?, self.unauthenticated_rate, 0.0).err()?;
-        Some(self.too_many_unauthenticated(wait))
-    }
-
-    /// A credential that was not valid costs its address a token: the 401 answer, with what
-    /// is left of the address's bucket in its headers.
-    pub(crate) fn charge_invalid(
+    /// Before a credential not known yet is looked up: takes a token of its address's
+    /// look-up bucket (what is left, None when the address is unknown), or the 429 answer
+    /// while that bucket is empty. The token is taken before the look-up, so requests in
+    /// flight at once cannot pass on one token; [`AppState::looked_up`] gives it back for a
+    /// valid credential.
+    pub(crate) fn begin_look_up(
         &self,
         peer: Option<std::net::IpAddr>,
-        mut refusal: Response,
-    ) -> Response {
-        match self.admit_unauthenticated(peer) {
-            Ok(Some(quota)) => quota.write(refusal.headers_mut()),
-            Ok(None) => {}
-            Err(wait) => return self.too_many_unauthenticated(wait),
+    ) -> Result<Option<Quota>, Box<Response>> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        match take_token(&self.lookup_buckets, peer, self.unauthenticated_rate) {
+            Ok(mut quota) => {
+                quota.policy = "per-address";
+                Ok(Some(quota))
+            }
+            Err(wait) => {
+                self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let mut response = ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many wrong API keys or device credentials from this address; retry in {wait} s"),
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                Err(Box::new(response))
+            }
         }
-        refusal
+    }
+
+    /// After a look-up: a valid credential gives its address's token back.
+    pub(crate) fn looked_up(&self, peer: Option<std::net::IpAddr>, valid: bool) {
+        if let (Some(peer), true) = (peer, valid) {
+            give_back(&self.lookup_buckets, peer, self.unauthenticated_rate);
+        }
     }
 
     /// The 429 answer to a request without a valid key whose address's bucket is empty.
@@ -239,7 +260,7 @@ impl AppState {
 
 /// What is left of a key's rate limit after a request, for its answer's headers.
 #[derive(Debug, Clone, Copy)]
-struct Quota {
+pub(crate) struct Quota {
     /// Requests a full bucket holds (a burst).
     limit: u64,
     /// Requests that can be made now.
@@ -255,7 +276,7 @@ struct Quota {
 impl Quota {
     /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds), and the IETF draft's
     /// `RateLimit-Policy` and `RateLimit` fields saying the same.
-    fn write(self, headers: &mut HeaderMap) {
+    pub(crate) fn write(self, headers: &mut HeaderMap) {
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(name, v);
@@ -284,16 +305,6 @@ fn take_token<K: std::hash::Hash + Eq>(
     key: K,
     rate: f64,
 ) -> Result<Quota, u64> {
-    token_of(buckets, key, rate, 1.0)
-}
-
-/// [`take_token`] spending `cost` tokens (0: only looks whether one is there).
-fn token_of<K: std::hash::Hash + Eq>(
-    buckets: &Mutex<HashMap<K, (f64, Instant)>>,
-    key: K,
-    rate: f64,
-    cost: f64,
-) -> Result<Quota, u64> {
     let burst = rate * 2.0;
     let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
@@ -306,7 +317,7 @@ fn token_of<K: std::hash::Hash + Eq>(
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
     if *tokens >= 1.0 {
-        *tokens -= cost;
+        *tokens -= 1.0;
         Ok(Quota {
             limit: burst.floor() as u64,
             remaining: tokens.floor() as u64,
@@ -316,6 +327,18 @@ fn token_of<K: std::hash::Hash + Eq>(
         })
     } else {
         Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// Gives a token back to `key`'s bucket (never past a full one).
+fn give_back<K: std::hash::Hash + Eq>(
+    buckets: &Mutex<HashMap<K, (f64, Instant)>>,
+    key: K,
+    rate: f64,
+) {
+    let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((tokens, _)) = buckets.get_mut(&key) {
+        *tokens = (*tokens + 1.0).min(rate * 2.0);
     }
 }
 
@@ -661,16 +684,21 @@ async fn authenticate(
         }
         known.1.get(&hash).cloned()
     };
+    let mut look_up_quota = None;
     let found = match known {
         Some(client) => Ok(Some(client)),
         None => {
-            // a key not seen yet costs a database look-up: an address whose wrong keys
-            // emptied its bucket waits, and each wrong key is charged to it below
-            if let Some(refused) = state.refuse_look_up(peer_of(&request)) {
-                return refused;
+            // a key not seen yet costs a database look-up: its address pays a token for it
+            // first, given back when the key is valid
+            let peer = peer_of(&request);
+            match state.begin_look_up(peer) {
+                Ok(quota) => look_up_quota = quota,
+                Err(refused) => return *refused,
             }
             let key = key.to_owned();
-            state.control_call(move |c| c.client_by_key(&key)).await
+            let found = state.control_call(move |c| c.client_by_key(&key)).await;
+            state.looked_up(peer, matches!(found, Ok(Some(_))));
+            found
         }
     };
     let client = match found {
@@ -682,11 +710,13 @@ async fn authenticate(
             client
         }
         Ok(None) => {
-            return state.charge_invalid(
-                peer_of(&request),
+            let mut refusal =
                 ApiError(StatusCode::UNAUTHORIZED, "this API key is not valid".into())
-                    .into_response(),
-            );
+                    .into_response();
+            if let Some(quota) = look_up_quota {
+                quota.write(refusal.headers_mut());
+            }
+            return refusal;
         }
         Err(e) => return e.into_response(),
     };
@@ -1152,7 +1182,9 @@ async fn list_records(
         format!("WHERE {}", filter.sql)
     };
     let page_size_text = page_size.to_string();
-    let listing: [&str; 5] = [
+    // (keyed by the company too: snapshot ids are the publisher's, checked only by shape)
+    let listing: [&str; 6] = [
+        &id,
         &answered_by,
         &dt_name,
         params.query.as_deref().unwrap_or(""),
@@ -1169,7 +1201,8 @@ async fn list_records(
         None => (String::new(), Vec::new()),
     };
     let order_value = ordering.value_sql();
-    let counted: [&str; 3] = [
+    let counted: [&str; 4] = [
+        &id,
         &answered_by,
         &dt_name,
         params.query.as_deref().unwrap_or(""),

@@ -37,7 +37,8 @@ pub enum ControlError {
 }
 
 /// Runs control-plane work on tokio's blocking pool and waits for it: the database and its
-/// lock never hold up an async worker. Every caller on an async path goes through here.
+/// lock never hold up an async worker. The server's routes and its ingest loop call the
+/// control plane through here.
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
 ) -> Result<T, ControlError> {

@@ -114,15 +114,20 @@ pub async fn authenticate(
             None,
         );
     }
-    // a look-up costs the database: an address whose wrong credentials emptied its bucket
-    // waits (each wrong one is charged to it below), as with API keys
+    // a look-up costs the database: its address pays a token first, given back when the
+    // credential is valid (or revoked: a known one), as with API keys
     let peer = super::api::peer_of(&request);
-    if let Some(refused) = state.refuse_look_up(peer) {
-        return refused;
-    }
+    let quota = match state.begin_look_up(peer) {
+        Ok(quota) => quota,
+        Err(refused) => return *refused,
+    };
     // (the control plane is asked on the blocking pool: never on an async worker)
     let (control, given) = (state.control.clone(), credential.to_owned());
     let auth = blocking(move || control.authenticate_device(&given)).await;
+    state.looked_up(
+        peer,
+        matches!(auth, Ok(DeviceAuth::Valid(_) | DeviceAuth::Revoked(_))),
+    );
     let device = match auth {
         Ok(DeviceAuth::Valid(d)) => d,
         Ok(DeviceAuth::Revoked(d)) => {
@@ -134,14 +139,15 @@ pub async fn authenticate(
             );
         }
         Ok(DeviceAuth::Invalid) => {
-            return state.charge_invalid(
-                peer,
-                refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "this device credential is not valid",
-                    None,
-                ),
+            let mut refusal = refuse(
+                StatusCode::UNAUTHORIZED,
+                "this device credential is not valid",
+                None,
             );
+            if let Some(quota) = quota {
+                quota.write(refusal.headers_mut());
+            }
+            return refusal;
         }
         Err(e) => return internal(e),
     };

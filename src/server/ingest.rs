@@ -141,8 +141,10 @@ pub struct LiveSet {
     /// Companies whose saved state has not been taken back yet: a server listens before it
     /// has taken back every company (see [`LiveSet::take_back`]).
     unrestored: Mutex<std::collections::HashSet<String>>,
-    /// One company is taken back at a time.
-    restoring: Mutex<()>,
+    /// Companies being taken back now (by whoever claimed them).
+    restoring: Mutex<std::collections::HashSet<String>>,
+    /// One company is taken back at a time; waited for without holding a thread.
+    pub restore_places: tokio::sync::Semaphore,
 }
 
 /// What one company's DuckDB may use: past its memory it spills to `STATE/db/tmp/COMPANY`
@@ -183,6 +185,7 @@ impl LiveSet {
             limits: CompanyLimits::default(),
             unrestored: Mutex::default(),
             restoring: Mutex::default(),
+            restore_places: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -217,17 +220,32 @@ impl LiveSet {
         left
     }
 
-    /// Takes back a company's live snapshot from its saved state if that is still to do
-    /// (blocking: call it on the blocking pool). A company being taken back by another
-    /// caller is waited for, never taken back twice.
+    /// Claims the taking back of a company still to take back: true for the one caller that
+    /// is to do it (then [`LiveSet::take_back`], and [`LiveSet::restored`] whatever happens).
+    pub fn claim_restore(&self, company: &str) -> bool {
+        !self.is_restored(company)
+            && self
+                .restoring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(company.to_owned())
+    }
+
+    /// Marks a claimed company as taken back (or given up on: its latest is loaded again).
+    pub fn restored(&self, company: &str) {
+        self.unrestored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(company);
+        self.restoring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(company);
+    }
+
+    /// Takes back a claimed company's live snapshot from its saved state (blocking: call it
+    /// on the blocking pool).
     pub fn take_back(&self, company: &str) {
-        if self.is_restored(company) {
-            return;
-        }
-        let _one_at_a_time = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_restored(company) {
-            return;
-        }
         // (a test holds the server here, listening, with the company not taken back)
         crate::failpoint::hit("restore");
         match self.restore(company) {
@@ -239,10 +257,6 @@ impl LiveSet {
                 tracing::warn!(company, error = %e, "Could not take back the loaded snapshots; the latest is loaded again.")
             }
         }
-        self.unrestored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(company);
     }
 
     /// Rebuilds a company's live snapshot from its saved state and the cached Parquet (after a
@@ -295,9 +309,7 @@ impl LiveSet {
                 let file = file.to_string_lossy().replace('\'', "''");
                 q(&format!(
                     "CREATE TABLE {s}.{t} AS SELECT r.*, p.{h}, p.{m} FROM read_parquet('{file}') r JOIN persist.main.{st} p USING ({id});
-                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};
-                     {index}",
-                    index = index_by_id(&format!("{}.{}", ident(&schema), ident(name)), name),
+                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};",
                     s = ident(&schema),
                     t = ident(name),
                     h = ident(HASH_COLUMN),
@@ -313,6 +325,7 @@ impl LiveSet {
             let _ = q("ROLLBACK");
             return Err(e);
         }
+        index_all(&conn, &schema, manifest.data_types.keys());
         let live = Arc::new(Live {
             snapshot_id: manifest.snapshot_id.clone(),
             manifest,
@@ -685,37 +698,53 @@ async fn check_and_load(
 }
 
 /// Whether a load failed on the server's own resources (memory, disk, a folder it could not
-/// make) rather than on the snapshot's content: DuckDB names these classes in its messages.
+/// make) rather than on the snapshot's content: DuckDB names these classes at the start of
+/// its messages.
 /// Such a snapshot is not refused: the next poll loads it again. A refusal is for content,
 /// which a published snapshot never changes.
 pub fn on_the_server(detail: &str) -> bool {
-    const CLASSES: [&str; 7] = [
+    const CLASSES: [&str; 6] = [
         "IO Error",
         "Out of Memory Error",
         "INTERRUPT Error",
         "INTERNAL Error",
         "FATAL Error",
         "Connection Error",
-        "No space left on device",
     ];
-    CLASSES.iter().any(|class| detail.contains(class))
+    // DuckDB's message begins with its class; the rest may quote the snapshot's own text
+    // (a column's name, a value), which never decides
+    CLASSES.iter().any(|class| detail.starts_with(class))
 }
 
-/// An index of a loaded table on its ids: a record asked for by id is found through it, not
-/// by scanning the table.
-fn index_by_id(table: &str, data_type: &str) -> String {
-    format!(
-        "CREATE INDEX {} ON {table} ({});",
-        ident(&format!("by_id_{data_type}")),
-        ident(crate::model::ID_FIELD)
-    )
+/// Indexes each loaded table of `schema` on its ids: a record asked for by id is found
+/// through it, not by scanning the table. Built after the snapshot's transaction, and only
+/// a help: an index that cannot be built (DuckDB builds it in memory, under the company's
+/// limit) is logged, and that table is scanned instead.
+fn index_all<'a>(conn: &Connection, schema: &str, data_types: impl Iterator<Item = &'a String>) {
+    for data_type in data_types {
+        let sql = format!(
+            "CREATE INDEX {} ON {}.{} ({});",
+            ident(&format!("by_id_{data_type}")),
+            ident(schema),
+            ident(data_type),
+            ident(crate::model::ID_FIELD)
+        );
+        if let Err(e) = conn.execute_batch(&sql) {
+            tracing::warn!(schema, data_type, error = %e, "Could not index a loaded table on its ids; look-ups by id scan it.");
+        }
+    }
 }
 
 /// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.
 fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Result<(), String> {
     use crate::rules::FieldDifference as D;
-    let actual = crate::rules::describe(conn, &format!("SELECT * FROM {raw}"))
-        .map_err(|e| format!("{}: its Parquet cannot be read: {e}", dt.name))?;
+    let actual = crate::rules::describe(conn, &format!("SELECT * FROM {raw}")).map_err(|e| {
+        match e.to_string() {
+            // the server's own failure keeps DuckDB's class first (see on_the_server)
+            server if on_the_server(&server) => format!("{server} (reading {})", dt.name),
+            content => format!("{}: its Parquet cannot be read: {content}", dt.name),
+        }
+    })?;
     let expected = crate::rules::model_columns(conn, dt).map_err(|e| e.to_string())?;
     let problems: Vec<String> = crate::rules::field_differences(&expected, &actual)
         .into_iter()
@@ -818,7 +847,6 @@ fn load(
                     m = ident(MODIFIED_DATE)
                 ))?,
             }
-            q(&index_by_id(&table, &dt.name))?;
             let (h, del, id) = (
                 ident(HASH_COLUMN),
                 ident(crate::model::IS_DELETED_FIELD),
@@ -856,6 +884,7 @@ fn load(
         let _ = q("ROLLBACK");
         return Err(e);
     }
+    index_all(&conn, &schema, model.types.iter().map(|dt| &dt.name));
     tracing::debug!(schema, "Loaded a snapshot.");
     Ok(Live {
         snapshot_id: manifest.snapshot_id.clone(),
@@ -867,4 +896,29 @@ fn load(
         db: db.clone(),
         cache,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_the_server;
+
+    #[test]
+    fn only_duckdbs_own_classes_at_the_start_say_the_server_failed() {
+        assert!(on_the_server(
+            "IO Error: No files found that match the pattern \"/state/cache/x.parquet\""
+        ));
+        assert!(on_the_server(
+            "Out of Memory Error: failed to allocate data of size 256.0 KiB (in: CREATE TABLE …)"
+        ));
+        // the snapshot's own text never decides
+        assert!(!on_the_server(
+            "invoices: column IO Error is not in the model"
+        ));
+        assert!(!on_the_server(
+            "Conversion Error: Could not convert string 'Out of Memory Error' to INT64"
+        ));
+        assert!(!on_the_server(
+            "invoices: the data does not add up to the manifest's control totals"
+        ));
+    }
 }

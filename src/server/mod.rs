@@ -278,12 +278,22 @@ async fn ingest_company(
 
 /// Waits until the company's saved state is taken back (at once when it is): what it
 /// serves and what it ingests next build on it.
+/// One caller takes it back (one company at a time, on the blocking pool); the others wait
+/// without holding a thread.
 pub(crate) async fn ready(live: &Arc<ingest::LiveSet>, company: &str) {
-    if live.is_restored(company) {
-        return;
+    loop {
+        if live.is_restored(company) {
+            return;
+        }
+        if live.claim_restore(company) {
+            let _place = live.restore_places.acquire().await;
+            let (taking, name) = (live.clone(), company.to_owned());
+            let _ = tokio::task::spawn_blocking(move || taking.take_back(&name)).await;
+            live.restored(company);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (live, company) = (live.clone(), company.to_owned());
-    let _ = tokio::task::spawn_blocking(move || live.take_back(&company)).await;
 }
 
 /// Records what an ingest did: events, the snapshot's record, the saved state.
@@ -496,10 +506,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     {
         let live = state.live.clone();
         let left = live.unrestored();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let started = std::time::Instant::now();
             for company in &left {
-                live.take_back(company);
+                ready(&live, company).await;
             }
             if !left.is_empty() {
                 tracing::info!(
