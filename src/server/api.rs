@@ -208,18 +208,10 @@ impl AppState {
                 quota.policy = "per-address";
                 Ok(Some(quota))
             }
-            Err(wait) => {
-                self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let mut response = ApiError(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many wrong API keys or device credentials from this address; retry in {wait} s"),
-                )
-                .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-                Err(Box::new(response))
-            }
+            Err(wait) => Err(Box::new(self.too_many(
+                "too many wrong API keys or device credentials from this address",
+                wait,
+            ))),
         }
     }
 
@@ -232,12 +224,18 @@ impl AppState {
 
     /// The 429 answer to a request without a valid key whose address's bucket is empty.
     fn too_many_unauthenticated(&self, wait: u64) -> Response {
+        self.too_many(
+            "too many requests without a valid API key from this address",
+            wait,
+        )
+    }
+
+    /// A 429 saying `what` and when to retry (`Retry-After`), counted in the metrics.
+    fn too_many(&self, what: &str, wait: u64) -> Response {
         self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         let mut response = ApiError(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many requests without a valid API key from this address; retry in {wait} s"
-            ),
+            format!("{what}; retry in {wait} s"),
         )
         .into_response();
         response
@@ -723,12 +721,7 @@ async fn authenticate(
     let quota = match state.admit(&client.id) {
         Ok(quota) => quota,
         Err(wait) => {
-            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let mut response = ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many requests for this API key; retry in {wait} s"),
-            )
-            .into_response();
+            let mut response = state.too_many("too many requests for this API key", wait);
             let burst = state.rate_per_sec * 2.0;
             Quota {
                 limit: burst.floor() as u64,
@@ -738,9 +731,6 @@ async fn authenticate(
                 policy: "per-key",
             }
             .write(response.headers_mut());
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return response;
         }
     };

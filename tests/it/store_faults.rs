@@ -126,7 +126,7 @@ fn faulty_store(hint: &str) -> (S3, String, FaultProxy, tempfile::TempDir, Strin
 }
 
 /// No snapshot of company `co` was refused.
-fn none_refused(server: &Server, key: &str, co: &str) {
+pub(crate) fn none_refused(server: &Server, key: &str, co: &str) {
     let snaps = server.ok(key, &format!("/companies/{co}/snapshots"));
     assert!(
         snaps["results"]
