@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use connector::publish::StoreConfig;
-use connector::server::control::ControlPlane;
 use connector::server::{self, ServeOptions};
 
 /// Serves the data connectors publish: API clients query it over HTTP.
@@ -43,6 +42,10 @@ struct ServeArgs {
     /// Folder for the control database and the data cache.
     #[arg(long, default_value = "server-state")]
     state_dir: PathBuf,
+    /// The control plane shared by several server nodes: postgres://user@host:port/database
+    /// (the password from PGPASSWORD or the URL); default: SQLite in the state folder.
+    #[arg(long, env = "CONNECTOR_CONTROL")]
+    control: Option<String>,
     /// Seconds between two looks at each company's latest snapshot.
     #[arg(long, default_value_t = 2.0)]
     poll_secs: f64,
@@ -129,47 +132,59 @@ struct ServeArgs {
     rotate_after_secs: i64,
 }
 
+/// Where an operator command finds the control plane.
+#[derive(clap::Args)]
+struct ControlAt {
+    /// Folder of the control database (SQLite) and of the secrets key file.
+    #[arg(long, default_value = "server-state")]
+    state_dir: PathBuf,
+    /// The control plane when it is not the state folder's SQLite file:
+    /// postgres://user@host:port/database (the password from PGPASSWORD or the URL).
+    #[arg(long, env = "CONNECTOR_CONTROL")]
+    control: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Create an API client; prints its API key, once (only its hash is kept).
     CreateClient {
         /// The client's name.
         name: String,
-        /// Folder of the control database.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        at: ControlAt,
     },
     /// Revoke an API client: its key stops working at once, on a running server too.
     RevokeClient {
         /// The client id (`cl_…`, printed by create-client).
         client_id: String,
-        /// Folder of the control database.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        at: ControlAt,
     },
     /// Give an API client a new key (printed, once); the old one stops working at once.
     RotateKey {
         /// The client id (`cl_…`, printed by create-client).
         client_id: String,
-        /// Folder of the control database.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        at: ControlAt,
     },
     /// Seal webhook signing secrets under a new key: a new first line in the secrets key
     /// file (CONNECTOR_SECRETS_KEY_FILE, else secrets.key in the state folder), every secret
     /// sealed again under it. The old keys stay in the file; delete their lines afterwards.
     RotateSecretsKey {
-        /// Folder of the control database.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        at: ControlAt,
     },
     /// Revoke a connector (device): its credential stops working at once.
     RevokeDevice {
         /// The device id (`dev…`, from GET /companies/{id}/devices).
         device_id: String,
-        /// Folder of the control database.
-        #[arg(long, default_value = "server-state")]
-        state_dir: PathBuf,
+        /// Where the control plane is.
+        #[command(flatten)]
+        at: ControlAt,
     },
 }
 
@@ -182,6 +197,7 @@ fn main() -> ExitCode {
                 store,
                 listen,
                 state_dir,
+                control,
                 poll_secs,
                 rate_limit,
                 allow_private_webhooks,
@@ -212,6 +228,7 @@ fn main() -> ExitCode {
                 store: StoreConfig::new(store),
                 listen,
                 state_dir,
+                control,
                 poll: Duration::from_secs_f64(poll_secs.max(0.05)),
                 rate_per_sec: rate_limit.max(0.1),
                 allow_internal_webhooks: allow_private_webhooks,
@@ -267,15 +284,16 @@ fn main() -> ExitCode {
 
 /// Runs an operator command against the control database of its `--state-dir`.
 fn admin(command: AdminCommand) -> anyhow::Result<()> {
-    let (AdminCommand::CreateClient { state_dir, .. }
-    | AdminCommand::RevokeClient { state_dir, .. }
-    | AdminCommand::RotateKey { state_dir, .. }
-    | AdminCommand::RevokeDevice { state_dir, .. }
-    | AdminCommand::RotateSecretsKey { state_dir }) = &command;
-    if let AdminCommand::RotateSecretsKey { state_dir } = &command {
+    let (AdminCommand::CreateClient { at, .. }
+    | AdminCommand::RevokeClient { at, .. }
+    | AdminCommand::RotateKey { at, .. }
+    | AdminCommand::RevokeDevice { at, .. }
+    | AdminCommand::RotateSecretsKey { at }) = &command;
+    let (state_dir, url) = (&at.state_dir, at.control.as_deref());
+    if let AdminCommand::RotateSecretsKey { .. } = &command {
         let file = server::secrets::SecretKeys::path_for(&state_dir.join("control.sqlite3"));
         server::secrets::SecretKeys::rotate(&file).map_err(anyhow::Error::msg)?;
-        let control = server::open_control(state_dir)?;
+        let control = server::open_control(state_dir, url)?;
         let n = control.reseal_secrets(true)?;
         println!(
             "{n} webhook secrets sealed under a new key, the first line of {}; the older keys' lines may now be deleted",
@@ -283,7 +301,7 @@ fn admin(command: AdminCommand) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let control = server::open_control(state_dir)?;
+    let control = server::open_control(state_dir, url)?;
     match command {
         AdminCommand::RotateSecretsKey { .. } => {}
         AdminCommand::CreateClient { name, .. } => {

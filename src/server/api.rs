@@ -105,6 +105,12 @@ pub struct AppState {
     pub connector_silence_secs: i64,
     /// The connector reason last told to each company's client (`company.status_changed`).
     pub told_reasons: Mutex<HashMap<String, Option<String>>>,
+    /// This server process's name among the nodes that share a control plane (it claims
+    /// ingests under it).
+    pub node: String,
+    /// Per company, the snapshot this node serves that it knows to be recorded (by itself
+    /// or another node): no control-plane look-up at each poll.
+    pub recorded: Mutex<HashMap<String, String>>,
 }
 
 impl AppState {
@@ -159,6 +165,8 @@ impl AppState {
             company_wakes: Mutex::new(HashMap::new()),
             connector_silence_secs: super::devices::NOT_SEEN_SECS,
             told_reasons: Mutex::new(HashMap::new()),
+            node: super::node_name(),
+            recorded: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
             counts: Counts::default(),
         }

@@ -36,6 +36,14 @@ pub enum ControlError {
     Task(String),
 }
 
+/// How long a node holds a webhook delivery it took from a shared control plane: longer
+/// than one attempt can take (a 10 s request, a 2 s look-up).
+pub const DELIVERY_LEASE_MS: i64 = 60_000;
+
+/// How long a node holds the recording of a snapshot it claimed (see
+/// [`ControlPlane::claim_ingest`]): longer than a load of the largest company takes.
+pub const INGEST_LEASE_MS: i64 = 120_000;
+
 /// Runs control-plane work on tokio's blocking pool and waits for it: the database and its
 /// lock never hold up an async worker. The server's routes and its ingest loop call the
 /// control plane through here.
@@ -171,16 +179,22 @@ pub trait ControlPlane: Send + Sync {
     /// transaction). False when the client has no such subscription.
     fn delete_webhook(&self, client_id: &str, webhook_id: &str) -> Result<bool, ControlError>;
     /// Queues an event for every subscription of `client_id` that wants `event_type` (one
-    /// transaction: all or none).
+    /// transaction: all or none); returns how many deliveries were queued. An event with a
+    /// `key` (what it is about, e.g. `data.synced:COMPANY:SNAPSHOT`) is queued once per
+    /// subscription whoever queues it again, its delivery id made from the key: a node that
+    /// takes over another's ingest cannot send one event under two ids.
     fn enqueue_event(
         &self,
         client_id: &str,
         event_type: &str,
         payload: &serde_json::Value,
+        key: Option<&str>,
     ) -> Result<usize, ControlError>;
     /// Pending deliveries due at `now_ms`, with their webhook: the oldest `per_webhook` of
     /// each webhook (so that one webhook's backlog never hides another's), oldest first, at
-    /// most `limit`.
+    /// most `limit`. A control plane shared by several nodes hands each delivery to one of
+    /// them, which holds it for [`DELIVERY_LEASE_MS`] (then it is due again, for any node:
+    /// a node that died mid-delivery loses nothing).
     fn due_deliveries(
         &self,
         now_ms: i64,
@@ -308,6 +322,20 @@ pub trait ControlPlane: Send + Sync {
     fn all_companies(&self) -> Result<Vec<Company>, ControlError>;
     /// Records what happened to a snapshot (a second record for the same id replaces it).
     fn record_snapshot(&self, record: &SnapshotRecord) -> Result<(), ControlError>;
+    /// Claims the recording of snapshot `snapshot_id` of `company_id` (its record, its
+    /// events) for `node` during `lease_ms`: true when `node` may record it (no claim yet, its
+    /// own claim, or one whose lease ran out because its node died). Every node loads each
+    /// snapshot for itself; one records it.
+    fn claim_ingest(
+        &self,
+        company_id: &str,
+        snapshot_id: &str,
+        node: &str,
+        lease_ms: i64,
+    ) -> Result<bool, ControlError>;
+    /// Seals every webhook secret stored in clear, and (with `all`) every one sealed under a
+    /// key other than the sealing key; returns how many were sealed again. One transaction.
+    fn reseal_secrets(&self, all: bool) -> Result<usize, ControlError>;
     /// A company's snapshots, newest first.
     fn snapshots(&self, company_id: &str) -> Result<Vec<SnapshotRecord>, ControlError>;
 }
@@ -363,6 +391,9 @@ CREATE INDEX IF NOT EXISTS devices_company ON devices(company_id);
 CREATE TABLE IF NOT EXISTS sync_requests (
     id TEXT PRIMARY KEY, company_id TEXT NOT NULL REFERENCES companies(id), requested_at TEXT NOT NULL,
     taken_at TEXT, finished_at TEXT, outcome TEXT);
+CREATE TABLE IF NOT EXISTS ingest_claims (
+    company_id TEXT NOT NULL, snapshot_id TEXT NOT NULL, node TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, PRIMARY KEY (company_id, snapshot_id));
 CREATE TABLE IF NOT EXISTS sync_results (
     company_id TEXT NOT NULL REFERENCES companies(id), device_id TEXT NOT NULL, ok INTEGER NOT NULL,
     reason TEXT, message TEXT, snapshot_id TEXT, started_at TEXT, finished_at TEXT,
@@ -388,6 +419,18 @@ fn random_id(prefix: &str, bytes: usize) -> String {
 /// A random token of `bytes` bytes, hex.
 pub fn random_token(bytes: usize) -> String {
     random_id("", bytes)
+}
+
+/// A delivery's id (its `webhook-id`): random, or made from the event's key and the
+/// subscription when the event has one (the same event queued twice is one delivery).
+pub(crate) fn delivery_id(webhook_id: &str, key: Option<&str>) -> String {
+    match key {
+        None => random_id("msg_", 12),
+        Some(key) => {
+            let digest = Sha256::digest(format!("{webhook_id}\n{key}").as_bytes());
+            format!("msg_{}", hex(&digest[..12]))
+        }
+    }
 }
 
 /// SHA-256 of an API key, hex.
@@ -556,34 +599,6 @@ impl SqliteControl {
         }
     }
 
-    /// Seals every webhook secret stored in clear, and (with `all`) every one sealed under a
-    /// key other than the sealing key; returns how many were sealed again. One transaction.
-    pub fn reseal_secrets(&self, all: bool) -> Result<usize, ControlError> {
-        let rows: Vec<(String, String)> =
-            self.rows("SELECT id, secret FROM webhooks", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let mut db = self.db();
-        let tx = db.transaction().map_err(self.err())?;
-        let mut n = 0;
-        for (id, stored) in rows {
-            let sealed = super::secrets::SecretKeys::is_sealed(&stored);
-            if sealed && (!all || self.keys().is_current(&stored)) {
-                continue;
-            }
-            let secret = self.open_secret(&stored)?;
-            let resealed = self.keys().seal(&secret);
-            tx.execute(
-                "UPDATE webhooks SET secret = ?2 WHERE id = ?1",
-                params![id, resealed],
-            )
-            .map_err(self.err())?;
-            n += 1;
-        }
-        tx.commit().map_err(self.err())?;
-        Ok(n)
-    }
-
     fn keys(&self) -> std::sync::MutexGuard<'_, super::secrets::SecretKeys> {
         self.secrets.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -744,6 +759,7 @@ impl ControlPlane for SqliteControl {
         client_id: &str,
         event_type: &str,
         payload: &serde_json::Value,
+        key: Option<&str>,
     ) -> Result<usize, ControlError> {
         let hooks: Vec<Webhook> = self
             .webhooks(client_id)?
@@ -753,16 +769,18 @@ impl ControlPlane for SqliteControl {
         let mut db = self.db();
         let tx = db.transaction().map_err(self.err())?;
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut queued = 0;
         for hook in &hooks {
-            tx.execute(
-                "INSERT INTO deliveries (id, webhook_id, event_type, payload, status, attempts, next_attempt_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6)",
-                params![random_id("msg_", 12), hook.id, event_type, payload.to_string(), now_ms, now()],
-            )
-            .map_err(self.err())?;
+            queued += tx
+                .execute(
+                    "INSERT OR IGNORE INTO deliveries (id, webhook_id, event_type, payload, status, attempts, next_attempt_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6)",
+                    params![delivery_id(&hook.id, key), hook.id, event_type, payload.to_string(), now_ms, now()],
+                )
+                .map_err(self.err())?;
         }
         tx.commit().map_err(self.err())?;
-        Ok(hooks.len())
+        Ok(queued)
     }
 
     fn due_deliveries(
@@ -1518,6 +1536,58 @@ impl ControlPlane for SqliteControl {
         )
         .map_err(self.err())?;
         Ok(())
+    }
+
+    fn claim_ingest(
+        &self,
+        company_id: &str,
+        snapshot_id: &str,
+        node: &str,
+        lease_ms: i64,
+    ) -> Result<bool, ControlError> {
+        let now = now_ms();
+        let db = self.db();
+        // the company's claims that ran out are done with (one row a company stays)
+        db.execute(
+            "DELETE FROM ingest_claims WHERE company_id = ?1 AND snapshot_id <> ?2 AND expires_at < ?3",
+            params![company_id, snapshot_id, now],
+        )
+        .map_err(self.err())?;
+        let claimed = db
+            .execute(
+                "INSERT INTO ingest_claims (company_id, snapshot_id, node, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (company_id, snapshot_id) DO UPDATE SET node = excluded.node, expires_at = excluded.expires_at
+                 WHERE ingest_claims.node = excluded.node OR ingest_claims.expires_at < ?5",
+                params![company_id, snapshot_id, node, now + lease_ms, now],
+            )
+            .map_err(self.err())?;
+        Ok(claimed == 1)
+    }
+
+    fn reseal_secrets(&self, all: bool) -> Result<usize, ControlError> {
+        let rows: Vec<(String, String)> =
+            self.rows("SELECT id, secret FROM webhooks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        let mut n = 0;
+        for (id, stored) in rows {
+            let sealed = super::secrets::SecretKeys::is_sealed(&stored);
+            if sealed && (!all || self.keys().is_current(&stored)) {
+                continue;
+            }
+            let secret = self.open_secret(&stored)?;
+            let resealed = self.keys().seal(&secret);
+            tx.execute(
+                "UPDATE webhooks SET secret = ?2 WHERE id = ?1",
+                params![id, resealed],
+            )
+            .map_err(self.err())?;
+            n += 1;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(n)
     }
 
     fn snapshots(&self, company_id: &str) -> Result<Vec<SnapshotRecord>, ControlError> {

@@ -247,11 +247,11 @@ fn reason_code(reason: &Option<serde_json::Value>) -> Option<String> {
 /// from the one last told: at check-in, and from the server's sweep (a connector falling
 /// silent). A company first seen by this server process is noted, not told.
 pub fn tell_reason(state: &AppState, company_id: &str) {
-    let now = state
-        .control
-        .devices(company_id)
-        .ok()
-        .and_then(|d| connector_reason(&d, state.connector_silence_secs));
+    let devices = state.control.devices(company_id).unwrap_or_default();
+    let now = connector_reason(&devices, state.connector_silence_secs);
+    // what the change is about: nodes sharing the control plane that see the same change
+    // (the same reasons, the same last call) queue one event
+    let last_seen = devices.iter().filter_map(|d| d.last_seen_at.as_deref()).max();
     let now_code = reason_code(&now);
     let before = {
         let mut told = state.told_reasons.lock().unwrap_or_else(|e| e.into_inner());
@@ -286,6 +286,10 @@ pub fn tell_reason(state: &AppState, company_id: &str) {
             "advice": now.as_ref().and_then(|a| a["advice"].as_str().map(str::to_owned)),
             "message": now.as_ref().and_then(|a| a["message"].as_str().map(str::to_owned)),
         }),
+        Some(format!(
+            "company.status_changed:{}:{before:?}:{now_code:?}:{last_seen:?}",
+            company.id
+        )),
     );
 }
 
@@ -714,6 +718,10 @@ pub async fn result(
                 "startedAt": body.started_at,
                 "finishedAt": body.finished_at,
             }),
+            // a result sent again (its answer was lost) is the same event
+            body.request_id
+                .as_ref()
+                .map(|r| format!("sync.failed:{}:{r}", company.id)),
         );
         Ok(())
     })

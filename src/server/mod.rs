@@ -41,8 +41,10 @@ pub struct ServeOptions {
     pub store: StoreConfig,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Control database and data cache.
+    /// Control database (SQLite, unless `control` names another) and data cache.
     pub state_dir: PathBuf,
+    /// The control plane's URL (`postgres://…`) when it is shared by several nodes.
+    pub control: Option<String>,
     /// How often each company's `latest.json` is read.
     pub poll: Duration,
     /// Requests per second per API key.
@@ -116,18 +118,32 @@ pub enum ServeError {
     },
 }
 
-/// Opens the control database in the state folder. The folder is the server's own (0700:
-/// keys' hashes, webhook secrets, cached data of every tenant) and the database file 0600;
-/// SQLite gives its WAL files the database's permissions.
-pub fn open_control(state_dir: &std::path::Path) -> Result<SqliteControl, ServeError> {
+/// Opens the control plane: PostgreSQL when `url` names it (shared by several nodes), else
+/// SQLite in the state folder. The folder is the server's own (0700: keys' hashes, webhook
+/// secrets' key, cached data of every tenant) and the SQLite file 0600; SQLite gives its WAL
+/// files the database's permissions.
+pub fn open_control(
+    state_dir: &std::path::Path,
+    url: Option<&str>,
+) -> Result<Arc<dyn ControlPlane>, ServeError> {
     let path = state_dir.join("control.sqlite3");
-    crate::files::private_dir(state_dir)
-        .and_then(|()| crate::files::private_file(&path))
-        .map_err(|source| ServeError::State {
-            path: state_dir.to_owned(),
-            source,
-        })?;
-    Ok(SqliteControl::open(&path)?)
+    crate::files::private_dir(state_dir).map_err(|source| ServeError::State {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+        let keys = secrets::SecretKeys::path_for(&path);
+        // PENDING(postgres): control::postgres::PostgresControl::open(url, &keys)
+        let _ = (url, keys);
+        return Err(ServeError::Control(control::ControlError::Task(
+            "PostgreSQL control plane not wired yet".into(),
+        )));
+    }
+    crate::files::private_file(&path).map_err(|source| ServeError::State {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(SqliteControl::open(&path)?))
 }
 
 /// The companies being ingested, and the places for them. A pass of the ingest loop starts
@@ -296,7 +312,8 @@ pub(crate) async fn ready(live: &Arc<ingest::LiveSet>, company: &str) {
     }
 }
 
-/// Records what an ingest did: events, the snapshot's record, the saved state.
+/// Records what an ingest did: the saved state (this node's), then the snapshot's record and
+/// its events, by one node of those that share the control plane (see [`record_once`]).
 fn record_ingest(
     state: &api::AppState,
     state_dir: &std::path::Path,
@@ -306,131 +323,233 @@ fn record_ingest(
     match ingested {
         Ok(Some(live)) => {
             state.metrics.snapshots_live.fetch_add(1, Ordering::Relaxed);
-            let before = company_status(&*state.control, &company.id);
-            emit(
-                state,
-                &company.client_id,
-                "data.synced",
-                serde_json::json!({
-                    "companyId": company.id,
-                    "snapshotId": live.snapshot_id,
-                    "dataTypes": live.changes,
-                }),
-            );
-            if before != "Fetched" {
-                emit(
-                    state,
-                    &company.client_id,
-                    "company.status_changed",
-                    serde_json::json!({
-                        "companyId": company.id, "from": before, "to": "Fetched",
-                    }),
-                );
-            }
-            let record = SnapshotRecord {
-                company_id: company.id.clone(),
-                snapshot_id: live.snapshot_id.clone(),
-                status: "live".into(),
-                detail: None,
-                created_at: Some(live.manifest.created_at.clone()),
-                ingested_at: live.went_live_at.clone(),
-                records: serde_json::to_value(&live.records).ok(),
-            };
-            if let Err(e) = state.control.record_snapshot(&record) {
-                tracing::error!(error = %e, "Could not record a live snapshot.");
-            }
             if let Err(e) = state.live.save(&live) {
                 tracing::error!(company = %company.id, error = %e, "Could not save the live snapshot's state; after a restart it is ingested again.");
             }
+            record_live(state, company, &live);
         }
-        Ok(None) => {}
+        // nothing new here; what this node serves may still be unrecorded (the node that
+        // claimed it died before recording it)
+        Ok(None) => {
+            if let Some(live) = state.live.live(&company.id) {
+                record_live(state, company, &live);
+            }
+        }
         Err(e) if e.retry => {
             tracing::warn!(company = %company.id, error = %e, "Could not load a published snapshot now; the next poll tries again.");
         }
+        Err(e) if e.snapshot == "?" => {
+            state
+                .metrics
+                .snapshots_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
+        }
         Err(e) => {
             // Recorded once per snapshot id; the live snapshot stays as it was.
-            let already = state
-                .control
-                .snapshots(&company.id)
-                .map(|s| {
-                    s.iter()
-                        .any(|r| r.snapshot_id == e.snapshot && r.status == "failed")
-                })
-                .unwrap_or(false);
-            if !already {
+            record_once(state, &company.id, &e.snapshot, |history| {
                 state
                     .metrics
                     .snapshots_failed
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
-                if e.snapshot != "?" {
-                    let public = e.public(state_dir);
-                    let before = company_status(&*state.control, &company.id);
-                    let _ = state.control.record_snapshot(&SnapshotRecord {
-                        company_id: company.id.clone(),
-                        snapshot_id: e.snapshot.clone(),
-                        status: "failed".into(),
-                        detail: Some(public.clone()),
-                        created_at: None,
-                        ingested_at: chrono::Utc::now()
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        records: None,
-                    });
-                    // The client hears of it as of a sync that failed on the PC.
+                let public = e.public(state_dir);
+                let before = status_of(history);
+                let key = |what: &str| Some(format!("{what}:{}:{}", company.id, e.snapshot));
+                // The client hears of it as of a sync that failed on the PC.
+                emit(
+                    state,
+                    &company.client_id,
+                    "sync.failed",
+                    serde_json::json!({
+                        "companyId": company.id,
+                        "snapshotId": e.snapshot,
+                        "reason": "snapshot_refused",
+                        "message": public,
+                        "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
+                    }),
+                    key("sync.failed"),
+                );
+                if before != "Failing" {
                     emit(
                         state,
                         &company.client_id,
-                        "sync.failed",
+                        "company.status_changed",
                         serde_json::json!({
-                            "companyId": company.id,
-                            "snapshotId": e.snapshot,
-                            "reason": "snapshot_refused",
-                            "message": public,
-                            "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
+                            "companyId": company.id, "from": before, "to": "Failing",
                         }),
+                        key("company.status_changed:Failing"),
                     );
-                    if before != "Failing" {
-                        emit(
-                            state,
-                            &company.client_id,
-                            "company.status_changed",
-                            serde_json::json!({
-                                "companyId": company.id, "from": before, "to": "Failing",
-                            }),
-                        );
-                    }
                 }
-            }
+                SnapshotRecord {
+                    company_id: company.id.clone(),
+                    snapshot_id: e.snapshot.clone(),
+                    status: "failed".into(),
+                    detail: Some(public),
+                    created_at: None,
+                    ingested_at: chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    records: None,
+                }
+            });
         }
     }
 }
 
+/// Records the snapshot this node made live, with its events, unless it is recorded already.
+fn record_live(state: &api::AppState, company: &control::Company, live: &ingest::Live) {
+    let known = |state: &api::AppState| {
+        state
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&company.id)
+            == Some(&live.snapshot_id)
+    };
+    if known(state) {
+        return;
+    }
+    let recorded = record_once(state, &company.id, &live.snapshot_id, |history| {
+        let before = status_of(history);
+        let key = |what: &str| Some(format!("{what}:{}:{}", company.id, live.snapshot_id));
+        emit(
+            state,
+            &company.client_id,
+            "data.synced",
+            serde_json::json!({
+                "companyId": company.id,
+                "snapshotId": live.snapshot_id,
+                "dataTypes": live.changes,
+            }),
+            key("data.synced"),
+        );
+        if before != "Fetched" {
+            emit(
+                state,
+                &company.client_id,
+                "company.status_changed",
+                serde_json::json!({
+                    "companyId": company.id, "from": before, "to": "Fetched",
+                }),
+                key("company.status_changed:Fetched"),
+            );
+        }
+        SnapshotRecord {
+            company_id: company.id.clone(),
+            snapshot_id: live.snapshot_id.clone(),
+            status: "live".into(),
+            detail: None,
+            created_at: Some(live.manifest.created_at.clone()),
+            ingested_at: live.went_live_at.clone(),
+            records: serde_json::to_value(&live.records).ok(),
+        }
+    });
+    if recorded {
+        state
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(company.id.clone(), live.snapshot_id.clone());
+    }
+}
+
+/// Records snapshot `snapshot` of `company` once among the nodes that share the control
+/// plane: unless its history has it, or a newer one (a slow node's older snapshot never
+/// supersedes a newer one), this node claims it and `record` queues its events (keyed, so
+/// that a node taking over a claim whose node died sends each under the same id) and
+/// returns its record. True when the snapshot is recorded (now or before); false when
+/// another node holds the claim or the control plane failed (the next poll looks again).
+fn record_once(
+    state: &api::AppState,
+    company: &str,
+    snapshot: &str,
+    record: impl FnOnce(&[SnapshotRecord]) -> SnapshotRecord,
+) -> bool {
+    let history = match state.control.snapshots(company) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(company, error = %e, "Could not read a company's snapshot history.");
+            return false;
+        }
+    };
+    if history.iter().any(|r| r.snapshot_id.as_str() >= snapshot) {
+        return true;
+    }
+    match state.control.claim_ingest(
+        company,
+        snapshot,
+        &state.node,
+        control::INGEST_LEASE_MS,
+    ) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(company, snapshot, "Another node records this snapshot.");
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(company, error = %e, "Could not claim a snapshot's recording.");
+            return false;
+        }
+    }
+    let made = record(&history);
+    match state.control.record_snapshot(&made) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(company, error = %e, "Could not record a snapshot's outcome.");
+            false
+        }
+    }
+}
+
+/// This process's node name: the host, the process id and a random part (a node restarted
+/// under the same process id is still a new node).
+pub(crate) fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "server".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        control::random_token(4)
+    )
+}
+
 /// A company's status from its snapshot history: `NotSynced`, `Fetched` or `Failing`.
 pub(crate) fn company_status(control: &dyn ControlPlane, company: &str) -> &'static str {
-    match control
-        .snapshots(company)
-        .ok()
-        .and_then(|s| s.into_iter().next())
-    {
+    status_of(&control.snapshots(company).unwrap_or_default())
+}
+
+/// The status a snapshot history (newest first) says.
+fn status_of(history: &[SnapshotRecord]) -> &'static str {
+    match history.first() {
         None => "NotSynced",
         Some(r) if r.status == "failed" => "Failing",
         Some(_) => "Fetched",
     }
 }
 
-/// Queues an event for the client's subscribers and wakes the delivery worker.
+/// Queues an event for the client's subscribers and wakes the delivery worker. `key` names
+/// what the event is about when more than one node may queue it (see
+/// [`ControlPlane::enqueue_event`]).
 pub(crate) fn emit(
     state: &api::AppState,
     client_id: &str,
     event_type: &str,
     data: serde_json::Value,
+    key: Option<String>,
 ) {
     let body = serde_json::json!({
         "type": event_type,
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data": data,
     });
-    match state.control.enqueue_event(client_id, event_type, &body) {
+    match state
+        .control
+        .enqueue_event(client_id, event_type, &body, key.as_deref())
+    {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(
@@ -449,13 +568,19 @@ pub(crate) fn emit(
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
-    let control: Arc<dyn ControlPlane> = Arc::new(open_control(&options.state_dir)?);
+    let control = open_control(&options.state_dir, options.control.as_deref())?;
     let mut live = ingest::LiveSet::new(&options.state_dir);
     live.limits = options.company_limits.clone();
     let live = Arc::new(live);
     // The server listens at once: each company's saved state is taken back on its first
     // request or ingest, or by the pass below, whichever comes first.
-    live.defer_restore(control.all_companies()?.into_iter().map(|c| c.id));
+    let listing = control.clone();
+    live.defer_restore(
+        control::blocking(move || listing.all_companies())
+            .await?
+            .into_iter()
+            .map(|c| c.id),
+    );
     let mut state = api::AppState::new(
         control,
         live,
