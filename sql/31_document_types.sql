@@ -125,3 +125,12 @@ SELECT
 FROM work.documents d
 LEFT JOIN suppliers p ON p.id = d.account_ref
 WHERE d.data_type = 'billCreditNotes';
+
+-- The documents are in their tables: rule 30's working tables are dropped now, not with the
+-- others once every rule has run, so that the rules still to run have their memory (above
+-- the memory limit DuckDB writes tables out to disk and reads them back).
+DROP VIEW work.documents;
+DROP TABLE work.document_lines;
+DROP TABLE work.document_allocations;
+DROP TABLE work.document_parts;
+DROP TABLE work.split_items;

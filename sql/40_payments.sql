@@ -179,3 +179,11 @@ SELECT
 FROM work.payments p
 LEFT JOIN suppliers s ON s.id = p.account_ref
 WHERE p.data_type = 'billPayments';
+
+-- The payments are in their tables: the working tables only rules 30 and 40 read are dropped
+-- now, so that the rules still to run have their memory (as at the end of rule 31).
+DROP VIEW work.payments;
+DROP TABLE work.payment_lines;
+DROP TABLE work.payment_parts;
+DROP TABLE work.allocations;
+DROP TABLE work.parts_per_header;

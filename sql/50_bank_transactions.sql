@@ -43,6 +43,12 @@ FROM work.splits
 WHERE currency IN (SELECT currency FROM work.bank_currency WHERE NOT is_base)
   AND part_type IN ('SR', 'SA', 'SP', 'PP', 'PA', 'PR', 'BP', 'BR', 'CP', 'CR', 'VP', 'VR');
 
+-- From here on only postings (rule 12) read work.splits, the widest working table: it keeps
+-- just the columns they read, so that its memory goes to the bank transactions and rule 60.
+CREATE OR REPLACE TABLE work.splits AS
+SELECT split_number, header_number, modified, details, part_id, data_type, project_id
+FROM work.splits;
+
 CREATE OR REPLACE TEMP MACRO bank_transactions_slice(k) AS TABLE
 SELECT
     j.tran_number::VARCHAR || '-' || j.nominal_code || CASE
