@@ -47,7 +47,7 @@ APT_PACKAGES := build-essential pkg-config unixodbc unixodbc-dev libsqliteodbc o
 	postgresql sqlite3 python3 python3-venv time npm curl chromium chromium-driver \
 	libgtk-3-dev libayatana-appindicator3-dev xvfb dbus-daemon xauth trayer xdotool imagemagick x11-utils x11-xserver-utils openssl
 
-.PHONY: deps duckdb venv npm build test lint demo bench-extract bench-normalise bench-sync bench-api bench-fuzz bench-link pg-up pg-down s3-up s3-down
+.PHONY: deps duckdb venv npm build test lint demo bench-extract bench-normalise bench-sync bench-api bench-many bench-fuzz bench-link pg-up pg-down s3-up s3-down
 
 deps:
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust 1.89 or later (rustup) with rustfmt and clippy"; exit 1; }
@@ -155,6 +155,11 @@ bench-sync: build
 
 bench-api: build
 	@bash benches/api.sh
+
+# 1,000 companies of 20,000 transactions on one node within --memory-limit 4GB: first ingest,
+# restart, query (a) on cold and hot companies, peak RSS (COMPANIES=, TRANSACTIONS=, BUDGET=).
+bench-many: build
+	@bash benches/many.sh
 
 # 100,000 generated queries (over every data type) and 100,000 mutated manifests and pointers
 # against the real parser and a real DuckDB: no panic, no SQL error a client would see as a

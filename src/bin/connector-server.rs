@@ -127,6 +127,19 @@ struct ServeArgs {
     /// dataStatus, and its client is told (company.status_changed).
     #[arg(long, default_value_t = connector::server::devices::NOT_SEEN_SECS)]
     connector_silence_secs: i64,
+    /// Seconds a node holds the recording of a snapshot it claimed (several nodes on one
+    /// control plane): another node takes it over after this if the node died.
+    #[arg(long, default_value_t = connector::server::control::INGEST_LEASE_MS / 1000)]
+    ingest_lease_secs: i64,
+    /// Seconds a node holds a webhook delivery it took (several nodes on one control
+    /// plane): another node sends it after this if the node died. Longer than an attempt.
+    #[arg(long, default_value_t = connector::server::control::DELIVERY_LEASE_MS / 1000)]
+    delivery_lease_secs: i64,
+    /// What all companies' data may hold in memory together (`4GB`, `512MB`, bytes); past
+    /// it the least recently used companies are put out of memory and taken back from
+    /// local disk on their next request. Default: no limit.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_limit: Option<u64>,
     /// Rotate a device credential at check-in once it is this many seconds old.
     #[arg(long, default_value_t = 86_400)]
     rotate_after_secs: i64,
@@ -188,6 +201,30 @@ enum AdminCommand {
     },
 }
 
+/// `4GB`, `512MB`, `64KB` (powers of 1024) or a number of bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_uppercase();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KB" | "KIB" => 10,
+        "MB" | "MIB" => 20,
+        "GB" | "GIB" => 30,
+        "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: write a size such as 4GB, 512MB or 1073741824"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?}: write a size such as 4GB, 512MB or 1073741824"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     connector::telemetry::init("info");
@@ -215,6 +252,9 @@ fn main() -> ExitCode {
                 max_queries_per_key,
                 rotate_after_secs,
                 connector_silence_secs,
+                ingest_lease_secs,
+                delivery_lease_secs,
+                memory_limit,
                 company_memory_limit,
                 company_threads,
                 keep_deleted_days,
@@ -260,6 +300,11 @@ fn main() -> ExitCode {
                 metrics_token,
                 rotate_after_secs: rotate_after_secs.max(0),
                 connector_silence_secs: connector_silence_secs.max(1),
+                memory_limit,
+                leases: server::Leases {
+                    ingest_ms: ingest_lease_secs.max(1) * 1000,
+                    delivery_ms: delivery_lease_secs.max(1) * 1000,
+                },
             };
             connector::publish::runtime()
                 .block_on(server::serve(options))

@@ -111,6 +111,11 @@ pub struct AppState {
     /// Per company, the snapshot this node serves that it knows to be recorded (by itself
     /// or another node): no control-plane look-up at each poll.
     pub recorded: Mutex<HashMap<String, String>>,
+    /// How long this node holds what it claims from the control plane.
+    pub leases: super::Leases,
+    /// When a request last asked the ingest loop to look at a company this node serves
+    /// nothing of.
+    asked: Mutex<HashMap<String, Instant>>,
 }
 
 impl AppState {
@@ -167,6 +172,8 @@ impl AppState {
             told_reasons: Mutex::new(HashMap::new()),
             node: super::node_name(),
             recorded: Mutex::new(HashMap::new()),
+            leases: Default::default(),
+            asked: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
             counts: Counts::default(),
         }
@@ -757,6 +764,20 @@ async fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company
         .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))?;
     // what it serves after a restart is taken back on its first request
     super::ready(&state.live, id).await;
+    state.live.touch(id);
+    // a company this node serves nothing of yet (made on another node, or never synced)
+    // is looked at now rather than at the next poll; at most once a second
+    if state.live.live(id).is_none() {
+        let mut asked = state.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if asked
+            .get(id)
+            .is_none_or(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1))
+        {
+            asked.insert(id.to_owned(), now);
+            state.wake_for(id);
+        }
+    }
     Ok(company)
 }
 
@@ -1535,6 +1556,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .into_response();
     }
     let m = &state.metrics;
+    let resident = state.live.resident();
     let body = format!(
         "# HELP connector_http_requests_total HTTP requests answered, by status class.\n\
          # TYPE connector_http_requests_total counter\n\
@@ -1552,7 +1574,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_snapshots_failed_total {}\n\
          # HELP connector_queries_running Data queries running now, all keys together.\n\
          # TYPE connector_queries_running gauge\n\
-         connector_queries_running {}\n",
+         connector_queries_running {}\n\
+         # HELP connector_companies_in_memory Companies whose data is in memory now.\n\
+         # TYPE connector_companies_in_memory gauge\n\
+         connector_companies_in_memory {}\n\
+         # HELP connector_memory_resident_bytes What the companies in memory hold (the budget of --memory-limit).\n\
+         # TYPE connector_memory_resident_bytes gauge\n\
+         connector_memory_resident_bytes {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
@@ -1560,6 +1588,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         m.snapshots_live.load(Ordering::Relaxed),
         m.snapshots_failed.load(Ordering::Relaxed),
         state.limits.running(),
+        resident.1,
+        resident.0,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -89,6 +89,29 @@ pub struct ServeOptions {
     pub rotate_after_secs: i64,
     /// A connector silent this long is `not_running` (and its client is told).
     pub connector_silence_secs: i64,
+    /// How long a node holds what it claimed from a shared control plane.
+    pub leases: Leases,
+    /// What all companies' databases may hold in memory together (bytes); None: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+/// How long a node holds what it claimed from a control plane shared with other nodes: a
+/// node that dies loses its claims when they run out.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    /// The recording of a snapshot (see [`ControlPlane::claim_ingest`]).
+    pub ingest_ms: i64,
+    /// A webhook delivery (see [`ControlPlane::due_deliveries`]).
+    pub delivery_ms: i64,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            ingest_ms: control::INGEST_LEASE_MS,
+            delivery_ms: control::DELIVERY_LEASE_MS,
+        }
+    }
 }
 
 /// Why the server could not run.
@@ -133,11 +156,9 @@ pub fn open_control(
     })?;
     if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
         let keys = secrets::SecretKeys::path_for(&path);
-        // PENDING(postgres): control::postgres::PostgresControl::open(url, &keys)
-        let _ = (url, keys);
-        return Err(ServeError::Control(control::ControlError::Task(
-            "PostgreSQL control plane not wired yet".into(),
-        )));
+        return Ok(Arc::new(control::postgres::PostgresControl::open(
+            url, &keys,
+        )?));
     }
     crate::files::private_file(&path).map_err(|source| ServeError::State {
         path: state_dir.to_owned(),
@@ -279,12 +300,24 @@ async fn ingest_company(
     state_dir: &std::path::Path,
     company: control::Company,
 ) {
-    ready(&state.live, &company.id).await;
-    let ingested = ingest::ingest(store, &state.live, &state.model, &company.id, state_dir).await;
+    let mut holding = None;
+    let ingested = ingest::ingest(
+        store,
+        &state.live,
+        &state.model,
+        &company.id,
+        state_dir,
+        &mut holding,
+    )
+    .await;
     // what follows writes the control plane and the saved state: on the blocking pool
     let (state, state_dir) = (state.clone(), state_dir.to_owned());
     let recorded = control::blocking(move || {
         record_ingest(&state, &state_dir, &company, ingested);
+        // what it took back or loaded is counted against the budget now
+        if holding.take().is_some() {
+            state.live.fit_budget(&company.id);
+        }
         Ok(())
     });
     if let Err(e) = recorded.await {
@@ -304,7 +337,11 @@ pub(crate) async fn ready(live: &Arc<ingest::LiveSet>, company: &str) {
         if live.claim_restore(company) {
             let _place = live.restore_places.acquire().await;
             let (taking, name) = (live.clone(), company.to_owned());
-            let _ = tokio::task::spawn_blocking(move || taking.take_back(&name)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                taking.take_back(&name);
+                taking.fit_budget(&name);
+            })
+            .await;
             live.restored(company);
             return;
         }
@@ -347,51 +384,57 @@ fn record_ingest(
         }
         Err(e) => {
             // Recorded once per snapshot id; the live snapshot stays as it was.
-            record_once(state, &company.id, &e.snapshot, |history| {
-                state
-                    .metrics
-                    .snapshots_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
-                let public = e.public(state_dir);
-                let before = status_of(history);
-                let key = |what: &str| Some(format!("{what}:{}:{}", company.id, e.snapshot));
-                // The client hears of it as of a sync that failed on the PC.
-                emit(
-                    state,
-                    &company.client_id,
-                    "sync.failed",
-                    serde_json::json!({
-                        "companyId": company.id,
-                        "snapshotId": e.snapshot,
-                        "reason": "snapshot_refused",
-                        "message": public,
-                        "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
-                    }),
-                    key("sync.failed"),
-                );
-                if before != "Failing" {
+            record_once(
+                state,
+                &company.id,
+                &e.snapshot,
+                Outcome::Refused,
+                |history| {
+                    state
+                        .metrics
+                        .snapshots_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
+                    let public = e.public(state_dir);
+                    let before = status_of(history);
+                    let key = |what: &str| Some(format!("{what}:{}:{}", company.id, e.snapshot));
+                    // The client hears of it as of a sync that failed on the PC.
                     emit(
                         state,
                         &company.client_id,
-                        "company.status_changed",
+                        "sync.failed",
                         serde_json::json!({
-                            "companyId": company.id, "from": before, "to": "Failing",
+                            "companyId": company.id,
+                            "snapshotId": e.snapshot,
+                            "reason": "snapshot_refused",
+                            "message": public,
+                            "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
                         }),
-                        key("company.status_changed:Failing"),
+                        key("sync.failed"),
                     );
-                }
-                SnapshotRecord {
-                    company_id: company.id.clone(),
-                    snapshot_id: e.snapshot.clone(),
-                    status: "failed".into(),
-                    detail: Some(public),
-                    created_at: None,
-                    ingested_at: chrono::Utc::now()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    records: None,
-                }
-            });
+                    if before != "Failing" {
+                        emit(
+                            state,
+                            &company.client_id,
+                            "company.status_changed",
+                            serde_json::json!({
+                                "companyId": company.id, "from": before, "to": "Failing",
+                            }),
+                            key("company.status_changed:Failing"),
+                        );
+                    }
+                    SnapshotRecord {
+                        company_id: company.id.clone(),
+                        snapshot_id: e.snapshot.clone(),
+                        status: "failed".into(),
+                        detail: Some(public),
+                        created_at: None,
+                        ingested_at: chrono::Utc::now()
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        records: None,
+                    }
+                },
+            );
         }
     }
 }
@@ -409,41 +452,47 @@ fn record_live(state: &api::AppState, company: &control::Company, live: &ingest:
     if known(state) {
         return;
     }
-    let recorded = record_once(state, &company.id, &live.snapshot_id, |history| {
-        let before = status_of(history);
-        let key = |what: &str| Some(format!("{what}:{}:{}", company.id, live.snapshot_id));
-        emit(
-            state,
-            &company.client_id,
-            "data.synced",
-            serde_json::json!({
-                "companyId": company.id,
-                "snapshotId": live.snapshot_id,
-                "dataTypes": live.changes,
-            }),
-            key("data.synced"),
-        );
-        if before != "Fetched" {
+    let recorded = record_once(
+        state,
+        &company.id,
+        &live.snapshot_id,
+        Outcome::Live,
+        |history| {
+            let before = status_of(history);
+            let key = |what: &str| Some(format!("{what}:{}:{}", company.id, live.snapshot_id));
             emit(
                 state,
                 &company.client_id,
-                "company.status_changed",
+                "data.synced",
                 serde_json::json!({
-                    "companyId": company.id, "from": before, "to": "Fetched",
+                    "companyId": company.id,
+                    "snapshotId": live.snapshot_id,
+                    "dataTypes": live.changes,
                 }),
-                key("company.status_changed:Fetched"),
+                key("data.synced"),
             );
-        }
-        SnapshotRecord {
-            company_id: company.id.clone(),
-            snapshot_id: live.snapshot_id.clone(),
-            status: "live".into(),
-            detail: None,
-            created_at: Some(live.manifest.created_at.clone()),
-            ingested_at: live.went_live_at.clone(),
-            records: serde_json::to_value(&live.records).ok(),
-        }
-    });
+            if before != "Fetched" {
+                emit(
+                    state,
+                    &company.client_id,
+                    "company.status_changed",
+                    serde_json::json!({
+                        "companyId": company.id, "from": before, "to": "Fetched",
+                    }),
+                    key("company.status_changed:Fetched"),
+                );
+            }
+            SnapshotRecord {
+                company_id: company.id.clone(),
+                snapshot_id: live.snapshot_id.clone(),
+                status: "live".into(),
+                detail: None,
+                created_at: Some(live.manifest.created_at.clone()),
+                ingested_at: live.went_live_at.clone(),
+                records: serde_json::to_value(&live.records).ok(),
+            }
+        },
+    );
     if recorded {
         state
             .recorded
@@ -453,9 +502,16 @@ fn record_live(state: &api::AppState, company: &control::Company, live: &ingest:
     }
 }
 
+/// What a node found of a snapshot.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Live,
+    Refused,
+}
+
 /// Records snapshot `snapshot` of `company` once among the nodes that share the control
-/// plane: unless its history has it, or a newer one (a slow node's older snapshot never
-/// supersedes a newer one), this node claims it and `record` queues its events (keyed, so
+/// plane: unless its history has it (or, for one going live, a newer one: a slow node's
+/// older snapshot never supersedes a newer one), this node claims it and `record` queues its events (keyed, so
 /// that a node taking over a claim whose node died sends each under the same id) and
 /// returns its record. True when the snapshot is recorded (now or before); false when
 /// another node holds the claim or the control plane failed (the next poll looks again).
@@ -463,6 +519,7 @@ fn record_once(
     state: &api::AppState,
     company: &str,
     snapshot: &str,
+    outcome: Outcome,
     record: impl FnOnce(&[SnapshotRecord]) -> SnapshotRecord,
 ) -> bool {
     let history = match state.control.snapshots(company) {
@@ -472,16 +529,20 @@ fn record_once(
             return false;
         }
     };
-    if history.iter().any(|r| r.snapshot_id.as_str() >= snapshot) {
+    // a refusal is recorded for its own snapshot (a store rolled back to an older one is
+    // refused too); a snapshot going live, unless a newer one is recorded
+    let done = |r: &SnapshotRecord| match outcome {
+        Outcome::Refused => r.snapshot_id == snapshot,
+        Outcome::Live => r.snapshot_id.as_str() >= snapshot,
+    };
+    if history.iter().any(done) {
         return true;
     }
-    match state.control.claim_ingest(
-        company,
-        snapshot,
-        &state.node,
-        control::INGEST_LEASE_MS,
-    ) {
-        Ok(true) => {}
+    match state
+        .control
+        .claim_ingest(company, snapshot, &state.node, state.leases.ingest_ms)
+    {
+        Ok(true) => crate::failpoint::hit("ingest-claimed"),
         Ok(false) => {
             tracing::debug!(company, snapshot, "Another node records this snapshot.");
             return false;
@@ -510,11 +571,7 @@ pub(crate) fn node_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "server".into());
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        control::random_token(4)
-    )
+    format!("{host}-{}-{}", std::process::id(), control::random_token(4))
 }
 
 /// A company's status from its snapshot history: `NotSynced`, `Fetched` or `Failing`.
@@ -568,9 +625,14 @@ pub(crate) fn emit(
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
-    let control = open_control(&options.state_dir, options.control.as_deref())?;
+    // on the blocking pool: PostgreSQL's client blocks on a runtime of its own
+    let (state_dir, url) = (options.state_dir.clone(), options.control.clone());
+    let control = tokio::task::spawn_blocking(move || open_control(&state_dir, url.as_deref()))
+        .await
+        .map_err(|e| ServeError::Control(control::ControlError::Task(e.to_string())))??;
     let mut live = ingest::LiveSet::new(&options.state_dir);
     live.limits = options.company_limits.clone();
+    live.budget = options.memory_limit;
     let live = Arc::new(live);
     // The server listens at once: each company's saved state is taken back on its first
     // request or ingest, or by the pass below, whichever comes first.
@@ -625,10 +687,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     );
     state.rotate_after_secs = options.rotate_after_secs;
     state.connector_silence_secs = options.connector_silence_secs;
+    state.leases = options.leases;
     let state = Arc::new(state);
     tracing::info!(address = %bound, store = %store.url, "Serving the API.");
     println!("listening on http://{bound}");
-    {
+    // with a memory budget, companies are taken back on demand only
+    if state.live.budget.is_none() {
         let live = state.live.clone();
         let left = live.unrestored();
         tokio::spawn(async move {

@@ -87,6 +87,20 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// How the server process ended, once it has (within `within`).
+    pub(crate) fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// An API client and its key, made with the admin command.
     pub(crate) fn client(&self, name: &str) -> String {
         let out = Command::new(SERVER)
@@ -140,20 +154,30 @@ impl Server {
         v["id"].as_str().unwrap().to_owned()
     }
 
-    /// Waits until `snapshot` (or any, when None) is the company's live snapshot.
+    /// Waits until `snapshot` (or any, when None) is the company's live snapshot, served
+    /// and recorded in its history (its events queued).
     pub(crate) fn wait_live(&self, key: &str, company: &str, snapshot: Option<&str>) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (code, status) = self.get(key, &format!("/companies/{company}/dataStatus"));
+            let (mut code, status) = self.get(key, &format!("/companies/{company}/dataStatus"));
             if code != 429 {
                 assert_eq!(code, 200, "{status}");
                 let live = &status["invoices"]["snapshotId"];
                 if live.is_string() && snapshot.is_none_or(|s| live == s) {
-                    return status;
+                    let history;
+                    (code, history) = self.get(key, &format!("/companies/{company}/snapshots"));
+                    let recorded = code == 200
+                        && history["results"]
+                            .as_array()
+                            .is_some_and(|h| h.iter().any(|r| r["snapshotId"] == *live));
+                    if recorded {
+                        return status;
+                    }
                 }
             }
             assert!(Instant::now() < deadline, "no snapshot went live: {status}");
-            std::thread::sleep(Duration::from_millis(if code == 429 { 500 } else { 100 }));
+            // rate-limited: long enough for the two calls' tokens to come back
+            std::thread::sleep(Duration::from_millis(if code == 429 { 2100 } else { 100 }));
         }
     }
 }
@@ -1765,18 +1789,18 @@ fn new_snapshots_go_live_under_load_without_a_failed_or_mixed_answer() {
 }
 
 /// A received request: lower-cased headers, the body, and the status it was answered.
-type Received = (std::collections::BTreeMap<String, String>, String, u16);
+pub(crate) type Received = (std::collections::BTreeMap<String, String>, String, u16);
 
 /// A webhook receiver on loopback: records every request and answers the status the test sets.
-struct Receiver {
-    url: String,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     /// Statuses to answer, in order; after the last, that last one again.
-    answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    pub(crate) answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
 }
 
 impl Receiver {
-    fn start(answers: Vec<u16>) -> Receiver {
+    pub(crate) fn start(answers: Vec<u16>) -> Receiver {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -1833,7 +1857,7 @@ impl Receiver {
         }
     }
 
-    fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub(crate) fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.requests.lock().unwrap().clone();
@@ -3108,4 +3132,84 @@ fn a_deleted_record_is_served_as_deleted_for_the_days_the_server_keeps_it_then_n
         &format!("/companies/{co}/data/invoices?query=isDeleted%3Dtrue"),
     );
     assert_eq!(deleted["totalResults"], 1, "{deleted}");
+}
+
+/// A gauge or counter of the server's `/metrics`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, body, _) = server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
+    body.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {body}"))
+}
+
+#[test]
+fn a_memory_budget_keeps_the_companies_last_used_in_memory_and_takes_the_others_back_on_demand() {
+    // A budget that one company's data fits in, not two (each is the golden company:
+    // its database's own overhead, 3 MB, and its tables).
+    let mut s = setup(&["--memory-limit", "4MB", "--poll-secs", "0.1"]);
+    let key = s.key.clone();
+    let mut companies = vec![s.company_id.clone()];
+    for (n, name) in ["Second Ltd", "Third Ltd"].iter().enumerate() {
+        let co = s.server.company(&key, name);
+        sync_ok(
+            &s.company.odbc,
+            &co,
+            &s.connector_state.with_extension(n.to_string()),
+            Some(&s.server.store),
+            &[],
+        );
+        s.server.wait_live(&key, &co, None);
+        companies.push(co);
+    }
+    let page = |co: &str| {
+        s.server.ok(
+            &key,
+            &format!("/companies/{co}/data/invoices?orderBy=id&pageSize=100"),
+        )
+    };
+    let first: Vec<Value> = companies.iter().map(|co| page(co)).collect();
+    assert!(metric(&s.server, "connector_companies_in_memory") <= 1);
+    // Round and round: each answer the same as when it was in memory, modifiedDate
+    // included (taken back from its saved state, not loaded anew), one company in memory
+    // after each; the polls between do not bring the others back.
+    for round in 0..3 {
+        for (co, before) in companies.iter().zip(&first) {
+            assert_eq!(&page(co), before, "round {round}, company {co}");
+            assert_eq!(metric(&s.server, "connector_companies_in_memory"), 1);
+            assert!(metric(&s.server, "connector_memory_resident_bytes") > 0);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&s.server, "connector_companies_in_memory"), 1);
+    // A new snapshot of a company out of memory goes live (taken back, then the new one
+    // built on it: modifiedDate moves only for the record that changed).
+    let before = page(&companies[0]);
+    let renamed = s.rename_and_sync("Budget Ltd");
+    let after = s.server.ok(
+        &key,
+        &format!("/companies/{}/data/customers/ALPHA01", companies[0]),
+    );
+    assert_eq!(after["customerName"], "Budget Ltd");
+    // invoices of other customers keep their modifiedDate (built on the state taken back)
+    let others = |page: Value| -> Vec<Value> {
+        page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["customerRef"]["id"] != "ALPHA01")
+            .cloned()
+            .collect()
+    };
+    let unchanged = others(before);
+    assert!(!unchanged.is_empty());
+    assert_eq!(others(page(&companies[0])), unchanged);
+    assert_eq!(
+        s.server
+            .ok(&key, &format!("/companies/{}/dataStatus", companies[0]))["invoices"]["snapshotId"],
+        renamed.as_str()
+    );
+    s.server.stop();
 }
