@@ -251,7 +251,10 @@ pub fn tell_reason(state: &AppState, company_id: &str) {
     let now = connector_reason(&devices, state.connector_silence_secs);
     // what the change is about: nodes sharing the control plane that see the same change
     // (the same reasons, the same last call) queue one event
-    let last_seen = devices.iter().filter_map(|d| d.last_seen_at.as_deref()).max();
+    let last_seen = devices
+        .iter()
+        .filter_map(|d| d.last_seen_at.as_deref())
+        .max();
     let now_code = reason_code(&now);
     let before = {
         let mut told = state.told_reasons.lock().unwrap_or_else(|e| e.into_inner());
