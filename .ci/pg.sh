@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (up) or stops (down) a throwaway PostgreSQL cluster on loopback with a password-checked
-# role, used by the rejected-credentials test through the psqlODBC driver, and a Windows-1252
-# database for the text-encoding test. Idempotent.
+# role, used by the rejected-credentials test through the psqlODBC driver, a Windows-1252
+# database for the text-encoding test, and the role `connector` (CREATEDB) of the PostgreSQL
+# control-plane tests. Idempotent.
 set -euo pipefail
 action=$1 dir=$2 port=$3
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -18,6 +19,9 @@ case "$action" in
     fi
     as_pg psql -h "$dir" -p "$port" -U postgres -q -c \
       "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='sage_manager') THEN CREATE ROLE sage_manager LOGIN PASSWORD 'correct-horse'; END IF; END\$\$;" postgres
+    # The control-plane tests' role: each test makes a database of its own and drops it.
+    as_pg psql -h "$dir" -p "$port" -U postgres -q -c \
+      "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='connector') THEN CREATE ROLE connector LOGIN CREATEDB PASSWORD 'connector-test'; END IF; END\$\$;" postgres
     # A database whose text is Windows-1252, as a UK PC's ANSI driver hands it over.
     if ! as_pg psql -h "$dir" -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='sage_win1252'" postgres | grep -q 1; then
       as_pg psql -h "$dir" -p "$port" -U postgres -q -c \

@@ -1,9 +1,10 @@
 //! The control plane: API clients and their hashed keys, companies, and snapshot history.
 //!
 //! [`ControlPlane`] is the interface; [`SqliteControl`] implements it in one embedded SQLite
-//! file (`STATE/control.sqlite3`), the default for one machine. A PostgreSQL implementation
-//! takes its place when the server outgrows one machine: the interface speaks in whole
-//! operations, never in SQL, so nothing above it changes.
+//! file (`STATE/control.sqlite3`), the default for one machine;
+//! [`postgres::PostgresControl`] implements it in PostgreSQL when the server outgrows one
+//! machine and several nodes share it (`--control postgres://…`). The interface speaks in
+//! whole operations, never in SQL, so nothing above it changes.
 //!
 //! API keys are 256 random bits. Only their SHA-256 is stored (a salt adds nothing to a key
 //! that cannot be guessed), looked up by hash and compared in constant time.
@@ -16,6 +17,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::snapshot::hex;
+
+pub mod postgres;
 
 /// Why the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -433,6 +436,27 @@ pub(crate) fn delivery_id(webhook_id: &str, key: Option<&str>) -> String {
     }
 }
 
+/// A new webhook signing secret: `whsec_` and 32 random bytes, base64.
+fn new_webhook_secret() -> String {
+    use base64::Engine;
+    let raw: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// A new device-flow user code: as stored (8 consonants, nothing a person misreads) and as
+/// shown (`XXXX-XXXX`).
+fn new_user_code() -> (String, String) {
+    const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+    let user: String = (0..8)
+        .map(|_| LETTERS[rand::random_range(0..LETTERS.len())] as char)
+        .collect();
+    let shown = format!("{}-{}", &user[..4], &user[4..]);
+    (user, shown)
+}
+
 /// SHA-256 of an API key, hex.
 pub(crate) fn key_hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
@@ -694,17 +718,12 @@ impl ControlPlane for SqliteControl {
         url: &str,
         event_types: &[String],
     ) -> Result<Webhook, ControlError> {
-        use base64::Engine;
-        let raw: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         let hook = Webhook {
             id: random_id("wh_", 10),
             client_id: client_id.to_owned(),
             url: url.to_owned(),
             event_types: event_types.to_vec(),
-            secret: format!(
-                "whsec_{}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            ),
+            secret: new_webhook_secret(),
             created_at: now(),
         };
         self.db()
@@ -1128,12 +1147,8 @@ impl ControlPlane for SqliteControl {
         device_name: &str,
         ttl_secs: i64,
     ) -> Result<(String, String), ControlError> {
-        const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
         let device_code = random_id("", 32);
-        let user: String = (0..8)
-            .map(|_| LETTERS[rand::random_range(0..LETTERS.len())] as char)
-            .collect();
-        let user_code = format!("{}-{}", &user[..4], &user[4..]);
+        let (user, user_code) = new_user_code();
         self.db()
             .execute(
                 "INSERT INTO device_codes (device_code_hash, user_code, device_name, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -1616,6 +1631,608 @@ impl ControlPlane for SqliteControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The behaviour every [`ControlPlane`] keeps, checked on planes `open` makes on one
+    /// store (two of them stand for two nodes, or two processes); `key_file` is the file that
+    /// seals their webhook secrets. `shared` planes hand each due delivery to one node.
+    pub(super) fn contract(
+        open: &dyn Fn() -> Box<dyn ControlPlane>,
+        key_file: &Path,
+        shared: bool,
+    ) {
+        let (a, b) = (open(), open());
+
+        // clients, their keys, and the version that moves when another node changes them
+        let (client, key) = a.create_client("Lender").unwrap();
+        assert!(client.id.starts_with("cl_"), "{}", client.id);
+        assert!(key.starts_with("ck_") && key.len() == 67, "{key}");
+        assert_eq!(b.client_by_key(&key).unwrap().unwrap().id, client.id);
+        assert!(a.client_by_key(&key[..66]).unwrap().is_none());
+        assert!(a.client_by_key("").unwrap().is_none());
+        let before = a.version().unwrap();
+        let rotated = b.rotate_client_key(&client.id).unwrap().unwrap();
+        assert_ne!(
+            a.version().unwrap(),
+            before,
+            "a key rotated elsewhere moves the version"
+        );
+        assert!(
+            a.client_by_key(&key).unwrap().is_none(),
+            "the old key stops working"
+        );
+        assert_eq!(a.client_by_key(&rotated).unwrap().unwrap().name, "Lender");
+        assert!(a.rotate_client_key("cl_nosuch").unwrap().is_none());
+        let (gone, gone_key) = a.create_client("Gone").unwrap();
+        let before = a.version().unwrap();
+        assert!(b.revoke_client(&gone.id).unwrap());
+        assert_ne!(
+            a.version().unwrap(),
+            before,
+            "a revocation elsewhere moves the version"
+        );
+        assert!(a.client_by_key(&gone_key).unwrap().is_none());
+        assert!(a.rotate_client_key(&gone.id).unwrap().is_none());
+        assert!(!a.revoke_client("cl_nosuch").unwrap());
+        let (other, _) = a.create_client("Other").unwrap();
+
+        // companies
+        let c1 = a
+            .create_company(&client.id, "Acme", Some("https://app.example/done"))
+            .unwrap();
+        let c2 = b.create_company(&client.id, "Beta", None).unwrap();
+        assert!(crate::state::valid_company_id(&c1.id), "{}", c1.id);
+        let found = a.company_by_id(&c1.id).unwrap().unwrap();
+        assert_eq!(
+            (found.name.as_str(), found.client_id.as_str()),
+            ("Acme", client.id.as_str())
+        );
+        assert_eq!(
+            found.redirect_url.as_deref(),
+            Some("https://app.example/done")
+        );
+        assert!(a.company_by_id("conosuch").unwrap().is_none());
+        let mut owned = [&c1, &c2];
+        owned.sort_by(|x, y| (&x.created_at, &x.id).cmp(&(&y.created_at, &y.id)));
+        let ids = |cs: Vec<Company>| cs.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(a.companies(&client.id).unwrap()),
+            owned.iter().map(|c| c.id.clone()).collect::<Vec<_>>()
+        );
+        assert!(a.companies(&other.id).unwrap().is_empty());
+        assert!(a.company(&other.id, &c1.id).unwrap().is_none());
+        assert_eq!(a.company(&client.id, &c2.id).unwrap().unwrap().name, "Beta");
+        let mut every = vec![c1.id.clone(), c2.id.clone()];
+        every.sort();
+        assert_eq!(ids(b.all_companies().unwrap()), every);
+
+        // links and their loopback codes
+        let token = a.create_link(&c1.id, 600).unwrap();
+        assert!(token.starts_with("lk_"), "{token}");
+        let (linked, state) = b.link(&token).unwrap().unwrap();
+        assert_eq!(
+            (linked.id.as_str(), state),
+            (c1.id.as_str(), LinkState::Usable)
+        );
+        assert!(a.link("lk_nosuch").unwrap().is_none());
+        let expired = a.create_link(&c1.id, -1).unwrap();
+        assert_eq!(a.link(&expired).unwrap().unwrap().1, LinkState::Expired);
+        assert!(a.create_link_code(&expired, "s", 60).unwrap().is_none());
+        let code = a.create_link_code(&token, "state-1", 60).unwrap().unwrap();
+        assert_eq!(
+            b.redeem_link_code(&code, "state-x", &c1.id)
+                .unwrap()
+                .unwrap_err(),
+            "this code does not belong to this request (state differs)"
+        );
+        assert_eq!(
+            b.redeem_link_code(&code, "state-1", &c1.id)
+                .unwrap()
+                .unwrap_err(),
+            "this code was already used: start again from the link page",
+            "a code presented wrongly is burnt"
+        );
+        let code = a.create_link_code(&token, "state-2", 60).unwrap().unwrap();
+        assert_eq!(
+            a.redeem_link_code(&code, "state-2", &c2.id)
+                .unwrap()
+                .unwrap_err(),
+            "this code is for another company"
+        );
+        let late = a.create_link_code(&token, "state-3", -1).unwrap().unwrap();
+        assert_eq!(
+            a.redeem_link_code(&late, "state-3", &c1.id)
+                .unwrap()
+                .unwrap_err(),
+            "this code has expired: start again from the link page"
+        );
+        let code = a.create_link_code(&token, "state-4", 60).unwrap().unwrap();
+        let spare = a.create_link_code(&token, "state-5", 60).unwrap().unwrap();
+        assert_eq!(
+            b.redeem_link_code(&code, "state-4", &c1.id)
+                .unwrap()
+                .unwrap()
+                .id,
+            c1.id
+        );
+        assert_eq!(a.link(&token).unwrap().unwrap().1, LinkState::Used);
+        assert!(a.create_link_code(&token, "state-6", 60).unwrap().is_none());
+        assert_eq!(
+            a.redeem_link_code(&spare, "state-5", &c1.id)
+                .unwrap()
+                .unwrap_err(),
+            "this link was already used: ask the app for a new one"
+        );
+        assert_eq!(
+            a.redeem_link_code("nosuch", "s", &c1.id)
+                .unwrap()
+                .unwrap_err(),
+            "this code is not valid: start again from the link page"
+        );
+
+        // device codes, approved on a link page
+        let (device_code, user_code) = a.create_device_code("PC-1", 600).unwrap();
+        assert!(
+            user_code.len() == 9
+                && user_code.as_bytes()[4] == b'-'
+                && user_code
+                    .chars()
+                    .filter(|c| *c != '-')
+                    .all(|c| c.is_ascii_uppercase()),
+            "{user_code}"
+        );
+        assert_eq!(
+            a.poll_device_code(&device_code).unwrap(),
+            DevicePoll::Pending
+        );
+        let page = a.create_link(&c1.id, 600).unwrap();
+        let typed = user_code.to_lowercase().replace('-', " ");
+        assert_eq!(
+            b.approve_user_code(&page, &typed).unwrap().unwrap().id,
+            c1.id
+        );
+        assert_eq!(
+            a.approve_user_code(&page, &user_code).unwrap().unwrap_err(),
+            "this link was already used: ask the app for a new one"
+        );
+        assert_eq!(
+            b.poll_device_code(&device_code).unwrap(),
+            DevicePoll::Approved {
+                company_id: c1.id.clone(),
+                device_name: "PC-1".into()
+            }
+        );
+        assert_eq!(
+            a.poll_device_code(&device_code).unwrap(),
+            DevicePoll::Unknown,
+            "an approval is answered once"
+        );
+        assert_eq!(a.poll_device_code("nosuch").unwrap(), DevicePoll::Unknown);
+        let (late_code, late_user) = a.create_device_code("PC-2", -1).unwrap();
+        let page = a.create_link(&c2.id, 600).unwrap();
+        assert_eq!(
+            a.approve_user_code(&page, &late_user).unwrap().unwrap_err(),
+            "this code has expired: ask the connector for a new one"
+        );
+        assert_eq!(a.poll_device_code(&late_code).unwrap(), DevicePoll::Expired);
+        assert_eq!(
+            a.approve_user_code(&page, "AAAA-AAAA")
+                .unwrap()
+                .unwrap_err(),
+            "no connector shows this code: check the code in the connector's window"
+        );
+        let (_, twice) = a.create_device_code("PC-3", 600).unwrap();
+        assert_eq!(
+            a.approve_user_code(&page, &twice).unwrap().unwrap().id,
+            c2.id,
+            "a refused code leaves the link usable"
+        );
+        let page = a.create_link(&c2.id, 600).unwrap();
+        assert_eq!(
+            a.approve_user_code(&page, &twice).unwrap().unwrap_err(),
+            "this code was already used"
+        );
+        let stale = a.create_link(&c2.id, -1).unwrap();
+        assert_eq!(
+            a.approve_user_code(&stale, &twice).unwrap().unwrap_err(),
+            "this link has expired: ask the app for a new one"
+        );
+        assert_eq!(
+            a.approve_user_code("lk_nosuch", &twice)
+                .unwrap()
+                .unwrap_err(),
+            "this link is not valid"
+        );
+
+        // devices, their credentials' rotation, and revocation
+        let (device, credential) = a.create_device(&c1.id, "PC-1").unwrap();
+        assert!(device.id.starts_with("dev"), "{}", device.id);
+        assert!(credential.starts_with(crate::protocol::DEVICE_CREDENTIAL_PREFIX));
+        let valid = |auth: DeviceAuth| match auth {
+            DeviceAuth::Valid(d) => d,
+            other => panic!("not valid: {other:?}"),
+        };
+        let seen = valid(b.authenticate_device(&credential).unwrap());
+        assert_eq!(seen.id, device.id);
+        assert!(seen.last_seen_at.is_some());
+        let wrong = format!("{}x", &credential[..credential.len() - 1]);
+        assert!(matches!(
+            a.authenticate_device(&wrong).unwrap(),
+            DeviceAuth::Invalid
+        ));
+        assert!(matches!(
+            a.authenticate_device("garbage").unwrap(),
+            DeviceAuth::Invalid
+        ));
+        assert!(
+            a.rotate_device(&device.id, 3600).unwrap().is_none(),
+            "not due yet"
+        );
+        let unused = a.rotate_device(&device.id, 0).unwrap().unwrap();
+        valid(a.authenticate_device(&credential).unwrap());
+        let newer = b
+            .rotate_device(&device.id, 3600)
+            .unwrap()
+            .expect("a rotation not yet used is made again");
+        assert!(matches!(
+            a.authenticate_device(&unused).unwrap(),
+            DeviceAuth::Invalid
+        ));
+        valid(b.authenticate_device(&newer).unwrap());
+        valid(a.authenticate_device(&credential).unwrap());
+        assert!(a.rotate_device(&device.id, 3600).unwrap().is_none());
+        let status = serde_json::json!({"state": "ready"});
+        a.record_checkin(&device.id, &status).unwrap();
+        let (second, _) = b.create_device(&c1.id, "PC-2").unwrap();
+        let mut expected = vec![(device.created_at.clone(), device.id.clone())];
+        expected.push((second.created_at.clone(), second.id.clone()));
+        expected.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+        let listed = a.devices(&c1.id).unwrap();
+        assert_eq!(
+            listed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+        );
+        let first = listed.iter().find(|d| d.id == device.id).unwrap();
+        assert_eq!(first.status.as_ref(), Some(&status));
+        assert!(a.devices(&c2.id).unwrap().is_empty());
+        assert_eq!(a.device_revoked(&device.id).unwrap(), Some(false));
+        let revoked = b.revoke_device(&device.id).unwrap().unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(revoked.company_id, c1.id);
+        assert_eq!(a.device_revoked(&device.id).unwrap(), Some(true));
+        assert!(matches!(
+            a.authenticate_device(&newer).unwrap(),
+            DeviceAuth::Revoked(d) if d.id == device.id
+        ));
+        assert!(a.rotate_device(&device.id, 0).unwrap().is_none());
+        assert!(a.revoke_device("devnosuch").unwrap().is_none());
+        assert_eq!(a.device_revoked("devnosuch").unwrap(), None);
+
+        // sync requests and results
+        let request = a.request_sync(&c1.id).unwrap();
+        assert!(request.starts_with("sr_"), "{request}");
+        assert_eq!(
+            b.request_sync(&c1.id).unwrap(),
+            request,
+            "an untaken one is reused"
+        );
+        assert_eq!(b.take_sync_request(&c1.id).unwrap(), Some(request.clone()));
+        assert_eq!(a.take_sync_request(&c1.id).unwrap(), None);
+        let next = a.request_sync(&c1.id).unwrap();
+        assert_ne!(next, request);
+        assert!(a.last_sync_result(&c1.id).unwrap().is_none());
+        let result = |ok: bool, snapshot: Option<&str>| crate::protocol::SyncResult {
+            request_id: Some(next.clone()),
+            ok,
+            snapshot_id: snapshot.map(str::to_owned),
+            reason: (!ok).then_some(crate::protocol::Reason::ALL[0]),
+            message: (!ok).then(|| "it failed".to_owned()),
+            started_at: "2025-01-01T10:00:00.000Z".into(),
+            finished_at: "2025-01-01T10:01:00.000Z".into(),
+        };
+        a.record_sync_result(&c1.id, &second.id, &result(false, None))
+            .unwrap();
+        let last = b.last_sync_result(&c1.id).unwrap().unwrap();
+        assert!(!last.ok);
+        assert_eq!(last.reason, Some(crate::protocol::Reason::ALL[0]));
+        assert_eq!(last.message.as_deref(), Some("it failed"));
+        b.record_sync_result(&c1.id, &second.id, &result(true, Some("s0001")))
+            .unwrap();
+        let last = a.last_sync_result(&c1.id).unwrap().unwrap();
+        assert!(last.ok && last.reason.is_none());
+        assert_eq!(last.snapshot_id.as_deref(), Some("s0001"));
+        assert_eq!(last.finished_at, "2025-01-01T10:01:00.000Z");
+        assert!(a.last_sync_result(&c2.id).unwrap().is_none());
+
+        // snapshots: a live one supersedes the live one, a failed one does not
+        let record = |id: &str, status: &str| SnapshotRecord {
+            company_id: c1.id.clone(),
+            snapshot_id: id.into(),
+            status: status.into(),
+            detail: (status == "failed").then(|| "bad".to_owned()),
+            created_at: Some("2025-01-01T09:00:00.000Z".into()),
+            ingested_at: now(),
+            records: None,
+        };
+        a.record_snapshot(&record("s0001", "live")).unwrap();
+        b.record_snapshot(&record("s0002", "live")).unwrap();
+        a.record_snapshot(&record("s0003", "failed")).unwrap();
+        let mut again = record("s0002", "live");
+        again.records = Some(serde_json::json!({"customers": 3}));
+        b.record_snapshot(&again).unwrap();
+        let history = a.snapshots(&c1.id).unwrap();
+        let seen: Vec<(&str, &str)> = history
+            .iter()
+            .map(|r| (r.snapshot_id.as_str(), r.status.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("s0003", "failed"),
+                ("s0002", "live"),
+                ("s0001", "superseded")
+            ]
+        );
+        assert_eq!(
+            history[1].records, again.records,
+            "a second record replaces the first"
+        );
+        assert_eq!(history[0].detail.as_deref(), Some("bad"));
+        assert!(a.snapshots(&c2.id).unwrap().is_empty());
+
+        // ingest claims: one node at a time, until its lease runs out
+        assert!(a.claim_ingest(&c1.id, "s0004", "node-a", 60_000).unwrap());
+        assert!(!b.claim_ingest(&c1.id, "s0004", "node-b", 60_000).unwrap());
+        assert!(
+            a.claim_ingest(&c1.id, "s0004", "node-a", 60_000).unwrap(),
+            "its own"
+        );
+        assert!(
+            b.claim_ingest(&c2.id, "s0004", "node-b", 60_000).unwrap(),
+            "another company"
+        );
+        assert!(a.claim_ingest(&c1.id, "s0005", "node-a", -1).unwrap());
+        assert!(
+            b.claim_ingest(&c1.id, "s0005", "node-b", 60_000).unwrap(),
+            "ran out"
+        );
+        assert!(!a.claim_ingest(&c1.id, "s0005", "node-a", 60_000).unwrap());
+
+        // webhooks and the events queued for them
+        let wanted = ["data.synced".to_owned(), "sync.failed".to_owned()];
+        let hook = a
+            .create_webhook(&client.id, "https://example.com/hook", &wanted)
+            .unwrap();
+        assert!(hook.id.starts_with("wh_"), "{}", hook.id);
+        assert!(hook.secret.starts_with("whsec_"), "a new secret");
+        let hook2 = b
+            .create_webhook(&client.id, "https://example.com/other", &wanted[..1])
+            .unwrap();
+        let mut hooks = [&hook, &hook2];
+        hooks.sort_by(|x, y| (&x.created_at, &x.id).cmp(&(&y.created_at, &y.id)));
+        let listed = b.webhooks(&client.id).unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|h| (h.id.as_str(), h.secret.as_str(), h.event_types.len()))
+                .collect::<Vec<_>>(),
+            hooks
+                .iter()
+                .map(|h| (h.id.as_str(), h.secret.as_str(), h.event_types.len()))
+                .collect::<Vec<_>>(),
+            "secrets come back opened"
+        );
+        assert!(a.webhooks(&other.id).unwrap().is_empty());
+        let payload = serde_json::json!({"type": "x"});
+        assert_eq!(
+            a.enqueue_event(&client.id, "sync.failed", &payload, None)
+                .unwrap(),
+            1
+        );
+        let key = format!("data.synced:{}:s0002", c1.id);
+        assert_eq!(
+            a.enqueue_event(&client.id, "data.synced", &payload, Some(&key))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            b.enqueue_event(&client.id, "data.synced", &payload, Some(&key))
+                .unwrap(),
+            0,
+            "the same event queued again is the same delivery"
+        );
+        assert_eq!(
+            a.enqueue_event(&client.id, "nothing.wanted", &payload, None)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            a.enqueue_event(&other.id, "sync.failed", &payload, None)
+                .unwrap(),
+            0
+        );
+        let queued = a.deliveries(&hook.id, None, 10).unwrap();
+        assert_eq!(queued.len(), 2);
+        assert!(
+            queued
+                .iter()
+                .any(|d| d.id == delivery_id(&hook.id, Some(&key)))
+        );
+        assert!(
+            queued
+                .iter()
+                .all(|d| d.status == "pending" && d.attempts == 0)
+        );
+        let queued2 = a.deliveries(&hook2.id, None, 10).unwrap();
+        assert_eq!(
+            queued2.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            [delivery_id(&hook2.id, Some(&key))]
+        );
+
+        // due deliveries: the oldest of each webhook first, each with its webhook
+        let due_at = now_ms() + 1;
+        let ids = |due: &[(Delivery, Webhook)]| {
+            let mut ids: Vec<String> = due.iter().map(|(d, _)| d.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let first = a.due_deliveries(due_at, 1, 100).unwrap();
+        assert_eq!(first.len(), 2, "one of each webhook");
+        for (d, h) in &first {
+            assert_eq!(d.webhook_id, h.id);
+            let made = hooks.iter().find(|x| x.id == h.id).unwrap();
+            assert_eq!(h.secret, made.secret, "the webhook's secret, opened");
+        }
+        let rest = b.due_deliveries(due_at, 10, 100).unwrap();
+        if shared {
+            // each delivery is handed to one node, which holds it for the lease
+            assert_eq!(rest.len(), 1);
+            assert!(first.iter().all(|(d, _)| d.id != rest[0].0.id));
+            assert!(a.due_deliveries(due_at, 10, 100).unwrap().is_empty());
+            let after_lease = due_at + DELIVERY_LEASE_MS + 1;
+            assert_eq!(
+                a.due_deliveries(after_lease, 10, 1).unwrap().len(),
+                1,
+                "at most limit"
+            );
+            let again = b.due_deliveries(after_lease, 10, 100).unwrap();
+            assert_eq!(again.len(), 2, "due again when the lease ran out");
+        } else {
+            assert_eq!(rest.len(), 3);
+            assert!(ids(&first).iter().all(|id| ids(&rest).contains(id)));
+            assert_eq!(
+                a.due_deliveries(due_at, 10, 1).unwrap().len(),
+                1,
+                "at most limit"
+            );
+        }
+
+        // attempts
+        let target = delivery_id(&hook.id, Some(&key));
+        let at = |code: u16, error: Option<&str>| Attempt {
+            at: now(),
+            status_code: Some(code),
+            error: error.map(str::to_owned),
+        };
+        let retry_at = due_at + 10 * DELIVERY_LEASE_MS;
+        a.record_attempt(&target, &at(500, Some("HTTP 500")), false, Some(retry_at))
+            .unwrap();
+        let find = |webhook: &str, id: &str| {
+            b.deliveries(webhook, None, 100)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.id == id)
+                .unwrap()
+        };
+        let d = find(&hook.id, &target);
+        assert_eq!((d.status.as_str(), d.attempts), ("pending", 1));
+        assert_eq!(d.next_attempt_at, retry_at);
+        assert_eq!(d.last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(d.attempt_log.len(), 1);
+        assert_eq!(d.attempt_log[0].status_code, Some(500));
+        let delivered = at(200, None);
+        b.record_attempt(&target, &delivered, true, None).unwrap();
+        let d = find(&hook.id, &target);
+        assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2));
+        assert_eq!(d.delivered_at.as_deref(), Some(delivered.at.as_str()));
+        assert_eq!(d.last_error, None);
+        assert_eq!(
+            d.attempt_log
+                .iter()
+                .map(|x| x.status_code)
+                .collect::<Vec<_>>(),
+            [Some(500), Some(200)],
+            "attempts in the order they were made"
+        );
+        let target2 = delivery_id(&hook2.id, Some(&key));
+        a.record_attempt(&target2, &at(410, Some("HTTP 410")), false, None)
+            .unwrap();
+        assert_eq!(find(&hook2.id, &target2).status, "failed");
+        let far = retry_at + 100 * DELIVERY_LEASE_MS;
+        let due = a.due_deliveries(far, 10, 100).unwrap();
+        assert!(due.iter().all(|(d, _)| d.id != target && d.id != target2));
+
+        // pages of deliveries, newest first
+        for _ in 0..3 {
+            a.enqueue_event(&client.id, "sync.failed", &payload, None)
+                .unwrap();
+        }
+        let all = b.deliveries(&hook.id, None, 100).unwrap();
+        assert_eq!(all.len(), 5);
+        let mut sorted = all.clone();
+        sorted.sort_by(|x, y| (&y.created_at, &y.id).cmp(&(&x.created_at, &x.id)));
+        assert_eq!(
+            all.iter().map(|d| &d.id).collect::<Vec<_>>(),
+            sorted.iter().map(|d| &d.id).collect::<Vec<_>>()
+        );
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = a.deliveries(&hook.id, after.as_deref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            paged.extend(page.into_iter().map(|d| d.id));
+        }
+        assert_eq!(paged, all.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+        assert!(
+            a.deliveries(&hook.id, Some("msg_nosuch"), 10)
+                .unwrap()
+                .is_empty()
+        );
+
+        // purge: done deliveries only
+        assert_eq!(a.purge_deliveries("2000-01-01T00:00:00.000Z").unwrap(), 0);
+        assert_eq!(b.purge_deliveries("9999-01-01T00:00:00.000Z").unwrap(), 2);
+        assert_eq!(a.deliveries(&hook.id, None, 100).unwrap().len(), 4);
+        assert!(a.deliveries(&hook2.id, None, 100).unwrap().is_empty());
+
+        // secrets sealed again under a new key, still opened by a plane holding the old one
+        assert_eq!(a.reseal_secrets(false).unwrap(), 0);
+        assert_eq!(
+            a.reseal_secrets(true).unwrap(),
+            0,
+            "all under the sealing key"
+        );
+        super::super::secrets::SecretKeys::rotate(key_file).unwrap();
+        let fresh = open();
+        assert_eq!(fresh.reseal_secrets(true).unwrap(), 2);
+        assert_eq!(fresh.reseal_secrets(true).unwrap(), 0);
+        let reopened = a.webhooks(&client.id).unwrap();
+        assert_eq!(
+            reopened
+                .iter()
+                .map(|h| h.secret.as_str())
+                .collect::<Vec<_>>(),
+            hooks.iter().map(|h| h.secret.as_str()).collect::<Vec<_>>(),
+            "the key file is read again for a key it did not know"
+        );
+
+        // a webhook deleted with its deliveries, by its owner only
+        assert!(!a.delete_webhook(&other.id, &hook.id).unwrap());
+        assert!(b.delete_webhook(&client.id, &hook.id).unwrap());
+        assert!(!b.delete_webhook(&client.id, &hook.id).unwrap());
+        assert_eq!(
+            a.webhooks(&client.id)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect::<Vec<_>>(),
+            [hook2.id.as_str()]
+        );
+        assert!(a.deliveries(&hook.id, None, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sqlite_control_keeps_the_control_plane_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite3");
+        let key_file = super::super::secrets::SecretKeys::path_for(&path);
+        contract(
+            &|| Box::new(SqliteControl::open(&path).unwrap()),
+            &key_file,
+            false,
+        );
+    }
 
     #[test]
     fn keys_are_stored_hashed_and_found_only_whole() {
