@@ -196,13 +196,14 @@ pub trait ControlPlane: Send + Sync {
     /// Pending deliveries due at `now_ms`, with their webhook: the oldest `per_webhook` of
     /// each webhook (so that one webhook's backlog never hides another's), oldest first, at
     /// most `limit`. A control plane shared by several nodes hands each delivery to one of
-    /// them, which holds it for [`DELIVERY_LEASE_MS`] (then it is due again, for any node:
-    /// a node that died mid-delivery loses nothing).
+    /// them, which holds it for `lease_ms` (then it is due again, for any node: a node that
+    /// died mid-delivery loses nothing); one process's own (SQLite) needs no lease.
     fn due_deliveries(
         &self,
         now_ms: i64,
         per_webhook: usize,
         limit: usize,
+        lease_ms: i64,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError>;
     /// Records an attempt; `next_attempt_at` None means no more tries (delivered or failed).
     fn record_attempt(
@@ -807,6 +808,7 @@ impl ControlPlane for SqliteControl {
         now_ms: i64,
         per_webhook: usize,
         limit: usize,
+        _lease_ms: i64,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError> {
         let rows = self.rows(
             &format!(
@@ -2075,32 +2077,44 @@ mod tests {
             ids.sort();
             ids
         };
-        let first = a.due_deliveries(due_at, 1, 100).unwrap();
+        let first = a.due_deliveries(due_at, 1, 100, DELIVERY_LEASE_MS).unwrap();
         assert_eq!(first.len(), 2, "one of each webhook");
         for (d, h) in &first {
             assert_eq!(d.webhook_id, h.id);
             let made = hooks.iter().find(|x| x.id == h.id).unwrap();
             assert_eq!(h.secret, made.secret, "the webhook's secret, opened");
         }
-        let rest = b.due_deliveries(due_at, 10, 100).unwrap();
+        let rest = b
+            .due_deliveries(due_at, 10, 100, DELIVERY_LEASE_MS)
+            .unwrap();
         if shared {
             // each delivery is handed to one node, which holds it for the lease
             assert_eq!(rest.len(), 1);
             assert!(first.iter().all(|(d, _)| d.id != rest[0].0.id));
-            assert!(a.due_deliveries(due_at, 10, 100).unwrap().is_empty());
+            assert!(
+                a.due_deliveries(due_at, 10, 100, DELIVERY_LEASE_MS)
+                    .unwrap()
+                    .is_empty()
+            );
             let after_lease = due_at + DELIVERY_LEASE_MS + 1;
             assert_eq!(
-                a.due_deliveries(after_lease, 10, 1).unwrap().len(),
+                a.due_deliveries(after_lease, 10, 1, DELIVERY_LEASE_MS)
+                    .unwrap()
+                    .len(),
                 1,
                 "at most limit"
             );
-            let again = b.due_deliveries(after_lease, 10, 100).unwrap();
+            let again = b
+                .due_deliveries(after_lease, 10, 100, DELIVERY_LEASE_MS)
+                .unwrap();
             assert_eq!(again.len(), 2, "due again when the lease ran out");
         } else {
             assert_eq!(rest.len(), 3);
             assert!(ids(&first).iter().all(|id| ids(&rest).contains(id)));
             assert_eq!(
-                a.due_deliveries(due_at, 10, 1).unwrap().len(),
+                a.due_deliveries(due_at, 10, 1, DELIVERY_LEASE_MS)
+                    .unwrap()
+                    .len(),
                 1,
                 "at most limit"
             );
@@ -2148,7 +2162,7 @@ mod tests {
             .unwrap();
         assert_eq!(find(&hook2.id, &target2).status, "failed");
         let far = retry_at + 100 * DELIVERY_LEASE_MS;
-        let due = a.due_deliveries(far, 10, 100).unwrap();
+        let due = a.due_deliveries(far, 10, 100, DELIVERY_LEASE_MS).unwrap();
         assert!(due.iter().all(|(d, _)| d.id != target && d.id != target2));
 
         // pages of deliveries, newest first

@@ -257,6 +257,7 @@ pub async fn deliver_forever(
     targets: Arc<Targets>,
     backoff_scale: f64,
     retention: Duration,
+    lease_ms: i64,
 ) {
     let client = match targets.client() {
         Ok(c) => c,
@@ -295,7 +296,7 @@ pub async fn deliver_forever(
         let now = chrono::Utc::now().timestamp_millis();
         let c = control.clone();
         match tokio::task::spawn_blocking(move || {
-            c.due_deliveries(now, PER_WEBHOOK, 4 * MAX_IN_FLIGHT)
+            c.due_deliveries(now, PER_WEBHOOK, 4 * MAX_IN_FLIGHT, lease_ms)
         })
         .await
         {

@@ -14,6 +14,7 @@ mod golden;
 mod kill;
 mod link;
 mod link_browser;
+mod nodes;
 mod rules;
 mod server;
 mod simulator;

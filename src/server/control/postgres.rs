@@ -11,8 +11,8 @@
 //! **Leases.** Some work is done by one node of many:
 //! - a due webhook delivery is handed to one node by [`ControlPlane::due_deliveries`]: in one
 //!   statement the due rows are locked (`FOR UPDATE SKIP LOCKED`: rows another node is
-//!   taking are skipped, not waited for) and their next attempt pushed to now +
-//!   [`DELIVERY_LEASE_MS`]. The node's [`ControlPlane::record_attempt`] then sets the real
+//!   taking are skipped, not waited for) and their next attempt pushed to now + the
+//!   node's lease (`--delivery-lease-secs`, [`DELIVERY_LEASE_MS`] by default). The node's [`ControlPlane::record_attempt`] then sets the real
 //!   next attempt; a node that dies mid-delivery leaves it due again for any node when the
 //!   lease runs out.
 //! - the recording of a snapshot is claimed by [`ControlPlane::claim_ingest`] for the lease
@@ -46,8 +46,8 @@ use postgres::{Client, Config, NoTls, Row};
 
 use super::super::secrets::SecretKeys;
 use super::{
-    Attempt, Client as ApiClient, Company, ControlError, ControlPlane, DELIVERY_LEASE_MS, Delivery,
-    Device, DeviceAuth, DevicePoll, LinkState, ROTATION_GRACE_SECS, SnapshotRecord, Webhook,
+    Attempt, Client as ApiClient, Company, ControlError, ControlPlane, Delivery, Device,
+    DeviceAuth, DevicePoll, LinkState, ROTATION_GRACE_SECS, SnapshotRecord, Webhook,
     constant_time_eq, delivery_id, device_credential, key_hash, new_user_code, new_webhook_secret,
     now, now_ms, random_id,
 };
@@ -688,6 +688,7 @@ impl ControlPlane for PostgresControl {
         now_ms: i64,
         per_webhook: usize,
         limit: usize,
+        lease_ms: i64,
     ) -> Result<Vec<(Delivery, Webhook)>, ControlError> {
         // The window picks the ids (it cannot sit beside FOR UPDATE); the lock re-checks that
         // each row is still due, so a row another node took meanwhile is not taken again.
@@ -715,7 +716,7 @@ impl ControlPlane for PostgresControl {
                 &now_ms,
                 &(per_webhook as i64),
                 &(limit as i64),
-                &(now_ms + DELIVERY_LEASE_MS),
+                &(now_ms + lease_ms),
             ],
             // The webhook's columns follow the delivery's ten.
             |r| (delivery_row(r), webhook_at(r, 10)),
@@ -1660,7 +1661,9 @@ mod tests {
                     start.wait();
                     let mut taken = Vec::new();
                     loop {
-                        let due = node.due_deliveries(due_at, 2, 3).unwrap();
+                        let due = node
+                            .due_deliveries(due_at, 2, 3, super::super::DELIVERY_LEASE_MS)
+                            .unwrap();
                         if due.is_empty() {
                             return taken;
                         }
