@@ -152,6 +152,8 @@ pub struct LiveSet {
     resident: Mutex<HashMap<String, Resident>>,
     /// Companies being ingested (see [`LiveSet::ingesting`]): never put out meanwhile.
     loading: Mutex<std::collections::HashSet<String>>,
+    /// Held while a taken-back company is compacted and the budget kept: one at a time.
+    pub compacting: Mutex<()>,
 }
 
 /// Holds a company as being ingested until dropped.
@@ -223,6 +225,7 @@ impl LiveSet {
             budget: None,
             resident: Mutex::default(),
             loading: Mutex::default(),
+            compacting: Mutex::default(),
         }
     }
 
@@ -252,7 +255,17 @@ impl LiveSet {
     }
 
     /// Measures what `company`'s database holds now, for the budget.
-    fn measure(&self, company: &str, db: &Mutex<Connection>) {
+    fn measure(&self, company: &str, db: &Arc<Mutex<Connection>>) {
+        // a database put out meanwhile is no longer counted
+        let current = self
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(company)
+            .is_some_and(|d| Arc::ptr_eq(d, db));
+        if !current {
+            return;
+        }
         let bytes = db
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -327,6 +340,14 @@ impl LiveSet {
     /// Drops a company's database from memory; the next request or ingest takes it back.
     /// False when it cannot be (its saved state is not its live snapshot's yet).
     fn put_out(&self, company: &str) -> bool {
+        if self.live(company).is_none() {
+            // counted but no longer in memory (measured as it was put out): uncounted
+            self.resident
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(company);
+            return true;
+        }
         if !self.is_saved(company) {
             return false;
         }
@@ -540,7 +561,7 @@ impl LiveSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(company.to_owned(), vec![live]);
-        self.compact(company, &db);
+        self.measure(company, &db);
         Ok(1)
     }
 
@@ -601,10 +622,24 @@ impl LiveSet {
         Ok(())
     }
 
+    /// Compacts a taken-back company's database (see [`LiveSet::compact`]), after its
+    /// request is answered: taking back waits for no checkpoint.
+    pub fn compact_company(&self, company: &str) {
+        let db = self
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(company)
+            .cloned();
+        if let Some(db) = db {
+            self.compact(company, &db);
+        }
+    }
+
     /// Compacts a company's in-memory database: DuckDB keeps a table just loaded in its
     /// loading form until a checkpoint compresses it (a 20,000-transaction company: 85 MiB
     /// before, 10 MiB after). Then measures it for the budget. Off the path to serving.
-    fn compact(&self, company: &str, db: &Mutex<Connection>) {
+    fn compact(&self, company: &str, db: &Arc<Mutex<Connection>>) {
         let conn = db.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
         if let Err(e) = conn.and_then(|c| c.execute_batch("CHECKPOINT memory")) {
             tracing::warn!(company, error = %e, "Could not compact a company's database.");

@@ -337,12 +337,16 @@ pub(crate) async fn ready(live: &Arc<ingest::LiveSet>, company: &str) {
         if live.claim_restore(company) {
             let _place = live.restore_places.acquire().await;
             let (taking, name) = (live.clone(), company.to_owned());
-            let _ = tokio::task::spawn_blocking(move || {
-                taking.take_back(&name);
-                taking.fit_budget(&name);
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || taking.take_back(&name)).await;
             live.restored(company);
+            // then, beside the request that waited for it: compacted, and the budget kept
+            // (counting it as compacted), one company at a time
+            let (taking, name) = (live.clone(), company.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let _one = taking.compacting.lock().unwrap_or_else(|e| e.into_inner());
+                taking.compact_company(&name);
+                taking.fit_budget(&name);
+            });
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
