@@ -44,7 +44,7 @@ struct ServeArgs {
     state_dir: PathBuf,
     /// The control plane shared by several server nodes: postgres://user@host:port/database
     /// (the password from PGPASSWORD or the URL); default: SQLite in the state folder.
-    #[arg(long, env = "CONNECTOR_CONTROL")]
+    #[arg(long, env = "CONNECTOR_CONTROL", hide_env_values = true)]
     control: Option<String>,
     /// Seconds between two looks at each company's latest snapshot.
     #[arg(long, default_value_t = 2.0)]
@@ -153,7 +153,7 @@ struct ControlAt {
     state_dir: PathBuf,
     /// The control plane when it is not the state folder's SQLite file:
     /// postgres://user@host:port/database (the password from PGPASSWORD or the URL).
-    #[arg(long, env = "CONNECTOR_CONTROL")]
+    #[arg(long, env = "CONNECTOR_CONTROL", hide_env_values = true)]
     control: Option<String>,
 }
 

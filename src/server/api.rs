@@ -113,6 +113,8 @@ pub struct AppState {
     pub recorded: Mutex<HashMap<String, String>>,
     /// How long this node holds what it claims from the control plane.
     pub leases: super::Leases,
+    /// (client, company) pairs found owned: no control-plane look-up per request.
+    owned_companies: Mutex<HashMap<(String, String), Company>>,
     /// When a request last asked the ingest loop to look at a company this node serves
     /// nothing of.
     asked: Mutex<HashMap<String, Instant>>,
@@ -174,6 +176,7 @@ impl AppState {
             recorded: Mutex::new(HashMap::new()),
             leases: Default::default(),
             asked: Mutex::new(HashMap::new()),
+            owned_companies: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
             counts: Counts::default(),
         }
@@ -408,6 +411,11 @@ impl ApiError {
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError(StatusCode::NOT_FOUND, message.into())
+    }
+
+    /// 503 with `Retry-After`: answerable in a moment, not now.
+    fn busy(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, message.into())
     }
 
     fn internal(e: impl std::fmt::Display) -> Self {
@@ -756,12 +764,37 @@ async fn authenticate(
 }
 
 /// The caller's company, or 404 (also for another client's company).
+/// Most (client, company) pairs [`owned`] remembers; past it, it starts again.
+const OWNED_COMPANIES_KEPT: usize = 100_000;
+
 async fn owned(state: &AppState, client: &Client, id: &str) -> ApiResult<Company> {
-    let (client_id, company_id) = (client.id.clone(), id.to_owned());
-    let company = state
-        .control_call(move |c| c.company(&client_id, &company_id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))?;
+    let key = (client.id.clone(), id.to_owned());
+    // a company never changes hands and is never deleted: found once, it is known
+    let known = state
+        .owned_companies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let company = match known {
+        Some(company) => company,
+        None => {
+            let (client_id, company_id) = key.clone();
+            let company = state
+                .control_call(move |c| c.company(&client_id, &company_id))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("company {id} not found")))?;
+            let mut owned = state
+                .owned_companies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if owned.len() >= OWNED_COMPANIES_KEPT {
+                owned.clear();
+            }
+            owned.insert(key, company.clone());
+            company
+        }
+    };
     // what it serves after a restart is taken back on its first request
     super::ready(&state.live, id).await;
     state.live.touch(id);
@@ -1086,10 +1119,14 @@ fn snapshot_for(state: &AppState, company: &str, wanted: Option<&str>) -> ApiRes
                 super::ingest::KEEP_SNAPSHOTS
             ))
         }),
-        None => state
-            .live
-            .live(company)
-            .ok_or_else(|| ApiError::not_found(format!("company {company} has no data yet: its first sync has not been published"))),
+        None => state.live.live(company).ok_or_else(|| {
+            if state.live.is_restored(company) {
+                ApiError::not_found(format!("company {company} has no data yet: its first sync has not been published"))
+            } else {
+                // put out of memory (past the budget) since this request began
+                ApiError::busy(format!("company {company} is being loaded: retry in a second"))
+            }
+        }),
     }
 }
 

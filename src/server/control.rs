@@ -851,7 +851,7 @@ impl ControlPlane for SqliteControl {
         };
         tx.execute(
             "UPDATE deliveries SET attempts = attempts + 1, status = ?2, next_attempt_at = coalesce(?3, next_attempt_at),
-                 delivered_at = CASE WHEN ?4 THEN ?5 ELSE delivered_at END, last_error = ?6 WHERE id = ?1",
+                 delivered_at = CASE WHEN ?4 THEN ?5 ELSE delivered_at END, last_error = ?6 WHERE id = ?1 AND status = 'pending'",
             params![delivery_id, status, next_attempt_at, delivered, attempt.at, attempt.error],
         )
         .map_err(self.err())?;
@@ -1530,21 +1530,35 @@ impl ControlPlane for SqliteControl {
     }
 
     fn record_snapshot(&self, r: &SnapshotRecord) -> Result<(), ControlError> {
-        let db = self.db();
+        let mut db = self.db();
+        let tx = db.transaction().map_err(self.err())?;
+        // a snapshot going live after a newer one is recorded superseded
+        let mut status = r.status.clone();
         if r.status == "live" {
-            db.execute(
-                "UPDATE snapshots SET status = 'superseded' WHERE company_id = ?1 AND status = 'live'",
-                [&r.company_id],
-            )
-            .map_err(self.err())?;
+            let newer: bool = tx
+                .query_row(
+                    "SELECT count(*) > 0 FROM snapshots WHERE company_id = ?1 AND snapshot_id > ?2 AND status <> 'failed'",
+                    params![r.company_id, r.snapshot_id],
+                    |row| row.get(0),
+                )
+                .map_err(self.err())?;
+            if newer {
+                status = "superseded".into();
+            } else {
+                tx.execute(
+                    "UPDATE snapshots SET status = 'superseded' WHERE company_id = ?1 AND status = 'live'",
+                    [&r.company_id],
+                )
+                .map_err(self.err())?;
+            }
         }
-        db.execute(
+        tx.execute(
             "INSERT OR REPLACE INTO snapshots (company_id, snapshot_id, status, detail, created_at, ingested_at, records)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 r.company_id,
                 r.snapshot_id,
-                r.status,
+                status,
                 r.detail,
                 r.created_at,
                 r.ingested_at,
@@ -1552,7 +1566,7 @@ impl ControlPlane for SqliteControl {
             ],
         )
         .map_err(self.err())?;
-        Ok(())
+        tx.commit().map_err(self.err())
     }
 
     fn claim_ingest(

@@ -303,9 +303,10 @@ impl LiveSet {
             return 0;
         };
         let (mut held, mut by_use) = {
+            // (locks in the order put_out takes them: loading, then the others)
+            let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
             let resident = self.resident.lock().unwrap_or_else(|e| e.into_inner());
             let restoring = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
-            let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
             let held: u64 = resident.values().map(|r| r.bytes).sum();
             let by_use: Vec<(std::time::Instant, String, u64)> = resident
                 .iter()
@@ -340,6 +341,13 @@ impl LiveSet {
     /// Drops a company's database from memory; the next request or ingest takes it back.
     /// False when it cannot be (its saved state is not its live snapshot's yet).
     fn put_out(&self, company: &str) -> bool {
+        // Held throughout: an ingest marks its company as loading under this lock and then
+        // looks whether it is in memory, so it either keeps the company here or sees it gone
+        // and takes it back first.
+        let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.contains(company) {
+            return false;
+        }
         if self.live(company).is_none() {
             // counted but no longer in memory (measured as it was put out): uncounted
             self.resident
@@ -351,8 +359,8 @@ impl LiveSet {
         if !self.is_saved(company) {
             return false;
         }
-        // Claimed as if being taken back, then marked to take back: a request in between
-        // waits until it is gone, then takes it back into a new database.
+        // Claimed as if being taken back: a request meanwhile waits until it is gone, then
+        // takes it back into a new database.
         if !self
             .restoring
             .lock()
@@ -360,6 +368,32 @@ impl LiveSet {
             .insert(company.to_owned())
         {
             return false;
+        }
+        let release = || {
+            self.restoring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(company);
+        };
+        let db = self
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(company)
+            .cloned();
+        // The saved state is let go first, for the database that takes the company back
+        // (requests still answering hold this one until they finish); if it cannot be, the
+        // company stays.
+        if let Some(db) = &db {
+            let detached = db
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .execute_batch("DETACH persist");
+            if let Err(e) = detached {
+                tracing::warn!(company, error = %e, "Could not let go of a company's saved state; it stays in memory.");
+                release();
+                return false;
+            }
         }
         self.defer_restore([company.to_owned()]);
         self.resident
@@ -370,23 +404,12 @@ impl LiveSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(company);
-        if let Some(db) = self
-            .databases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(company)
-        {
-            // requests still answering hold the database until they finish; its saved
-            // state is let go now, for the database that takes the company back
-            let _ = db
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .execute_batch("DETACH persist");
-        }
-        self.restoring
+        self.databases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(company);
+        release();
+        drop(loading);
         tracing::debug!(
             company,
             "Put a company out of memory to stay within the budget."
@@ -483,7 +506,8 @@ impl LiveSet {
     /// Rebuilds a company's live snapshot from its saved state and the cached Parquet (after a
     /// restart). Returns how many snapshots are back (0 or 1).
     pub fn restore(&self, company: &str) -> Result<usize, String> {
-        if !self.dir.join(format!("{company}.duckdb")).exists() {
+        // never rebuilt into a database that is serving it
+        if !self.dir.join(format!("{company}.duckdb")).exists() || self.live(company).is_some() {
             return Ok(0);
         }
         let db = self.database(company).map_err(|e| e.to_string())?;
@@ -843,19 +867,29 @@ pub async fn ingest(
     let refused = || live.refused.lock().unwrap_or_else(|e| e.into_inner());
     // a company out of memory (or not taken back since a restart) whose latest.json has
     // not moved stays out; otherwise it is taken back first, what is new builds on it
+    if refused().contains(&key) {
+        return Ok(None);
+    }
     if !live.is_restored(company) {
-        if live.saved_id(company).as_deref() == Some(id.as_str()) {
+        let saved = live.saved_id(company);
+        // its saved snapshot is the latest (or newer: a rollback, refused once taken back)
+        if saved.as_deref() == Some(id.as_str()) {
             return Ok(None);
         }
-        *holding = Some(live.ingesting(company));
+    }
+    let current = live.live(company);
+    if current.as_ref().is_some_and(|l| l.snapshot_id == id) {
+        return Ok(None);
+    }
+    // Something new: held as being ingested (the budget does not put it out from here on),
+    // and taken back first when it is out of memory (or was put out a moment ago).
+    *holding = Some(live.ingesting(company));
+    if !live.is_restored(company) {
         super::ready(live, company).await;
     }
     let current = live.live(company);
-    if current.as_ref().is_some_and(|l| l.snapshot_id == id) || refused().contains(&key) {
+    if current.as_ref().is_some_and(|l| l.snapshot_id == id) {
         return Ok(None);
-    }
-    if holding.is_none() {
-        *holding = Some(live.ingesting(company));
     }
     // Whoever can write the company's prefix writes latest.json: its ids name schemas and
     // files here, so they are taken only in their own shapes. Refused once, logged, not

@@ -537,7 +537,9 @@ fn record_once(
     // refused too); a snapshot going live, unless a newer one is recorded
     let done = |r: &SnapshotRecord| match outcome {
         Outcome::Refused => r.snapshot_id == snapshot,
-        Outcome::Live => r.snapshot_id.as_str() >= snapshot,
+        Outcome::Live => {
+            r.snapshot_id == snapshot || (r.snapshot_id.as_str() > snapshot && r.status != "failed")
+        }
     };
     if history.iter().any(done) {
         return true;

@@ -295,8 +295,18 @@ pub async fn deliver_forever(
         }
         let now = chrono::Utc::now().timestamp_millis();
         let c = control.clone();
+        // Only as many as can be sent now (those in flight may come back from a control
+        // plane that holds none: they are skipped): a shared one holds each it hands out.
+        let limit = if in_flight.len() >= MAX_IN_FLIGHT {
+            0
+        } else {
+            MAX_IN_FLIGHT
+        };
         match tokio::task::spawn_blocking(move || {
-            c.due_deliveries(now, PER_WEBHOOK, 4 * MAX_IN_FLIGHT, lease_ms)
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            c.due_deliveries(now, PER_WEBHOOK, limit, lease_ms)
         })
         .await
         {

@@ -3199,6 +3199,8 @@ fn a_memory_budget_keeps_the_companies_last_used_in_memory_and_takes_the_others_
     // A new snapshot of a company out of memory goes live (taken back, then the new one
     // built on it: modifiedDate moves only for the record that changed).
     let before = page(&companies[0]);
+    page(&companies[1]);
+    one_in_memory("before the new snapshot");
     let renamed = s.rename_and_sync("Budget Ltd");
     let after = s.server.ok(
         &key,

@@ -750,7 +750,7 @@ impl ControlPlane for PostgresControl {
             )?;
             tx.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, status = $2, next_attempt_at = coalesce($3::bigint, next_attempt_at),
-                     delivered_at = CASE WHEN $4::boolean THEN $5::text ELSE delivered_at END, last_error = $6 WHERE id = $1",
+                     delivered_at = CASE WHEN $4::boolean THEN $5::text ELSE delivered_at END, last_error = $6 WHERE id = $1 AND status = 'pending'",
                 &[&delivery_id, &status, &next_attempt_at, &delivered, &attempt.at, &attempt.error],
             )?;
             tx.commit()?;
@@ -1450,11 +1450,23 @@ impl ControlPlane for PostgresControl {
                 "SELECT 1 FROM companies WHERE id = $1 FOR NO KEY UPDATE",
                 &[&r.company_id],
             )?;
+            // a snapshot going live after a newer one (a slow node's) is recorded superseded
+            let mut status = r.status.clone();
             if r.status == "live" {
-                tx.execute(
-                    "UPDATE snapshots SET status = 'superseded' WHERE company_id = $1 AND status = 'live'",
-                    &[&r.company_id],
-                )?;
+                let newer = tx
+                    .query_opt(
+                        "SELECT 1 FROM snapshots WHERE company_id = $1 AND snapshot_id > $2 AND status <> 'failed' LIMIT 1",
+                        &[&r.company_id, &r.snapshot_id],
+                    )?
+                    .is_some();
+                if newer {
+                    status = "superseded".into();
+                } else {
+                    tx.execute(
+                        "UPDATE snapshots SET status = 'superseded' WHERE company_id = $1 AND status = 'live'",
+                        &[&r.company_id],
+                    )?;
+                }
             }
             tx.execute(
                 "INSERT INTO snapshots (company_id, snapshot_id, status, detail, created_at, ingested_at, records)
@@ -1465,7 +1477,7 @@ impl ControlPlane for PostgresControl {
                 &[
                     &r.company_id,
                     &r.snapshot_id,
-                    &r.status,
+                    &status,
                     &r.detail,
                     &r.created_at,
                     &r.ingested_at,
