@@ -113,6 +113,9 @@ pub struct AppState {
     pub recorded: Mutex<HashMap<String, String>>,
     /// How long this node holds what it claims from the control plane.
     pub leases: super::Leases,
+    /// Per company, a snapshot this node refused that is not recorded yet (see
+    /// [`super::Refusal`]).
+    pub(crate) refusals: Mutex<HashMap<String, super::Refusal>>,
     /// (client, company) pairs found owned: no control-plane look-up per request.
     owned_companies: Mutex<HashMap<(String, String), Company>>,
     /// When a request last asked the ingest loop to look at a company this node serves
@@ -177,6 +180,7 @@ impl AppState {
             leases: Default::default(),
             asked: Mutex::new(HashMap::new()),
             owned_companies: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
             counts: Counts::default(),
         }

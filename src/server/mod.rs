@@ -375,6 +375,20 @@ fn record_ingest(
             if let Some(live) = state.live.live(&company.id) {
                 record_live(state, company, &live);
             }
+            let pending = state
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&company.id);
+            if let Some(refusal) = pending
+                && !record_refusal(state, company, &refusal)
+            {
+                state
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(company.id.clone(), refusal);
+            }
         }
         Err(e) if e.retry => {
             tracing::warn!(company = %company.id, error = %e, "Could not load a published snapshot now; the next poll tries again.");
@@ -387,60 +401,83 @@ fn record_ingest(
             tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
         }
         Err(e) => {
-            // Recorded once per snapshot id; the live snapshot stays as it was.
-            record_once(
-                state,
-                &company.id,
-                &e.snapshot,
-                Outcome::Refused,
-                |history| {
-                    state
-                        .metrics
-                        .snapshots_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
-                    let public = e.public(state_dir);
-                    let before = status_of(history);
-                    let key = |what: &str| Some(format!("{what}:{}:{}", company.id, e.snapshot));
-                    // The client hears of it as of a sync that failed on the PC.
-                    emit(
-                        state,
-                        &company.client_id,
-                        "sync.failed",
-                        serde_json::json!({
-                            "companyId": company.id,
-                            "snapshotId": e.snapshot,
-                            "reason": "snapshot_refused",
-                            "message": public,
-                            "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
-                        }),
-                        key("sync.failed"),
-                    );
-                    if before != "Failing" {
-                        emit(
-                            state,
-                            &company.client_id,
-                            "company.status_changed",
-                            serde_json::json!({
-                                "companyId": company.id, "from": before, "to": "Failing",
-                            }),
-                            key("company.status_changed:Failing"),
-                        );
-                    }
-                    SnapshotRecord {
-                        company_id: company.id.clone(),
-                        snapshot_id: e.snapshot.clone(),
-                        status: "failed".into(),
-                        detail: Some(public),
-                        created_at: None,
-                        ingested_at: chrono::Utc::now()
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        records: None,
-                    }
-                },
-            );
+            // Recorded once per snapshot id; the live snapshot stays as it was. Kept until it
+            // is recorded: when another node holds the claim and dies, this one records it at
+            // a later poll.
+            tracing::error!(company = %company.id, error = %e, "A published snapshot was refused; the previous one stays live.");
+            let refusal = Refusal {
+                snapshot: e.snapshot.clone(),
+                public: e.public(state_dir),
+            };
+            if !record_refusal(state, company, &refusal) {
+                state
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(company.id.clone(), refusal);
+            }
         }
     }
+}
+
+/// A snapshot this node refused, as its record and events tell it.
+pub(crate) struct Refusal {
+    snapshot: String,
+    /// Why, as the client is told (no server path, no SQL).
+    public: String,
+}
+
+/// Records a refusal once among the nodes, with its events; false when not recorded now.
+fn record_refusal(state: &api::AppState, company: &control::Company, r: &Refusal) -> bool {
+    record_once(
+        state,
+        &company.id,
+        &r.snapshot,
+        Outcome::Refused,
+        |history| {
+            state
+                .metrics
+                .snapshots_failed
+                .fetch_add(1, Ordering::Relaxed);
+            let before = status_of(history);
+            let key = |what: &str| Some(format!("{what}:{}:{}", company.id, r.snapshot));
+            // The client hears of it as of a sync that failed on the PC.
+            emit(
+                state,
+                &company.client_id,
+                "sync.failed",
+                serde_json::json!({
+                    "companyId": company.id,
+                    "snapshotId": r.snapshot,
+                    "reason": "snapshot_refused",
+                    "message": r.public,
+                    "advice": "The published data did not pass the server's checks; the previous data is still served. The next sync publishes again.",
+                }),
+                key("sync.failed"),
+            );
+            if before != "Failing" {
+                emit(
+                    state,
+                    &company.client_id,
+                    "company.status_changed",
+                    serde_json::json!({
+                        "companyId": company.id, "from": before, "to": "Failing",
+                    }),
+                    key("company.status_changed:Failing"),
+                );
+            }
+            SnapshotRecord {
+                company_id: company.id.clone(),
+                snapshot_id: r.snapshot.clone(),
+                status: "failed".into(),
+                detail: Some(r.public.clone()),
+                created_at: None,
+                ingested_at: chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                records: None,
+            }
+        },
+    )
 }
 
 /// Records the snapshot this node made live, with its events, unless it is recorded already.

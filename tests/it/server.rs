@@ -2890,10 +2890,16 @@ fn requests_without_a_valid_key_are_rate_limited_per_address_and_metrics_need_th
     let (status, _, _) = s.server.call("GET", None, "/openapi.json", None);
     assert_eq!(status, 200);
     let checkin = format!("/companies/{}/connector/checkin", s.company_id);
-    let (status, body, _) = s
-        .server
-        .call("POST", Some("dv_wrong"), &checkin, Some(json!({})));
-    assert_eq!(status, 429, "{body}");
+    // (a token the bucket got back meanwhile, on a loaded machine, is spent by the first
+    // try; a bucket of their own would let ten through)
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            s.server
+                .call("POST", Some("dv_wrong"), &checkin, Some(json!({})))
+                .0
+        })
+        .collect();
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     // A valid key is not held back by its address.
     s.server.ok(&s.key, "/companies");
 

@@ -1515,10 +1515,25 @@ impl ControlPlane for PostgresControl {
 
     fn reseal_secrets(&self, all: bool) -> Result<usize, ControlError> {
         self.with(|c| {
+            // Nothing is locked unless something is to be sealed (every node's start asks);
+            // then the rows are locked in one order, and a node resealing at once waits and
+            // reads what this one wrote.
+            let to_seal = c
+                .query("SELECT secret FROM webhooks", &[])?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .any(|stored| {
+                    !SecretKeys::is_sealed(&stored) || (all && !self.keys().is_current(&stored))
+                });
+            if !to_seal {
+                return Ok(0);
+            }
             let mut tx = c.transaction()?;
-            // locked: a node resealing at once waits, then reads what this one wrote
             let rows: Vec<(String, String)> = tx
-                .query("SELECT id, secret FROM webhooks FOR UPDATE", &[])?
+                .query(
+                    "SELECT id, secret FROM webhooks ORDER BY id FOR UPDATE",
+                    &[],
+                )?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
