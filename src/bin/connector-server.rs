@@ -138,7 +138,7 @@ struct ServeArgs {
     /// What all companies' data may hold in memory together (`4GB`, `512MB`, bytes); past
     /// it the least recently used companies are put out of memory and taken back from
     /// local disk on their next request. Default: no limit.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = server::parse_bytes)]
     memory_limit: Option<u64>,
     /// Rotate a device credential at check-in once it is this many seconds old.
     #[arg(long, default_value_t = 86_400)]
@@ -199,30 +199,6 @@ enum AdminCommand {
         #[command(flatten)]
         at: ControlAt,
     },
-}
-
-/// `4GB`, `512MB`, `64KB` (powers of 1024) or a number of bytes.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_uppercase();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "KB" | "KIB" => 10,
-        "MB" | "MIB" => 20,
-        "GB" | "GIB" => 30,
-        "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "{text:?}: write a size such as 4GB, 512MB or 1073741824"
-            ));
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{text:?}: write a size such as 4GB, 512MB or 1073741824"))
 }
 
 fn main() -> ExitCode {

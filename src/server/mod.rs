@@ -141,6 +141,30 @@ pub enum ServeError {
     },
 }
 
+/// `4GB`, `512MB`, `64KB` (powers of 1024) or a number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_uppercase();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KB" | "KIB" => 10,
+        "MB" | "MIB" => 20,
+        "GB" | "GIB" => 30,
+        "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: write a size such as 4GB, 512MB or 1073741824"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?}: write a size such as 4GB, 512MB or 1073741824"))
+}
+
 /// Opens the control plane: PostgreSQL when `url` names it (shared by several nodes), else
 /// SQLite in the state folder. The folder is the server's own (0700: keys' hashes, webhook
 /// secrets' key, cached data of every tenant) and the SQLite file 0600; SQLite gives its WAL
@@ -677,7 +701,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Control(control::ControlError::Task(e.to_string())))??;
     let mut live = ingest::LiveSet::new(&options.state_dir);
     live.limits = options.company_limits.clone();
-    live.budget = options.memory_limit;
+    if let Some(limit) = options.memory_limit {
+        // The companies' data is kept to three quarters of the limit: the rest is for loads
+        // and queries at work and the allocator's slack. One company's database may use at
+        // most an eighth of the limit (beyond, it spills to disk), so that four loads at
+        // once stay within it.
+        live.budget = Some(limit / 4 * 3);
+        let eighth = limit / 8;
+        if parse_bytes(&live.limits.memory).is_ok_and(|m| m > eighth) {
+            live.limits.memory = format!("{}MB", (eighth >> 20).max(64));
+        }
+    }
     let live = Arc::new(live);
     // The server listens at once: each company's saved state is taken back on its first
     // request or ingest, or by the pass below, whichever comes first.
