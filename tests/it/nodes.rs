@@ -71,7 +71,10 @@ impl Drop for Database {
 fn synced_ids(got: &[Received]) -> BTreeMap<String, BTreeSet<String>> {
     let mut by_snapshot: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (headers, body, _) in got {
-        let event: Value = serde_json::from_str(body).unwrap();
+        // (a request the killed node had begun arrives cut off: it is no event)
+        let Ok(event) = serde_json::from_str::<Value>(body) else {
+            continue;
+        };
         if event["type"] == "data.synced" {
             by_snapshot
                 .entry(event["data"]["snapshotId"].as_str().unwrap().to_owned())
@@ -327,7 +330,23 @@ fn three_nodes_share_one_postgresql_and_store_and_a_node_killed_mid_ingest_loses
         b.ok(&key, &format!("/companies/{co}/data/customers/ALPHA01"))["customerName"],
         "Many Nodes Ltd"
     );
-    // The receiver comes back; every delivery ends delivered.
+    // Once the second snapshot's event has been refused by the failing receiver (a delivery
+    // the dead node held comes due again when its lease runs out), the receiver comes back;
+    // every delivery ends delivered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !failing
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, body, status)| *status == 503 && body.contains(second.as_str()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failing receiver was never sent the second snapshot's event"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     *failing.answers.lock().unwrap() = vec![200];
     let deadline = Instant::now() + Duration::from_secs(60);
     let (all_ids, failing_ids) = loop {
@@ -358,15 +377,6 @@ fn three_nodes_share_one_postgresql_and_store_and_a_node_killed_mid_ingest_loses
         assert_eq!(ids.keys().collect::<Vec<_>>(), [&first, &second], "{ids:?}");
         assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
     }
-    assert!(
-        failing
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, _, s)| *s == 503),
-        "the failing receiver was never tried while failing"
-    );
     // The history has each snapshot once.
     let history = c.ok(&key, &format!("/companies/{co}/snapshots"));
     let rows: Vec<(String, String)> = history["results"]
