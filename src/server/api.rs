@@ -1621,7 +1621,10 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_companies_in_memory {}\n\
          # HELP connector_memory_resident_bytes What the companies in memory hold (the budget of --memory-limit).\n\
          # TYPE connector_memory_resident_bytes gauge\n\
-         connector_memory_resident_bytes {}\n",
+         connector_memory_resident_bytes {}\n\
+         # HELP connector_companies_taken_back_total Companies taken back into memory from their saved state.\n\
+         # TYPE connector_companies_taken_back_total counter\n\
+         connector_companies_taken_back_total {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
@@ -1631,6 +1634,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         state.limits.running(),
         resident.1,
         resident.0,
+        state.live.taken_back.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

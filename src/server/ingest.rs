@@ -154,6 +154,8 @@ pub struct LiveSet {
     loading: Mutex<std::collections::HashSet<String>>,
     /// Held while a taken-back company is compacted and the budget kept: one at a time.
     pub compacting: Mutex<()>,
+    /// Companies taken back from their saved state since the server started.
+    pub taken_back: std::sync::atomic::AtomicU64,
 }
 
 /// Holds a company as being ingested until dropped.
@@ -226,6 +228,7 @@ impl LiveSet {
             resident: Mutex::default(),
             loading: Mutex::default(),
             compacting: Mutex::default(),
+            taken_back: Default::default(),
         }
     }
 
@@ -586,6 +589,8 @@ impl LiveSet {
             .unwrap_or_else(|e| e.into_inner())
             .insert(company.to_owned(), vec![live]);
         self.measure(company, &db);
+        self.taken_back
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(1)
     }
 
