@@ -444,6 +444,12 @@ fn record_ingest(
     }
 }
 
+/// What an event about a snapshot is about (`data.synced:COMPANY:SNAPSHOT`): its key, the
+/// same on every node that queues it (see [`ControlPlane::enqueue_event`]).
+fn event_key(what: &str, company: &str, snapshot: &str) -> Option<String> {
+    Some(format!("{what}:{company}:{snapshot}"))
+}
+
 /// A snapshot this node refused, as its record and events tell it.
 pub(crate) struct Refusal {
     snapshot: String,
@@ -464,7 +470,7 @@ fn record_refusal(state: &api::AppState, company: &control::Company, r: &Refusal
                 .snapshots_failed
                 .fetch_add(1, Ordering::Relaxed);
             let before = status_of(history);
-            let key = |what: &str| Some(format!("{what}:{}:{}", company.id, r.snapshot));
+            let key = |what: &str| event_key(what, &company.id, &r.snapshot);
             // The client hears of it as of a sync that failed on the PC.
             emit(
                 state,
@@ -524,7 +530,7 @@ fn record_live(state: &api::AppState, company: &control::Company, live: &ingest:
         Outcome::Live,
         |history| {
             let before = status_of(history);
-            let key = |what: &str| Some(format!("{what}:{}:{}", company.id, live.snapshot_id));
+            let key = |what: &str| event_key(what, &company.id, &live.snapshot_id);
             emit(
                 state,
                 &company.client_id,

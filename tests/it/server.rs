@@ -1108,12 +1108,7 @@ fn a_restarted_server_listens_before_taking_back_its_companies_and_serves_each_o
 
 /// The server's count of refused snapshots, from `/metrics`.
 fn refused_total(s: &Setup) -> u64 {
-    let (_, body, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
-    let text = body.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("connector_snapshots_failed_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no refused-snapshot count in /metrics: {text}"))
+    metric(&s.server, "connector_snapshots_failed_total")
 }
 
 /// Waits until the server has refused one more snapshot than `before`.
@@ -1519,11 +1514,7 @@ fn health_metrics_and_the_rate_limit() {
     );
     let (_, metrics, _) = s.server.call("GET", Some(METRICS_TOKEN), "/metrics", None);
     let metrics = metrics.as_str().unwrap().to_owned();
-    let limited: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("connector_rate_limited_total "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let limited = metric(&s.server, "connector_rate_limited_total");
     assert!(limited >= 1, "{metrics}");
     assert!(
         metrics.contains("connector_snapshots_live_total 1"),
