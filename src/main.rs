@@ -437,8 +437,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(m) = &verified.manifest {
                 for (name, entry) in &m.data_types {
                     println!(
-                        "  {name:<18} {:>10} rows {:>12} bytes  {}",
-                        entry.rows, entry.bytes, entry.key
+                        "  {name:<18} {:>10} rows {:>12} bytes  {} file(s)",
+                        entry.rows,
+                        entry.bytes,
+                        entry.files.len()
                     );
                 }
             }

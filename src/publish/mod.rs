@@ -14,7 +14,7 @@
 //!    in the outbox before the first part is sent; a local folder's half-written `…#N` files are
 //!    removed).
 //! 2. Each data file is uploaded under its SHA-256 unless that key already exists: an
-//!    unchanged data type costs one HEAD request. Files of at least the multipart threshold go
+//!    unchanged file (a data type's part) costs one HEAD request. Files of at least the multipart threshold go
 //!    in parts: their uploads are started one after another, each id journalled before the
 //!    next request, then all files are sent a few at a time; a failed multipart upload is
 //!    aborted. Writes use "create if absent", so two publishers never overwrite each other's
@@ -55,7 +55,7 @@ pub use store::{Backend, Store, StoreConfig, file_url, is_transient};
 pub use verify::{Problem, Verified, check_data, check_manifest, verify};
 pub use via_server::{CredentialSource, ServerPublisher};
 
-use crate::snapshot::manifest::{DataTypeEntry, Latest};
+use crate::snapshot::manifest::{FileEntry, Latest};
 use crate::snapshot::{self, SnapshotDir};
 
 /// Part size of multipart uploads (S3 wants at least 5 MiB for all parts but the last).
@@ -175,7 +175,7 @@ pub struct Published {
     pub files_uploaded: usize,
     /// Bytes of data files uploaded.
     pub bytes_uploaded: u64,
-    /// Data files already in the store (unchanged data types).
+    /// Data files already in the store (unchanged parts).
     pub files_skipped: usize,
     /// Bytes of data files not uploaded because they were already there.
     pub bytes_skipped: u64,
@@ -438,7 +438,7 @@ impl Store {
     async fn put_whole(
         &self,
         local: &Path,
-        entry: &DataTypeEntry,
+        entry: &FileEntry,
         replace: bool,
     ) -> Result<(), PublishError> {
         let path = self.path(&entry.key);
@@ -473,7 +473,7 @@ impl Store {
 
     /// Streams a large file to a store without a multipart API of its own (a local folder:
     /// written to a `…#N` file, renamed into place when complete).
-    async fn put_streamed(&self, local: &Path, entry: &DataTypeEntry) -> Result<(), PublishError> {
+    async fn put_streamed(&self, local: &Path, entry: &FileEntry) -> Result<(), PublishError> {
         let path = self.path(&entry.key);
         crate::failpoint::hit("upload");
         let mut upload = self
@@ -512,7 +512,7 @@ impl Store {
     async fn send_parts(
         &self,
         local: &Path,
-        entry: &DataTypeEntry,
+        entry: &FileEntry,
         id: &MultipartId,
         outbox: &Outbox,
     ) -> Result<(), PublishError> {
@@ -615,8 +615,8 @@ impl Store {
             snapshot_id: m.snapshot_id.clone(),
             ..Published::default()
         };
-        // 1. Which files the store lacks (an unchanged data type's file is there already).
-        let checked = futures::stream::iter(m.data_types.iter().map(|(name, entry)| async move {
+        // 1. Which files the store lacks (an unchanged part's file is there already).
+        let checked = futures::stream::iter(m.files().map(|(name, entry)| async move {
             Ok::<_, PublishError>((name, entry, self.present(&entry.key, entry.bytes).await?))
         }))
         .buffer_unordered(CONCURRENT_UPLOADS)
@@ -634,19 +634,18 @@ impl Store {
                 progress.inc(entry.bytes);
             }
         }
-        to_send.sort_by_key(|(name, _, _)| name.as_str());
+        to_send.sort_by_key(|(name, entry, _)| (*name, entry.part.as_str()));
         // 2. Multipart uploads are started one after another, each id journalled before the
         //    next request: a stop at any later point leaves every open upload in the journal.
         let mut ids = std::collections::BTreeMap::new();
-        for (name, entry, _) in to_send.iter().filter(|(_, e, _)| self.in_parts(e.bytes)) {
+        for (_, entry, _) in to_send.iter().filter(|(_, e, _)| self.in_parts(e.bytes)) {
             match self.start_parts(&entry.key, outbox).await {
                 Ok(id) => {
-                    ids.insert(name.as_str(), id);
+                    ids.insert(entry.key.as_str(), id);
                 }
                 Err(e) => {
-                    for (name, id) in &ids {
-                        self.abort(&self.path(&m.data_types[*name].key), id, outbox)
-                            .await;
+                    for (key, id) in &ids {
+                        self.abort(&self.path(key), id, outbox).await;
                     }
                     return Err(e);
                 }
@@ -655,8 +654,8 @@ impl Store {
         // 3. Then every missing file is sent, several at a time.
         let ids = &ids;
         let sent = futures::stream::iter(to_send.iter().map(|(name, entry, replace)| async move {
-            let local = snap.file(name);
-            match ids.get(name.as_str()) {
+            let local = snap.file(name, &entry.part);
+            match ids.get(entry.key.as_str()) {
                 Some(id) => self.send_parts(&local, entry, id, outbox).await?,
                 None if matches!(self.backend, Backend::Local(_))
                     && entry.bytes >= self.multipart_threshold =>
@@ -678,8 +677,9 @@ impl Store {
             report.changed.push(name.to_string());
         }
         report.changed.sort();
+        report.changed.dedup();
         // Every file the manifest names must be in the store before the manifest is.
-        for entry in m.data_types.values() {
+        for (_, entry) in m.files() {
             let path = self.path(&entry.key);
             let meta = self
                 .inner
@@ -768,7 +768,7 @@ impl Chunks {
 }
 
 /// Fails when a local file's bytes no longer hash to the SHA-256 its key is named after.
-fn check_hash(local: &Path, entry: &DataTypeEntry, digest: &[u8]) -> Result<(), PublishError> {
+fn check_hash(local: &Path, entry: &FileEntry, digest: &[u8]) -> Result<(), PublishError> {
     let actual = snapshot::hex(digest);
     if actual == entry.sha256 {
         Ok(())

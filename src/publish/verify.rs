@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{PublishError, Store};
 use crate::model::SCHEMA_VERSION;
-use crate::snapshot::manifest::{DataTypeEntry, MANIFEST_VERSION, Manifest};
+use crate::snapshot::manifest::{FileEntry, MANIFEST_VERSION, Manifest};
 use crate::snapshot::{self, hex, parquet_row_count};
 
 /// One thing wrong with a snapshot.
@@ -107,21 +107,37 @@ pub async fn verify(
         return Ok(report);
     };
     for (name, entry) in &manifest.data_types {
-        let key = &entry.key;
         let fault = |what: String| Problem {
-            key: key.clone(),
+            key: manifest_key.clone(),
             what: format!("{name}: {what}"),
         };
-        if *key != snapshot::data_key(company_id, name, &entry.sha256) {
-            problems.push(fault(
-                "its key is not the content address of its SHA-256".into(),
-            ));
-        }
         if entry.rows != entry.control_totals.records {
             problems.push(fault(format!(
                 "the manifest says {} rows but its control totals say {} records",
                 entry.rows, entry.control_totals.records
             )));
+        }
+        let (rows, bytes) = entry
+            .files
+            .iter()
+            .fold((0, 0), |(r, b), f| (r + f.rows, b + f.bytes));
+        if (rows, bytes) != (entry.rows, entry.bytes) {
+            problems.push(fault(format!(
+                "its files hold {rows} rows in {bytes} bytes, the data type says {} rows in {} bytes",
+                entry.rows, entry.bytes
+            )));
+        }
+    }
+    for (name, entry) in manifest.files() {
+        let key = &entry.key;
+        let fault = |what: String| Problem {
+            key: key.clone(),
+            what: format!("{name} part {}: {what}", entry.part),
+        };
+        if *key != snapshot::data_key(company_id, name, &entry.sha256) {
+            problems.push(fault(
+                "its key is not the content address of its SHA-256".into(),
+            ));
         }
         let Some(data) = store.get_bytes(key).await? else {
             problems.push(fault("missing from the store".into()));
@@ -185,11 +201,28 @@ pub fn check_manifest(
         ));
     }
     for (name, entry) in &manifest.data_types {
-        if !crate::snapshot::manifest::is_sha256(&entry.sha256) {
-            problems.push(format!(
-                "data type {name}: its sha256 {:?} is not a SHA-256 (64 lowercase hex digits)",
-                entry.sha256.chars().take(80).collect::<String>()
-            ));
+        if entry.files.is_empty() {
+            problems.push(format!("data type {name}: it lists no files"));
+        }
+        let mut parts: Vec<&str> = entry.files.iter().map(|f| f.part.as_str()).collect();
+        parts.sort_unstable();
+        if parts.windows(2).any(|w| w[0] == w[1]) {
+            problems.push(format!("data type {name}: a part is listed twice"));
+        }
+        for file in &entry.files {
+            if !crate::snapshot::manifest::is_sha256(&file.sha256) {
+                problems.push(format!(
+                    "data type {name} part {}: its sha256 {:?} is not a SHA-256 (64 lowercase hex digits)",
+                    file.part.chars().take(40).collect::<String>(),
+                    file.sha256.chars().take(80).collect::<String>()
+                ));
+            }
+            if !crate::snapshot::is_part(&file.part) {
+                problems.push(format!(
+                    "data type {name}: part {:?} is not a part's name (n and six digits, or other)",
+                    file.part.chars().take(40).collect::<String>()
+                ));
+            }
         }
     }
     if manifest.company_id != company_id || manifest.snapshot_id != snapshot_id {
@@ -203,7 +236,7 @@ pub fn check_manifest(
 
 /// What is wrong with a data file's bytes against its manifest entry: its size, its SHA-256
 /// (a problem starting "SHA-256").
-pub fn check_data(entry: &DataTypeEntry, data: &[u8]) -> Vec<String> {
+pub fn check_data(entry: &FileEntry, data: &[u8]) -> Vec<String> {
     let mut problems = Vec::new();
     if data.len() as u64 != entry.bytes {
         problems.push(format!(

@@ -154,9 +154,8 @@ impl ServerPublisher {
         let request = GrantRequest {
             snapshot_id: m.snapshot_id.clone(),
             files: m
-                .data_types
-                .values()
-                .map(|e| FileToUpload {
+                .files()
+                .map(|(_, e)| FileToUpload {
                     key: e.key.clone(),
                     sha256: e.sha256.clone(),
                     bytes: e.bytes,
@@ -175,9 +174,9 @@ impl ServerPublisher {
             snapshot_id: m.snapshot_id.clone(),
             ..Published::default()
         };
-        for (name, entry) in &m.data_types {
+        for (name, entry) in m.files() {
             if let Some(upload) = grants.uploads.iter().find(|u| u.key == entry.key) {
-                let local = snap.file(name);
+                let local = snap.file(name, &entry.part);
                 let bytes =
                     tokio::fs::read(&local)
                         .await
@@ -206,7 +205,7 @@ impl ServerPublisher {
                 crate::failpoint::hit("upload");
                 report.files_uploaded += 1;
                 report.bytes_uploaded += entry.bytes;
-                report.changed.push(name.clone());
+                report.changed.push(name.to_owned());
             } else {
                 report.files_skipped += 1;
                 report.bytes_skipped += entry.bytes;
@@ -214,6 +213,7 @@ impl ServerPublisher {
             progress.inc(entry.bytes);
         }
         report.changed.sort();
+        report.changed.dedup();
         let manifest = m.to_json();
         let url = self.url(COMMIT);
         crate::failpoint::hit("manifest-before");

@@ -1306,20 +1306,22 @@ async fn list_records(
             (false, false) => (format!("{where_sql} AND {keyset_sql}"), 0),
         };
         let page_params: Vec<&dyn duckdb::ToSql> = filter.params.iter().chain(keyset_params.iter()).map(|p| p as &dyn duckdb::ToSql).collect();
-        let mut stmt = conn.prepare(&format!("SELECT rowid, {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
-        let picked: Vec<(i64, Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-        let last = picked.last().map(|(_, value, id)| query::After { value: value.clone(), id: id.clone() });
-        let rowids: Vec<i64> = picked.into_iter().map(|(r, _, _)| r).collect();
-        let total = total(rowids.len())?;
-        if rowids.is_empty() {
+        // (rows are picked by id, unique in a data type: a data type is a view over its parts)
+        let mut stmt = conn.prepare(&format!("SELECT {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
+        let picked: Vec<(Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let last = picked.last().map(|(value, id)| query::After { value: value.clone(), id: id.clone() });
+        let ids: Vec<String> = picked.into_iter().map(|(_, id)| id).collect();
+        let total = total(ids.len())?;
+        if ids.is_empty() {
             return Ok((total, Vec::new(), None));
         }
-        let list: Vec<String> = rowids.iter().map(i64::to_string).collect();
-        let mut stmt = conn.prepare(&format!("SELECT t.rowid, {record} FROM {table} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", list.join(",")))?;
-        let mut by_rowid: HashMap<i64, String> = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        let marks = vec!["?"; ids.len()].join(", ");
+        let mut stmt = conn.prepare(&format!("SELECT t.\"id\", {record} FROM {table} t WHERE t.\"id\" IN ({marks})"))?;
+        let id_params: Vec<&dyn duckdb::ToSql> = ids.iter().map(|p| p as &dyn duckdb::ToSql).collect();
+        let mut by_id: HashMap<String, String> = stmt
+            .query_map(id_params.as_slice(), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<_, _>>()?;
-        Ok((total, rowids.iter().filter_map(|r| by_rowid.remove(r)).collect(), last))
+        Ok((total, ids.iter().filter_map(|id| by_id.remove(id)).collect(), last))
     })
     .await?
     .map_err(refused)?;
@@ -1377,14 +1379,16 @@ fn source(
     if !naive {
         return Ok((live.connection()?, live.table(data_type)));
     }
-    let file = live
-        .parquet_file(data_type)
-        .map(|p| p.to_string_lossy().replace('\'', "''"))
-        .unwrap_or_default();
+    let files = live
+        .parquet_files(data_type)
+        .iter()
+        .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
     let stamp = live.went_live_at.trim_end_matches('Z').replace('T', " ");
     Ok((
         duckdb::Connection::open_in_memory()?,
-        format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM read_parquet('{file}'))"),
+        format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM read_parquet([{files}]))"),
     ))
 }
 
@@ -1624,7 +1628,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_memory_resident_bytes {}\n\
          # HELP connector_companies_taken_back_total Companies taken back into memory from their saved state.\n\
          # TYPE connector_companies_taken_back_total counter\n\
-         connector_companies_taken_back_total {}\n",
+         connector_companies_taken_back_total {}\n\
+         # HELP connector_parts_loaded_total Parts of data types loaded from their Parquet files at ingest (changed or new parts).\n\
+         # TYPE connector_parts_loaded_total counter\n\
+         connector_parts_loaded_total {}\n\
+         # HELP connector_parts_reused_total Parts of data types an ingest took unchanged from the snapshot before.\n\
+         # TYPE connector_parts_reused_total counter\n\
+         connector_parts_reused_total {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
@@ -1635,6 +1645,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         resident.1,
         resident.0,
         state.live.taken_back.load(Ordering::Relaxed),
+        state.live.parts_loaded.load(Ordering::Relaxed),
+        state.live.parts_reused.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -604,7 +604,7 @@ pub async fn commit(
         return refused(problems);
     };
     let cache = super::ingest::cache_dir(&state.state_dir, company);
-    for (name, entry) in &manifest.data_types {
+    for (name, entry) in manifest.files() {
         if !own_data_key(company, &entry.key, &entry.sha256) {
             problems.push(format!(
                 "{name}: {} is not one of this company's data keys",

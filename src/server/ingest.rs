@@ -85,11 +85,108 @@ pub struct Live {
     pub records: HashMap<String, u64>,
     /// Per data type: what changed since the snapshot before (empty for a restored one).
     pub changes: std::collections::BTreeMap<String, Changes>,
-    /// Schema in the company database.
+    /// Schema in the company database: a view per data type over its parts' tables.
     pub schema: String,
+    /// Per data type, its loaded parts (shared with the snapshots before and after it that
+    /// hold the same part unchanged).
+    parts: HashMap<String, Vec<Arc<PartTable>>>,
     db: Arc<Mutex<Connection>>,
     /// Where its Parquet files are cached (`SHA256.parquet`).
     cache: PathBuf,
+}
+
+/// One part of a data type loaded in a company database: the rows of its Parquet file (if
+/// the snapshot has one for the part) with their content hashes and `modifiedDate`, and the
+/// records of the part kept as deleted. Shared by every loaded snapshot whose part is the
+/// same; its table is dropped when the last of them lets go.
+pub struct PartTable {
+    /// The part (`n000000`, …, `other`).
+    part: String,
+    /// The SHA-256 of its Parquet file, or None when the snapshot has no file for the part
+    /// (only records kept as deleted).
+    sha256: Option<String>,
+    /// `parts.p_N`, quoted.
+    table: String,
+    /// Its rows as served.
+    rows: u64,
+    /// Control totals of its Parquet file (checked against the manifest's).
+    totals: PartTotals,
+    /// When the oldest record kept as deleted (in no Parquet file) was deleted, in
+    /// microseconds since 1970: the part is rebuilt once that is older than the days deleted
+    /// records are kept.
+    oldest_carried: Option<i64>,
+    db: Arc<Mutex<Connection>>,
+}
+
+impl Drop for PartTable {
+    fn drop(&mut self) {
+        let conn = self
+            .db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone();
+        if let Err(e) =
+            conn.and_then(|c| c.execute_batch(&format!("DROP TABLE IF EXISTS {}", self.table)))
+        {
+            tracing::warn!(table = %self.table, error = %e, "Could not drop a part no snapshot holds.");
+        }
+    }
+}
+
+/// A Parquet file's records, deleted records and money sums (in cents), to add up parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PartTotals {
+    records: u64,
+    deleted: u64,
+    cents: std::collections::BTreeMap<String, i128>,
+}
+
+impl PartTotals {
+    fn of(totals: &crate::rules::DataTypeTotals) -> Result<Self, String> {
+        Ok(PartTotals {
+            records: totals.rows,
+            deleted: totals.deleted,
+            cents: totals
+                .sums
+                .iter()
+                .map(|(k, v)| cents(v).map(|c| (k.clone(), c)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn add(&mut self, other: &PartTotals) {
+        self.records += other.records;
+        self.deleted += other.deleted;
+        for (k, v) in &other.cents {
+            *self.cents.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// A decimal of at most two places (`-12.3`, `4`, `0.05`) in cents.
+fn cents(text: &str) -> Result<i128, String> {
+    let bad = || format!("{text:?} is not a decimal with at most two places");
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty()
+        || fraction.len() > 2
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: i128 = whole.parse().map_err(|_| bad())?;
+    let fraction: i128 = format!("{fraction:0<2}").parse().map_err(|_| bad())?;
+    let value = whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(fraction))
+        .ok_or_else(bad)?;
+    Ok(if negative { -value } else { value })
 }
 
 impl Live {
@@ -106,12 +203,24 @@ impl Live {
         format!("{}.{}", ident(&self.schema), ident(data_type))
     }
 
-    /// The cached Parquet file of a data type (what the naive peer of the benchmark reads).
-    pub fn parquet_file(&self, data_type: &str) -> Option<PathBuf> {
+    /// The cached Parquet files of a data type, one per part (what the naive peer of the
+    /// benchmark reads).
+    pub fn parquet_files(&self, data_type: &str) -> Vec<PathBuf> {
         self.manifest
             .data_types
             .get(data_type)
-            .map(|e| self.cache.join(format!("{}.parquet", e.sha256)))
+            .map(|e| {
+                e.files
+                    .iter()
+                    .map(|f| self.cache.join(format!("{}.parquet", f.sha256)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `read_parquet([…])` of a data type's cached files.
+    fn read_parquet(&self, data_type: &str) -> String {
+        read_parquet(&self.parquet_files(data_type))
     }
 }
 
@@ -156,6 +265,12 @@ pub struct LiveSet {
     pub compacting: Mutex<()>,
     /// Companies taken back from their saved state since the server started.
     pub taken_back: std::sync::atomic::AtomicU64,
+    /// The data model (a part's control totals are recomputed when it is taken back).
+    model: DataModel,
+    /// Parts loaded from their files by ingests, and parts an ingest took unchanged.
+    pub parts_loaded: std::sync::atomic::AtomicU64,
+    /// See `parts_loaded`.
+    pub parts_reused: std::sync::atomic::AtomicU64,
 }
 
 /// Holds a company as being ingested until dropped.
@@ -213,7 +328,7 @@ const SNAPSHOTS_TABLE: &str = "persist.main._snapshots";
 
 impl LiveSet {
     /// Company databases in `STATE/db/`.
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(state_dir: &Path, model: DataModel) -> Self {
         LiveSet {
             companies: RwLock::default(),
             databases: Mutex::default(),
@@ -229,6 +344,9 @@ impl LiveSet {
             loading: Mutex::default(),
             compacting: Mutex::default(),
             taken_back: Default::default(),
+            model,
+            parts_loaded: Default::default(),
+            parts_reused: Default::default(),
         }
     }
 
@@ -545,35 +663,88 @@ impl LiveSet {
             "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
             ident(&schema)
         ))?;
+        let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
         let rebuilt = (|| {
+            let (h, m, id) = (
+                ident(HASH_COLUMN),
+                ident(MODIFIED_DATE),
+                ident(crate::model::ID_FIELD),
+            );
             for (name, entry) in &manifest.data_types {
-                let file = self
-                    .cache
-                    .join(company)
-                    .join(format!("{}.parquet", entry.sha256));
-                if !file.exists() {
-                    return Err(format!("{} is no longer cached", file.display()));
+                let (st, carried) = (ident(&format!("st_{name}")), ident(&format!("del_{name}")));
+                let part_of = crate::snapshot::part_sql(&id);
+                let mut tables = Vec::new();
+                for f in &entry.files {
+                    let file = self
+                        .cache
+                        .join(company)
+                        .join(format!("{}.parquet", f.sha256));
+                    if !file.exists() {
+                        return Err(format!("{} is no longer cached", file.display()));
+                    }
+                    let raw = read_parquet(&[file]);
+                    let table = new_part_table();
+                    let part = f.part.replace('\'', "''");
+                    q(&format!(
+                        "CREATE TABLE {table} AS SELECT r.*, p.{h}, p.{m} FROM {raw} r JOIN persist.main.{st} p USING ({id});
+                         INSERT INTO {table} SELECT * FROM persist.main.{carried} WHERE {part_of} = '{part}';"
+                    ))?;
+                    let dt = self
+                        .model
+                        .types
+                        .iter()
+                        .find(|t| t.name == *name)
+                        .ok_or_else(|| format!("data type {name} is not in the data model"))?;
+                    let totals =
+                        crate::rules::totals_of(&conn, dt, &raw).map_err(|e| e.to_string())?;
+                    tables.push(Arc::new(PartTable {
+                        part: f.part.clone(),
+                        sha256: Some(f.sha256.clone()),
+                        rows: count(&conn, &table)?,
+                        oldest_carried: oldest_carried(&conn, &table, Some(&raw))?,
+                        table,
+                        totals: PartTotals::of(&totals)?,
+                        db: db.clone(),
+                    }));
                 }
-                let file = file.to_string_lossy().replace('\'', "''");
-                q(&format!(
-                    "CREATE TABLE {s}.{t} AS SELECT r.*, p.{h}, p.{m} FROM read_parquet('{file}') r JOIN persist.main.{st} p USING ({id});
-                     INSERT INTO {s}.{t} SELECT * FROM persist.main.{del};",
-                    s = ident(&schema),
-                    t = ident(name),
-                    h = ident(HASH_COLUMN),
-                    m = ident(MODIFIED_DATE),
-                    id = ident(crate::model::ID_FIELD),
-                    st = ident(&format!("st_{name}")),
-                    del = ident(&format!("del_{name}")),
-                ))?;
+                // records kept as deleted in parts the snapshot has no file for
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT DISTINCT {part_of} AS part FROM persist.main.{carried} ORDER BY part"
+                    ))
+                    .map_err(|e| e.to_string())?;
+                let others: Vec<String> = stmt
+                    .query_map([], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| e.to_string())?;
+                for part in others
+                    .into_iter()
+                    .filter(|p| !entry.files.iter().any(|f| f.part == *p))
+                {
+                    let table = new_part_table();
+                    q(&format!(
+                        "CREATE TABLE {table} AS SELECT * FROM persist.main.{carried} WHERE {part_of} = '{}';",
+                        part.replace('\'', "''")
+                    ))?;
+                    tables.push(Arc::new(PartTable {
+                        part,
+                        sha256: None,
+                        rows: count(&conn, &table)?,
+                        oldest_carried: oldest_carried(&conn, &table, None)?,
+                        table,
+                        totals: PartTotals::default(),
+                        db: db.clone(),
+                    }));
+                }
+                parts.insert(name.clone(), tables);
             }
-            Ok(())
+            create_views(&q, &schema, &parts)
         })();
         if let Err(e) = rebuilt.and_then(|()| q("COMMIT")) {
             let _ = q("ROLLBACK");
             return Err(e);
         }
-        index_all(&conn, &schema, manifest.data_types.keys());
+        index_parts(&conn, parts.values().flatten().map(|t| &**t));
         let live = Arc::new(Live {
             snapshot_id: manifest.snapshot_id.clone(),
             manifest,
@@ -581,6 +752,7 @@ impl LiveSet {
             records: serde_json::from_str(&records).map_err(|e| e.to_string())?,
             changes: Default::default(),
             schema,
+            parts,
             db: db.clone(),
             cache: self.cache.join(company),
         });
@@ -605,13 +777,10 @@ impl LiveSet {
         q("BEGIN TRANSACTION")?;
         let saved = (|| {
             for name in live.manifest.data_types.keys() {
-                let file = live
-                    .parquet_file(name)
-                    .map(|p| p.to_string_lossy().replace('\'', "''"))
-                    .unwrap_or_default();
                 q(&format!(
                     "CREATE OR REPLACE TABLE persist.main.{st} AS SELECT {id}, {h}, {m} FROM {table};
-                     CREATE OR REPLACE TABLE persist.main.{del} AS SELECT t.* FROM {table} t ANTI JOIN read_parquet('{file}') p USING ({id});",
+                     CREATE OR REPLACE TABLE persist.main.{del} AS SELECT t.* FROM {table} t ANTI JOIN {raw} p USING ({id});",
+                    raw = live.read_parquet(name),
                     st = ident(&format!("st_{name}")),
                     del = ident(&format!("del_{name}")),
                     id = ident(crate::model::ID_FIELD),
@@ -724,7 +893,8 @@ impl LiveSet {
              SET threads = {threads};
              SET temp_directory = '{spill}';
              ATTACH '{file}' AS persist;
-             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);",
+             CREATE TABLE IF NOT EXISTS {SNAPSHOTS_TABLE} (snapshot_id VARCHAR, manifest VARCHAR, went_live_at VARCHAR, records VARCHAR);
+             CREATE SCHEMA IF NOT EXISTS {PARTS_SCHEMA};",
             threads = self.limits.threads.max(1),
         ))?;
         let db = Arc::new(Mutex::new(conn));
@@ -796,7 +966,7 @@ pub async fn fetch_into_cache(
     company: &str,
     cache: &Path,
     name: &str,
-    entry: &crate::snapshot::manifest::DataTypeEntry,
+    entry: &crate::snapshot::manifest::FileEntry,
 ) -> Result<PathBuf, CacheError> {
     use crate::publish::Fetched;
     if !crate::snapshot::is_data_key_of(company, &entry.key, &entry.sha256) {
@@ -974,15 +1144,16 @@ async fn check_and_load(
     }
     // 2. Fetch into the company's cache, checking every byte.
     let cache = cache_dir(state_dir, company);
+    // (an unchanged part's file is there already: only changed parts are fetched)
     let mut files = HashMap::new();
-    for (name, entry) in &manifest.data_types {
+    for (name, entry) in manifest.files() {
         let path = fetch_into_cache(store, company, &cache, name, entry)
             .await
             .map_err(|e| match e {
                 CacheError::Refused(detail) => fail(&id, detail),
                 CacheError::Later(detail) => later(&id, detail),
             })?;
-        files.insert(name.clone(), path);
+        files.insert((name.to_owned(), entry.part.clone()), path);
     }
     // 3-5. Load, check, carry modifiedDate and deletions, swap.
     let db = live
@@ -1010,6 +1181,12 @@ async fn check_and_load(
         true => later(&id, detail),
         false => fail(&id, detail),
     })?;
+    let (loaded, (parts_loaded, parts_reused)) = loaded;
+    let counter = |c: &std::sync::atomic::AtomicU64, n: usize| {
+        c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
+    };
+    counter(&live.parts_loaded, parts_loaded);
+    counter(&live.parts_reused, parts_reused);
     let loaded = Arc::new(loaded);
     live.swap_in(company, loaded.clone());
     tracing::info!(company, snapshot = %id, "A new snapshot is live.");
@@ -1033,25 +1210,6 @@ pub fn on_the_server(detail: &str) -> bool {
     // DuckDB's message begins with its class; the rest may quote the snapshot's own text
     // (a column's name, a value), which never decides
     CLASSES.iter().any(|class| detail.starts_with(class))
-}
-
-/// Indexes each loaded table of `schema` on its ids: a record asked for by id is found
-/// through it, not by scanning the table. Built after the snapshot's transaction, and only
-/// a help: an index that cannot be built (DuckDB builds it in memory, under the company's
-/// limit) is logged, and that table is scanned instead.
-fn index_all<'a>(conn: &Connection, schema: &str, data_types: impl Iterator<Item = &'a String>) {
-    for data_type in data_types {
-        let sql = format!(
-            "CREATE INDEX {} ON {}.{} ({});",
-            ident(&format!("by_id_{data_type}")),
-            ident(schema),
-            ident(data_type),
-            ident(crate::model::ID_FIELD)
-        );
-        if let Err(e) = conn.execute_batch(&sql) {
-            tracing::warn!(schema, data_type, error = %e, "Could not index a loaded table on its ids; look-ups by id scan it.");
-        }
-    }
 }
 
 /// Checks that the Parquet `raw` reads has exactly the data type's fields, with its types.
@@ -1086,15 +1244,297 @@ fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Re
     }
 }
 
+/// `read_parquet([…])` of `files`, quoted for SQL.
+fn read_parquet(files: &[PathBuf]) -> String {
+    let list: Vec<String> = files
+        .iter()
+        .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
+        .collect();
+    format!("read_parquet([{}])", list.join(", "))
+}
+
+/// A new part table's name in the company database (`parts.p_N`, quoted): unique in the
+/// process, so a table being dropped never has the name of one being made.
+fn new_part_table() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{}", ident(PARTS_SCHEMA), ident(&format!("p_{n}")))
+}
+
+/// Schema of the part tables in a company database.
+const PARTS_SCHEMA: &str = "parts";
+
+/// Makes each data type's view in `schema`: its parts' tables, read as one.
+fn create_views(
+    q: &dyn Fn(&str) -> Result<(), String>,
+    schema: &str,
+    parts: &HashMap<String, Vec<Arc<PartTable>>>,
+) -> Result<(), String> {
+    for (name, tables) in parts {
+        let union: Vec<String> = tables
+            .iter()
+            .map(|t| format!("SELECT * FROM {}", t.table))
+            .collect();
+        q(&format!(
+            "CREATE VIEW {}.{} AS {}",
+            ident(schema),
+            ident(name),
+            union.join(" UNION ALL ")
+        ))?;
+    }
+    Ok(())
+}
+
+/// When the oldest record kept as deleted in `table` (in no file that `raw` reads) was
+/// deleted, in microseconds since 1970, if it holds any.
+fn oldest_carried(
+    conn: &Connection,
+    table: &str,
+    raw: Option<&str>,
+) -> Result<Option<i64>, String> {
+    let m = ident(MODIFIED_DATE);
+    let sql = match raw {
+        Some(raw) => format!(
+            "SELECT epoch_us(min(t.{m})) FROM {table} t ANTI JOIN {raw} n USING ({id})",
+            id = ident(crate::model::ID_FIELD)
+        ),
+        None => format!("SELECT epoch_us(min({m})) FROM {table}"),
+    };
+    conn.query_row(&sql, [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// What loading one data type's part needs to know.
+struct PartLoad<'a> {
+    conn: &'a Connection,
+    db: &'a Arc<Mutex<Connection>>,
+    dt: &'a crate::model::DataType,
+    /// The time the snapshot goes live, as a DuckDB timestamp literal's text.
+    stamp: &'a str,
+    keep_deleted_days: u32,
+}
+
+impl PartLoad<'_> {
+    fn q(&self, sql: &str) -> Result<(), String> {
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| format!("{e} (in: {sql})"))
+    }
+
+    /// Builds a part from its Parquet file `path` (listed in the manifest as `file`), carrying
+    /// `modifiedDate` and deletions from the same part of the snapshot before (`prev`).
+    fn with_file(
+        &self,
+        file: &crate::snapshot::manifest::FileEntry,
+        path: &Path,
+        prev: Option<&PartTable>,
+    ) -> Result<(PartTable, Changes), String> {
+        let (dt, stamp) = (self.dt, self.stamp);
+        let raw = read_parquet(&[path.to_owned()]);
+        // Exactly the model's fields with the model's types: a file lacking one would go
+        // live and then fail every request that reads it.
+        fields_match(self.conn, dt, &raw)?;
+        let (h, m, id, del) = (
+            ident(HASH_COLUMN),
+            ident(MODIFIED_DATE),
+            ident(crate::model::ID_FIELD),
+            ident(crate::model::IS_DELETED_FIELD),
+        );
+        // Every record in the part its id gives: a record is in one part only, so a part's
+        // deletions are found in that part alone.
+        let strays: i64 = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM {raw} WHERE {} IS DISTINCT FROM ?",
+                    crate::snapshot::part_sql(&id)
+                ),
+                [&file.part],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if strays > 0 {
+            return Err(format!(
+                "{} part {}: {strays} records have ids of another part",
+                dt.name, file.part
+            ));
+        }
+        // Control totals recomputed from the rows (added up over the parts and checked
+        // against the manifest's by the caller).
+        let computed = crate::rules::totals_of(self.conn, dt, &raw).map_err(|e| e.to_string())?;
+        if computed.rows != file.rows {
+            return Err(format!(
+                "{} part {}: the file holds {} records, the manifest says {}",
+                dt.name, file.part, computed.rows, file.rows
+            ));
+        }
+        let totals = PartTotals::of(&computed)?;
+        let table = new_part_table();
+        // DuckDB's 64-bit hash of the whole row: far cheaper than hashing its JSON, and a
+        // change missed by a collision has odds of 1 in 2^64 per record.
+        let hash = format!("hash(r) AS {h}");
+        match prev {
+            Some(prev) => self.q(&format!(
+                "CREATE TABLE {table} AS
+                 WITH n AS (SELECT r.*, {hash} FROM {raw} r)
+                 SELECT n.*, CASE WHEN o.{h} = n.{h} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m}
+                 FROM n LEFT JOIN {old} o USING ({id});
+                 INSERT INTO {table}
+                 SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
+                 FROM {old} o ANTI JOIN {raw} n USING ({id})
+                 WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep} DAY);",
+                old = prev.table,
+                keep = self.keep_deleted_days,
+            ))?,
+            None => self.q(&format!(
+                "CREATE TABLE {table} AS SELECT r.*, {hash}, TIMESTAMP '{stamp}' AS {m} FROM {raw} r"
+            ))?,
+        }
+        let changes = match prev {
+            Some(prev) => self.conn.query_row(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE o.{id} IS NULL AND NOT t.{del}),
+                            count(*) FILTER (WHERE o.{id} IS NOT NULL AND o.{h} <> t.{h} AND NOT t.{del}),
+                            count(*) FILTER (WHERE t.{del} AND (o.{id} IS NULL OR NOT o.{del}))
+                     FROM {table} t LEFT JOIN {} o USING ({id})",
+                    prev.table
+                ),
+                [],
+                |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, modified: r.get::<_, i64>(1)? as u64, deleted: r.get::<_, i64>(2)? as u64 }),
+            ),
+            None => self.conn.query_row(
+                &format!("SELECT count(*) FILTER (WHERE NOT {del}) FROM {table}"),
+                [],
+                |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, ..Changes::default() }),
+            ),
+        }
+        .map_err(|e| e.to_string())?;
+        let part = PartTable {
+            part: file.part.clone(),
+            sha256: Some(file.sha256.clone()),
+            rows: count(self.conn, &table)?,
+            oldest_carried: oldest_carried(self.conn, &table, Some(&raw))?,
+            table,
+            totals,
+            db: self.db.clone(),
+        };
+        Ok((part, changes))
+    }
+
+    /// What is left of a part the new snapshot has no file for: its records, kept as deleted
+    /// for the days deleted records are kept. None when nothing is left.
+    fn without_file(&self, prev: &PartTable) -> Result<Option<(PartTable, Changes)>, String> {
+        let (m, del) = (ident(MODIFIED_DATE), ident(crate::model::IS_DELETED_FIELD));
+        let stamp = self.stamp;
+        let table = new_part_table();
+        self.q(&format!(
+            "CREATE TABLE {table} AS
+             SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
+             FROM {old} o
+             WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep} DAY);",
+            old = prev.table,
+            keep = self.keep_deleted_days,
+        ))?;
+        let deleted: i64 = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE NOT {del}) FROM {}",
+                    prev.table
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        let part = PartTable {
+            part: prev.part.clone(),
+            sha256: None,
+            rows: count(self.conn, &table)?,
+            oldest_carried: oldest_carried(self.conn, &table, None)?,
+            table,
+            totals: PartTotals::default(),
+            db: self.db.clone(),
+        };
+        if part.rows == 0 {
+            return Ok(None);
+        }
+        let changes = Changes {
+            deleted: deleted as u64,
+            ..Changes::default()
+        };
+        Ok(Some((part, changes)))
+    }
+}
+
+fn count(conn: &Connection, table: &str) -> Result<u64, String> {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+    .map_err(|e| e.to_string())
+}
+
+/// Checks that a data type's parts add up to the manifest's control totals.
+fn check_totals(
+    name: &str,
+    sum: &PartTotals,
+    expected: &crate::snapshot::manifest::ControlTotals,
+) -> Result<(), String> {
+    let want = PartTotals {
+        records: expected.records,
+        deleted: expected.deleted,
+        cents: expected
+            .sums
+            .iter()
+            .map(|(k, v)| cents(v).map(|c| (k.clone(), c)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{name}: the manifest's control totals: {e}"))?,
+    };
+    if *sum == want {
+        return Ok(());
+    }
+    Err(format!(
+        "{name}: the data does not add up to the manifest's control totals (records {} vs {}, deleted {} vs {}, sums in cents {:?} vs {:?})",
+        sum.records, want.records, sum.deleted, want.deleted, sum.cents, want.cents
+    ))
+}
+
+/// Indexes new part tables on their ids: a record asked for by id is found through it, not
+/// by scanning. Built after the snapshot's transaction, and only a help: an index that
+/// cannot be built (DuckDB builds it in memory, under the company's limit) is logged, and
+/// that part is scanned instead.
+fn index_parts<'a>(conn: &Connection, tables: impl Iterator<Item = &'a PartTable>) {
+    for t in tables {
+        let name = t
+            .table
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"');
+        let sql = format!(
+            "CREATE INDEX {} ON {} ({});",
+            ident(&format!("by_id_{name}")),
+            t.table,
+            ident(crate::model::ID_FIELD)
+        );
+        if let Err(e) = conn.execute_batch(&sql) {
+            tracing::warn!(table = %t.table, error = %e, "Could not index a loaded part on its ids; look-ups by id scan it.");
+        }
+    }
+}
+
+/// Loads a snapshot: each part whose file is the one the snapshot before had (and none of
+/// whose deleted records has expired) is that snapshot's part, shared; every other part is
+/// built from its file and the part before it. Only changed parts cost time.
 fn load(
     db: &Arc<Mutex<Connection>>,
     model: &DataModel,
     manifest: &Manifest,
-    files: &HashMap<String, PathBuf>,
+    files: &HashMap<(String, String), PathBuf>,
     previous: Option<&Live>,
     cache: PathBuf,
     keep_deleted_days: u32,
-) -> Result<Live, String> {
+) -> Result<(Live, (usize, usize)), String> {
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1103,6 +1543,8 @@ fn load(
     let schema = schema_of(&manifest.snapshot_id);
     let went_live_at = chrono::Utc::now();
     let stamp = went_live_at.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let expired_before =
+        (went_live_at - chrono::Duration::days(keep_deleted_days.into())).timestamp_micros();
     let q = |sql: &str| {
         conn.execute_batch(sql)
             .map_err(|e| format!("{e} (in: {sql})"))
@@ -1113,108 +1555,95 @@ fn load(
     ))?;
     let mut records = HashMap::new();
     let mut changes = std::collections::BTreeMap::new();
+    let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
+    let mut built: Vec<Arc<PartTable>> = Vec::new();
+    let (mut reused, mut loaded) = (0usize, 0usize);
     let result = (|| {
         for dt in &model.types {
-            let file = files[&dt.name].to_string_lossy().replace('\'', "''");
-            let table = format!("{}.{}", ident(&schema), ident(&dt.name));
-            // The Parquet file is read in place (DuckDB scans it in parallel): no copy.
-            let raw = format!("read_parquet('{file}')");
-            // Exactly the model's fields with the model's types: a file lacking one would go
-            // live and then fail every request that reads it.
-            fields_match(&conn, dt, &raw)?;
-            // Control totals recomputed from the rows, against the manifest's.
-            let totals = crate::rules::totals_of(&conn, dt, &raw).map_err(|e| e.to_string())?;
-            let expected = &manifest.data_types[&dt.name].control_totals;
-            if totals.rows != expected.records
-                || totals.deleted != expected.deleted
-                || totals.sums != expected.sums
-            {
-                return Err(format!(
-                    "{}: the data does not add up to the manifest's control totals (records {} vs {}, deleted {} vs {}, sums {:?} vs {:?})",
-                    dt.name,
-                    totals.rows,
-                    expected.records,
-                    totals.deleted,
-                    expected.deleted,
-                    totals.sums,
-                    expected.sums
-                ));
+            let entry = &manifest.data_types[&dt.name];
+            let load = PartLoad {
+                conn: &conn,
+                db,
+                dt,
+                stamp: &stamp,
+                keep_deleted_days,
+            };
+            let before: HashMap<&str, &Arc<PartTable>> = previous
+                .and_then(|p| p.parts.get(&dt.name))
+                .map(|v| v.iter().map(|t| (t.part.as_str(), t)).collect())
+                .unwrap_or_default();
+            let mut tables = Vec::new();
+            let mut sum = PartTotals::default();
+            let mut changed = Changes::default();
+            let mut add = |part: PartTable, c: Changes, built: &mut Vec<Arc<PartTable>>| {
+                changed.added += c.added;
+                changed.modified += c.modified;
+                changed.deleted += c.deleted;
+                let part = Arc::new(part);
+                built.push(part.clone());
+                part
+            };
+            for file in &entry.files {
+                let prev = before.get(file.part.as_str()).copied();
+                let same = prev.filter(|t| {
+                    t.sha256.as_deref() == Some(file.sha256.as_str())
+                        && t.oldest_carried.is_none_or(|o| o >= expired_before)
+                });
+                let table = match same {
+                    Some(t) => {
+                        reused += 1;
+                        t.clone()
+                    }
+                    None => {
+                        loaded += 1;
+                        let path = &files[&(dt.name.clone(), file.part.clone())];
+                        let (part, c) = load.with_file(file, path, prev.map(|t| &**t))?;
+                        add(part, c, &mut built)
+                    }
+                };
+                sum.add(&table.totals);
+                tables.push(table);
             }
-            // DuckDB's 64-bit hash of the whole row: far cheaper than hashing its JSON, and a
-            // change missed by a collision has odds of 1 in 2^64 per record.
-            let hash = format!("hash(r) AS {}", ident(HASH_COLUMN));
-            match previous {
-                Some(prev) => {
-                    let old = prev.table(&dt.name);
-                    q(&format!(
-                        "CREATE TABLE {table} AS
-                         WITH n AS (SELECT r.*, {hash} FROM {raw} r)
-                         SELECT n.*, CASE WHEN o.{h} = n.{h} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m}
-                         FROM n LEFT JOIN {old} o USING ({id});
-                         INSERT INTO {table}
-                         SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
-                         FROM {old} o ANTI JOIN {raw} n USING ({id})
-                         WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep_deleted_days} DAY);",
-                        h = ident(HASH_COLUMN),
-                        m = ident(MODIFIED_DATE),
-                        id = ident(crate::model::ID_FIELD),
-                        del = ident(crate::model::IS_DELETED_FIELD),
-                    ))?;
+            for (part, prev) in &before {
+                if !entry.files.iter().any(|f| f.part == *part)
+                    && let Some((table, c)) = load.without_file(prev)?
+                {
+                    tables.push(add(table, c, &mut built));
                 }
-                None => q(&format!(
-                    "CREATE TABLE {table} AS SELECT r.*, {hash}, TIMESTAMP '{stamp}' AS {m} FROM {raw} r",
-                    m = ident(MODIFIED_DATE)
-                ))?,
             }
-            let (h, del, id) = (
-                ident(HASH_COLUMN),
-                ident(crate::model::IS_DELETED_FIELD),
-                ident(crate::model::ID_FIELD),
-            );
-            let counted = match previous {
-                Some(prev) => conn.query_row(
-                    &format!(
-                        "SELECT count(*) FILTER (WHERE o.{id} IS NULL AND NOT t.{del}),
-                                count(*) FILTER (WHERE o.{id} IS NOT NULL AND o.{h} <> t.{h} AND NOT t.{del}),
-                                count(*) FILTER (WHERE t.{del} AND (o.{id} IS NULL OR NOT o.{del}))
-                         FROM {table} t LEFT JOIN {} o USING ({id})",
-                        prev.table(&dt.name)
-                    ),
-                    [],
-                    |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, modified: r.get::<_, i64>(1)? as u64, deleted: r.get::<_, i64>(2)? as u64 }),
-                ),
-                None => conn.query_row(
-                    &format!("SELECT count(*) FILTER (WHERE NOT {del}) FROM {table}"),
-                    [],
-                    |r| Ok(Changes { added: r.get::<_, i64>(0)? as u64, ..Changes::default() }),
-                ),
-            }
-            .map_err(|e| e.to_string())?;
-            changes.insert(dt.name.clone(), counted);
-            let n: i64 = conn
-                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-                .map_err(|e| e.to_string())?;
-            records.insert(dt.name.clone(), n as u64);
+            check_totals(&dt.name, &sum, &entry.control_totals)?;
+            changes.insert(dt.name.clone(), changed);
+            records.insert(dt.name.clone(), tables.iter().map(|t| t.rows).sum());
+            parts.insert(dt.name.clone(), tables);
         }
-        Ok(())
+        create_views(&q, &schema, &parts)
     })();
     let went_live = went_live_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if let Err(e) = result.and_then(|()| q("COMMIT")) {
         let _ = q("ROLLBACK");
         return Err(e);
     }
-    index_all(&conn, &schema, model.types.iter().map(|dt| &dt.name));
-    tracing::debug!(schema, "Loaded a snapshot.");
-    Ok(Live {
-        snapshot_id: manifest.snapshot_id.clone(),
-        manifest: manifest.clone(),
-        went_live_at: went_live,
-        records,
-        changes,
+    index_parts(&conn, built.iter().map(|t| &**t));
+    tracing::info!(
         schema,
-        db: db.clone(),
-        cache,
-    })
+        parts_reused = reused,
+        parts_loaded = loaded,
+        "Loaded a snapshot: its changed parts from their files, the others as they were."
+    );
+    Ok((
+        Live {
+            snapshot_id: manifest.snapshot_id.clone(),
+            manifest: manifest.clone(),
+            went_live_at: went_live,
+            records,
+            changes,
+            schema,
+            parts,
+            db: db.clone(),
+            cache,
+        },
+        (loaded, reused),
+    ))
 }
 
 #[cfg(test)]

@@ -705,7 +705,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let control = tokio::task::spawn_blocking(move || open_control(&state_dir, url.as_deref()))
         .await
         .map_err(|e| ServeError::Control(control::ControlError::Task(e.to_string())))??;
-    let mut live = ingest::LiveSet::new(&options.state_dir);
+    let mut live = ingest::LiveSet::new(&options.state_dir, DataModel::embedded());
     live.limits = options.company_limits.clone();
     if let Some(limit) = options.memory_limit {
         // The companies' data is kept to three quarters of the limit: the rest is for loads

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Version of the manifest format itself; bumped on an incompatible change.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Version 2: a data type is a list of files, one per part of its records (version 1 had one
+/// file per data type).
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// One snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,10 +63,29 @@ pub struct SourceFacts {
     pub extracted_at: String,
 }
 
-/// One data type's file in the snapshot.
+/// One data type in the snapshot: its figures and its files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataTypeEntry {
+    /// Rows in all its files (records, deleted ones included).
+    pub rows: u64,
+    /// Size of all its files in bytes.
+    pub bytes: u64,
+    /// Control totals from normalisation, over all its files.
+    pub control_totals: ControlTotals,
+    /// Its files, one per part of its records, in the order of their parts (at least one).
+    /// Read together they are the data type: the same columns in every file, each record
+    /// in exactly one.
+    pub files: Vec<FileEntry>,
+}
+
+/// One Parquet file of a data type: the records of one part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// The part (see [`crate::snapshot::part_sql`]): the same records keep the same part from
+    /// snapshot to snapshot, so an unchanged part is the same file.
+    pub part: String,
     /// Object key of the Parquet file, relative to the store's root (content-addressed:
     /// `COMPANY/data/DATATYPE/SHA256.parquet`).
     pub key: String,
@@ -74,8 +95,6 @@ pub struct DataTypeEntry {
     pub bytes: u64,
     /// SHA-256 of the file, lower-case hex.
     pub sha256: String,
-    /// Control totals from normalisation.
-    pub control_totals: ControlTotals,
 }
 
 /// A data type's control totals, as normalisation computed them.
@@ -106,6 +125,13 @@ impl Manifest {
     /// Parses a manifest, naming the first field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Every data file, with its data type's name, in data type and part order.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &FileEntry)> {
+        self.data_types
+            .iter()
+            .flat_map(|(name, entry)| entry.files.iter().map(move |f| (name.as_str(), f)))
     }
 
     /// The manifest as written to the store (pretty, stable key order).

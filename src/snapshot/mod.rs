@@ -2,8 +2,15 @@
 //!
 //! Takes the rules' workspace after [`crate::rules::normalise`] passed (one table per data
 //! type in `main`, the Sage tables as `sage.TABLE`) and its report; produces a folder
-//! `PARENT/SNAPSHOT_ID/` holding `DATATYPE.parquet` for every data type and `manifest.json`
-//! (format in [`manifest`]).
+//! `PARENT/SNAPSHOT_ID/` holding `DATATYPE/PART.parquet` for every part of every data type
+//! and `manifest.json` (format in [`manifest`]).
+//!
+//! A data type's records are split into parts by their ids ([`part_sql`]): ids that begin
+//! with a number are grouped in blocks of [`PART_BLOCK`] numbers (Sage numbers transactions
+//! in order, so a block holds the records of one stretch of the company's history and new
+//! transactions fill new blocks), every other id is in part `other`. A record never changes
+//! part, and editing a few transactions changes only the files of their blocks: an unchanged
+//! part is the same file, already in the store, and the server reloads only changed parts.
 //!
 //! Guarantees:
 //! - The folder is built as `SNAPSHOT_ID.partial/` and renamed only when every file and the
@@ -27,8 +34,8 @@ use crate::files;
 use crate::model::{DataModel, SCHEMA_VERSION};
 use crate::rules::{CheckStatus, Report};
 use manifest::{
-    CheckEntry, ConnectorFacts, ControlTotals, DataTypeEntry, MANIFEST_VERSION, Manifest,
-    SourceFacts,
+    CheckEntry, ConnectorFacts, ControlTotals, DataTypeEntry, FileEntry, MANIFEST_VERSION,
+    Manifest, SourceFacts,
 };
 pub use parquet_file::{ROW_GROUP_ROWS, hex, parquet_row_count};
 
@@ -39,6 +46,29 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 const EXPORT_THREADS: usize = 2;
 /// Suffix of a snapshot folder being built.
 const PARTIAL_SUFFIX: &str = "partial";
+
+/// Numbers per part: ids `0`..`16383` are part `n000000`, `16384`..`32767` part `n000001`, …
+pub const PART_BLOCK: u64 = 16_384;
+/// The part of a data type without records (its one, empty, file).
+pub const FIRST_PART: &str = "n000000";
+
+/// SQL giving the part of the record whose id is the expression `id`: `n` and the block of
+/// the number the id begins with (at most 15 digits, six digits of block, zero-padded so
+/// that parts sort in order), or `other` for an id that does not begin with a digit.
+pub fn part_sql(id: &str) -> String {
+    format!(
+        "coalesce(printf('n%06d', TRY_CAST(regexp_extract({id}, '^[0-9]{{1,15}}') AS BIGINT) // {PART_BLOCK}), 'other')"
+    )
+}
+
+/// Whether `part` is a part's name as [`part_sql`] gives them (it names local files and
+/// tables on the server, so nothing else is taken).
+pub fn is_part(part: &str) -> bool {
+    part == "other"
+        || (part.len() == 7
+            && part.starts_with('n')
+            && part[1..].bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +160,9 @@ impl SnapshotDir {
         })
     }
 
-    /// The local Parquet file of a data type.
-    pub fn file(&self, data_type: &str) -> PathBuf {
-        self.path.join(format!("{data_type}.parquet"))
+    /// The local Parquet file of one part of a data type.
+    pub fn file(&self, data_type: &str, part: &str) -> PathBuf {
+        self.path.join(data_type).join(format!("{part}.parquet"))
     }
 
     /// Total bytes of its Parquet files.
@@ -233,7 +263,8 @@ fn write_into(
     order.sort_by_key(|(name, totals)| (std::cmp::Reverse(totals.rows), *name));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<parquet_file::Written, SnapshotError>>>> =
+    type Parts = Result<Vec<parquet_file::Written>, SnapshotError>;
+    let results: Vec<std::sync::Mutex<Option<Parts>>> =
         order.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let mut conns = Vec::new();
     for _ in 0..EXPORT_THREADS {
@@ -249,8 +280,7 @@ fn write_into(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((name, _)) = order.get(i) else { break };
-                    let file = dir.join(format!("{name}.parquet"));
-                    let result = parquet_file::export(&worker, name, &file);
+                    let result = parquet_file::export(&worker, name, &dir.join(name));
                     let failed = result.is_err();
                     *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
                     if failed {
@@ -272,25 +302,34 @@ fn write_into(
             // Not exported because another table failed first: that error comes first.
             None => continue,
         };
-        if written.rows != totals.rows {
+        let rows = written.iter().map(|w| w.rows).sum::<u64>();
+        if rows != totals.rows {
             return Err(SnapshotError::RowCount {
                 data_type: name.to_string(),
-                written: written.rows,
+                written: rows,
                 expected: totals.rows,
             });
         }
         data_types.insert(
             name.to_string(),
             DataTypeEntry {
-                key: data_key(input.company_id, name, &written.sha256),
-                rows: written.rows,
-                bytes: written.bytes,
-                sha256: written.sha256,
+                rows,
+                bytes: written.iter().map(|w| w.bytes).sum(),
                 control_totals: ControlTotals {
                     records: totals.rows,
                     deleted: totals.deleted,
                     sums: totals.sums.clone(),
                 },
+                files: written
+                    .into_iter()
+                    .map(|w| FileEntry {
+                        key: data_key(input.company_id, name, &w.sha256),
+                        part: w.part,
+                        rows: w.rows,
+                        bytes: w.bytes,
+                        sha256: w.sha256,
+                    })
+                    .collect(),
             },
         );
     }

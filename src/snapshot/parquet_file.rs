@@ -1,10 +1,13 @@
-//! One data type table → one Parquet file, byte-for-byte reproducible from its rows.
+//! One data type table → one Parquet file per part, each byte-for-byte reproducible from
+//! its rows.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
 use duckdb::Connection;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,9 +27,13 @@ pub const ROW_GROUP_ROWS: usize = 262_144;
 const WRITE_ROWS: usize = 2_048;
 /// zstd level: level 1 compresses these tables within a few percent of level 3, faster.
 const ZSTD_LEVEL: i32 = 1;
+/// The column the export query adds with each row's part (not written).
+const PART_COLUMN: &str = "_connector_part";
 
-/// What one export wrote.
+/// One Parquet file an export wrote: a part of a data type.
 pub struct Written {
+    /// The part's label (see [`super::part_sql`]).
+    pub part: String,
     /// Rows.
     pub rows: u64,
     /// File size.
@@ -66,91 +73,184 @@ fn properties() -> WriterProperties {
         .build()
 }
 
-/// Exports table `table` (rows ordered by `id`) to `path`. Rows stream from DuckDB to the
-/// file: memory holds one row group being encoded, whatever the table's size.
-pub fn export(conn: &Connection, table: &str, path: &Path) -> Result<Written, SnapshotError> {
+type Sink = Hashing<std::io::BufWriter<std::fs::File>>;
+
+/// One part's file being written: rows arrive in any batch sizes and are handed to the
+/// Parquet writer in chunks of exactly [`WRITE_ROWS`], so its bytes depend on its rows only.
+struct PartFile {
+    part: String,
+    path: PathBuf,
+    writer: ArrowWriter<Sink>,
+    /// Rows received but not yet written: always fewer than WRITE_ROWS between batches.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    rows: u64,
+}
+
+impl PartFile {
+    fn create(dir: &Path, part: &str, schema: &SchemaRef) -> Result<Self, SnapshotError> {
+        let path = dir.join(format!("{part}.parquet"));
+        let file = std::fs::File::create(&path).map_err(|source| SnapshotError::Io {
+            doing: "writing",
+            path: path.clone(),
+            source,
+        })?;
+        let sink = Hashing {
+            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(properties()))
+            .map_err(|e| pq_err(&path, e))?;
+        Ok(PartFile {
+            part: part.to_owned(),
+            path,
+            writer,
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, batch: RecordBatch, schema: &SchemaRef) -> Result<(), SnapshotError> {
+        self.rows += batch.num_rows() as u64;
+        if self.pending.is_empty() && batch.num_rows() == WRITE_ROWS {
+            // The usual case: DuckDB's chunks are already the size we write.
+            return self.writer.write(&batch).map_err(|e| pq_err(&self.path, e));
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= WRITE_ROWS {
+            self.pending_rows =
+                write_whole_chunks(&mut self.writer, schema, &mut self.pending, &self.path)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, schema: &SchemaRef) -> Result<Written, SnapshotError> {
+        if self.pending_rows > 0 {
+            let rest = concat_batches(schema, self.pending.iter())
+                .map_err(|e| pq_err(&self.path, e.into()))?;
+            self.writer
+                .write(&rest)
+                .map_err(|e| pq_err(&self.path, e))?;
+        }
+        let io_err = |source| SnapshotError::Io {
+            doing: "writing",
+            path: self.path.clone(),
+            source,
+        };
+        let mut sink = self
+            .writer
+            .into_inner()
+            .map_err(|e| pq_err(&self.path, e))?;
+        sink.flush().map_err(io_err)?;
+        let Hashing {
+            inner,
+            hasher,
+            bytes,
+        } = sink;
+        let file = inner.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        Ok(Written {
+            part: self.part,
+            rows: self.rows,
+            bytes,
+            sha256: hex(&hasher.finalize()),
+        })
+    }
+}
+
+fn pq_err(path: &Path, e: parquet::errors::ParquetError) -> SnapshotError {
+    SnapshotError::Parquet {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// Exports table `table` into `dir`, one file `PART.parquet` per part of its records (see
+/// [`super::part_sql`]), rows ordered by `id` within each. Rows stream from DuckDB to the
+/// files: memory holds one row group being encoded, whatever the table's size. A table
+/// without rows gives one empty file of part [`super::FIRST_PART`], so that every data type
+/// has at least one file and its schema.
+pub fn export(conn: &Connection, table: &str, dir: &Path) -> Result<Vec<Written>, SnapshotError> {
     let started = std::time::Instant::now();
     let query_err = |detail: String| SnapshotError::Query {
         what: format!("data type table {table}"),
         detail,
     };
-    let pq_err = |e: parquet::errors::ParquetError| SnapshotError::Parquet {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    };
-    let io_err = |source| SnapshotError::Io {
-        doing: "writing",
-        path: path.to_owned(),
+    std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+        doing: "creating",
+        path: dir.to_owned(),
         source,
-    };
+    })?;
+    let id = ident(crate::model::ID_FIELD);
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT * FROM main.{} ORDER BY {}",
-            ident(table),
-            ident(crate::model::ID_FIELD)
+            "SELECT *, {part} AS {PART_COLUMN} FROM main.{t} ORDER BY {PART_COLUMN}, {id}",
+            part = super::part_sql(&id),
+            t = ident(table),
         ))
         .map_err(|e| query_err(e.to_string()))?;
     let mut batches = stmt
         .stream_arrow([])
         .map_err(|e| query_err(e.to_string()))?;
-    let schema = batches.get_schema();
-    let file = std::fs::File::create(path).map_err(io_err)?;
-    let sink = Hashing {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let mut writer =
-        ArrowWriter::try_new(sink, schema.clone(), Some(properties())).map_err(pq_err)?;
-    let mut rows = 0u64;
-    // Rows received but not yet written: always fewer than WRITE_ROWS between batches.
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0usize;
+    let with_part = batches.get_schema();
+    let last = with_part.fields().len() - 1;
+    let columns: Vec<usize> = (0..last).collect();
+    let schema: SchemaRef = Arc::new(
+        with_part
+            .project(&columns)
+            .map_err(|e| query_err(e.to_string()))?,
+    );
+    let mut written = Vec::new();
+    let mut current: Option<PartFile> = None;
     loop {
         // DuckDB's stream panics on a failure after execution started: turn that into an error.
         let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next()))
             .map_err(|_| query_err("DuckDB failed while streaming the rows".into()))?;
         let Some(batch) = next else { break };
-        rows += batch.num_rows() as u64;
-        if pending.is_empty() && batch.num_rows() == WRITE_ROWS {
-            // The usual case: DuckDB's chunks are already the size we write.
-            writer.write(&batch).map_err(pq_err)?;
-            continue;
-        }
-        pending_rows += batch.num_rows();
-        pending.push(batch);
-        if pending_rows >= WRITE_ROWS {
-            pending_rows = write_whole_chunks(&mut writer, &schema, &mut pending, path)?;
+        let parts = arrow::compute::cast(batch.column(last), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| query_err(e.to_string()))?;
+        let parts = parts
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| query_err("the part column is not text".into()))?;
+        let rows = batch
+            .project(&columns)
+            .map_err(|e| query_err(e.to_string()))?;
+        // runs of one part (rows come sorted by part)
+        let mut from = 0;
+        while from < rows.num_rows() {
+            let part = parts.value(from);
+            let mut to = from + 1;
+            while to < rows.num_rows() && parts.value(to) == part {
+                to += 1;
+            }
+            if current.as_ref().is_none_or(|f| f.part != part) {
+                if let Some(done) = current.take() {
+                    written.push(done.finish(&schema)?);
+                }
+                current = Some(PartFile::create(dir, part, &schema)?);
+            }
+            let file = current.as_mut().expect("a part file is open");
+            file.push(rows.slice(from, to - from), &schema)?;
+            from = to;
         }
     }
-    if pending_rows > 0 {
-        let rest = concat_batches(&schema, pending.iter()).map_err(|e| SnapshotError::Parquet {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        writer.write(&rest).map_err(pq_err)?;
+    match current {
+        Some(file) => written.push(file.finish(&schema)?),
+        None => written.push(PartFile::create(dir, super::FIRST_PART, &schema)?.finish(&schema)?),
     }
-    let mut sink = writer.into_inner().map_err(pq_err)?;
-    sink.flush().map_err(io_err)?;
-    let Hashing {
-        inner,
-        hasher,
-        bytes,
-    } = sink;
-    let file = inner.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
     tracing::debug!(
         table,
-        rows,
-        bytes,
+        parts = written.len(),
+        rows = written.iter().map(|w| w.rows).sum::<u64>(),
+        bytes = written.iter().map(|w| w.bytes).sum::<u64>(),
         seconds = started.elapsed().as_secs_f64(),
         "Exported a data type to Parquet."
     );
-    Ok(Written {
-        rows,
-        bytes,
-        sha256: hex(&hasher.finalize()),
-    })
+    Ok(written)
 }
 
 /// Writes the pending rows in chunks of exactly [`WRITE_ROWS`], keeping the remainder

@@ -139,7 +139,9 @@ impl Target {
         for key in keys.iter().filter(|k| k.ends_with("manifest.json")) {
             let m: Value = serde_json::from_slice(&self.get(key).unwrap()).unwrap();
             for entry in m["dataTypes"].as_object().unwrap().values() {
-                referenced.insert(entry["key"].as_str().unwrap().to_owned());
+                for file in entry["files"].as_array().unwrap() {
+                    referenced.insert(file["key"].as_str().unwrap().to_owned());
+                }
             }
         }
         for key in keys.iter().filter(|k| k.contains("/data/")) {
@@ -151,18 +153,20 @@ impl Target {
     }
 }
 
-/// The data part of a manifest: per data type, (sha256, rows).
+/// The data part of a manifest: per data type and part, (sha256, rows).
 fn data_of(manifest: &Value) -> Vec<(String, String, i64)> {
     manifest["dataTypes"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, e)| {
-            (
-                k.clone(),
-                e["sha256"].as_str().unwrap().to_owned(),
-                e["rows"].as_i64().unwrap(),
-            )
+        .flat_map(|(k, e)| {
+            e["files"].as_array().unwrap().iter().map(move |f| {
+                (
+                    format!("{k}/{}", f["part"].as_str().unwrap()),
+                    f["sha256"].as_str().unwrap().to_owned(),
+                    f["rows"].as_i64().unwrap(),
+                )
+            })
         })
         .collect()
 }

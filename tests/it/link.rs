@@ -537,18 +537,18 @@ fn the_server_refuses_a_commit_whose_files_are_not_what_the_manifest_says() {
     // A file the store does not have (its hash changed).
     let mut bad = manifest.clone();
     newer(&mut bad);
-    bad["dataTypes"]["invoices"]["sha256"] = json!("0".repeat(64));
+    bad["dataTypes"]["invoices"]["files"][0]["sha256"] = json!("0".repeat(64));
     let r = commit(&bad);
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("invoices"), "{}", r.body);
     // A file of another company.
     let mut bad = manifest.clone();
     newer(&mut bad);
-    let key = bad["dataTypes"]["invoices"]["key"]
+    let key = bad["dataTypes"]["invoices"]["files"][0]["key"]
         .as_str()
         .unwrap()
         .replace(&id, &other);
-    bad["dataTypes"]["invoices"]["key"] = json!(key);
+    bad["dataTypes"]["invoices"]["files"][0]["key"] = json!(key);
     assert_eq!(commit(&bad).status, 422);
     // A manifest of another company.
     let mut bad = manifest.clone();

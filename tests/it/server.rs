@@ -955,7 +955,8 @@ fn plant(s: &Setup, id: &str, edit: impl FnOnce(&mut Value)) {
 }
 
 /// Writes `bytes` into the store as the setup company's invoices data file, under its own
-/// content-addressed key, and points the manifest entry at it (key, size and hash agreeing).
+/// content-addressed key, and points the manifest's file entry at it (key, size and hash
+/// agreeing).
 fn put_data_file(s: &Setup, entry: &mut Value, bytes: &[u8]) {
     let sha = sha256_hex(bytes);
     let file_key = format!("{}/data/invoices/{sha}.parquet", s.company_id);
@@ -1163,7 +1164,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     // 2. A data file's sha256 that is a path: the cache is named by it.
     let by_path = "29991231T235959990Z-0000000a";
     plant(&s, by_path, |m| {
-        m["dataTypes"]["invoices"]["sha256"] = json!("../../../../tmp/anything");
+        m["dataTypes"]["invoices"]["files"][0]["sha256"] = json!("../../../../tmp/anything");
     });
     let detail = s.refused_detail(by_path);
     assert!(detail.contains("is not a SHA-256"), "{detail}");
@@ -1172,7 +1173,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     // 3. Parquet that lacks a field of the model (status), its manifest entry consistent.
     let lacking = "29991231T235959991Z-0000000b";
     plant(&s, lacking, |m| {
-        let entry = &mut m["dataTypes"]["invoices"];
+        let entry = &mut m["dataTypes"]["invoices"]["files"][0];
         let original = s.store_dir.join(entry["key"].as_str().unwrap());
         let made = s.store_dir.join(format!("{lacking}.parquet"));
         duckdb::Connection::open_in_memory()
@@ -1196,7 +1197,7 @@ fn a_hostile_store_cannot_roll_a_company_back_name_files_by_path_or_publish_what
     // client reads names neither the server's folders nor SQL.
     let garbage = "29991231T235959992Z-0000000c";
     plant(&s, garbage, |m| {
-        let entry = &mut m["dataTypes"]["invoices"];
+        let entry = &mut m["dataTypes"]["invoices"]["files"][0];
         put_data_file(&s, entry, b"PAR1 this is not a Parquet file PAR1");
     });
     let detail = s.refused_detail(garbage);
@@ -3048,7 +3049,8 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
     )
     .unwrap();
     let b_customers = b_manifest["dataTypes"]["customers"].clone();
-    let b_sha = b_customers["sha256"].as_str().unwrap().to_owned();
+    let b_file = b_customers["files"][0].clone();
+    let b_sha = b_file["sha256"].as_str().unwrap().to_owned();
     let mine = |what: &str| {
         let customers = s
             .server
@@ -3070,12 +3072,13 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
     // B's file (B's cache) is never used for this company.
     let cached = "29991231T235959981Z-000000b2";
     plant(&s, cached, |m| {
-        let entry = &mut m["dataTypes"]["customers"];
+        m["dataTypes"]["customers"]["controlTotals"] = b_customers["controlTotals"].clone();
+        m["dataTypes"]["customers"]["rows"] = b_customers["rows"].clone();
+        let entry = &mut m["dataTypes"]["customers"]["files"][0];
         entry["sha256"] = json!(b_sha);
-        entry["bytes"] = b_customers["bytes"].clone();
+        entry["bytes"] = b_file["bytes"].clone();
         entry["key"] = json!(format!("{co}/data/customers/{b_sha}.parquet"));
-        entry["rows"] = b_customers["rows"].clone();
-        entry["controlTotals"] = b_customers["controlTotals"].clone();
+        entry["rows"] = b_file["rows"].clone();
     });
     let detail = s.refused_detail(cached);
     assert!(detail.contains("customers"), "{detail}");
@@ -3089,7 +3092,7 @@ fn a_manifest_cannot_reach_another_companys_files_through_the_store_or_the_cache
         let file = s.store_dir.join(&file_key);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, &bytes).unwrap();
-        let entry = &mut m["dataTypes"]["customers"];
+        let entry = &mut m["dataTypes"]["customers"]["files"][0];
         entry["key"] = json!(file_key);
         entry["sha256"] = json!(sha);
         entry["bytes"] = json!(100);
@@ -3228,4 +3231,175 @@ fn a_memory_budget_keeps_the_companies_last_used_in_memory_and_takes_the_others_
         renamed.as_str()
     );
     s.server.stop();
+}
+
+/// A company past one block of ids, then a snapshot that edits a few recent transactions and
+/// deletes a stock item: the server loads only the parts whose files changed (the others are
+/// the snapshot before's, shared), and serves the whole company as before: every record
+/// once, `modifiedDate` moved on the edited records only, the deleted item kept as deleted,
+/// the same after a restart and in the next snapshot.
+#[test]
+fn a_snapshot_changing_a_few_parts_is_loaded_part_by_part_and_served_whole() {
+    let dir = tempdir();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = connector::publish::file_url(&store_dir);
+    let mut server = Server::start(&dir.path().join("server"), &store, &[]);
+    let key = server.client("Lender");
+    let co = server.company(&key, "Parts Ltd");
+    let company = crate::support::generated(&dir.path().join("company"), 29, 24_000);
+    let state = dir.path().join("connector");
+    let sync = |server: &Server| {
+        sync_ok(&company.odbc, &co, &state, Some(&server.store), &[]);
+        let id = latest_id(&store_dir, &co);
+        server.wait_live(&key, &co, Some(&id));
+        id
+    };
+    let first = sync(&server);
+    let manifest = |id: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(store_dir.join(format!("{co}/snapshots/{id}/manifest.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let files = |m: &Value| -> std::collections::BTreeMap<String, String> {
+        m["dataTypes"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(name, e)| {
+                e["files"].as_array().unwrap().iter().map(move |f| {
+                    (
+                        format!("{name}/{}", f["part"].as_str().unwrap()),
+                        f["sha256"].as_str().unwrap().to_owned(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (loaded, reused) = (
+        metric(&server, "connector_parts_loaded_total"),
+        metric(&server, "connector_parts_reused_total"),
+    );
+    let first_files = files(&manifest(&first));
+    assert_eq!((loaded, reused), (first_files.len() as u64, 0));
+    let db = company.sqlite();
+    let (oldest, newest): (i64, i64) = db
+        .query_row(
+            "SELECT min(HEADER_NUMBER), max(HEADER_NUMBER) FROM AUDIT_HEADER WHERE TYPE = 'SI'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let invoice =
+        |server: &Server, id: i64| server.ok(&key, &format!("/companies/{co}/data/invoices/{id}"));
+    let (old_before, new_before) = (invoice(&server, oldest), invoice(&server, newest));
+    let count = |server: &Server| {
+        server.ok(&key, &format!("/companies/{co}/data/invoices?pageSize=1"))["totalResults"]
+            .clone()
+    };
+    let invoices = count(&server);
+    let walk = |server: &Server| -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut page = 1;
+        loop {
+            let p = server.ok(
+                &key,
+                &format!("/companies/{co}/data/invoices?pageSize=1000&page={page}&orderBy=id"),
+            );
+            let rows = p["results"].as_array().unwrap().clone();
+            if rows.is_empty() {
+                break all;
+            }
+            all.extend(rows);
+            page += 1;
+        }
+    };
+    let all_before = walk(&server);
+    db.execute_batch(
+        "CREATE TEMP TABLE edited AS SELECT HEADER_NUMBER FROM AUDIT_HEADER WHERE TYPE = 'SI' ORDER BY HEADER_NUMBER DESC LIMIT 20;
+         UPDATE AUDIT_HEADER SET DETAILS = substr(DETAILS || ' (edited)', 1, 60) WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM edited);
+         UPDATE AUDIT_SPLIT SET DETAILS = substr(DETAILS || ' (edited)', 1, 60) WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM edited);",
+    )
+    .unwrap();
+    let item: String = db
+        .query_row(
+            "SELECT STOCK_CODE FROM STOCK ORDER BY STOCK_CODE LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM STOCK WHERE STOCK_CODE = ?1", [&item])
+        .unwrap();
+    drop(db);
+    let second = sync(&server);
+    let second_files = files(&manifest(&second));
+    let changed = second_files
+        .iter()
+        .filter(|(k, sha)| first_files.get(*k) != Some(*sha))
+        .count() as u64;
+    assert!(
+        (2..first_files.len() as u64 / 2).contains(&changed),
+        "{changed} of {} files changed",
+        first_files.len()
+    );
+    // Only the changed parts were loaded from their files.
+    assert_eq!(
+        metric(&server, "connector_parts_loaded_total"),
+        loaded + changed
+    );
+    assert_eq!(
+        metric(&server, "connector_parts_reused_total"),
+        second_files.len() as u64 - changed
+    );
+    // And the company is served whole.
+    assert_eq!(count(&server), invoices);
+    let (old_after, new_after) = (invoice(&server, oldest), invoice(&server, newest));
+    assert_eq!(old_after, old_before, "an invoice of an unchanged part");
+    assert_ne!(
+        new_after["modifiedDate"], new_before["modifiedDate"],
+        "{new_after}"
+    );
+    let gone = server.ok(&key, &format!("/companies/{co}/data/items/{item}"));
+    assert_eq!(gone["isDeleted"], true, "{gone}");
+    let all = walk(&server);
+    let ids: std::collections::BTreeSet<&str> =
+        all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "an invoice served twice");
+    assert_eq!(Some(all.len() as u64), invoices.as_u64());
+    // modifiedDate moved on exactly the invoices whose content changed (the twenty edited,
+    // and those whose lines name the deleted item)
+    let content = |r: &Value| {
+        let mut r = r.clone();
+        r.as_object_mut().unwrap().remove("modifiedDate");
+        r
+    };
+    let mut moved = 0;
+    for (was, now) in all_before.iter().zip(&all) {
+        assert_eq!(was["id"], now["id"]);
+        let changed = content(was) != content(now);
+        assert_eq!(now["modifiedDate"] != was["modifiedDate"], changed, "{now}");
+        moved += usize::from(changed);
+    }
+    assert!(moved >= 20, "{moved} invoices changed");
+    // A restart serves the same, and the next snapshot builds on what it took back.
+    let server_state = server.state.clone();
+    server.stop();
+    server = Server::start(&server_state, &store, &[]);
+    assert_eq!(walk(&server), all, "after a restart");
+    assert_eq!(
+        server.ok(&key, &format!("/companies/{co}/data/items/{item}")),
+        gone
+    );
+    let third = sync(&server);
+    assert_ne!(third, second);
+    assert_eq!(
+        walk(&server),
+        all,
+        "in the next snapshot, nothing changed in Sage"
+    );
+    assert_eq!(
+        server.ok(&key, &format!("/companies/{co}/data/items/{item}")),
+        gone
+    );
 }

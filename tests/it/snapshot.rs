@@ -84,13 +84,25 @@ fn golden_manifest_follows_the_schema_and_reads_back() {
         "money as a JSON number passed the schema"
     );
     let mut bad = golden.clone();
-    bad["dataTypes"]["invoices"]
+    bad["dataTypes"]["invoices"]["files"][0]
         .as_object_mut()
         .unwrap()
         .remove("sha256");
     assert!(
         !validator.is_valid(&bad),
-        "a data type without sha256 passed the schema"
+        "a file without sha256 passed the schema"
+    );
+    let mut bad = golden.clone();
+    bad["dataTypes"]["invoices"]["files"] = serde_json::json!([]);
+    assert!(
+        !validator.is_valid(&bad),
+        "a data type without files passed the schema"
+    );
+    let mut bad = golden.clone();
+    bad["dataTypes"]["invoices"]["files"][0]["part"] = serde_json::json!("../x");
+    assert!(
+        !validator.is_valid(&bad),
+        "a part that is a path passed the schema"
     );
 }
 
@@ -159,21 +171,19 @@ fn golden_company_is_published_whole_and_pyarrow_reads_the_hand_computed_figures
             entry["controlTotals"]["sums"][field], want,
             "manifest sum {key}"
         );
-        let file = store.join(entry["key"].as_str().unwrap());
+        // the data type's files read as one dataset
+        let files = files_of(&store, entry);
+        let mut args = vec![field];
+        args.extend(files.iter().map(String::as_str));
         let got = py(
             "import sys, decimal, pyarrow.parquet as pq, pyarrow as pa\n\
-             t = pq.read_table(sys.argv[1])\n\
-             assert pa.types.is_decimal(t.schema.field(sys.argv[2]).type), t.schema.field(sys.argv[2]).type\n\
-             rows = t.select([sys.argv[2], 'isDeleted']).to_pylist()\n\
-             print(sum((r[sys.argv[2]] or decimal.Decimal(0)) for r in rows if not r['isDeleted']).quantize(decimal.Decimal('0.01')))",
-            &[file.to_str().unwrap(), field],
+             t = pq.read_table(sys.argv[2:])\n\
+             assert pa.types.is_decimal(t.schema.field(sys.argv[1]).type), t.schema.field(sys.argv[1]).type\n\
+             rows = t.select([sys.argv[1], 'isDeleted']).to_pylist()\n\
+             print(sum((r[sys.argv[1]] or decimal.Decimal(0)) for r in rows if not r['isDeleted']).quantize(decimal.Decimal('0.01')))",
+            &args,
         );
-        assert_eq!(
-            got.trim(),
-            want,
-            "pyarrow's sum of {key} in {}",
-            file.display()
-        );
+        assert_eq!(got.trim(), want, "pyarrow's sum of {key} in {files:?}");
         checked += 1;
     }
     assert!(
@@ -197,13 +207,7 @@ fn parquet_is_sorted_by_id_zstd_and_readable_without_help() {
         .as_object()
         .unwrap()
         .values()
-        .map(|e| {
-            state
-                .join("store")
-                .join(e["key"].as_str().unwrap())
-                .to_string_lossy()
-                .into_owned()
-        })
+        .flat_map(|e| files_of(&state.join("store"), e))
         .collect();
     let mut args: Vec<&str> = files.iter().map(String::as_str).collect();
     let rows_by_file = py(
@@ -221,7 +225,8 @@ fn parquet_is_sorted_by_id_zstd_and_readable_without_help() {
         .as_object()
         .unwrap()
         .values()
-        .map(|e| (e["key"].as_str().unwrap(), e["rows"].as_i64().unwrap()))
+        .flat_map(|e| e["files"].as_array().unwrap())
+        .map(|f| (f["key"].as_str().unwrap(), f["rows"].as_i64().unwrap()))
         .collect();
     for line in rows_by_file.lines() {
         let (file, rows) = line.rsplit_once(' ').unwrap();
@@ -300,24 +305,15 @@ fn unchanged_sync_uploads_only_manifest_and_pointer_and_a_change_only_its_data_t
     let mut args = Vec::new();
     for (name, entry) in after["dataTypes"].as_object().unwrap() {
         args.push(name.clone());
-        args.push(
-            store
-                .join(before["dataTypes"][name]["key"].as_str().unwrap())
-                .to_string_lossy()
-                .into_owned(),
-        );
-        args.push(
-            store
-                .join(entry["key"].as_str().unwrap())
-                .to_string_lossy()
-                .into_owned(),
-        );
+        args.push(files_of(&store, &before["dataTypes"][name]).join(","));
+        args.push(files_of(&store, entry).join(","));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let really = py(
         "import sys, pyarrow.parquet as pq\n\
          a = sys.argv[1:]\n\
-         print(' '.join(a[i] for i in range(0, len(a), 3) if not pq.read_table(a[i + 1]).equals(pq.read_table(a[i + 2]))))",
+         t = lambda files: pq.read_table(files.split(','))\n\
+         print(' '.join(a[i] for i in range(0, len(a), 3) if not t(a[i + 1]).equals(t(a[i + 2]))))",
         &args,
     );
     let really: Vec<&str> = really.split_whitespace().collect();
@@ -332,10 +328,205 @@ fn unchanged_sync_uploads_only_manifest_and_pointer_and_a_change_only_its_data_t
         .count();
     assert_eq!(manifests, 3);
     let data_files = walk(&store.join("acme/data")).len();
-    assert_eq!(
-        data_files,
-        first["data_types"].as_array().unwrap().len() + uploaded.len()
+    let files = |m: &Value| -> usize {
+        m["dataTypes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|e| e["files"].as_array().unwrap().len())
+            .sum()
+    };
+    let first_files = files(&manifest_of(&first));
+    assert_eq!(first_files, files(&after), "a part appeared or went");
+    // (each changed data type has one file on a company this small)
+    assert_eq!(data_files, first_files + uploaded.len());
+}
+
+/// A company past one block of ids: its large data types are split into parts by id, every
+/// record in the part its id gives; the parts read as one dataset in pyarrow and DuckDB are
+/// the data type; and editing a few recent transactions sends only the files of their part.
+#[test]
+fn a_company_past_one_block_of_ids_is_published_in_parts_and_an_edit_sends_only_its_part() {
+    let dir = tempdir();
+    let company = generated(&dir.path().join("company"), 23, 24_000);
+    let state = dir.path().join("state");
+    let store = state.join("store");
+    let run = |name: &str| -> Value {
+        let json_path = dir.path().join(format!("{name}.json"));
+        let out = sync(
+            &company.odbc,
+            "acme",
+            &state,
+            None,
+            &["--json", json_path.to_str().unwrap()],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        json(&json_path)
+    };
+    let first = run("first");
+    let manifest_of = |r: &Value| {
+        json(&store.join(format!(
+            "acme/snapshots/{}/manifest.json",
+            r["snapshot_id"].as_str().unwrap()
+        )))
+    };
+    let before = manifest_of(&first);
+    let highest: i64 = company
+        .sqlite()
+        .query_row("SELECT max(HEADER_NUMBER) FROM AUDIT_HEADER", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        highest >= 16_384,
+        "the company has only {highest} transactions"
     );
+    // (invoices and journal entries are numbered by transaction, bank transactions by split)
+    for name in ["invoices", "journalEntries", "bankTransactions"] {
+        let parts: Vec<&str> = before["dataTypes"][name]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["part"].as_str().unwrap())
+            .collect();
+        assert!(
+            parts.len() >= 2 && parts.starts_with(&["n000000", "n000001"]),
+            "{name}: {parts:?}"
+        );
+    }
+    // Each file holds the records of its part only, and the files read as one dataset
+    // (pyarrow and DuckDB, neither told anything of parts) are the data type: its rows, ids
+    // unique, and its control totals' record count.
+    let mut args = Vec::new();
+    for (name, entry) in before["dataTypes"].as_object().unwrap() {
+        args.push(format!(
+            "{name}={}={}",
+            entry["rows"],
+            entry["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| format!(
+                    "{}:{}",
+                    f["part"].as_str().unwrap(),
+                    store.join(f["key"].as_str().unwrap()).display()
+                ))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let checked = py(
+        "import sys, re, pyarrow.parquet as pq\n\
+         for arg in sys.argv[1:]:\n\
+         \x20   name, rows, files = arg.split('=')\n\
+         \x20   files = [f.split(':', 1) for f in files.split(',')]\n\
+         \x20   for part, path in files:\n\
+         \x20       for i in pq.read_table(path, columns=['id']).column('id').to_pylist():\n\
+         \x20           m = re.match(r'[0-9]{1,15}', i)\n\
+         \x20           want = 'n%06d' % (int(m.group(0)) // 16384) if m else 'other'\n\
+         \x20           assert part == want, (name, part, i)\n\
+         \x20   paths = [p for _, p in files]\n\
+         \x20   t = pq.ParquetDataset(paths).read()\n\
+         \x20   ids = t.column('id').to_pylist()\n\
+         \x20   assert len(ids) == int(rows) == len(set(ids)), (name, len(ids), rows)\n\
+         print(len(sys.argv) - 1)",
+        &args,
+    );
+    assert_eq!(checked.trim(), "16", "{checked}");
+    let duck = duckdb::Connection::open_in_memory().unwrap();
+    for (name, entry) in before["dataTypes"].as_object().unwrap() {
+        let list: Vec<String> = files_of(&store, entry)
+            .iter()
+            .map(|f| format!("'{f}'"))
+            .collect();
+        let (rows, ids): (i64, i64) = duck
+            .query_row(
+                &format!(
+                    "SELECT count(*), count(DISTINCT id) FROM read_parquet([{}])",
+                    list.join(", ")
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (rows, ids),
+            (entry["rows"].as_i64().unwrap(), rows),
+            "{name}"
+        );
+    }
+
+    // Twenty recent sales invoices edited in Sage: only the files of their part change.
+    let edited = company
+        .sqlite()
+        .execute_batch(
+            "CREATE TEMP TABLE edited AS SELECT HEADER_NUMBER FROM AUDIT_HEADER WHERE TYPE = 'SI' ORDER BY HEADER_NUMBER DESC LIMIT 20;
+             UPDATE AUDIT_HEADER SET DETAILS = substr(DETAILS || ' (edited)', 1, 60) WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM edited);
+             UPDATE AUDIT_SPLIT SET DETAILS = substr(DETAILS || ' (edited)', 1, 60) WHERE HEADER_NUMBER IN (SELECT HEADER_NUMBER FROM edited);",
+        );
+    edited.unwrap();
+    let second = run("second");
+    let after = manifest_of(&second);
+    let files = |m: &Value| -> BTreeMap<String, String> {
+        m["dataTypes"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(name, e)| {
+                e["files"].as_array().unwrap().iter().map(move |f| {
+                    (
+                        format!("{name}/{}", f["part"].as_str().unwrap()),
+                        f["sha256"].as_str().unwrap().to_owned(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (old, new) = (files(&before), files(&after));
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let changed: Vec<&str> = new
+        .iter()
+        .filter(|(k, sha)| old[*k] != **sha)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        changed,
+        ["invoices/n000001", "journalEntries/n000001"],
+        "{second:#}"
+    );
+    let published = &second["published"][0];
+    assert_eq!(published["files_uploaded"], 2, "{second:#}");
+    let whole: u64 = ["invoices", "journalEntries"]
+        .iter()
+        .map(|t| after["dataTypes"][t]["bytes"].as_u64().unwrap())
+        .sum();
+    let sent = published["bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        sent * 2 < whole,
+        "{sent} bytes sent for two parts, of the two data types' {whole}"
+    );
+    let out = verify(&file_url(&store), "acme", &[], &[]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+}
+
+/// The local paths of a manifest entry's files (`store` is a local folder store).
+pub fn files_of(store: &Path, entry: &Value) -> Vec<String> {
+    entry["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            store
+                .join(f["key"].as_str().unwrap())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 /// Every file under `dir`.
@@ -364,7 +555,11 @@ fn verify_names_the_damaged_missing_or_altered_object() {
     let store = state.join("store");
     let url = file_url(&store);
     let manifest = latest_manifest(&store, "golden");
-    let invoices = store.join(manifest["dataTypes"]["invoices"]["key"].as_str().unwrap());
+    let invoices = store.join(
+        manifest["dataTypes"]["invoices"]["files"][0]["key"]
+            .as_str()
+            .unwrap(),
+    );
     let original = std::fs::read(&invoices).unwrap();
 
     // One flipped byte.
@@ -457,7 +652,7 @@ fn s3_sync_publishes_verifies_and_multipart_leaves_no_open_upload() {
         "import sys, json, pyarrow.fs as fs, pyarrow.parquet as pq\n\
          s3 = fs.S3FileSystem(endpoint_override=sys.argv[1], scheme='http', access_key='test', secret_key='test', region='us-east-1')\n\
          m = json.load(s3.open_input_file(sys.argv[2] + '/some/prefix/golden/snapshots/' + sys.argv[3] + '/manifest.json'))\n\
-         print(pq.read_table(sys.argv[2] + '/some/prefix/' + m['dataTypes']['invoices']['key'], filesystem=s3).num_rows)",
+         print(pq.read_table([sys.argv[2] + '/some/prefix/' + f['key'] for f in m['dataTypes']['invoices']['files']], filesystem=s3).num_rows)",
         &[&s3.endpoint, &bucket, id],
     );
     assert_eq!(rows.trim(), "7");
