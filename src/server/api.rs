@@ -81,6 +81,8 @@ pub struct AppState {
     page_starts: PageStarts,
     /// Counts of listings already counted (see [`Counts`]).
     counts: Counts,
+    /// Answers already given (see [`Answers`]).
+    answers: Answers,
     /// The server's public base URL (link URLs, upload grants).
     pub public_url: String,
     /// The connector's loopback port the link page sends browsers to.
@@ -183,6 +185,7 @@ impl AppState {
             refusals: Mutex::new(HashMap::new()),
             page_starts: PageStarts::default(),
             counts: Counts::default(),
+            answers: Answers::default(),
         }
     }
 
@@ -1236,6 +1239,10 @@ async fn list_records(
         return Ok(cache.not_modified());
     }
     let naive = state.naive;
+    let answer_key = Answers::key(&answered_by, &uri);
+    if let Some(body) = state.answers.get(&answer_key).filter(|_| !naive) {
+        return Ok(cache.answer_bytes(body));
+    }
     let where_sql = if filter.sql.is_empty() {
         String::new()
     } else {
@@ -1360,13 +1367,18 @@ async fn list_records(
     if page * page_size < total {
         links.insert("next".into(), link(page + 1));
     }
-    Ok(cache.answer(Json(json!({
+    let body = json!({
         "results": results,
         "pageNumber": page,
         "pageSize": page_size,
         "totalResults": total,
         "_links": links,
-    }))))
+    });
+    let body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(ApiError::internal)?);
+    if !naive {
+        state.answers.put(answer_key, body.clone());
+    }
+    Ok(cache.answer_bytes(body))
 }
 
 /// Where a request reads a data type: a connection and a table expression. Normally the
@@ -1404,6 +1416,69 @@ type PageStarts = Remembered<query::After>;
 /// a listing counted once is not counted again (the pages after the first of a walk, a
 /// client polling the same query) until the entry is pushed out by newer ones.
 type Counts = Remembered<u64>;
+
+/// Data answers already given, by snapshot and URL: a snapshot never changes, so the same
+/// request to the same snapshot has the same answer (its ETag says so too). Asked again, it is
+/// sent from here without a query. Keyed by the whole URL (company, data type, record or
+/// query, page) and the answering snapshot, compared exactly; the oldest answers go first once
+/// they hold [`ANSWER_BYTES`]. Answers of a snapshot no longer live are no longer asked for
+/// (a request names the live snapshot, or an older one explicitly) and age out.
+#[derive(Default)]
+struct Answers(Mutex<AnswersInner>);
+
+#[derive(Default)]
+struct AnswersInner {
+    by_key: HashMap<String, bytes::Bytes>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+    /// Requests answered from here.
+    hits: u64,
+}
+
+/// What [`Answers`] holds at most, in bytes of answers.
+const ANSWER_BYTES: usize = 64 << 20;
+/// Answers larger than this are not kept (a page of 5,000 records).
+const ANSWER_MAX: usize = 1 << 20;
+
+impl Answers {
+    fn key(snapshot: &str, uri: &axum::http::Uri) -> String {
+        format!("{snapshot}\n{}?{}", uri.path(), uri.query().unwrap_or(""))
+    }
+
+    fn get(&self, key: &str) -> Option<bytes::Bytes> {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let found = inner.by_key.get(key).cloned();
+        inner.hits += u64::from(found.is_some());
+        found
+    }
+
+    /// Requests answered from here, and the bytes held.
+    fn figures(&self) -> (u64, usize) {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.hits, inner.bytes)
+    }
+
+    fn put(&self, key: String, body: bytes::Bytes) {
+        if body.len() > ANSWER_MAX {
+            return;
+        }
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let size = body.len();
+        if inner.by_key.insert(key.clone(), body).is_some() {
+            return; // the same answer, put by a request that ran beside the first
+        }
+        inner.order.push_back(key);
+        inner.bytes += size;
+        while inner.bytes > ANSWER_BYTES {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = inner.by_key.remove(&old) {
+                inner.bytes -= gone.len();
+            }
+        }
+    }
+}
 
 /// Values remembered by a key of strings and a number (hashed), the oldest going first once
 /// [`REMEMBERED`] are held.
@@ -1515,8 +1590,16 @@ impl Caching {
         response
     }
 
-    fn answer(&self, body: Json<Value>) -> Response {
-        let mut response = body.into_response();
+    /// An answer already serialised (JSON).
+    fn answer_bytes(&self, body: bytes::Bytes) -> Response {
+        let mut response = (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
         self.headers(&mut response);
         response
     }
@@ -1552,6 +1635,10 @@ async fn get_record(
         return Ok(cache.not_modified());
     }
     let naive = state.naive;
+    let answer_key = Answers::key(&live.snapshot_id, &uri);
+    if let Some(body) = state.answers.get(&answer_key).filter(|_| !naive) {
+        return Ok(cache.answer_bytes(body));
+    }
     let record_id_owned = record_id.clone();
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     let row = state
@@ -1573,9 +1660,13 @@ async fn get_record(
         .map_err(ApiError::internal)?;
     let row = row
         .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
-    Ok(cache.answer(Json(
-        serde_json::from_str(&row).map_err(ApiError::internal)?,
-    )))
+    // (parsed and written again: the answer is compact JSON whatever DuckDB wrote)
+    let value: Value = serde_json::from_str(&row).map_err(ApiError::internal)?;
+    let body = bytes::Bytes::from(serde_json::to_vec(&value).map_err(ApiError::internal)?);
+    if !naive {
+        state.answers.put(answer_key, body.clone());
+    }
+    Ok(cache.answer_bytes(body))
 }
 
 /// `/metrics`, for the operator's scraper: off unless the server has a metrics token, and
@@ -1602,6 +1693,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     }
     let m = &state.metrics;
     let resident = state.live.resident();
+    let answers = state.answers.figures();
     let body = format!(
         "# HELP connector_http_requests_total HTTP requests answered, by status class.\n\
          # TYPE connector_http_requests_total counter\n\
@@ -1634,7 +1726,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_parts_loaded_total {}\n\
          # HELP connector_parts_reused_total Parts of data types an ingest took unchanged from the snapshot before.\n\
          # TYPE connector_parts_reused_total counter\n\
-         connector_parts_reused_total {}\n",
+         connector_parts_reused_total {}\n\
+         # HELP connector_answers_repeated_total Data requests answered with the answer already given to the same URL of the same snapshot.\n\
+         # TYPE connector_answers_repeated_total counter\n\
+         connector_answers_repeated_total {}\n\
+         # HELP connector_answers_kept_bytes Bytes of answers kept to answer the same request again.\n\
+         # TYPE connector_answers_kept_bytes gauge\n\
+         connector_answers_kept_bytes {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
@@ -1647,6 +1745,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         state.live.taken_back.load(Ordering::Relaxed),
         state.live.parts_loaded.load(Ordering::Relaxed),
         state.live.parts_reused.load(Ordering::Relaxed),
+        answers.0,
+        answers.1,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

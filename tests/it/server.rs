@@ -3294,6 +3294,13 @@ fn a_snapshot_changing_a_few_parts_is_loaded_part_by_part_and_served_whole() {
     let invoice =
         |server: &Server, id: i64| server.ok(&key, &format!("/companies/{co}/data/invoices/{id}"));
     let (old_before, new_before) = (invoice(&server, oldest), invoice(&server, newest));
+    // The same request to the same snapshot is answered with the answer already given.
+    let repeated = metric(&server, "connector_answers_repeated_total");
+    assert_eq!(invoice(&server, oldest), old_before);
+    assert_eq!(
+        metric(&server, "connector_answers_repeated_total"),
+        repeated + 1
+    );
     let count = |server: &Server| {
         server.ok(&key, &format!("/companies/{co}/data/invoices?pageSize=1"))["totalResults"]
             .clone()
