@@ -81,6 +81,45 @@ for q in a b c; do
   api "$path" > "$W/answer-server-$q.json"
   echo "server, query ($q)" >&2; measure "server-$q" "$path"
 done
+# The same three kinds of request, each one different from the others (the server answers a
+# request it has answered before for the same snapshot from the answers it keeps, so the runs
+# above measure mostly that; these measure queries): (a) on a different date window and
+# status each time, (b) a different invoice each time, (c) a different page of the pull.
+"$PY" - "$BASE" "$KEY" "$CO" "$W" "$WENT_LIVE" <<'PY'
+import json, sys, urllib.request, urllib.parse, datetime, random
+base, key, co, w, went_live = sys.argv[1:6]
+def get(p):
+    return json.load(urllib.request.urlopen(urllib.request.Request(base + p, headers={"Authorization": "Bearer " + key})))
+ids = [r["id"] for r in get(f"/companies/{co}/data/invoices?pageSize=5000&orderBy=id")["results"]]
+q = lambda s: urllib.parse.quote(s, safe="")
+random.seed(7)
+a = []
+for status in ("Paid", "Submitted", "PartiallyPaid"):
+    for d in range(0, 730):
+        start = datetime.date(2024, 1, 1) + datetime.timedelta(days=d)
+        end = start + datetime.timedelta(days=92)
+        a.append(f"/companies/{co}/data/invoices?query={q(f'status={status}&&issueDate>={start}&&issueDate<{end}')}&orderBy=-issueDate&pageSize=100")
+pages = -(-get(f"/companies/{co}/data/invoices?query={q('modifiedDate>=' + went_live)}&pageSize=1")["totalResults"] // 100)
+c = [f"/companies/{co}/data/invoices?query={q('modifiedDate>=' + went_live)}&pageSize=100&page={p}" for p in range(1, pages + 1)]
+b = [f"/companies/{co}/data/invoices/{i}" for i in ids]
+for name, paths in (("a", a), ("b", b), ("c", c)):
+    random.shuffle(paths)
+    lua = "paths = {" + ",".join(json.dumps(p) for p in paths) + "}\n" + """
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+step = 0
+function request()
+  step = step + 1
+  return wrk.format("GET", paths[((step * 2 + tid) % #paths) + 1])
+end
+"""
+    open(f"{w}/distinct-{name}.lua", "w").write(lua)
+    open(f"{w}/distinct-{name}.count", "w").write(str(len(paths)))
+PY
+for q in a b c; do
+  echo "server, query ($q), every request different" >&2
+  measure "distinct-$q" "/" -s "$W/distinct-$q.lua"
+done
 # Bytes of a page of 100 invoices as sent, per Accept-Encoding, and query (a) with gzip on.
 P100="/companies/$CO/data/invoices?pageSize=100"
 for enc in identity gzip br zstd; do
@@ -187,6 +226,15 @@ for q in "abc":
     ratio = f"**{s[0]/n[0]:.1f}×**" if n[0] > 0 else "∞ (naive: none answered)"
     print(f"| {names[q]} | {s[0]:,.0f} | {s[1]:.2f} | {s[2]:.2f} | {n[0]:,.1f} | {n[1]:.2f} | {n[2]:.2f} | {ratio} | {'yes' if same else 'NO'} |")
 s, g = runs["server-a"], runs["server-a-gzip"]
+print("\nEvery request different (none answered before), so each is a query: (a) "
+      "a different 92-day window and status each time, (b) a different invoice, (c) a different page of the pull, "
+      "in a shuffled order:\n")
+print("| query | distinct requests | req/s | p50 ms | p99 ms | non-2xx |")
+print("|---|---:|---:|---:|---:|---:|")
+for q in "abc":
+    d = runs[f"distinct-{q}"]
+    n = int(open(f"{w}/distinct-{q}.count").read())
+    print(f"| {names[q]} | {n:,} | {d[0]:,.0f} | {d[1]:.2f} | {d[2]:.2f} | {d[3]} |")
 print(f"\nQuery (a) with Accept-Encoding: gzip: {g[0]:,.0f} req/s, p50 {g[1]:.2f} ms, p99 {g[2]:.2f} ms "
       f"({g[0]/s[0]:.2f}× the rate without; {g[3]} non-2xx).")
 sizes = dict(line.split() for line in open(f"{w}/bytes.txt"))
