@@ -1279,6 +1279,7 @@ async fn list_records(
         true => None,
     };
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
+    let parts = live.parts_of(&dt.name);
     let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>, Option<query::After>)> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
@@ -1313,22 +1314,33 @@ async fn list_records(
             (false, false) => (format!("{where_sql} AND {keyset_sql}"), 0),
         };
         let page_params: Vec<&dyn duckdb::ToSql> = filter.params.iter().chain(keyset_params.iter()).map(|p| p as &dyn duckdb::ToSql).collect();
-        // (rows are picked by id, unique in a data type: a data type is a view over its parts)
-        let mut stmt = conn.prepare(&format!("SELECT {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
-        let picked: Vec<(Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-        let last = picked.last().map(|(value, id)| query::After { value: value.clone(), id: id.clone() });
-        let ids: Vec<String> = picked.into_iter().map(|(_, id)| id).collect();
-        let total = total(ids.len())?;
-        if ids.is_empty() {
+        // (a data type is a view over its parts: each row says its part and its rowid there)
+        let (part_no, row_no) = (quote(super::ingest::PART_NO), quote(super::ingest::ROW_NO));
+        let mut stmt = conn.prepare(&format!("SELECT {part_no}, {row_no}, {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
+        let picked: Vec<(i64, i64, Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+        let last = picked.last().map(|(_, _, value, id)| query::After { value: value.clone(), id: id.clone() });
+        let rows: Vec<(i64, i64)> = picked.into_iter().map(|(p, r, _, _)| (p, r)).collect();
+        let total = total(rows.len())?;
+        if rows.is_empty() {
             return Ok((total, Vec::new(), None));
         }
-        let marks = vec!["?"; ids.len()].join(", ");
-        let mut stmt = conn.prepare(&format!("SELECT t.\"id\", {record} FROM {table} t WHERE t.\"id\" IN ({marks})"))?;
-        let id_params: Vec<&dyn duckdb::ToSql> = ids.iter().map(|p| p as &dyn duckdb::ToSql).collect();
-        let mut by_id: HashMap<String, String> = stmt
-            .query_map(id_params.as_slice(), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        // The JSON of just those rows, read from their parts by rowid.
+        let mut by_part: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for (p, r) in &rows {
+            by_part.entry(*p).or_default().push(r.to_string());
+        }
+        let selects: Vec<String> = by_part
+            .iter()
+            .filter_map(|(p, rowids)| {
+                let part = parts.get(usize::try_from(*p).ok()?)?;
+                Some(format!("SELECT {p} AS p, t.rowid AS r, {record} AS j FROM {part} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", rowids.join(",")))
+            })
+            .collect();
+        let mut stmt = conn.prepare(&selects.join(" UNION ALL "))?;
+        let mut by_row: HashMap<(i64, i64), String> = stmt
+            .query_map([], |r| Ok(((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?), r.get::<_, String>(2)?)))?
             .collect::<Result<_, _>>()?;
-        Ok((total, ids.iter().filter_map(|id| by_id.remove(id)).collect(), last))
+        Ok((total, rows.iter().filter_map(|k| by_row.remove(k)).collect(), last))
     })
     .await?
     .map_err(refused)?;
@@ -1641,6 +1653,16 @@ async fn get_record(
     }
     let record_id_owned = record_id.clone();
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
+    // the table of the part that can hold it (a record is only in the part its id gives)
+    let table = match naive {
+        true => Some(table),
+        false => live.part_holding(&dt.name, &record_id),
+    };
+    let Some(table) = table else {
+        return Err(ApiError::not_found(format!(
+            "{dt_name} record {record_id:?} not found"
+        )));
+    };
     let row = state
         .limits
         .run(

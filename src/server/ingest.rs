@@ -198,9 +198,29 @@ impl Live {
             .try_clone()
     }
 
-    /// The quoted table of a data type.
+    /// The quoted table of a data type: a view over its parts, with the columns [`PART_NO`]
+    /// and [`ROW_NO`] besides the data type's own.
     pub fn table(&self, data_type: &str) -> String {
         format!("{}.{}", ident(&self.schema), ident(data_type))
+    }
+
+    /// The quoted tables of a data type's parts, in the order [`PART_NO`] numbers them.
+    pub fn parts_of(&self, data_type: &str) -> Vec<String> {
+        self.parts
+            .get(data_type)
+            .map(|v| v.iter().map(|t| t.table.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The quoted table of the part that holds the record `id` of a data type, if the
+    /// snapshot has that part (a record is only ever in the part its id gives).
+    pub fn part_holding(&self, data_type: &str, id: &str) -> Option<String> {
+        let part = crate::snapshot::part_of(id);
+        self.parts
+            .get(data_type)?
+            .iter()
+            .find(|t| t.part == part)
+            .map(|t| t.table.clone())
     }
 
     /// The cached Parquet files of a data type, one per part (what the naive peer of the
@@ -673,6 +693,27 @@ impl LiveSet {
             for (name, entry) in &manifest.data_types {
                 let (st, carried) = (ident(&format!("st_{name}")), ident(&format!("del_{name}")));
                 let part_of = crate::snapshot::part_sql(&id);
+                let dt = self
+                    .model
+                    .types
+                    .iter()
+                    .find(|t| t.name == *name)
+                    .ok_or_else(|| format!("data type {name} is not in the data model"))?;
+                // the records kept as deleted, per part: how many, and the oldest deletion
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {part_of} AS part, count(*), epoch_us(min({m})) FROM persist.main.{carried} GROUP BY part"
+                    ))
+                    .map_err(|e| e.to_string())?;
+                let kept: HashMap<String, (u64, Option<i64>)> = stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            (r.get::<_, i64>(1)? as u64, r.get(2)?),
+                        ))
+                    })
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| e.to_string())?;
                 let mut tables = Vec::new();
                 for f in &entry.files {
                     let file = self
@@ -684,42 +725,33 @@ impl LiveSet {
                     }
                     let raw = read_parquet(&[file]);
                     let table = new_part_table();
-                    let part = f.part.replace('\'', "''");
                     q(&format!(
-                        "CREATE TABLE {table} AS SELECT r.*, p.{h}, p.{m} FROM {raw} r JOIN persist.main.{st} p USING ({id});
-                         INSERT INTO {table} SELECT * FROM persist.main.{carried} WHERE {part_of} = '{part}';"
+                        "CREATE TABLE {table} AS SELECT r.*, p.{h}, p.{m} FROM {raw} r JOIN persist.main.{st} p USING ({id})"
                     ))?;
-                    let dt = self
-                        .model
-                        .types
-                        .iter()
-                        .find(|t| t.name == *name)
-                        .ok_or_else(|| format!("data type {name} is not in the data model"))?;
+                    // (the file's rows only, as when the part was loaded)
                     let totals =
-                        crate::rules::totals_of(&conn, dt, &raw).map_err(|e| e.to_string())?;
+                        crate::rules::totals_of(&conn, dt, &table).map_err(|e| e.to_string())?;
+                    let (carried_rows, oldest) = kept.get(&f.part).copied().unwrap_or_default();
+                    if carried_rows > 0 {
+                        q(&format!(
+                            "INSERT INTO {table} SELECT * FROM persist.main.{carried} WHERE {part_of} = '{}'",
+                            f.part.replace('\'', "''")
+                        ))?;
+                    }
                     tables.push(Arc::new(PartTable {
                         part: f.part.clone(),
                         sha256: Some(f.sha256.clone()),
-                        rows: count(&conn, &table)?,
-                        oldest_carried: oldest_carried(&conn, &table, Some(&raw))?,
+                        rows: totals.rows + carried_rows,
+                        oldest_carried: oldest,
                         table,
                         totals: PartTotals::of(&totals)?,
                         db: db.clone(),
                     }));
                 }
                 // records kept as deleted in parts the snapshot has no file for
-                let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT DISTINCT {part_of} AS part FROM persist.main.{carried} ORDER BY part"
-                    ))
-                    .map_err(|e| e.to_string())?;
-                let others: Vec<String> = stmt
-                    .query_map([], |r| r.get(0))
-                    .and_then(|rows| rows.collect())
-                    .map_err(|e| e.to_string())?;
-                for part in others
+                for (part, (rows, oldest)) in kept
                     .into_iter()
-                    .filter(|p| !entry.files.iter().any(|f| f.part == *p))
+                    .filter(|(p, _)| !entry.files.iter().any(|f| f.part == *p))
                 {
                     let table = new_part_table();
                     q(&format!(
@@ -729,8 +761,8 @@ impl LiveSet {
                     tables.push(Arc::new(PartTable {
                         part,
                         sha256: None,
-                        rows: count(&conn, &table)?,
-                        oldest_carried: oldest_carried(&conn, &table, None)?,
+                        rows,
+                        oldest_carried: oldest,
                         table,
                         totals: PartTotals::default(),
                         db: db.clone(),
@@ -779,7 +811,7 @@ impl LiveSet {
             for name in live.manifest.data_types.keys() {
                 q(&format!(
                     "CREATE OR REPLACE TABLE persist.main.{st} AS SELECT {id}, {h}, {m} FROM {table};
-                     CREATE OR REPLACE TABLE persist.main.{del} AS SELECT t.* FROM {table} t ANTI JOIN {raw} p USING ({id});",
+                     CREATE OR REPLACE TABLE persist.main.{del} AS SELECT t.* EXCLUDE ({PART_NO}, {ROW_NO}) FROM {table} t ANTI JOIN {raw} p USING ({id});",
                     raw = live.read_parquet(name),
                     st = ident(&format!("st_{name}")),
                     del = ident(&format!("del_{name}")),
@@ -1181,7 +1213,7 @@ async fn check_and_load(
         true => later(&id, detail),
         false => fail(&id, detail),
     })?;
-    let (loaded, (parts_loaded, parts_reused)) = loaded;
+    let (loaded, (parts_loaded, parts_reused), built) = loaded;
     let counter = |c: &std::sync::atomic::AtomicU64, n: usize| {
         c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
     };
@@ -1189,6 +1221,12 @@ async fn check_and_load(
     counter(&live.parts_reused, parts_reused);
     let loaded = Arc::new(loaded);
     live.swap_in(company, loaded.clone());
+    // The new parts' indexes on their ids are built once they are served (until then a
+    // look-up by id scans its part).
+    if let Ok(conn) = loaded.connection() {
+        let _ = tokio::task::spawn_blocking(move || index_parts(&conn, built.iter().map(|t| &**t)))
+            .await;
+    }
     tracing::info!(company, snapshot = %id, "A new snapshot is live.");
     Ok(loaded)
 }
@@ -1263,6 +1301,10 @@ fn new_part_table() -> String {
 
 /// Schema of the part tables in a company database.
 const PARTS_SCHEMA: &str = "parts";
+/// Column of a data type's view: the place of the row's part in [`Live::parts_of`].
+pub const PART_NO: &str = "_part";
+/// Column of a data type's view: the row's rowid in its part's table.
+pub const ROW_NO: &str = "_row";
 
 /// Makes each data type's view in `schema`: its parts' tables, read as one.
 fn create_views(
@@ -1271,9 +1313,17 @@ fn create_views(
     parts: &HashMap<String, Vec<Arc<PartTable>>>,
 ) -> Result<(), String> {
     for (name, tables) in parts {
+        // each row says where it is (`_part`: its part's place in the list; `_row`: its rowid
+        // there), so that a page of rows is read back from its parts by rowid
         let union: Vec<String> = tables
             .iter()
-            .map(|t| format!("SELECT * FROM {}", t.table))
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "SELECT *, {i} AS {PART_NO}, rowid AS {ROW_NO} FROM {}",
+                    t.table
+                )
+            })
             .collect();
         q(&format!(
             "CREATE VIEW {}.{} AS {}",
@@ -1340,13 +1390,31 @@ impl PartLoad<'_> {
             ident(crate::model::ID_FIELD),
             ident(crate::model::IS_DELETED_FIELD),
         );
+        // DuckDB's 64-bit hash of the whole row: far cheaper than hashing its JSON, and a
+        // change missed by a collision has odds of 1 in 2^64 per record.
+        let hash = format!("hash(r) AS {h}");
+        let table = new_part_table();
+        // The file is read once, into the part's table (with `modifiedDate` carried from the
+        // part before when a record's content is the same); what is checked is that table.
+        match prev {
+            Some(prev) => self.q(&format!(
+                "CREATE TABLE {table} AS
+                 WITH n AS (SELECT r.*, {hash} FROM {raw} r)
+                 SELECT n.*, CASE WHEN o.{h} = n.{h} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m}
+                 FROM n LEFT JOIN {old} o USING ({id})",
+                old = prev.table,
+            ))?,
+            None => self.q(&format!(
+                "CREATE TABLE {table} AS SELECT r.*, {hash}, TIMESTAMP '{stamp}' AS {m} FROM {raw} r"
+            ))?,
+        }
         // Every record in the part its id gives: a record is in one part only, so a part's
         // deletions are found in that part alone.
         let strays: i64 = self
             .conn
             .query_row(
                 &format!(
-                    "SELECT count(*) FROM {raw} WHERE {} IS DISTINCT FROM ?",
+                    "SELECT count(*) FROM {table} WHERE {} IS DISTINCT FROM ?",
                     crate::snapshot::part_sql(&id)
                 ),
                 [&file.part],
@@ -1359,9 +1427,9 @@ impl PartLoad<'_> {
                 dt.name, file.part
             ));
         }
-        // Control totals recomputed from the rows (added up over the parts and checked
-        // against the manifest's by the caller).
-        let computed = crate::rules::totals_of(self.conn, dt, &raw).map_err(|e| e.to_string())?;
+        // Control totals recomputed from the file's rows (added up over the parts and
+        // checked against the manifest's by the caller).
+        let computed = crate::rules::totals_of(self.conn, dt, &table).map_err(|e| e.to_string())?;
         if computed.rows != file.rows {
             return Err(format!(
                 "{} part {}: the file holds {} records, the manifest says {}",
@@ -1369,26 +1437,33 @@ impl PartLoad<'_> {
             ));
         }
         let totals = PartTotals::of(&computed)?;
-        let table = new_part_table();
-        // DuckDB's 64-bit hash of the whole row: far cheaper than hashing its JSON, and a
-        // change missed by a collision has odds of 1 in 2^64 per record.
-        let hash = format!("hash(r) AS {h}");
-        match prev {
-            Some(prev) => self.q(&format!(
-                "CREATE TABLE {table} AS
-                 WITH n AS (SELECT r.*, {hash} FROM {raw} r)
-                 SELECT n.*, CASE WHEN o.{h} = n.{h} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m}
-                 FROM n LEFT JOIN {old} o USING ({id});
-                 INSERT INTO {table}
-                 SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
-                 FROM {old} o ANTI JOIN {raw} n USING ({id})
-                 WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep} DAY);",
+        // The part's records the file no longer has stay, deleted, for the days they are kept.
+        let (mut carried, mut oldest_carried) = (0u64, None);
+        if let Some(prev) = prev {
+            let gone = format!(
+                "FROM {old} o ANTI JOIN {table} n USING ({id})
+                 WHERE NOT (o.{del} AND o.{m} < TIMESTAMP '{stamp}' - INTERVAL {keep} DAY)",
                 old = prev.table,
                 keep = self.keep_deleted_days,
-            ))?,
-            None => self.q(&format!(
-                "CREATE TABLE {table} AS SELECT r.*, {hash}, TIMESTAMP '{stamp}' AS {m} FROM {raw} r"
-            ))?,
+            );
+            let deleted_at = format!("CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END");
+            oldest_carried = self
+                .conn
+                .query_row(
+                    &format!("SELECT epoch_us(min({deleted_at})) {gone}"),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string())?;
+            if oldest_carried.is_some() {
+                carried = self
+                    .conn
+                    .execute(
+                        &format!("INSERT INTO {table} SELECT o.* REPLACE (true AS {del}, {deleted_at} AS {m}) {gone}"),
+                        [],
+                    )
+                    .map_err(|e| e.to_string())? as u64;
+            }
         }
         let changes = match prev {
             Some(prev) => self.conn.query_row(
@@ -1412,8 +1487,8 @@ impl PartLoad<'_> {
         let part = PartTable {
             part: file.part.clone(),
             sha256: Some(file.sha256.clone()),
-            rows: count(self.conn, &table)?,
-            oldest_carried: oldest_carried(self.conn, &table, Some(&raw))?,
+            rows: file.rows + carried,
+            oldest_carried,
             table,
             totals,
             db: self.db.clone(),
@@ -1534,7 +1609,7 @@ fn load(
     previous: Option<&Live>,
     cache: PathBuf,
     keep_deleted_days: u32,
-) -> Result<(Live, (usize, usize)), String> {
+) -> Result<(Live, (usize, usize), Vec<Arc<PartTable>>), String> {
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1623,7 +1698,6 @@ fn load(
         let _ = q("ROLLBACK");
         return Err(e);
     }
-    index_parts(&conn, built.iter().map(|t| &**t));
     tracing::info!(
         schema,
         parts_reused = reused,
@@ -1643,6 +1717,7 @@ fn load(
             cache,
         },
         (loaded, reused),
+        built,
     ))
 }
 

@@ -61,13 +61,63 @@ pub fn part_sql(id: &str) -> String {
     )
 }
 
+/// The part of the record whose id is `id`: what [`part_sql`] gives, computed here.
+pub fn part_of(id: &str) -> String {
+    let digits: String = id
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(15)
+        .collect();
+    match digits.parse::<u64>() {
+        Ok(n) => format!("n{:06}", n / PART_BLOCK),
+        Err(_) => "other".to_owned(),
+    }
+}
+
 /// Whether `part` is a part's name as [`part_sql`] gives them (it names local files and
 /// tables on the server, so nothing else is taken).
 pub fn is_part(part: &str) -> bool {
     part == "other"
-        || (part.len() == 7
+        || (part.len() >= 7
+            && part.len() <= 12
             && part.starts_with('n')
             && part[1..].bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_records_part_is_the_same_in_rust_and_in_sql() {
+        let ids = [
+            "0",
+            "1",
+            "16383",
+            "16384",
+            "25296-1200",
+            "000123",
+            "99999",
+            "1000000",
+            "123456789012345678901",
+            "ABC001",
+            "department-1",
+            "",
+            "-5",
+            "7a",
+            "٣٣",
+        ];
+        let conn = Connection::open_in_memory().unwrap();
+        for id in ids {
+            let sql: String = conn
+                .query_row(&format!("SELECT {}", part_sql("?")), [id], |r| r.get(0))
+                .unwrap();
+            assert_eq!(part_of(id), sql, "{id:?}");
+            assert!(is_part(&sql), "{sql}");
+        }
+        assert_eq!(part_of("16384"), "n000001");
+        assert_eq!(part_of("ABC001"), "other");
+    }
 }
 
 /// Why a snapshot could not be written or read.
