@@ -1598,6 +1598,9 @@ fn index_parts<'a>(conn: &Connection, tables: impl Iterator<Item = &'a PartTable
     }
 }
 
+/// A loaded snapshot, how many parts were loaded and reused, and the parts loaded (to index).
+type Loaded = (Live, (usize, usize), Vec<Arc<PartTable>>);
+
 /// Loads a snapshot: each part whose file is the one the snapshot before had (and none of
 /// whose deleted records has expired) is that snapshot's part, shared; every other part is
 /// built from its file and the part before it. Only changed parts cost time.
@@ -1609,7 +1612,7 @@ fn load(
     previous: Option<&Live>,
     cache: PathBuf,
     keep_deleted_days: u32,
-) -> Result<(Live, (usize, usize), Vec<Arc<PartTable>>), String> {
+) -> Result<Loaded, String> {
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
