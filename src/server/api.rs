@@ -1403,16 +1403,11 @@ fn source(
     if !naive {
         return Ok((live.connection()?, live.table(data_type)));
     }
-    let files = live
-        .parquet_files(data_type)
-        .iter()
-        .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let files = live.read_parquet(data_type);
     let stamp = live.went_live_at.trim_end_matches('Z').replace('T', " ");
     Ok((
         duckdb::Connection::open_in_memory()?,
-        format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM read_parquet([{files}]))"),
+        format!("(SELECT *, TIMESTAMP '{stamp}' AS \"modifiedDate\" FROM {files})"),
     ))
 }
 

@@ -239,8 +239,8 @@ impl Live {
     }
 
     /// `read_parquet([…])` of a data type's cached files.
-    fn read_parquet(&self, data_type: &str) -> String {
-        read_parquet(&self.parquet_files(data_type))
+    pub fn read_parquet(&self, data_type: &str) -> String {
+        read_parquet(&self.parquet_files(data_type), false)
     }
 }
 
@@ -733,7 +733,7 @@ impl LiveSet {
                     "CREATE OR REPLACE TEMP TABLE restoring AS
                      SELECT r.*, p.{h}, p.{m} FROM {} r JOIN persist.main.{st} p USING ({id})
                      ORDER BY filename",
-                    read_parquet_named(&files)
+                    read_parquet(&files, true)
                 ))?;
                 for (f, file) in entry.files.iter().zip(&files) {
                     let table = new_part_table();
@@ -1304,22 +1304,15 @@ fn fields_match(conn: &Connection, dt: &crate::model::DataType, raw: &str) -> Re
     }
 }
 
-/// `read_parquet([…])` of `files`, quoted for SQL.
-fn read_parquet(files: &[PathBuf]) -> String {
+/// `read_parquet([…])` of `files`, quoted for SQL; with `named`, each row also says its file
+/// (`filename`).
+fn read_parquet(files: &[PathBuf], named: bool) -> String {
     let list: Vec<String> = files
         .iter()
         .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
         .collect();
-    format!("read_parquet([{}])", list.join(", "))
-}
-
-/// `read_parquet([…], filename = true)` of `files`: each row says its file (`filename`).
-fn read_parquet_named(files: &[PathBuf]) -> String {
-    let list: Vec<String> = files
-        .iter()
-        .map(|p| format!("'{}'", p.to_string_lossy().replace('\'', "''")))
-        .collect();
-    format!("read_parquet([{}], filename = true)", list.join(", "))
+    let option = if named { ", filename = true" } else { "" };
+    format!("read_parquet([{}]{option})", list.join(", "))
 }
 
 /// A new part table's name in the company database (`parts.p_N`, quoted): unique in the
@@ -1366,23 +1359,16 @@ fn create_views(
     Ok(())
 }
 
-/// When the oldest record kept as deleted in `table` (in no file that `raw` reads) was
-/// deleted, in microseconds since 1970, if it holds any.
-fn oldest_carried(
-    conn: &Connection,
-    table: &str,
-    raw: Option<&str>,
-) -> Result<Option<i64>, String> {
+/// When the oldest record of `table` (a part with no file: all its records are kept as
+/// deleted) was deleted, in microseconds since 1970, if it holds any.
+fn oldest_carried(conn: &Connection, table: &str) -> Result<Option<i64>, String> {
     let m = ident(MODIFIED_DATE);
-    let sql = match raw {
-        Some(raw) => format!(
-            "SELECT epoch_us(min(t.{m})) FROM {table} t ANTI JOIN {raw} n USING ({id})",
-            id = ident(crate::model::ID_FIELD)
-        ),
-        None => format!("SELECT epoch_us(min({m})) FROM {table}"),
-    };
-    conn.query_row(&sql, [], |r| r.get(0))
-        .map_err(|e| e.to_string())
+    conn.query_row(
+        &format!("SELECT epoch_us(min({m})) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What loading one data type's part needs to know.
@@ -1411,7 +1397,7 @@ impl PartLoad<'_> {
         prev: Option<&PartTable>,
     ) -> Result<(PartTable, Changes), String> {
         let (dt, stamp) = (self.dt, self.stamp);
-        let raw = read_parquet(&[path.to_owned()]);
+        let raw = read_parquet(&[path.to_owned()], false);
         // Exactly the model's fields with the model's types: a file lacking one would go
         // live and then fail every request that reads it.
         fields_match(self.conn, dt, &raw)?;
@@ -1556,7 +1542,7 @@ impl PartLoad<'_> {
             part: prev.part.clone(),
             sha256: None,
             rows: count(self.conn, &table)?,
-            oldest_carried: oldest_carried(self.conn, &table, None)?,
+            oldest_carried: oldest_carried(self.conn, &table)?,
             table,
             totals: PartTotals::default(),
             db: self.db.clone(),

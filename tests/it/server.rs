@@ -3262,21 +3262,7 @@ fn a_snapshot_changing_a_few_parts_is_loaded_part_by_part_and_served_whole() {
         )
         .unwrap()
     };
-    let files = |m: &Value| -> std::collections::BTreeMap<String, String> {
-        m["dataTypes"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .flat_map(|(name, e)| {
-                e["files"].as_array().unwrap().iter().map(move |f| {
-                    (
-                        format!("{name}/{}", f["part"].as_str().unwrap()),
-                        f["sha256"].as_str().unwrap().to_owned(),
-                    )
-                })
-            })
-            .collect()
-    };
+    let files = crate::snapshot::files_by_part;
     let (loaded, reused) = (
         metric(&server, "connector_parts_loaded_total"),
         metric(&server, "connector_parts_reused_total"),

@@ -469,21 +469,7 @@ fn a_company_past_one_block_of_ids_is_published_in_parts_and_an_edit_sends_only_
     edited.unwrap();
     let second = run("second");
     let after = manifest_of(&second);
-    let files = |m: &Value| -> BTreeMap<String, String> {
-        m["dataTypes"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .flat_map(|(name, e)| {
-                e["files"].as_array().unwrap().iter().map(move |f| {
-                    (
-                        format!("{name}/{}", f["part"].as_str().unwrap()),
-                        f["sha256"].as_str().unwrap().to_owned(),
-                    )
-                })
-            })
-            .collect()
-    };
+    let files = files_by_part;
     let (old, new) = (files(&before), files(&after));
     assert_eq!(
         old.keys().collect::<Vec<_>>(),
@@ -512,6 +498,23 @@ fn a_company_past_one_block_of_ids_is_published_in_parts_and_an_edit_sends_only_
     );
     let out = verify(&file_url(&store), "acme", &[], &[]);
     assert!(out.status.success(), "verify: {}", text(&out));
+}
+
+/// A manifest's files: `DATATYPE/PART` → SHA-256.
+pub fn files_by_part(m: &Value) -> BTreeMap<String, String> {
+    m["dataTypes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(name, e)| {
+            e["files"].as_array().unwrap().iter().map(move |f| {
+                (
+                    format!("{name}/{}", f["part"].as_str().unwrap()),
+                    f["sha256"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The local paths of a manifest entry's files (`store` is a local folder store).
