@@ -1200,6 +1200,7 @@ async fn check_and_load(
     let cache = cache_dir(state_dir, company);
     // (an unchanged part's file is there already: only changed parts are fetched)
     let mut files = HashMap::new();
+    let started = std::time::Instant::now();
     for (name, entry) in manifest.files() {
         let path = fetch_into_cache(store, company, &cache, name, entry)
             .await
@@ -1209,7 +1210,9 @@ async fn check_and_load(
             })?;
         files.insert((name.to_owned(), entry.part.clone()), path);
     }
+    let fetch_secs = started.elapsed().as_secs_f64();
     // 3-5. Load, check, carry modifiedDate and deletions, swap.
+    let started = std::time::Instant::now();
     let db = live
         .database(company)
         .map_err(|e| later(&id, e.to_string()))?;
@@ -1243,13 +1246,22 @@ async fn check_and_load(
     counter(&live.parts_reused, parts_reused);
     let loaded = Arc::new(loaded);
     live.swap_in(company, loaded.clone());
+    let load_secs = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
     // The new parts' indexes on their ids are built once they are served (until then a
     // look-up by id scans its part).
     if let Ok(conn) = loaded.connection() {
         let _ = tokio::task::spawn_blocking(move || index_parts(&conn, built.iter().map(|t| &**t)))
             .await;
     }
-    tracing::info!(company, snapshot = %id, "A new snapshot is live.");
+    tracing::info!(
+        company,
+        snapshot = %id,
+        fetch_secs,
+        load_secs,
+        index_secs = started.elapsed().as_secs_f64(),
+        "A new snapshot is live."
+    );
     Ok(loaded)
 }
 
