@@ -7,7 +7,9 @@
 //!    its size and SHA-256 checked on the way in.
 //! 3. Control totals are recomputed from the Parquet and must equal the manifest's. Each data
 //!    type is loaded into the company's in-memory DuckDB database, in a schema of its own per
-//!    snapshot (`s_SNAPSHOTID`).
+//!    snapshot (`s_SNAPSHOTID`): its changed parts are built as tables of their own, each
+//!    data type's compressed once built, and the schema's views over them are made in one
+//!    transaction at the end (until then nothing reads the new parts).
 //! 6. After the swap, the live snapshot's state is saved to `STATE/db/COMPANY.duckdb` in one
 //!    transaction: each record's content hash and `modifiedDate`, and the rows of records kept
 //!    as deleted (those are in no Parquet file). A restarted server rebuilds the live snapshot
@@ -680,10 +682,9 @@ impl LiveSet {
             conn.execute_batch(sql)
                 .map_err(|e| format!("{e} (in: {sql})"))
         };
-        q(&format!(
-            "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
-            ident(&schema)
-        ))?;
+        // The parts are built outside a transaction (each is private until the snapshot's
+        // views exist, and dropped with its `PartTable` if the rebuild fails), so that each
+        // data type's parts are compressed as soon as they are built.
         let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
         let rebuilt = (|| {
             let (h, m, id) = (
@@ -727,19 +728,21 @@ impl LiveSet {
                     }
                     files.push(file);
                 }
-                // The saved hashes and dates are joined with all the files at once (a join
-                // per part would read the saved table once per part), then parted out.
+                // The saved hashes and dates, sorted by part, so that each part's are read
+                // without scanning the others' (splitting one read of all the files by file
+                // instead costs parts × rows).
                 q(&format!(
                     "CREATE OR REPLACE TEMP TABLE restoring AS
-                     SELECT r.*, p.{h}, p.{m} FROM {} r JOIN persist.main.{st} p USING ({id})
-                     ORDER BY filename",
-                    read_parquet(&files, true)
+                     SELECT {part_of} AS _part, {id}, {h}, {m} FROM persist.main.{st} ORDER BY _part"
                 ))?;
                 for (f, file) in entry.files.iter().zip(&files) {
                     let table = new_part_table();
                     q(&format!(
-                        "CREATE TABLE {table} AS SELECT * EXCLUDE (filename) FROM restoring WHERE filename = '{}'",
-                        file.to_string_lossy().replace('\'', "''")
+                        "CREATE TABLE {table} AS
+                         SELECT r.*, p.{h}, p.{m} FROM {} r
+                         JOIN (SELECT * EXCLUDE (_part) FROM restoring WHERE _part = '{}') p USING ({id})",
+                        read_parquet(std::slice::from_ref(file), false),
+                        f.part.replace('\'', "''")
                     ))?;
                     // (the file's rows only, as when the part was loaded)
                     let totals =
@@ -784,13 +787,11 @@ impl LiveSet {
                     }));
                 }
                 parts.insert(name.clone(), tables);
+                compress(&conn, name);
             }
-            create_views(&q, &schema, &parts)
+            Ok(())
         })();
-        if let Err(e) = rebuilt.and_then(|()| q("COMMIT")) {
-            let _ = q("ROLLBACK");
-            return Err(e);
-        }
+        rebuilt.and_then(|()| publish_views(&q, &schema, &parts))?;
         let built = started.elapsed().as_secs_f64();
         index_parts(&conn, parts.values().flatten().map(|t| &**t));
         tracing::debug!(
@@ -1369,6 +1370,43 @@ fn create_views(
     Ok(())
 }
 
+/// Makes the snapshot's schema of views over its parts (already built), in one transaction:
+/// until it commits, nothing can read the new parts.
+fn publish_views(
+    q: &dyn Fn(&str) -> Result<(), String>,
+    schema: &str,
+    parts: &HashMap<String, Vec<Arc<PartTable>>>,
+) -> Result<(), String> {
+    q(&format!(
+        "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
+        ident(schema)
+    ))?;
+    if let Err(e) = create_views(q, schema, parts).and_then(|()| q("COMMIT")) {
+        let _ = q("ROLLBACK");
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Compresses the parts just built for `data_type` (DuckDB keeps a new table uncompressed
+/// until a checkpoint): a large snapshot built whole before compressing spilled to disk
+/// past the company's memory limit (1.6 GB for the 1,000,000-split company's restart), and
+/// that writing was most of its time. Only a help: a checkpoint that cannot run now is
+/// logged, and the company is compacted after its load anyway.
+fn compress(conn: &Connection, data_type: &str) {
+    let started = std::time::Instant::now();
+    match conn.execute_batch("CHECKPOINT memory") {
+        Ok(()) => tracing::debug!(
+            data_type,
+            seconds = started.elapsed().as_secs_f64(),
+            "Compressed a data type's new parts."
+        ),
+        Err(e) => {
+            tracing::debug!(data_type, error = %e, "Could not compress a data type's new parts yet.")
+        }
+    }
+}
+
 /// When the oldest record of `table` (a part with no file: all its records are kept as
 /// deleted) was deleted, in microseconds since 1970, if it holds any.
 fn oldest_carried(conn: &Connection, table: &str) -> Result<Option<i64>, String> {
@@ -1654,10 +1692,6 @@ fn load(
         conn.execute_batch(sql)
             .map_err(|e| format!("{e} (in: {sql})"))
     };
-    q(&format!(
-        "BEGIN TRANSACTION; DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0};",
-        ident(&schema)
-    ))?;
     let mut records = HashMap::new();
     let mut changes = std::collections::BTreeMap::new();
     let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
@@ -1666,6 +1700,7 @@ fn load(
     let result = (|| {
         for dt in &model.types {
             let entry = &manifest.data_types[&dt.name];
+            let built_before = built.len();
             let load = PartLoad {
                 conn: &conn,
                 db,
@@ -1720,14 +1755,15 @@ fn load(
             changes.insert(dt.name.clone(), changed);
             records.insert(dt.name.clone(), tables.iter().map(|t| t.rows).sum());
             parts.insert(dt.name.clone(), tables);
+            if built.len() > built_before {
+                compress(&conn, &dt.name);
+            }
         }
-        create_views(&q, &schema, &parts)
+        Ok(())
     })();
     let went_live = went_live_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    if let Err(e) = result.and_then(|()| q("COMMIT")) {
-        let _ = q("ROLLBACK");
-        return Err(e);
-    }
+    // (a failure drops the parts built so far with their `PartTable`s)
+    result.and_then(|()| publish_views(&q, &schema, &parts))?;
     tracing::info!(
         schema,
         parts_reused = reused,
