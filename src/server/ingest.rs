@@ -120,6 +120,22 @@ pub struct PartTable {
     db: Arc<Mutex<Connection>>,
 }
 
+impl PartTable {
+    /// A new, empty part table's name, dropped with the value (filled in by its maker; also
+    /// a scratch table's guard).
+    fn scratch(db: &Arc<Mutex<Connection>>) -> PartTable {
+        PartTable {
+            part: String::new(),
+            sha256: None,
+            table: new_part_table(),
+            rows: 0,
+            totals: PartTotals::default(),
+            oldest_carried: None,
+            db: db.clone(),
+        }
+    }
+}
+
 impl Drop for PartTable {
     fn drop(&mut self) {
         let conn = self
@@ -730,41 +746,49 @@ impl LiveSet {
                 }
                 // The saved hashes and dates, sorted by part, so that each part's are read
                 // without scanning the others' (splitting one read of all the files by file
-                // instead costs parts × rows).
+                // instead costs parts × rows); a table, not a temporary one, so that every
+                // connection building parts reads it (dropped with `saved`).
+                let saved = PartTable::scratch(&db);
                 q(&format!(
-                    "CREATE OR REPLACE TEMP TABLE restoring AS
-                     SELECT {part_of} AS _part, {id}, {h}, {m} FROM persist.main.{st} ORDER BY _part"
+                    "CREATE TABLE {} AS
+                     SELECT {part_of} AS _part, {id}, {h}, {m} FROM persist.main.{st} ORDER BY _part",
+                    saved.table
                 ))?;
-                for (f, file) in entry.files.iter().zip(&files) {
-                    let table = new_part_table();
+                let jobs: Vec<_> = entry.files.iter().zip(&files).collect();
+                let built = on_connections(&db, self.limits.threads, &jobs, |conn, (f, file)| {
+                    let mut part = PartTable::scratch(&db);
+                    part.part = f.part.clone();
+                    part.sha256 = Some(f.sha256.clone());
+                    let quoted = f.part.replace('\'', "''");
+                    let q = |sql: &str| {
+                        conn.execute_batch(sql)
+                            .map_err(|e| format!("{e} (in: {sql})"))
+                    };
                     q(&format!(
-                        "CREATE TABLE {table} AS
+                        "CREATE TABLE {} AS
                          SELECT r.*, p.{h}, p.{m} FROM {} r
-                         JOIN (SELECT * EXCLUDE (_part) FROM restoring WHERE _part = '{}') p USING ({id})",
-                        read_parquet(std::slice::from_ref(file), false),
-                        f.part.replace('\'', "''")
+                         JOIN (SELECT * EXCLUDE (_part) FROM {} WHERE _part = '{quoted}') p USING ({id})",
+                        part.table,
+                        read_parquet(std::slice::from_ref(*file), false),
+                        saved.table,
                     ))?;
                     // (the file's rows only, as when the part was loaded)
-                    let totals =
-                        crate::rules::totals_of(&conn, dt, &table).map_err(|e| e.to_string())?;
+                    let totals = crate::rules::totals_of(conn, dt, &part.table)
+                        .map_err(|e| e.to_string())?;
                     let (carried_rows, oldest) = kept.get(&f.part).copied().unwrap_or_default();
                     if carried_rows > 0 {
                         q(&format!(
-                            "INSERT INTO {table} SELECT * FROM persist.main.{carried} WHERE {part_of} = '{}'",
-                            f.part.replace('\'', "''")
+                            "INSERT INTO {} SELECT * FROM persist.main.{carried} WHERE {part_of} = '{quoted}'",
+                            part.table
                         ))?;
                     }
-                    tables.push(Arc::new(PartTable {
-                        part: f.part.clone(),
-                        sha256: Some(f.sha256.clone()),
-                        rows: totals.rows + carried_rows,
-                        oldest_carried: oldest,
-                        table,
-                        totals: PartTotals::of(&totals)?,
-                        db: db.clone(),
-                    }));
-                }
-                q("DROP TABLE restoring")?;
+                    part.rows = totals.rows + carried_rows;
+                    part.oldest_carried = oldest;
+                    part.totals = PartTotals::of(&totals)?;
+                    Ok(Arc::new(part))
+                })?;
+                tables.extend(built);
+                drop(saved);
                 tracing::debug!(data_type = %name, seconds = started.elapsed().as_secs_f64(), "Rebuilt a data type's parts.");
                 // records kept as deleted in parts the snapshot has no file for
                 for (part, (rows, oldest)) in kept
@@ -1220,6 +1244,7 @@ async fn check_and_load(
     let model = model.clone();
     let cache_owned = cache.clone();
     let keep_deleted_days = live.limits.keep_deleted_days;
+    let workers = live.limits.threads;
     let loaded = tokio::task::spawn_blocking(move || {
         crate::failpoint::hit("ingest-load");
         load(
@@ -1230,6 +1255,7 @@ async fn check_and_load(
             previous.as_deref(),
             cache_owned,
             keep_deleted_days,
+            workers,
         )
     })
     .await
@@ -1419,7 +1445,60 @@ fn oldest_carried(conn: &Connection, table: &str) -> Result<Option<i64>, String>
     .map_err(|e| e.to_string())
 }
 
+/// Runs `run` for each of `jobs` on up to `workers` connections to `db` at once, and gives
+/// the results in the jobs' order, or the error of the first job (in that order) that
+/// failed; the results already made are then dropped. A part's file is one row group, which
+/// DuckDB reads on one thread: two parts built at once use two cores.
+fn on_connections<J: Sync, T: Send>(
+    db: &Arc<Mutex<Connection>>,
+    workers: usize,
+    jobs: &[J],
+    run: impl Fn(&Connection, &J) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let done: Vec<Mutex<Option<Result<T, String>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let not_connected = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, jobs.len().max(1)) {
+            scope.spawn(|| {
+                let conn = match db.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        *not_connected.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(e.to_string());
+                        return;
+                    }
+                };
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let result = run(&conn, job);
+                    failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                    *done[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(jobs.len());
+    for slot in done {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(result) => out.push(result?),
+            None => {
+                let why = not_connected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                return Err(why.unwrap_or_else(|| "a part was not built".into()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What loading one data type's part needs to know.
+#[derive(Clone, Copy)]
 struct PartLoad<'a> {
     conn: &'a Connection,
     db: &'a Arc<Mutex<Connection>>,
@@ -1677,6 +1756,7 @@ fn load(
     previous: Option<&Live>,
     cache: PathBuf,
     keep_deleted_days: u32,
+    workers: usize,
 ) -> Result<Loaded, String> {
     let conn = db
         .lock()
@@ -1723,21 +1803,43 @@ fn load(
                 built.push(part.clone());
                 part
             };
-            for file in &entry.files {
-                let prev = before.get(file.part.as_str()).copied();
-                let same = prev.filter(|t| {
-                    t.sha256.as_deref() == Some(file.sha256.as_str())
-                        && t.oldest_carried.is_none_or(|o| o >= expired_before)
-                });
+            // each part: the previous snapshot's (same file, no expired deletion), or built
+            let same: Vec<Option<Arc<PartTable>>> = entry
+                .files
+                .iter()
+                .map(|file| {
+                    before
+                        .get(file.part.as_str())
+                        .filter(|t| {
+                            t.sha256.as_deref() == Some(file.sha256.as_str())
+                                && t.oldest_carried.is_none_or(|o| o >= expired_before)
+                        })
+                        .map(|t| (*t).clone())
+                })
+                .collect();
+            let jobs: Vec<_> = entry
+                .files
+                .iter()
+                .zip(&same)
+                .filter(|(_, same)| same.is_none())
+                .map(|(file, _)| {
+                    let path = &files[&(dt.name.clone(), file.part.clone())];
+                    (file, path, before.get(file.part.as_str()).map(|t| &***t))
+                })
+                .collect();
+            let mut made = on_connections(db, workers, &jobs, |conn, (file, path, prev)| {
+                PartLoad { conn, ..load }.with_file(file, path, *prev)
+            })?
+            .into_iter();
+            for same in same {
                 let table = match same {
                     Some(t) => {
                         reused += 1;
-                        t.clone()
+                        t
                     }
                     None => {
                         loaded += 1;
-                        let path = &files[&(dt.name.clone(), file.part.clone())];
-                        let (part, c) = load.with_file(file, path, prev.map(|t| &**t))?;
+                        let (part, c) = made.next().ok_or("a part was not built")?;
                         add(part, c, &mut built)
                     }
                 };
