@@ -1243,8 +1243,7 @@ async fn check_and_load(
     let previous = live.live(company);
     let model = model.clone();
     let cache_owned = cache.clone();
-    let keep_deleted_days = live.limits.keep_deleted_days;
-    let workers = live.limits.threads;
+    let limits = live.limits.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         crate::failpoint::hit("ingest-load");
         load(
@@ -1254,8 +1253,7 @@ async fn check_and_load(
             &files,
             previous.as_deref(),
             cache_owned,
-            keep_deleted_days,
-            workers,
+            &limits,
         )
     })
     .await
@@ -1755,9 +1753,9 @@ fn load(
     files: &HashMap<(String, String), PathBuf>,
     previous: Option<&Live>,
     cache: PathBuf,
-    keep_deleted_days: u32,
-    workers: usize,
+    limits: &CompanyLimits,
 ) -> Result<Loaded, String> {
+    let (keep_deleted_days, workers) = (limits.keep_deleted_days, limits.threads);
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
