@@ -425,15 +425,7 @@ impl LiveSet {
         if !current {
             return;
         }
-        let bytes = db
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .query_row(
-                "SELECT coalesce(sum(memory_usage_bytes), 0)::UBIGINT FROM duckdb_memory()",
-                [],
-                |r| r.get::<_, u64>(0),
-            )
-            .unwrap_or(0);
+        let bytes = memory_used(&db.lock().unwrap_or_else(|e| e.into_inner()));
         self.resident
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -702,6 +694,7 @@ impl LiveSet {
         // views exist, and dropped with its `PartTable` if the rebuild fails), so that each
         // data type's parts are compressed as soon as they are built.
         let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
+        let half_memory = super::parse_bytes(&self.limits.memory).map_or(u64::MAX, |m| m / 2);
         let rebuilt = (|| {
             let (h, m, id) = (
                 ident(HASH_COLUMN),
@@ -811,7 +804,9 @@ impl LiveSet {
                     }));
                 }
                 parts.insert(name.clone(), tables);
-                compress(&conn, name);
+                if memory_used(&conn) > half_memory {
+                    compress(&conn, name);
+                }
             }
             Ok(())
         })();
@@ -1415,7 +1410,8 @@ fn publish_views(
 /// Compresses the parts just built for `data_type` (DuckDB keeps a new table uncompressed
 /// until a checkpoint): a large snapshot built whole before compressing spilled to disk
 /// past the company's memory limit (1.6 GB for the 1,000,000-split company's restart), and
-/// that writing was most of its time. Only a help: a checkpoint that cannot run now is
+/// that writing was most of its time. Called once half the company's memory is used (a
+/// checkpoint costs time on the way to the swap: 1.3 s for 30 parts of invoices). Only a help: a checkpoint that cannot run now is
 /// logged, and the company is compacted after its load anyway.
 fn compress(conn: &Connection, data_type: &str) {
     let started = std::time::Instant::now();
@@ -1429,6 +1425,16 @@ fn compress(conn: &Connection, data_type: &str) {
             tracing::debug!(data_type, error = %e, "Could not compress a data type's new parts yet.")
         }
     }
+}
+
+/// What a company's database holds in memory now (bytes; 0 when DuckDB cannot say).
+fn memory_used(conn: &Connection) -> u64 {
+    conn.query_row(
+        "SELECT coalesce(sum(memory_usage_bytes), 0)::UBIGINT FROM duckdb_memory()",
+        [],
+        |r| r.get::<_, u64>(0),
+    )
+    .unwrap_or(0)
 }
 
 /// When the oldest record of `table` (a part with no file: all its records are kept as
@@ -1756,6 +1762,7 @@ fn load(
     limits: &CompanyLimits,
 ) -> Result<Loaded, String> {
     let (keep_deleted_days, workers) = (limits.keep_deleted_days, limits.threads);
+    let half_memory = super::parse_bytes(&limits.memory).map_or(u64::MAX, |m| m / 2);
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1855,7 +1862,8 @@ fn load(
             changes.insert(dt.name.clone(), changed);
             records.insert(dt.name.clone(), tables.iter().map(|t| t.rows).sum());
             parts.insert(dt.name.clone(), tables);
-            if built.len() > built_before {
+            // compressing costs time before the swap: only once half the memory is used
+            if built.len() > built_before && memory_used(&conn) > half_memory {
                 compress(&conn, &dt.name);
             }
         }
