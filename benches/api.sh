@@ -34,7 +34,7 @@ KEY=$("$BIN/connector-server" admin create-client bench --state-dir "$W/server" 
 SERVER=
 start() { # extra args
   "$BIN/connector-server" serve --store "$STORE" --listen "127.0.0.1:$PORT" --state-dir "$W/server" \
-    --rate-limit 1000000000 --poll-secs 0.2 "$@" > "$W/server.log" 2>&1 &
+    --rate-limit 1000000000 --poll-secs 0.2 "$@" >> "$W/server.log" 2>&1 &  # every start appended: the swaps' fetch, load and index times stay
   SERVER=$!
   for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return; sleep 0.05; done
   echo "the server did not start" >&2; exit 1
@@ -255,9 +255,16 @@ for label, what, target in (("swap", "a customer renamed (its documents all thro
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", swap)
     sock = re.search(r"Socket errors:.*", swap)
     reqs = re.search(r"(\d+) requests in", swap).group(1)
+    # the server's own account of the swap (its log keeps every start's lines)
+    log = re.sub(r"\x1b\[[0-9;]*m", "", open(f"{w}/server.log").read())
+    live = re.search(rf"A new snapshot is live\..*snapshot={snap} fetch_secs=([0-9.]+) load_secs=([0-9.]+) index_secs=([0-9.]+)", log)
+    loaded = re.search(rf"schema=\"s_{snap.replace('-', '_')}\" parts_reused=(\d+) parts_loaded=(\d+)", log)
+    told = (f" The server: parts reused {loaded.group(1)}, loaded {loaded.group(2)}; " if loaded else " The server: ") + (
+        f"fetched in {float(live.group(1)):.2f} s, loaded in {float(live.group(2)):.2f} s (to the swap), indexed in {float(live.group(3)):.2f} s after it."
+        if live else "its timings are not in its log.")
     print(f"\nNew snapshot {snap}, {what}: **served {seconds} s after latest.json changed** (target < {target} s). "
           f"Under load (a) for 120 s while it was published and swapped in: {int(reqs):,} requests, "
-          f"{int(bad.group(1)) if bad else 0} non-2xx, {sock.group(0) if sock else 'no socket errors'}.")
+          f"{int(bad.group(1)) if bad else 0} non-2xx, {sock.group(0) if sock else 'no socket errors'}.{told}")
 listening, answered = open(f"{w}/restart.txt").read().split()
 print(f"\nRestart: listening after {int(listening):,} ms (polled every 50 ms); the company's first "
       f"answer (query (a)) after {int(answered):,} ms, its saved state taken back on demand.")

@@ -7,9 +7,11 @@
 //!    its size and SHA-256 checked on the way in.
 //! 3. Control totals are recomputed from the Parquet and must equal the manifest's. Each data
 //!    type is loaded into the company's in-memory DuckDB database, in a schema of its own per
-//!    snapshot (`s_SNAPSHOTID`): its changed parts are built as tables of their own, each
-//!    data type's compressed once built, and the schema's views over them are made in one
-//!    transaction at the end (until then nothing reads the new parts).
+//!    snapshot (`s_SNAPSHOTID`): its changed parts are built as tables of their own, on as
+//!    many connections as the company has threads, a data type's compressed once built if
+//!    the database holds half its memory, and the schema's views over them are made in one
+//!    transaction at the end (until then nothing reads the new parts; a failed load drops
+//!    the parts it built).
 //! 6. After the swap, the live snapshot's state is saved to `STATE/db/COMPANY.duckdb` in one
 //!    transaction: each record's content hash and `modifiedDate`, and the rows of records kept
 //!    as deleted (those are in no Parquet file). A restarted server rebuilds the live snapshot
@@ -121,8 +123,8 @@ pub struct PartTable {
 }
 
 impl PartTable {
-    /// A new, empty part table's name, dropped with the value (filled in by its maker; also
-    /// a scratch table's guard).
+    /// A new part table's name and nothing else yet (its maker creates the table and fills
+    /// in the rest): the table is dropped with the value, so it also guards a scratch table.
     fn scratch(db: &Arc<Mutex<Connection>>) -> PartTable {
         PartTable {
             part: String::new(),
@@ -1411,8 +1413,9 @@ fn publish_views(
 /// until a checkpoint): a large snapshot built whole before compressing spilled to disk
 /// past the company's memory limit (1.6 GB for the 1,000,000-split company's restart), and
 /// that writing was most of its time. Called once half the company's memory is used (a
-/// checkpoint costs time on the way to the swap: 1.3 s for 30 parts of invoices). Only a help: a checkpoint that cannot run now is
-/// logged, and the company is compacted after its load anyway.
+/// checkpoint costs time on the way to the swap: 1.3 s for 30 parts of invoices). Only a
+/// help: a checkpoint that cannot run now is logged, and the company is compacted after its
+/// load anyway.
 fn compress(conn: &Connection, data_type: &str) {
     let started = std::time::Instant::now();
     match conn.execute_batch("CHECKPOINT memory") {
@@ -1897,7 +1900,59 @@ fn load(
 
 #[cfg(test)]
 mod tests {
-    use super::on_the_server;
+    use super::{Connection, PARTS_SCHEMA, PartTable, on_connections, on_the_server};
+    use std::sync::{Arc, Mutex};
+
+    fn part_tables(db: &Arc<Mutex<Connection>>) -> i64 {
+        db.lock()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ?",
+                [PARTS_SCHEMA],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn parts_built_on_two_connections_come_back_in_order_and_a_failure_drops_those_built() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("CREATE SCHEMA {PARTS_SCHEMA}"))
+            .unwrap();
+        let db = Arc::new(Mutex::new(conn));
+        let jobs: Vec<i64> = (0..9).collect();
+        let build = |fail: Option<i64>| {
+            let db = db.clone();
+            move |conn: &Connection, n: &i64| {
+                if Some(*n) == fail {
+                    return Err(format!("part {n} failed"));
+                }
+                let part = PartTable::scratch(&db);
+                conn.execute_batch(&format!("CREATE TABLE {} AS SELECT {n} AS n", part.table))
+                    .map_err(|e| e.to_string())?;
+                Ok(part)
+            }
+        };
+        let built = on_connections(&db, 2, &jobs, build(None)).unwrap();
+        assert_eq!(part_tables(&db), 9);
+        for (n, part) in built.iter().enumerate() {
+            let held: i64 = db
+                .lock()
+                .unwrap()
+                .query_row(&format!("SELECT n FROM {}", part.table), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(held, n as i64, "the results are in the jobs' order");
+        }
+        drop(built);
+        assert_eq!(part_tables(&db), 0, "a dropped part drops its table");
+        let failed = on_connections(&db, 2, &jobs, build(Some(4))).map(|v| v.len());
+        assert_eq!(failed, Err("part 4 failed".to_owned()));
+        assert_eq!(
+            part_tables(&db),
+            0,
+            "the parts built before the failure are dropped"
+        );
+    }
 
     #[test]
     fn only_duckdbs_own_classes_at_the_start_say_the_server_failed() {
