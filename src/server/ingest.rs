@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use duckdb::Connection;
+use futures::StreamExt;
 
 use crate::model::DataModel;
 use crate::publish::Store;
@@ -44,6 +45,8 @@ use super::query::MODIFIED_DATE;
 
 /// Snapshots kept loaded per company (the live one and the ones before it).
 pub const KEEP_SNAPSHOTS: usize = 3;
+/// Files of a snapshot fetched into the cache at once.
+const CONCURRENT_FETCHES: usize = 8;
 /// Column holding a record's content hash (not served).
 const HASH_COLUMN: &str = "_content_hash";
 
@@ -1084,6 +1087,18 @@ pub async fn fetch_into_cache(
     }
 }
 
+/// [`fetch_into_cache`], keyed by the file's data type and part.
+async fn fetch_part(
+    store: &Store,
+    company: &str,
+    cache: &Path,
+    name: &str,
+    entry: &crate::snapshot::manifest::FileEntry,
+) -> Result<((String, String), PathBuf), CacheError> {
+    let path = fetch_into_cache(store, company, cache, name, entry).await?;
+    Ok(((name.to_owned(), entry.part.clone()), path))
+}
+
 /// Checks and loads the snapshot `latest.json` names, and makes it live. Returns it, or
 /// `None` when it is live already.
 /// `holding` is set when the company is taken back or loaded: it is held as being ingested
@@ -1221,17 +1236,24 @@ async fn check_and_load(
     // 2. Fetch into the company's cache, checking every byte.
     let cache = cache_dir(state_dir, company);
     // (an unchanged part's file is there already: only changed parts are fetched)
-    let mut files = HashMap::new();
+    // (a few at a time: each file is synced to disk before it is renamed into the cache, and
+    // one after another 88 changed files took 3.95 s under load)
     let started = std::time::Instant::now();
-    for (name, entry) in manifest.files() {
-        let path = fetch_into_cache(store, company, &cache, name, entry)
-            .await
-            .map_err(|e| match e {
-                CacheError::Refused(detail) => fail(&id, detail),
-                CacheError::Later(detail) => later(&id, detail),
-            })?;
-        files.insert((name.to_owned(), entry.part.clone()), path);
-    }
+    let fetches: Vec<_> = manifest
+        .files()
+        .map(|(name, entry)| fetch_part(store, company, &cache, name, entry))
+        .collect();
+    let fetches = futures::stream::iter(fetches)
+        .buffer_unordered(CONCURRENT_FETCHES)
+        .collect::<Vec<_>>()
+        .await;
+    let files = fetches
+        .into_iter()
+        .collect::<Result<HashMap<_, _>, _>>()
+        .map_err(|e| match e {
+            CacheError::Refused(detail) => fail(&id, detail),
+            CacheError::Later(detail) => later(&id, detail),
+        })?;
     let fetched = started.elapsed();
     // 3-5. Load, check, carry modifiedDate and deletions, swap.
     let db = live
