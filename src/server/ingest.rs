@@ -699,7 +699,6 @@ impl LiveSet {
         // views exist, and dropped with its `PartTable` if the rebuild fails), so that each
         // data type's parts are compressed as soon as they are built.
         let mut parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::new();
-        let half_memory = super::parse_bytes(&self.limits.memory).map_or(u64::MAX, |m| m / 2);
         let rebuilt = (|| {
             let (h, m, id) = (
                 ident(HASH_COLUMN),
@@ -809,9 +808,7 @@ impl LiveSet {
                     }));
                 }
                 parts.insert(name.clone(), tables);
-                if memory_used(&conn) > half_memory {
-                    compress(&conn, name);
-                }
+                compress(&conn, name, &self.limits);
             }
             Ok(())
         })();
@@ -1431,14 +1428,18 @@ fn publish_views(
     Ok(())
 }
 
-/// Compresses the parts just built for `data_type` (DuckDB keeps a new table uncompressed
-/// until a checkpoint): a large snapshot built whole before compressing spilled to disk
-/// past the company's memory limit (1.6 GB for the 1,000,000-split company's restart), and
-/// that writing was most of its time. Called once half the company's memory is used (a
-/// checkpoint costs time on the way to the swap: 1.3 s for 30 parts of invoices). Only a
-/// help: a checkpoint that cannot run now is logged, and the company is compacted after its
-/// load anyway.
-fn compress(conn: &Connection, data_type: &str) {
+/// Compresses the parts just built for `data_type` once the company's database holds half
+/// its memory. DuckDB keeps a new table uncompressed until a checkpoint: a large snapshot
+/// built whole before compressing spilled to disk past the company's memory limit (1.6 GB
+/// for the 1,000,000-split company's restart), and that writing was most of its time. Not
+/// sooner: a checkpoint costs time on the way to the swap (1.3 s for 30 parts of invoices).
+/// Only a help: a checkpoint that cannot run now is logged, and the company is compacted
+/// after its load anyway.
+fn compress(conn: &Connection, data_type: &str, limits: &CompanyLimits) {
+    let half = super::parse_bytes(&limits.memory).map_or(u64::MAX, |m| m / 2);
+    if memory_used(conn) <= half {
+        return;
+    }
     let started = std::time::Instant::now();
     match conn.execute_batch("CHECKPOINT memory") {
         Ok(()) => tracing::debug!(
@@ -1485,12 +1486,15 @@ fn on_connections<J: Sync, T: Send>(
     run: impl Fn(&Connection, &J) -> Result<T, String> + Sync,
 ) -> Result<Vec<T>, String> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
     let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
     let done: Vec<Mutex<Option<Result<T, String>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
     let not_connected = Mutex::new(None);
     std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, jobs.len().max(1)) {
+        for _ in 0..workers.clamp(1, jobs.len()) {
             scope.spawn(|| {
                 let conn = match db.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
                     Ok(conn) => conn,
@@ -1566,7 +1570,9 @@ impl PartLoad<'_> {
         // DuckDB's 64-bit hash of the whole row: far cheaper than hashing its JSON, and a
         // change missed by a collision has odds of 1 in 2^64 per record.
         let hash = format!("hash(r) AS {h}");
-        let table = new_part_table();
+        // the table is dropped with `part` if a step below fails
+        let mut part = PartTable::scratch(self.db);
+        let table = part.table.clone();
         // The file is read once, into the part's table (with `modifiedDate` carried from the
         // part before when a record's content is the same); what is checked is that table.
         match prev {
@@ -1657,15 +1663,11 @@ impl PartLoad<'_> {
             ),
         }
         .map_err(|e| e.to_string())?;
-        let part = PartTable {
-            part: file.part.clone(),
-            sha256: Some(file.sha256.clone()),
-            rows: file.rows + carried,
-            oldest_carried,
-            table,
-            totals,
-            db: self.db.clone(),
-        };
+        part.part = file.part.clone();
+        part.sha256 = Some(file.sha256.clone());
+        part.rows = file.rows + carried;
+        part.oldest_carried = oldest_carried;
+        part.totals = totals;
         Ok((part, changes))
     }
 
@@ -1674,7 +1676,8 @@ impl PartLoad<'_> {
     fn without_file(&self, prev: &PartTable) -> Result<Option<(PartTable, Changes)>, String> {
         let (m, del) = (ident(MODIFIED_DATE), ident(crate::model::IS_DELETED_FIELD));
         let stamp = self.stamp;
-        let table = new_part_table();
+        let mut part = PartTable::scratch(self.db);
+        let table = part.table.clone();
         self.q(&format!(
             "CREATE TABLE {table} AS
              SELECT o.* REPLACE (true AS {del}, CASE WHEN o.{del} THEN o.{m} ELSE TIMESTAMP '{stamp}' END AS {m})
@@ -1694,15 +1697,9 @@ impl PartLoad<'_> {
                 |r| r.get(0),
             )
             .map_err(|e| e.to_string())?;
-        let part = PartTable {
-            part: prev.part.clone(),
-            sha256: None,
-            rows: count(self.conn, &table)?,
-            oldest_carried: oldest_carried(self.conn, &table)?,
-            table,
-            totals: PartTotals::default(),
-            db: self.db.clone(),
-        };
+        part.part = prev.part.clone();
+        part.rows = count(self.conn, &table)?;
+        part.oldest_carried = oldest_carried(self.conn, &table)?;
         if part.rows == 0 {
             return Ok(None);
         }
@@ -1787,7 +1784,6 @@ fn load(
     limits: &CompanyLimits,
 ) -> Result<Loaded, String> {
     let (keep_deleted_days, workers) = (limits.keep_deleted_days, limits.threads);
-    let half_memory = super::parse_bytes(&limits.memory).map_or(u64::MAX, |m| m / 2);
     let conn = db
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1887,9 +1883,8 @@ fn load(
             changes.insert(dt.name.clone(), changed);
             records.insert(dt.name.clone(), tables.iter().map(|t| t.rows).sum());
             parts.insert(dt.name.clone(), tables);
-            // compressing costs time before the swap: only once half the memory is used
-            if built.len() > built_before && memory_used(&conn) > half_memory {
-                compress(&conn, &dt.name);
+            if built.len() > built_before {
+                compress(&conn, &dt.name, limits);
             }
         }
         Ok(())
