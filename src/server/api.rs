@@ -1149,7 +1149,7 @@ fn data_type<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a crate::model:
 
 /// The SQL of a served record as JSON text: every model field and `modifiedDate`, money and
 /// decimals as exact decimal strings (never through a float), date-times as RFC 3339 UTC.
-fn record_json(dt: &crate::model::DataType) -> String {
+pub(super) fn record_json(dt: &crate::model::DataType) -> String {
     let mut fields: Vec<String> = dt
         .fields
         .iter()
@@ -1280,12 +1280,18 @@ async fn list_records(
     };
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     let parts = live.parts_of(&dt.name);
-    let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<(u64, Vec<String>, Option<query::After>)> {
+    let renderer = super::render::Renderer::new(&dt);
+    let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<Page> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
         let _keep = &live; // the snapshot stays loaded until the answer is read
         let params_ref: Vec<&dyn duckdb::ToSql> = filter.params.iter().map(|p| p as &dyn duckdb::ToSql).collect();
         let offset = (page - 1) * page_size;
+        // (pages are picked from the data type's listing table, not its view over parts)
+        let table = match naive {
+            true => table,
+            false => live.listing(conn, &dt),
+        };
         // The total is counted only when the page cannot tell it: a page that is not full
         // and not past the end ends the results.
         let total = |got: usize| -> duckdb::Result<u64> {
@@ -1298,12 +1304,14 @@ async fn list_records(
             let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table} {where_sql}"), params_ref.as_slice(), |r| r.get(0))?;
             Ok(n as u64)
         };
-        let record = record_json(&dt);
         if naive {
+            let record = record_json(&dt);
             let sql = format!("SELECT {record} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            return Ok((total(rows.len())?, rows, None));
+            // (parsed and written again: compact JSON whatever DuckDB wrote, keys in order)
+            let rows: Vec<Vec<u8>> = rows.iter().map(|r| serde_json::to_vec(&serde_json::from_str::<Value>(r).unwrap_or(Value::Null)).unwrap_or_default()).collect();
+            return Ok((total(rows.len())?, Ok(rows), None));
         }
         // The page's rows first (a sort of row numbers only), then the JSON of just those rows:
         // building nested JSON for every matching row would cost far more than the page. From
@@ -1316,15 +1324,16 @@ async fn list_records(
         let page_params: Vec<&dyn duckdb::ToSql> = filter.params.iter().chain(keyset_params.iter()).map(|p| p as &dyn duckdb::ToSql).collect();
         // (a data type is a view over its parts: each row says its part and its rowid there)
         let (part_no, row_no) = (quote(super::ingest::PART_NO), quote(super::ingest::ROW_NO));
+        let record = record_columns(&dt);
         let mut stmt = conn.prepare(&format!("SELECT {part_no}, {row_no}, {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
         let picked: Vec<(i64, i64, Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         let last = picked.last().map(|(_, _, value, id)| query::After { value: value.clone(), id: id.clone() });
         let rows: Vec<(i64, i64)> = picked.into_iter().map(|(p, r, _, _)| (p, r)).collect();
         let total = total(rows.len())?;
         if rows.is_empty() {
-            return Ok((total, Vec::new(), None));
+            return Ok((total, Ok(Vec::new()), None));
         }
-        // The JSON of just those rows, read from their parts by rowid.
+        // Just those rows, read from their parts by rowid, written as JSON from their columns.
         let mut by_part: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
         for (p, r) in &rows {
             by_part.entry(*p).or_default().push(r.to_string());
@@ -1333,27 +1342,35 @@ async fn list_records(
             .iter()
             .filter_map(|(p, rowids)| {
                 let part = parts.get(usize::try_from(*p).ok()?)?;
-                Some(format!("SELECT {p} AS p, t.rowid AS r, {record} AS j FROM {part} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", rowids.join(",")))
+                Some(format!("SELECT {p}::BIGINT AS {part_no}, t.rowid AS {row_no}, {record} FROM {part} t SEMI JOIN (SELECT unnest([{}]) AS r) page ON t.rowid = page.r", rowids.join(",")))
             })
             .collect();
         let mut stmt = conn.prepare(&selects.join(" UNION ALL "))?;
-        let mut by_row: HashMap<(i64, i64), String> = stmt
-            .query_map([], |r| Ok(((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?), r.get::<_, String>(2)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok((total, rows.iter().filter_map(|k| by_row.remove(k)).collect(), last))
+        let mut by_row: HashMap<(i64, i64), Vec<u8>> = HashMap::with_capacity(rows.len());
+        for batch in stmt.query_arrow([])? {
+            use arrow::array::AsArray;
+            let (Some(p), Some(r)) = (batch.column(0).as_primitive_opt::<arrow::datatypes::Int64Type>(), batch.column(1).as_primitive_opt::<arrow::datatypes::Int64Type>()) else {
+                return Ok((total, Err(format!("a page's rows came back as {} and {}", batch.column(0).data_type(), batch.column(1).data_type())), None));
+            };
+            for i in 0..batch.num_rows() {
+                let mut json = Vec::with_capacity(2048);
+                if let Err(e) = renderer.write(&batch, i, &mut json) {
+                    return Ok((total, Err(e), None));
+                }
+                by_row.insert((p.value(i), r.value(i)), json);
+            }
+        }
+        Ok((total, Ok(rows.iter().filter_map(|k| by_row.remove(k)).collect()), last))
     })
     .await?
     .map_err(refused)?;
+    let rows = rows.map_err(ApiError::internal)?;
     if let Some(last) = last.filter(|_| rows.len() as u64 == page_size) {
         state.page_starts.put(&listing, page + 1, last);
     }
     if !naive && known_total.is_none() {
         state.counts.put(&counted, 0, total);
     }
-    let results: Vec<Value> = rows
-        .iter()
-        .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
-        .collect();
     // Every link names the snapshot that answered this page: a walk through the pages reads
     // one snapshot, even when a newer one goes live in the middle of it.
     let base = format!("/companies/{id}/data/{dt_name}");
@@ -1379,18 +1396,52 @@ async fn list_records(
     if page * page_size < total {
         links.insert("next".into(), link(page + 1));
     }
-    let body = json!({
-        "results": results,
-        "pageNumber": page,
-        "pageSize": page_size,
-        "totalResults": total,
-        "_links": links,
-    });
-    let body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(ApiError::internal)?);
+    let body = bytes::Bytes::from(page_body(&links, page, page_size, &rows, total));
     if !naive {
         state.answers.put(answer_key, body.clone());
     }
     Ok(cache.answer_bytes(body))
+}
+
+/// A page as read: the total, each record's JSON (or why they could not be written), and
+/// the last row's place in the ordering (where the next page begins).
+type Page = (u64, Result<Vec<Vec<u8>>, String>, Option<query::After>);
+
+/// A page as sent: `_links`, `pageNumber`, `pageSize`, `results` (each record's JSON as
+/// written) and `totalResults`, keys in the order serde_json writes an object's.
+fn page_body(
+    links: &serde_json::Map<String, Value>,
+    page: u64,
+    page_size: u64,
+    rows: &[Vec<u8>],
+    total: u64,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"_links\":");
+    serde_json::to_writer(&mut body, links).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(
+        format!(",\"pageNumber\":{page},\"pageSize\":{page_size},\"results\":[").as_bytes(),
+    );
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(row);
+    }
+    body.extend_from_slice(format!("],\"totalResults\":{total}}}").as_bytes());
+    body
+}
+
+/// The columns a served record is written from ([`super::render`]): every model field and
+/// `modifiedDate`, quoted.
+fn record_columns(dt: &crate::model::DataType) -> String {
+    dt.fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain([query::MODIFIED_DATE])
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where a request reads a data type: a connection and a table expression. Normally the
@@ -1647,6 +1698,7 @@ async fn get_record(
         return Ok(cache.answer_bytes(body));
     }
     let record_id_owned = record_id.clone();
+    let renderer = super::render::Renderer::new(&dt);
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     // the table of the part that can hold it (a record is only in the part its id gives)
     let table = match naive {
@@ -1663,23 +1715,42 @@ async fn get_record(
         .run(
             &client.id,
             conn,
-            move |conn| -> duckdb::Result<Option<String>> {
+            move |conn| -> duckdb::Result<Option<Result<Vec<u8>, String>>> {
                 let _keep = &live;
-                let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
-                match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0)) {
-                    Ok(row) => Ok(Some(row)),
-                    Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
-                    Err(e) => Err(e),
+                if naive {
+                    let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
+                    return match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0))
+                    {
+                        // (parsed and written again: compact JSON whatever DuckDB wrote)
+                        Ok(row) => Ok(Some(
+                            serde_json::from_str::<Value>(&row)
+                                .and_then(|v| serde_json::to_vec(&v))
+                                .map_err(|e| e.to_string()),
+                        )),
+                        Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
+                        Err(e) => Err(e),
+                    };
                 }
+                let sql = format!(
+                    "SELECT {} FROM {table} WHERE \"id\" = ?",
+                    record_columns(&dt)
+                );
+                let mut stmt = conn.prepare(&sql)?;
+                for batch in stmt.query_arrow([&record_id_owned])? {
+                    if batch.num_rows() > 0 {
+                        let mut json = Vec::with_capacity(4096);
+                        return Ok(Some(renderer.write(&batch, 0, &mut json).map(|()| json)));
+                    }
+                }
+                Ok(None)
             },
         )
         .await?
         .map_err(ApiError::internal)?;
     let row = row
-        .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?;
-    // (parsed and written again: the answer is compact JSON whatever DuckDB wrote)
-    let value: Value = serde_json::from_str(&row).map_err(ApiError::internal)?;
-    let body = bytes::Bytes::from(serde_json::to_vec(&value).map_err(ApiError::internal)?);
+        .ok_or_else(|| ApiError::not_found(format!("{dt_name} record {record_id:?} not found")))?
+        .map_err(ApiError::internal)?;
+    let body = bytes::Bytes::from(row);
     if !naive {
         state.answers.put(answer_key, body.clone());
     }

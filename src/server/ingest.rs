@@ -100,6 +100,19 @@ pub struct Live {
     db: Arc<Mutex<Connection>>,
     /// Where its Parquet files are cached (`SHA256.parquet`).
     cache: PathBuf,
+    /// Per data type, its listing table once asked for (see [`Live::listing`]).
+    listings: Mutex<HashMap<String, Listing>>,
+}
+
+/// Whether a data type's listing table is there to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// A request is building it (the others read the view meanwhile).
+    Building,
+    /// Built: listings read it.
+    Ready,
+    /// It could not be built (logged): listings read the view.
+    Failed,
 }
 
 /// One part of a data type loaded in a company database: the rows of its Parquet file (if
@@ -225,6 +238,67 @@ impl Live {
     /// and [`ROW_NO`] besides the data type's own.
     pub fn table(&self, data_type: &str) -> String {
         format!("{}.{}", ident(&self.schema), ident(data_type))
+    }
+
+    /// The quoted table a page of a data type's records is picked from (filtered, counted,
+    /// sorted): one table of the data type's rows with only the fields a query or an ordering
+    /// may name (no lists), [`PART_NO`] and [`ROW_NO`]. Planning a query over the view binds
+    /// every part (30 for the 1,000,000-split company's invoices): 6 to 7 ms of a page's 7,
+    /// where the same query over this table takes 2 to 3 ms in all.
+    ///
+    /// Built by the first request that lists the data type (84 ms for those 159,000
+    /// invoices), in the snapshot's schema (dropped with it), under the company's memory
+    /// limit; until it is built, or if it cannot be (logged), the view is read: same rows.
+    pub fn listing(&self, conn: &Connection, data_type: &crate::model::DataType) -> String {
+        use crate::model::FieldType;
+        let view = self.table(&data_type.name);
+        let table = format!(
+            "{}.{}",
+            ident(&self.schema),
+            ident(&format!("{LISTING_PREFIX}{}", data_type.name))
+        );
+        let set = |state| {
+            self.listings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(data_type.name.clone(), state)
+        };
+        {
+            let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+            match listings.get(&data_type.name) {
+                Some(Listing::Ready) => return table,
+                Some(Listing::Building | Listing::Failed) => return view,
+                None => listings.insert(data_type.name.clone(), Listing::Building),
+            };
+        }
+        let mut columns: Vec<String> = data_type
+            .fields
+            .iter()
+            .filter(|f| {
+                f.ty == FieldType::Object
+                    || f.name == crate::model::ID_FIELD
+                    || (f.filterable && f.ty != FieldType::Array)
+            })
+            .map(|f| ident(&f.name))
+            .collect();
+        columns.extend([MODIFIED_DATE, PART_NO, ROW_NO].map(ident));
+        let started = std::time::Instant::now();
+        let sql = format!(
+            "CREATE TABLE {table} AS SELECT {} FROM {view}",
+            columns.join(", ")
+        );
+        match conn.execute_batch(&sql) {
+            Ok(()) => {
+                tracing::debug!(data_type = %data_type.name, snapshot = %self.snapshot_id, seconds = started.elapsed().as_secs_f64(), "Built a data type's listing table.");
+                set(Listing::Ready);
+                table
+            }
+            Err(e) => {
+                tracing::warn!(data_type = %data_type.name, snapshot = %self.snapshot_id, error = %e, "Could not build a data type's listing table; its listings read its parts.");
+                set(Listing::Failed);
+                view
+            }
+        }
     }
 
     /// The quoted tables of a data type's parts, in the order [`PART_NO`] numbers them.
@@ -831,6 +905,7 @@ impl LiveSet {
             parts,
             db: db.clone(),
             cache: self.cache.join(company),
+            listings: Default::default(),
         });
         self.companies
             .write()
@@ -1380,6 +1455,8 @@ const PARTS_SCHEMA: &str = "parts";
 pub const PART_NO: &str = "_part";
 /// Column of a data type's view: the row's rowid in its part's table.
 pub const ROW_NO: &str = "_row";
+/// Start of a listing table's name in a snapshot's schema (no data type's name starts so).
+const LISTING_PREFIX: &str = "_listing_";
 
 /// Makes each data type's view in `schema`: its parts' tables, read as one.
 fn create_views(
@@ -1909,6 +1986,7 @@ fn load(
             parts,
             db: db.clone(),
             cache,
+            listings: Default::default(),
         },
         (loaded, reused),
         built,

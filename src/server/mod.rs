@@ -22,6 +22,7 @@ pub mod link;
 pub mod listen;
 pub mod openapi;
 pub mod query;
+mod render;
 pub mod secrets;
 pub mod webhooks;
 
