@@ -1281,6 +1281,7 @@ async fn list_records(
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     let parts = live.parts_of(&dt.name);
     let renderer = super::render::Renderer::new(&dt);
+    let (remeasure, company) = (state.live.clone(), id.clone());
     let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<Page> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
@@ -1290,7 +1291,13 @@ async fn list_records(
         // (pages are picked from the data type's listing table, not its view over parts)
         let table = match naive {
             true => table,
-            false => live.listing(conn, &dt),
+            false => {
+                let (listing, built) = live.listing(conn, &dt);
+                if built {
+                    remeasure.remeasure(&company);
+                }
+                listing
+            }
         };
         // The total is counted only when the page cannot tell it: a page that is not full
         // and not past the end ends the results.

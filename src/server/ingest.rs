@@ -105,15 +105,20 @@ pub struct Live {
 }
 
 /// Whether a data type's listing table is there to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Listing {
     /// A request is building it (the others read the view meanwhile).
     Building,
     /// Built: listings read it.
     Ready,
-    /// It could not be built (logged): listings read the view.
-    Failed,
+    /// It could not be built when last tried (logged): listings read the view, and a request
+    /// tries again once [`LISTING_RETRY`] has passed (a build interrupted by its request's
+    /// deadline, or refused while memory was short, may succeed later).
+    Failed(std::time::Instant),
 }
+
+/// How long after a listing table failed to build a request tries again.
+const LISTING_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One part of a data type loaded in a company database: the rows of its Parquet file (if
 /// the snapshot has one for the part) with their content hashes and `modifiedDate`, and the
@@ -249,7 +254,8 @@ impl Live {
     /// Built by the first request that lists the data type (84 ms for those 159,000
     /// invoices), in the snapshot's schema (dropped with it), under the company's memory
     /// limit; until it is built, or if it cannot be (logged), the view is read: same rows.
-    pub fn listing(&self, conn: &Connection, data_type: &crate::model::DataType) -> String {
+    /// Also says whether this call built it (the company's memory is then counted again).
+    pub fn listing(&self, conn: &Connection, data_type: &crate::model::DataType) -> (String, bool) {
         use crate::model::FieldType;
         let view = self.table(&data_type.name);
         let table = format!(
@@ -266,9 +272,12 @@ impl Live {
         {
             let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
             match listings.get(&data_type.name) {
-                Some(Listing::Ready) => return table,
-                Some(Listing::Building | Listing::Failed) => return view,
-                None => listings.insert(data_type.name.clone(), Listing::Building),
+                Some(Listing::Ready) => return (table, false),
+                Some(Listing::Building) => return (view, false),
+                Some(Listing::Failed(at)) if at.elapsed() < LISTING_RETRY => return (view, false),
+                Some(Listing::Failed(_)) | None => {
+                    listings.insert(data_type.name.clone(), Listing::Building)
+                }
             };
         }
         let mut columns: Vec<String> = data_type
@@ -291,12 +300,13 @@ impl Live {
             Ok(()) => {
                 tracing::debug!(data_type = %data_type.name, snapshot = %self.snapshot_id, seconds = started.elapsed().as_secs_f64(), "Built a data type's listing table.");
                 set(Listing::Ready);
-                table
+                (table, true)
             }
             Err(e) => {
                 tracing::warn!(data_type = %data_type.name, snapshot = %self.snapshot_id, error = %e, "Could not build a data type's listing table; its listings read its parts.");
-                set(Listing::Failed);
-                view
+                // (a partly built table is not left behind: CREATE TABLE AS is one statement)
+                set(Listing::Failed(std::time::Instant::now()));
+                (view, false)
             }
         }
     }
@@ -515,6 +525,19 @@ impl LiveSet {
                     used: std::time::Instant::now(),
                 },
             );
+    }
+
+    /// Counts again what a company's database holds (after a listing table was built in it).
+    pub fn remeasure(&self, company: &str) {
+        let db = self
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(company)
+            .cloned();
+        if let Some(db) = db {
+            self.measure(company, &db);
+        }
     }
 
     /// What the companies in memory hold together (bytes), and how many they are.
