@@ -2018,7 +2018,12 @@ fn load(
 
 #[cfg(test)]
 mod tests {
-    use super::{Connection, PARTS_SCHEMA, PartTable, on_connections, on_the_server};
+    use super::{
+        Connection, Live, MODIFIED_DATE, PART_NO, PARTS_SCHEMA, PartTable, ROW_NO, on_connections,
+        on_the_server, publish_views,
+    };
+    use std::collections::HashMap;
+    use std::path::PathBuf;
     use std::sync::{Arc, Mutex};
 
     fn part_tables(db: &Arc<Mutex<Connection>>) -> i64 {
@@ -2030,6 +2035,122 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap()
+    }
+
+    /// A part table of invoices with the model's columns and `n` rows (ids from `first`).
+    fn invoice_part(db: &Arc<Mutex<Connection>>, part: &str, first: i64, n: i64) -> PartTable {
+        let model = crate::model::DataModel::embedded();
+        let dt = model.get("invoices").unwrap();
+        let mut columns: Vec<String> = dt
+            .fields
+            .iter()
+            .map(|f| format!("\"{}\" {}", f.name, f.duckdb_type()))
+            .collect();
+        columns.push(format!("\"{MODIFIED_DATE}\" TIMESTAMP"));
+        let mut t = PartTable::scratch(db);
+        t.part = part.to_owned();
+        t.rows = n as u64;
+        db.lock()
+            .unwrap()
+            .execute_batch(&format!(
+                "CREATE TABLE {0} ({1});
+                 INSERT INTO {0} (\"id\", \"status\", \"issueDate\", \"lineItems\", \"{MODIFIED_DATE}\")
+                 SELECT (i)::VARCHAR, CASE WHEN i % 3 = 0 THEN 'Paid' ELSE 'Submitted' END,
+                        DATE '2025-01-01' + (i % 90)::INTEGER, [], TIMESTAMP '2026-01-01'
+                 FROM range({first}, {first} + {n}) r(i);",
+                t.table,
+                columns.join(", ")
+            ))
+            .unwrap();
+        t
+    }
+
+    #[test]
+    fn a_listing_table_is_built_once_with_the_views_rows_and_a_failed_one_leaves_the_view() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("CREATE SCHEMA {PARTS_SCHEMA}"))
+            .unwrap();
+        let db = Arc::new(Mutex::new(conn));
+        let parts: HashMap<String, Vec<Arc<PartTable>>> = HashMap::from([(
+            "invoices".to_owned(),
+            vec![
+                Arc::new(invoice_part(&db, "n000000", 0, 700)),
+                Arc::new(invoice_part(&db, "n000001", 16384, 500)),
+            ],
+        )]);
+        let schema = "s_listing_test".to_owned();
+        let q = |sql: &str| {
+            db.lock()
+                .unwrap()
+                .execute_batch(sql)
+                .map_err(|e| e.to_string())
+        };
+        publish_views(&q, &schema, &parts).unwrap();
+        let live = Live {
+            snapshot_id: "20260101T000000000Z-00000000".into(),
+            manifest: serde_json::from_str(include_str!("../../fixtures/snapshot/manifest.json"))
+                .unwrap(),
+            went_live_at: "2026-01-01T00:00:00Z".into(),
+            records: Default::default(),
+            changes: Default::default(),
+            schema,
+            parts,
+            db: db.clone(),
+            cache: PathBuf::new(),
+            listings: Default::default(),
+        };
+        let model = crate::model::DataModel::embedded();
+        let invoices = model.get("invoices").unwrap();
+        let conn = live.connection().unwrap();
+        let (table, built) = live.listing(&conn, invoices);
+        assert!(built && table.contains("_listing_invoices"), "{table}");
+        assert_eq!(live.listing(&conn, invoices), (table.clone(), false));
+        // the view's rows, each with its part and rowid, and no lists
+        let view = live.table("invoices");
+        let cols = format!("\"id\", \"status\", \"issueDate\", {PART_NO}, {ROW_NO}");
+        let differ: i64 = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM ((SELECT {cols} FROM {view} EXCEPT ALL SELECT {cols} FROM {table})
+                     UNION ALL (SELECT {cols} FROM {table} EXCEPT ALL SELECT {cols} FROM {view}))"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let rows: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((differ, rows), (0, 1200));
+        let lists: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM duckdb_columns() WHERE table_name = '_listing_invoices' AND column_name = 'lineItems'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(lists, 0);
+        // a data type whose listing cannot be built (here: no view) is read from its view,
+        // and not tried again at once
+        let bills = model.get("bills").unwrap();
+        assert_eq!(live.listing(&conn, bills), (live.table("bills"), false));
+        assert!(matches!(
+            live.listings.lock().unwrap().get("bills"),
+            Some(super::Listing::Failed(_))
+        ));
+        assert_eq!(live.listing(&conn, bills), (live.table("bills"), false));
+        drop(conn);
+        drop(live);
+        let schemas: i64 = db
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 's_listing_test'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(schemas, 0, "the listing table is dropped with its snapshot");
     }
 
     #[test]
