@@ -126,6 +126,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Keeps at most `bytes` of answers given (see [`Answers`]): part of the server's memory
+    /// limit when it has one.
+    pub fn keep_answers(&mut self, bytes: usize) {
+        self.answers = Answers::holding(bytes);
+    }
+
     /// Asks the ingest loop to look at `company`'s store now (and at no other company).
     pub fn wake_for(&self, company: &str) {
         self.woken
@@ -1488,24 +1494,39 @@ type Counts = Remembered<u64>;
 /// query, page) and the answering snapshot, compared exactly; the oldest answers go first once
 /// they hold [`ANSWER_BYTES`]. Answers of a snapshot no longer live are no longer asked for
 /// (a request names the live snapshot, or an older one explicitly) and age out.
-#[derive(Default)]
 struct Answers(Mutex<AnswersInner>);
+
+impl Default for Answers {
+    fn default() -> Self {
+        Answers::holding(ANSWER_BYTES)
+    }
+}
 
 #[derive(Default)]
 struct AnswersInner {
     by_key: HashMap<String, bytes::Bytes>,
     order: std::collections::VecDeque<String>,
     bytes: usize,
+    /// What it holds at most, in bytes of answers.
+    capacity: usize,
     /// Requests answered from here.
     hits: u64,
 }
 
-/// What [`Answers`] holds at most, in bytes of answers.
-const ANSWER_BYTES: usize = 64 << 20;
+/// What the answers kept hold at most, in bytes, without a memory limit (with one, see
+/// [`AppState::keep_answers`]).
+pub const ANSWER_BYTES: usize = 64 << 20;
 /// Answers larger than this are not kept (a page of 5,000 records).
 const ANSWER_MAX: usize = 1 << 20;
 
 impl Answers {
+    fn holding(capacity: usize) -> Self {
+        Answers(Mutex::new(AnswersInner {
+            capacity,
+            ..Default::default()
+        }))
+    }
+
     fn key(snapshot: &str, uri: &axum::http::Uri) -> String {
         format!("{snapshot}\n{}?{}", uri.path(), uri.query().unwrap_or(""))
     }
@@ -1534,7 +1555,7 @@ impl Answers {
         }
         inner.order.push_back(key);
         inner.bytes += size;
-        while inner.bytes > ANSWER_BYTES {
+        while inner.bytes > inner.capacity {
             let Some(old) = inner.order.pop_front() else {
                 break;
             };
@@ -1542,6 +1563,23 @@ impl Answers {
                 inner.bytes -= gone.len();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answers;
+
+    #[test]
+    fn answers_kept_stay_within_their_bytes_the_oldest_going_first() {
+        let answers = Answers::holding(10);
+        answers.put("a".into(), bytes::Bytes::from_static(b"123456"));
+        answers.put("b".into(), bytes::Bytes::from_static(b"1234"));
+        assert!(answers.get("a").is_some() && answers.get("b").is_some());
+        answers.put("c".into(), bytes::Bytes::from_static(b"12"));
+        assert!(answers.get("a").is_none(), "the oldest goes first");
+        assert!(answers.get("b").is_some() && answers.get("c").is_some());
+        assert_eq!(answers.figures().1, 6);
     }
 }
 

@@ -698,6 +698,11 @@ pub(crate) fn emit(
     }
 }
 
+/// What the answers kept may hold under a memory limit of `limit` bytes.
+fn answer_bytes(limit: u64) -> u64 {
+    (api::ANSWER_BYTES as u64).min(limit / 16)
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
@@ -709,11 +714,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let mut live = ingest::LiveSet::new(&options.state_dir, DataModel::embedded());
     live.limits = options.company_limits.clone();
     if let Some(limit) = options.memory_limit {
-        // The companies' data is kept to three quarters of the limit: the rest is for loads
-        // and queries at work and the allocator's slack. One company's database may use at
-        // most an eighth of the limit (beyond, it spills to disk), so that four loads at
-        // once stay within it.
-        live.budget = Some(limit / 4 * 3);
+        // The companies' data is kept to three quarters of the limit, less the answers kept
+        // (64 MiB, or a sixteenth of the limit if that is less): the rest is for loads and
+        // queries at work and the allocator's slack. One company's database may use at most
+        // an eighth of the limit (beyond, it spills to disk), so that four loads at once
+        // stay within it.
+        live.budget = Some(limit / 4 * 3 - answer_bytes(limit));
         let eighth = limit / 8;
         if parse_bytes(&live.limits.memory).is_ok_and(|m| m > eighth) {
             live.limits.memory = format!("{}MB", (eighth >> 20).max(64));
@@ -741,6 +747,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         )),
     );
     state.naive = options.naive;
+    if let Some(limit) = options.memory_limit {
+        state.keep_answers(answer_bytes(limit) as usize);
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {
