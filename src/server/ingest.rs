@@ -529,15 +529,18 @@ impl LiveSet {
 
     /// Counts again what a company's database holds (after a listing table was built in it).
     pub fn remeasure(&self, company: &str) {
-        let db = self
-            .databases
+        if let Some(db) = self.database_in_memory(company) {
+            self.measure(company, &db);
+        }
+    }
+
+    /// A company's database, if it is in memory.
+    fn database_in_memory(&self, company: &str) -> Option<Arc<Mutex<Connection>>> {
+        self.databases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(company)
-            .cloned();
-        if let Some(db) = db {
-            self.measure(company, &db);
-        }
+            .cloned()
     }
 
     /// What the companies in memory hold together (bytes), and how many they are.
@@ -997,13 +1000,7 @@ impl LiveSet {
     /// Compacts a taken-back company's database (see [`LiveSet::compact`]), after its
     /// request is answered: taking back waits for no checkpoint.
     pub fn compact_company(&self, company: &str) {
-        let db = self
-            .databases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(company)
-            .cloned();
-        if let Some(db) = db {
+        if let Some(db) = self.database_in_memory(company) {
             self.compact(company, &db);
         }
     }
