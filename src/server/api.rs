@@ -1322,8 +1322,7 @@ async fn list_records(
             let sql = format!("SELECT {record} FROM {table} {where_sql} ORDER BY {order} LIMIT {page_size} OFFSET {offset}");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params_ref.as_slice(), |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-            // (parsed and written again: compact JSON whatever DuckDB wrote, keys in order)
-            let rows: Vec<Vec<u8>> = rows.iter().map(|r| serde_json::to_vec(&serde_json::from_str::<Value>(r).unwrap_or(Value::Null)).unwrap_or_default()).collect();
+            let rows: Vec<Vec<u8>> = rows.iter().map(|r| compact_json(r).unwrap_or_else(|_| b"null".to_vec())).collect();
             return Ok((total(rows.len())?, Ok(rows), None));
         }
         // The page's rows first (a sort of row numbers only), then the JSON of just those rows:
@@ -1365,12 +1364,9 @@ async fn list_records(
             let (Some(p), Some(r)) = (batch.column(0).as_primitive_opt::<arrow::datatypes::Int64Type>(), batch.column(1).as_primitive_opt::<arrow::datatypes::Int64Type>()) else {
                 return Ok((total, Err(format!("a page's rows came back as {} and {}", batch.column(0).data_type(), batch.column(1).data_type())), None));
             };
-            for i in 0..batch.num_rows() {
-                let mut json = Vec::with_capacity(2048);
-                if let Err(e) = renderer.write(&batch, i, &mut json) {
-                    return Ok((total, Err(e), None));
-                }
-                by_row.insert((p.value(i), r.value(i)), json);
+            match renderer.write_all(&batch) {
+                Ok(written) => by_row.extend(written.into_iter().enumerate().map(|(i, json)| ((p.value(i), r.value(i)), json))),
+                Err(e) => return Ok((total, Err(e), None)),
             }
         }
         Ok((total, Ok(rows.iter().filter_map(|k| by_row.remove(k)).collect()), last))
@@ -1445,6 +1441,14 @@ fn page_body(
     body
 }
 
+/// JSON DuckDB rendered (the naive peer), parsed and written again: compact, keys in
+/// serde_json's order, as the server's own writer gives them.
+fn compact_json(text: &str) -> Result<Vec<u8>, String> {
+    serde_json::from_str::<Value>(text)
+        .and_then(|v| serde_json::to_vec(&v))
+        .map_err(|e| e.to_string())
+}
+
 /// The columns a served record is written from ([`super::render`]): every model field and
 /// `modifiedDate`, quoted.
 fn record_columns(dt: &crate::model::DataType) -> String {
@@ -1492,7 +1496,7 @@ type Counts = Remembered<u64>;
 /// request to the same snapshot has the same answer (its ETag says so too). Asked again, it is
 /// sent from here without a query. Keyed by the whole URL (company, data type, record or
 /// query, page) and the answering snapshot, compared exactly; the oldest answers go first once
-/// they hold [`ANSWER_BYTES`]. Answers of a snapshot no longer live are no longer asked for
+/// they hold their capacity ([`ANSWER_BYTES`], less under a small memory limit). Answers of a snapshot no longer live are no longer asked for
 /// (a request names the live snapshot, or an older one explicitly) and age out.
 struct Answers(Mutex<AnswersInner>);
 
@@ -1766,12 +1770,7 @@ async fn get_record(
                     let sql = format!("SELECT {} FROM {table} WHERE \"id\" = ?", record_json(&dt));
                     return match conn.query_row(&sql, [&record_id_owned], |r| r.get::<_, String>(0))
                     {
-                        // (parsed and written again: compact JSON whatever DuckDB wrote)
-                        Ok(row) => Ok(Some(
-                            serde_json::from_str::<Value>(&row)
-                                .and_then(|v| serde_json::to_vec(&v))
-                                .map_err(|e| e.to_string()),
-                        )),
+                        Ok(row) => Ok(Some(compact_json(&row))),
                         Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
                         Err(e) => Err(e),
                     };

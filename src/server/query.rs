@@ -56,6 +56,16 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether a query or an ordering may name top-level field `f` (itself, or a field inside
+/// it): a filterable scalar, or an object. Lists never. What [`column`] accepts at the top.
+pub fn nameable(f: &Field) -> bool {
+    match f.ty {
+        FieldType::Object => true,
+        FieldType::Array => false,
+        _ => f.filterable,
+    }
+}
+
 /// Resolves a dot path against the data type's fields: top-level fields must be filterable;
 /// inside an object any scalar field may be named.
 pub fn column(data_type: &DataType, path: &str) -> Result<Column, QueryError> {

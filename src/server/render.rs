@@ -99,6 +99,18 @@ impl Renderer {
     }
 }
 
+impl Renderer {
+    /// Every row of `batch` as the JSON object served, in order.
+    pub fn write_all(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
+        (0..batch.num_rows())
+            .map(|row| {
+                let mut out = Vec::with_capacity(2048);
+                self.write(batch, row, &mut out).map(|()| out)
+            })
+            .collect()
+    }
+}
+
 fn write_str(text: &str, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
 }
@@ -331,23 +343,9 @@ mod tests {
                 .random_range(-9_000_000_000i64..9_000_000_000)
                 .to_string(),
             FieldType::Boolean => rng.random_bool(0.5).to_string(),
-            FieldType::Money => {
-                let cents: i64 = rng.random_range(-10_000_000_000..10_000_000_000);
-                format!(
-                    "{}{}.{:02}",
-                    if cents < 0 { "-" } else { "" },
-                    cents.abs() / 100,
-                    cents.abs() % 100
-                )
-            }
+            FieldType::Money => fixed(rng.random_range(-10_000_000_000..10_000_000_000), 2),
             FieldType::Decimal => {
-                let v: i64 = rng.random_range(-10_000_000_000_000..10_000_000_000_000);
-                format!(
-                    "{}{}.{:06}",
-                    if v < 0 { "-" } else { "" },
-                    v.abs() / 1_000_000,
-                    v.abs() % 1_000_000
-                )
+                fixed(rng.random_range(-10_000_000_000_000..10_000_000_000_000), 6)
             }
             FieldType::Date => format!("DATE '{}'", date(rng)),
             FieldType::Datetime => format!(
@@ -376,6 +374,14 @@ mod tests {
                 format!("[{}]", items.join(", "))
             }
         }
+    }
+
+    /// `v × 10^-places` as a SQL decimal literal (`-12.05`).
+    fn fixed(v: i64, places: u32) -> String {
+        let unit = 10i64.pow(places);
+        let sign = if v < 0 { "-" } else { "" };
+        let (whole, fraction) = (v.abs() / unit, v.abs() % unit);
+        format!("{sign}{whole}.{fraction:0width$}", width = places as usize)
     }
 
     fn date(rng: &mut ChaCha8Rng) -> String {
