@@ -11,6 +11,16 @@ use crate::staging::{GENERATION_TABLE, ident};
 
 /// Memory DuckDB may use for the rules; above it, it spills to the temp directory.
 const MEMORY_LIMIT: &str = "500MB";
+/// DuckDB's allocator gives freed memory back to the system after a task whose peak
+/// passed this. Its default (128 MiB) is passed by nearly every statement over a large
+/// company, and the pages given back are faulted in and zeroed again by the next one:
+/// above [`MEMORY_LIMIT`], nothing is given back before the workspace closes (paired runs
+/// of `connector rules run`: README, Normalisation).
+const ALLOCATOR_FLUSH_THRESHOLD: &str = "2GB";
+/// Catalogue of an in-memory workspace: attached with compression, as a database file's
+/// tables are (DuckDB keeps a plain in-memory database's tables uncompressed), so that the
+/// working tables spill less past [`MEMORY_LIMIT`].
+const IN_MEMORY_CATALOGUE: &str = "workspace";
 /// Schema of the rules' working tables, dropped once the rules have run.
 pub const WORK_SCHEMA: &str = "work";
 /// Catalogue under which the rules see the Sage tables (`sage.AUDIT_HEADER`).
@@ -81,10 +91,18 @@ impl Workspace {
                     detail: e.to_string(),
                 })?
             }
-            None => Connection::open_in_memory().map_err(duck("opening DuckDB"))?,
+            None => {
+                let conn = Connection::open_in_memory().map_err(duck("opening DuckDB"))?;
+                conn.execute_batch(&format!(
+                    "ATTACH ':memory:' AS {IN_MEMORY_CATALOGUE} (COMPRESS); USE {IN_MEMORY_CATALOGUE};"
+                ))
+                .map_err(duck("creating the compressed in-memory workspace"))?;
+                conn
+            }
         };
         conn.execute_batch(&format!(
             "SET memory_limit = '{MEMORY_LIMIT}';
+             SET allocator_flush_threshold = '{ALLOCATOR_FLUSH_THRESHOLD}';
              SET temp_directory = {};
              SET preserve_insertion_order = false;
              CREATE SCHEMA {WORK_SCHEMA};",

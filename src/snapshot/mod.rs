@@ -316,12 +316,22 @@ fn write_into(
     type Parts = Result<Vec<parquet_file::Written>, SnapshotError>;
     let results: Vec<std::sync::Mutex<Option<Parts>>> =
         order.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    // (a clone starts in the database's default catalogue: it is told the one in use, where
+    // the rules' in-memory workspace keeps its tables)
+    let clone_err = |e: duckdb::Error| SnapshotError::Query {
+        what: "a second connection for the export".into(),
+        detail: e.to_string(),
+    };
+    let catalogue: String = conn
+        .query_row("SELECT current_database()", [], |r| r.get(0))
+        .map_err(clone_err)?;
     let mut conns = Vec::new();
     for _ in 0..EXPORT_THREADS {
-        conns.push(conn.try_clone().map_err(|e| SnapshotError::Query {
-            what: "a second connection for the export".into(),
-            detail: e.to_string(),
-        })?);
+        let clone = conn.try_clone().map_err(clone_err)?;
+        clone
+            .execute_batch(&format!("USE {}", crate::staging::ident(&catalogue)))
+            .map_err(clone_err)?;
+        conns.push(clone);
     }
     std::thread::scope(|scope| {
         for worker in conns {
