@@ -11,9 +11,9 @@ use crate::staging::{GENERATION_TABLE, ident};
 
 /// Memory DuckDB may use for the rules; above it, it spills to the temp directory. The
 /// process's peak is this plus what DuckDB does not count (list aggregates' states, the
-/// allocator's slack): 640 MB gives about 775 MB on the 1,000,000-split company, under the
-/// 1 GB the rules may take, and spills less than 500 MB did (paired runs: README,
-/// Normalisation).
+/// allocator's slack): with 640 MB, 770 to 800 MB on the 1,000,000-split company and about
+/// 945 MB on the 5,000,000-split one, under the 1 GB the rules may take; it spills less than
+/// 500 MB did (paired runs: README, Normalisation).
 const MEMORY_LIMIT: &str = "640MB";
 /// DuckDB's allocator gives freed memory back to the system after a task whose peak
 /// passed this. Its default (128 MiB) is passed by nearly every statement over a large
