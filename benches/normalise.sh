@@ -36,8 +36,7 @@ done
 if [ "$BIG_SPLITS" != 0 ]; then
   echo "the $BIG_SPLITS-split company: extract, then rules and checks (once)" >&2
   CS_BIG=$(company "$BIG_SPLITS")
-  "$BIN/connector" extract --odbc "$CS_BIG" --staging "$OUT/staging-normalise-big.duckdb" > /dev/null 2> "$OUT/extract-big.log" || {
-    echo "extracting the $BIG_SPLITS-split company failed:" >&2; tail -20 "$OUT/extract-big.log" >&2; exit 1; }
+  measure extract_big "$BIN/connector" extract --odbc "$CS_BIG" --staging "$OUT/staging-normalise-big.duckdb"
   measure rules_big "$BIN/connector" rules run --staging "$OUT/staging-normalise-big.duckdb"
 fi
 

@@ -9,10 +9,9 @@ use connector::publish::StoreConfig;
 use connector::server::{self, ServeOptions};
 
 /// jemalloc, unprefixed: it replaces malloc for the whole process, DuckDB's C++ included.
-/// Under 64 connections of requests by id (the API benchmark's (b)), a profile put about a
-/// third of the server's CPU in glibc's malloc and free (`_int_malloc`,
-/// `malloc_consolidate`); with jemalloc the same load is served faster (README, API
-/// benchmark). Linux only: Windows and macOS keep their system allocators.
+/// Under 64 connections of requests by id (the API benchmark's (b)), a profile put 27% of
+/// the server's CPU in glibc's malloc and free (`_int_malloc`, `malloc_consolidate`, …);
+/// with jemalloc the same load is served faster (README, API benchmark). Linux only: Windows and macOS keep their system allocators.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
