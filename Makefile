@@ -29,7 +29,10 @@ PG_DIR ?= /var/tmp/connector-test-pg
 # A real S3-compatible server process on loopback (moto's server), and pyarrow to read the
 # published Parquet as a stranger would: both from PyPI into a virtualenv in the cache.
 VENV ?= $(CACHE)/venv
-PY_PACKAGES := "moto[server]>=5.1,<6" "pyarrow>=15" \
+# moto pinned: 5.2.6 (2026-12) answers 403 to a read-only key's HEAD and multipart listing,
+# which its IAM policy allows (store_credentials tests), where 5.2.5 does not.
+MOTO_VERSION := 5.2.5
+PY_PACKAGES := "moto[server]==$(MOTO_VERSION)" "pyarrow>=15" \
 	"schemathesis==4.32.5" "openapi-python-client==0.29.1" "openapi-spec-validator==0.9.0"
 S3_DIR ?= /var/tmp/connector-test-s3
 export CONNECTOR_TEST_S3_PORT ?= 54330
@@ -63,7 +66,8 @@ deps:
 
 venv:
 	@if [ ! -x "$(VENV)/bin/moto_server" ] || [ ! -x "$(VENV)/bin/schemathesis" ] || [ ! -x "$(VENV)/bin/openapi-python-client" ] \
-	  || ! "$(VENV)/bin/python" -c "import pyarrow" 2>/dev/null; then \
+	  || ! "$(VENV)/bin/python" -c "import pyarrow" 2>/dev/null \
+	  || ! "$(VENV)/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '$(MOTO_VERSION)')" 2>/dev/null; then \
 	  echo "Installing the test S3 server, pyarrow and the API client tools into $(VENV)"; \
 	  python3 -m venv "$(VENV)" && "$(VENV)/bin/pip" install -q --disable-pip-version-check $(PY_PACKAGES); \
 	fi
