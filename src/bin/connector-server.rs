@@ -148,9 +148,22 @@ struct ServeArgs {
     /// local disk on their next request. Default: no limit.
     #[arg(long, value_parser = server::parse_bytes)]
     memory_limit: Option<u64>,
+    /// What the data types' rows kept in memory to answer pages and records from (without a
+    /// query to DuckDB) may hold together (`1GB`, `256MB`, bytes; 0: every answer is read
+    /// from DuckDB). Default: 1GB, or a sixteenth of --memory-limit, which it counts in.
+    #[arg(long, value_parser = bytes_or_zero)]
+    served_memory: Option<u64>,
     /// Rotate a device credential at check-in once it is this many seconds old.
     #[arg(long, default_value_t = 86_400)]
     rotate_after_secs: i64,
+}
+
+/// A size as `--memory-limit` reads it, or 0.
+fn bytes_or_zero(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        _ => server::parse_bytes(text),
+    }
 }
 
 /// Where an operator command finds the control plane.
@@ -239,6 +252,7 @@ fn main() -> ExitCode {
                 ingest_lease_secs,
                 delivery_lease_secs,
                 memory_limit,
+                served_memory,
                 company_memory_limit,
                 company_threads,
                 keep_deleted_days,
@@ -285,6 +299,7 @@ fn main() -> ExitCode {
                 rotate_after_secs: rotate_after_secs.max(0),
                 connector_silence_secs: connector_silence_secs.max(1),
                 memory_limit,
+                served_memory,
                 leases: server::Leases {
                     ingest_ms: ingest_lease_secs.max(1) * 1000,
                     delivery_ms: delivery_lease_secs.max(1) * 1000,

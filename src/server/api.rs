@@ -83,6 +83,8 @@ pub struct AppState {
     counts: Counts,
     /// Answers already given (see [`Answers`]).
     answers: Answers,
+    /// Data types' rows kept in memory, which answer pages and records without DuckDB.
+    pub served: Arc<super::served::ServedSet>,
     /// The server's public base URL (link URLs, upload grants).
     pub public_url: String,
     /// The connector's loopback port the link page sends browsers to.
@@ -192,6 +194,7 @@ impl AppState {
             page_starts: PageStarts::default(),
             counts: Counts::default(),
             answers: Answers::default(),
+            served: Default::default(),
         }
     }
 
@@ -394,6 +397,8 @@ pub struct Metrics {
     pub snapshots_live: AtomicU64,
     /// Snapshots refused at ingest.
     pub snapshots_failed: AtomicU64,
+    /// Data requests answered from rows in memory.
+    pub from_memory: AtomicU64,
 }
 
 /// Default of the most companies one client may create (`--max-companies-per-client`).
@@ -1143,6 +1148,14 @@ fn snapshot_for(state: &AppState, company: &str, wanted: Option<&str>) -> ApiRes
     }
 }
 
+/// Whether `live` is the snapshot `company` serves now (not an older one a request named).
+fn is_newest(state: &AppState, company: &str, live: &Live) -> bool {
+    state
+        .live
+        .live(company)
+        .is_some_and(|now| now.snapshot_id == live.snapshot_id)
+}
+
 fn data_type<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a crate::model::DataType> {
     state.model.get(name).ok_or_else(|| {
         let names: Vec<&str> = state.model.types.iter().map(|t| t.name.as_str()).collect();
@@ -1284,11 +1297,52 @@ async fn list_records(
         false => state.counts.get(&counted, 0),
         true => None,
     };
-    let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
-    let parts = live.parts_of(&dt.name);
     let renderer = super::render::Renderer::new(&dt);
-    let (remeasure, company) = (state.live.clone(), id.clone());
-    let (total, rows, last) = state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<Page> {
+    // From the data type's rows in memory when they are there, else from DuckDB.
+    let served = match naive {
+        true => None,
+        false => state
+            .served
+            .get(&id, &live, &dt, is_newest(&state, &id, &live)),
+    };
+    let from_memory = match served {
+        Some(served) => {
+            let (filter, ordering, renderer, live) = (
+                filter.clone(),
+                ordering.clone(),
+                renderer.clone(),
+                live.clone(),
+            );
+            let offset = (page - 1) * page_size;
+            state
+                .limits
+                .run_in_memory(&client.id, move || {
+                    crate::failpoint::hit("api-page");
+                    let _keep = &live;
+                    let (total, picked) =
+                        served.page(&filter, &ordering, offset, page_size, known_total)?;
+                    let rows = picked.into_iter().map(|row| {
+                        let mut json = Vec::with_capacity(2048);
+                        renderer
+                            .write(served.batch(), row, &mut json)
+                            .map(|()| json)
+                    });
+                    Some((total, rows.collect::<Result<Vec<_>, String>>()))
+                })
+                .await?
+        }
+        None => None,
+    };
+    let (total, rows, last) = match from_memory {
+        Some((total, rows)) => {
+            state.metrics.from_memory.fetch_add(1, Ordering::Relaxed);
+            (total, rows, None)
+        }
+        None => {
+            let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
+            let parts = live.parts_of(&dt.name);
+            let (remeasure, company) = (state.live.clone(), id.clone());
+            state.limits.run(&client.id, conn, move |conn| -> duckdb::Result<Page> {
         // (a test holds a request here while newer snapshots go live)
         crate::failpoint::hit("api-page");
         let _keep = &live; // the snapshot stays loaded until the answer is read
@@ -1336,7 +1390,7 @@ async fn list_records(
         let page_params: Vec<&dyn duckdb::ToSql> = filter.params.iter().chain(keyset_params.iter()).map(|p| p as &dyn duckdb::ToSql).collect();
         // (a data type is a view over its parts: each row says its part and its rowid there)
         let (part_no, row_no) = (quote(super::ingest::PART_NO), quote(super::ingest::ROW_NO));
-        let record = record_columns(&dt);
+        let record = super::served::columns(&dt);
         let mut stmt = conn.prepare(&format!("SELECT {part_no}, {row_no}, {order_value}, \"id\" FROM {table} {page_where} ORDER BY {order} LIMIT {page_size} OFFSET {skip}"))?;
         let picked: Vec<(i64, i64, Option<String>, String)> = stmt.query_map(page_params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         let last = picked.last().map(|(_, _, value, id)| query::After { value: value.clone(), id: id.clone() });
@@ -1372,7 +1426,9 @@ async fn list_records(
         Ok((total, Ok(rows.iter().filter_map(|k| by_row.remove(k)).collect()), last))
     })
     .await?
-    .map_err(refused)?;
+    .map_err(refused)?
+        }
+    };
     let rows = rows.map_err(ApiError::internal)?;
     if let Some(last) = last.filter(|_| rows.len() as u64 == page_size) {
         state.page_starts.put(&listing, page + 1, last);
@@ -1447,18 +1503,6 @@ fn compact_json(text: &str) -> Result<Vec<u8>, String> {
     serde_json::from_str::<Value>(text)
         .and_then(|v| serde_json::to_vec(&v))
         .map_err(|e| e.to_string())
-}
-
-/// The columns a served record is written from ([`super::render`]): every model field and
-/// `modifiedDate`, quoted.
-fn record_columns(dt: &crate::model::DataType) -> String {
-    dt.fields
-        .iter()
-        .map(|f| f.name.as_str())
-        .chain([query::MODIFIED_DATE])
-        .map(quote)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Where a request reads a data type: a connection and a table expression. Normally the
@@ -1746,8 +1790,27 @@ async fn get_record(
     if let Some(body) = state.answers.get(&answer_key).filter(|_| !naive) {
         return Ok(cache.answer_bytes(body));
     }
-    let record_id_owned = record_id.clone();
     let renderer = super::render::Renderer::new(&dt);
+    let served = match naive {
+        true => None,
+        false => state
+            .served
+            .get(&id, &live, &dt, is_newest(&state, &id, &live)),
+    };
+    if let Some(served) = served {
+        let row = served.row_of(&record_id).ok_or_else(|| {
+            ApiError::not_found(format!("{dt_name} record {record_id:?} not found"))
+        })?;
+        let mut json = Vec::with_capacity(4096);
+        renderer
+            .write(served.batch(), row, &mut json)
+            .map_err(ApiError::internal)?;
+        state.metrics.from_memory.fetch_add(1, Ordering::Relaxed);
+        let body = bytes::Bytes::from(json);
+        state.answers.put(answer_key, body.clone());
+        return Ok(cache.answer_bytes(body));
+    }
+    let record_id_owned = record_id.clone();
     let (conn, table) = source(naive, &live, &dt.name).map_err(ApiError::internal)?;
     // the table of the part that can hold it (a record is only in the part its id gives)
     let table = match naive {
@@ -1777,7 +1840,7 @@ async fn get_record(
                 }
                 let sql = format!(
                     "SELECT {} FROM {table} WHERE \"id\" = ?",
-                    record_columns(&dt)
+                    super::served::columns(&dt)
                 );
                 let mut stmt = conn.prepare(&sql)?;
                 for batch in stmt.query_arrow([&record_id_owned])? {
@@ -1864,7 +1927,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
          connector_answers_repeated_total {}\n\
          # HELP connector_answers_kept_bytes Bytes of answers kept to answer the same request again.\n\
          # TYPE connector_answers_kept_bytes gauge\n\
-         connector_answers_kept_bytes {}\n",
+         connector_answers_kept_bytes {}\n\
+         # HELP connector_answers_from_memory_total Data requests answered from rows kept in memory, without a query to DuckDB.\n\
+         # TYPE connector_answers_from_memory_total counter\n\
+         connector_answers_from_memory_total {}\n\
+         # HELP connector_rows_in_memory_bytes Bytes of data types' rows kept in memory to answer from.\n\
+         # TYPE connector_rows_in_memory_bytes gauge\n\
+         connector_rows_in_memory_bytes {}\n",
         m.requests_2xx.load(Ordering::Relaxed),
         m.requests_4xx.load(Ordering::Relaxed),
         m.requests_5xx.load(Ordering::Relaxed),
@@ -1879,6 +1948,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         state.live.parts_reused.load(Ordering::Relaxed),
         answers.0,
         answers.1,
+        m.from_memory.load(Ordering::Relaxed),
+        state.served.bytes(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Default deadline of one data request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,14 +101,12 @@ impl QueryLimits {
             .clone()
     }
 
-    /// Runs `work` on `conn` on a blocking thread, for `key`, within the limits.
-    pub async fn run<T: Send + 'static>(
+    /// A place for `key` and one in all, waited for until `deadline`.
+    async fn places(
         &self,
         key: &str,
-        conn: duckdb::Connection,
-        work: impl FnOnce(&duckdb::Connection) -> duckdb::Result<T> + Send + 'static,
-    ) -> Result<duckdb::Result<T>, Refusal> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        deadline: tokio::time::Instant,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Refusal> {
         let slot = tokio::time::timeout_at(deadline, self.key_places(key).acquire_owned())
             .await
             .map_err(|_| Refusal::KeyBusy {
@@ -119,6 +117,41 @@ impl QueryLimits {
             .await
             .map_err(|_| Refusal::ServerBusy)?
             .map_err(|_| Refusal::ServerBusy)?;
+        Ok((slot, permit))
+    }
+
+    /// Runs `work` (no DuckDB in it: rows in memory) on a blocking thread, for `key`, within
+    /// the same places as queries. Past the deadline the request is answered 503 and the work
+    /// ends on its own (it is bounded by the rows in memory).
+    pub async fn run_in_memory<T: Send + 'static>(
+        &self,
+        key: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let places = self.places(key, deadline).await?;
+        let task = tokio::task::spawn_blocking(move || {
+            let _places = places;
+            work()
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(Refusal::Panicked(e.to_string())),
+            Err(_) => Err(Refusal::TimedOut {
+                secs: self.timeout.as_secs_f64().ceil() as u64,
+            }),
+        }
+    }
+
+    /// Runs `work` on `conn` on a blocking thread, for `key`, within the limits.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        key: &str,
+        conn: duckdb::Connection,
+        work: impl FnOnce(&duckdb::Connection) -> duckdb::Result<T> + Send + 'static,
+    ) -> Result<duckdb::Result<T>, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (slot, permit) = self.places(key, deadline).await?;
         let mut interrupt = InterruptOnDrop(Some(conn.interrupt_handle()));
         // the places go with the work: given back when DuckDB is done, not when the request is
         let task = tokio::task::spawn_blocking(move || {

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod query;
 mod render;
 pub mod secrets;
+pub mod served;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -94,6 +95,9 @@ pub struct ServeOptions {
     pub leases: Leases,
     /// What all companies' databases may hold in memory together (bytes); None: no limit.
     pub memory_limit: Option<u64>,
+    /// What the rows kept in memory to answer from may hold (bytes); None: the default
+    /// ([`served::SERVED_BYTES`], or a sixteenth of the memory limit).
+    pub served_memory: Option<u64>,
 }
 
 /// How long a node holds what it claimed from a control plane shared with other nodes: a
@@ -703,6 +707,15 @@ fn answer_bytes(limit: u64) -> u64 {
     (api::ANSWER_BYTES as u64).min(limit / 16)
 }
 
+/// What the data types' rows kept in memory to answer from may hold: as set, else 1 GiB or
+/// a sixteenth of the memory limit, whichever is less.
+fn served_bytes(limit: Option<u64>, set: Option<u64>) -> u64 {
+    set.unwrap_or(match limit {
+        Some(limit) => (served::SERVED_BYTES as u64).min(limit / 16),
+        None => served::SERVED_BYTES as u64,
+    })
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let store = Store::open(&options.store)?;
@@ -715,11 +728,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     live.limits = options.company_limits.clone();
     if let Some(limit) = options.memory_limit {
         // The companies' data is kept to three quarters of the limit, less the answers kept
-        // (64 MiB, or a sixteenth of the limit if that is less): the rest is for loads and
+        // (64 MiB, or a sixteenth of the limit if that is less) and the rows kept in memory
+        // to answer from (a sixteenth): the rest is for loads and
         // queries at work and the allocator's slack. One company's database may use at most
         // an eighth of the limit (beyond, it spills to disk), so that four loads at once
         // stay within it.
-        live.budget = Some(limit / 4 * 3 - answer_bytes(limit));
+        live.budget = Some(
+            (limit / 4 * 3)
+                .saturating_sub(answer_bytes(limit))
+                .saturating_sub(served_bytes(options.memory_limit, options.served_memory)),
+        );
         let eighth = limit / 8;
         if parse_bytes(&live.limits.memory).is_ok_and(|m| m > eighth) {
             live.limits.memory = format!("{}MB", (eighth >> 20).max(64));
@@ -750,6 +768,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if let Some(limit) = options.memory_limit {
         state.keep_answers(answer_bytes(limit) as usize);
     }
+    state.served = Arc::new(served::ServedSet::holding(served_bytes(
+        options.memory_limit,
+        options.served_memory,
+    ) as usize));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -31,13 +31,58 @@ pub const MAX_TERMS: usize = 20;
 #[error("{0}")]
 pub struct QueryError(pub String);
 
-/// A WHERE clause and its parameters, in order.
+/// A WHERE clause and its parameters, in order, and the same condition as a tree (what
+/// [`super::served`] evaluates in memory).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Filter {
     /// SQL with `?` placeholders; empty for no filter.
     pub sql: String,
     /// The values, as text (cast in SQL to the field's type).
     pub params: Vec<String>,
+    /// The condition; None for no filter.
+    pub expr: Option<Expr>,
+}
+
+/// A parsed query: comparisons joined by AND and OR (there is no NOT: `!=` is SQL's `IS
+/// DISTINCT FROM`, so a row where a comparison is NULL is simply not matched by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// Every one holds.
+    All(Vec<Expr>),
+    /// At least one holds.
+    Any(Vec<Expr>),
+    /// `path op value`.
+    Compare {
+        /// The field and the fields inside it, as named.
+        path: Vec<String>,
+        /// The field's type.
+        ty: FieldType,
+        /// The operator.
+        op: Op,
+        /// The value as bound in SQL: checked and written the one way its type reads
+        /// (dates `YYYY-MM-DD`, date-times `YYYY-MM-DD HH:MM:SS.ffffff` UTC, decimals as
+        /// given, text lowercased for `~`).
+        value: String,
+    },
+}
+
+/// A comparison's operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `=`
+    Eq,
+    /// `!=`: true where the field is NULL.
+    Ne,
+    /// `~`: the lowercased text holds the (lowercased) value.
+    Contains,
+    /// `>`
+    Gt,
+    /// `<`
+    Lt,
+    /// `>=`
+    Ge,
+    /// `<=`
+    Le,
 }
 
 /// A field a query or an ordering may name: its SQL expression and type.
@@ -45,6 +90,8 @@ pub struct Filter {
 pub struct Column {
     /// Quoted SQL expression (`"issueDate"`, `"customerRef"."id"`).
     pub sql: String,
+    /// The field and the fields inside it, as named (`["customerRef", "id"]`).
+    pub path: Vec<String>,
     /// Its type.
     pub ty: FieldType,
 }
@@ -72,6 +119,7 @@ pub fn column(data_type: &DataType, path: &str) -> Result<Column, QueryError> {
     if path == MODIFIED_DATE {
         return Ok(Column {
             sql: quote(MODIFIED_DATE),
+            path: vec![MODIFIED_DATE.to_owned()],
             ty: FieldType::Datetime,
         });
     }
@@ -118,7 +166,11 @@ pub fn column(data_type: &DataType, path: &str) -> Result<Column, QueryError> {
             "field {path:?} cannot be filtered or sorted on: the filterable fields of {} are listed in /openapi.json",
             data_type.name
         ))),
-        ty => Ok(Column { sql, ty }),
+        ty => Ok(Column {
+            sql,
+            path: path.split('.').map(str::to_owned).collect(),
+            ty,
+        }),
     }
 }
 
@@ -234,33 +286,25 @@ impl Parser<'_> {
         }
     }
 
-    fn or(&mut self, depth: usize) -> Result<String, QueryError> {
+    fn or(&mut self, depth: usize) -> Result<(String, Expr), QueryError> {
         let mut parts = vec![self.and(depth)?];
         while self.peek() == Some(&Token::Or) {
             self.at += 1;
             parts.push(self.and(depth)?);
         }
-        Ok(if parts.len() == 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            format!("({})", parts.join(" OR "))
-        })
+        Ok(joined(parts, " OR ", Expr::Any))
     }
 
-    fn and(&mut self, depth: usize) -> Result<String, QueryError> {
+    fn and(&mut self, depth: usize) -> Result<(String, Expr), QueryError> {
         let mut parts = vec![self.term(depth)?];
         while self.peek() == Some(&Token::And) {
             self.at += 1;
             parts.push(self.term(depth)?);
         }
-        Ok(if parts.len() == 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            format!("({})", parts.join(" AND "))
-        })
+        Ok(joined(parts, " AND ", Expr::All))
     }
 
-    fn term(&mut self, depth: usize) -> Result<String, QueryError> {
+    fn term(&mut self, depth: usize) -> Result<(String, Expr), QueryError> {
         if self.peek() == Some(&Token::Open) {
             if depth >= MAX_DEPTH {
                 return Err(QueryError(format!(
@@ -282,7 +326,7 @@ impl Parser<'_> {
         self.comparison()
     }
 
-    fn comparison(&mut self) -> Result<String, QueryError> {
+    fn comparison(&mut self) -> Result<(String, Expr), QueryError> {
         if self.filter.params.len() >= MAX_TERMS {
             return Err(QueryError(format!(
                 "more than {MAX_TERMS} comparisons, the most one query may hold {}: split it into several requests",
@@ -327,18 +371,56 @@ impl Parser<'_> {
                     "~ (contains) is for text, and {path:?} is not text"
                 )));
             }
-            self.filter.params.push(value.to_lowercase());
-            return Ok(format!("contains(lower({}), ?)", column.sql));
+            let value = value.to_lowercase();
+            self.filter.params.push(value.clone());
+            let expr = Expr::Compare {
+                path: column.path,
+                ty: column.ty,
+                op: Op::Contains,
+                value,
+            };
+            return Ok((format!("contains(lower({}), ?)", column.sql), expr));
         }
         if column.ty == FieldType::Boolean && !matches!(op, "=" | "!=") {
             return Err(QueryError(format!(
                 "{path:?} is true or false: use = or !="
             )));
         }
-        self.filter.params.push(value);
-        let op = if op == "!=" { "IS DISTINCT FROM" } else { op };
-        Ok(format!("{} {op} {placeholder}", column.sql))
+        self.filter.params.push(value.clone());
+        let sql = format!(
+            "{} {} {placeholder}",
+            column.sql,
+            if op == "!=" { "IS DISTINCT FROM" } else { op }
+        );
+        let op = match op {
+            "=" => Op::Eq,
+            "!=" => Op::Ne,
+            ">" => Op::Gt,
+            "<" => Op::Lt,
+            ">=" => Op::Ge,
+            _ => Op::Le,
+        };
+        let expr = Expr::Compare {
+            path: column.path,
+            ty: column.ty,
+            op,
+            value,
+        };
+        Ok((sql, expr))
     }
+}
+
+/// Comparisons or groups joined by AND or OR: the SQL in parentheses, and the tree.
+fn joined(
+    mut parts: Vec<(String, Expr)>,
+    joiner: &str,
+    group: fn(Vec<Expr>) -> Expr,
+) -> (String, Expr) {
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    let (sql, exprs): (Vec<String>, Vec<Expr>) = parts.into_iter().unzip();
+    (format!("({})", sql.join(joiner)), group(exprs))
 }
 
 /// The years a date or date-time in a query may have (what DuckDB's DATE reads back as
@@ -428,7 +510,7 @@ pub fn parse(data_type: &DataType, query: &str) -> Result<Filter, QueryError> {
         data_type,
         filter: Filter::default(),
     };
-    let sql = parser.or(0)?;
+    let (sql, expr) = parser.or(0)?;
     if parser.at < parser.tokens.len() {
         return Err(QueryError(match parser.peek() {
             Some(Token::Close) => format!("unbalanced braces: }} {} has no {{", parser.position()),
@@ -436,6 +518,7 @@ pub fn parse(data_type: &DataType, query: &str) -> Result<Filter, QueryError> {
         }));
     }
     parser.filter.sql = sql;
+    parser.filter.expr = Some(expr);
     Ok(parser.filter)
 }
 
@@ -465,6 +548,7 @@ impl Ordering {
     pub fn parse(data_type: &DataType, spec: Option<&str>) -> Result<Ordering, QueryError> {
         let id = Column {
             sql: quote(crate::model::ID_FIELD),
+            path: vec![crate::model::ID_FIELD.to_owned()],
             ty: FieldType::String,
         };
         let Some(spec) = spec else {
@@ -488,8 +572,19 @@ impl Ordering {
         Ok(Ordering { column, desc })
     }
 
-    fn is_id(&self) -> bool {
+    /// Whether it is by id (the tie-breaker of every other ordering).
+    pub fn is_id(&self) -> bool {
         self.column.sql == quote(crate::model::ID_FIELD)
+    }
+
+    /// The field sorted on.
+    pub fn column(&self) -> &Column {
+        &self.column
+    }
+
+    /// Whether it is descending.
+    pub fn descending(&self) -> bool {
+        self.desc
     }
 
     /// The ORDER BY list: NULLs last, always ending with the id, so pages are stable.
