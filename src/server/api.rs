@@ -1319,15 +1319,17 @@ async fn list_records(
                 .run_in_memory(&client.id, move || {
                     crate::failpoint::hit("api-page");
                     let _keep = &live;
-                    let (total, picked) =
-                        served.page(&filter, &ordering, offset, page_size, known_total)?;
-                    let rows = picked.into_iter().map(|row| {
-                        let mut json = Vec::with_capacity(2048);
-                        renderer
-                            .write(served.batch(), row, &mut json)
-                            .map(|()| json)
+                    let (total, picked) = served.page(&filter, &ordering, offset, page_size)?;
+                    let rows = renderer.columns(served.batch()).and_then(|columns| {
+                        picked
+                            .into_iter()
+                            .map(|row| {
+                                let mut json = Vec::with_capacity(2048);
+                                renderer.write_row(&columns, row, &mut json).map(|()| json)
+                            })
+                            .collect::<Result<Vec<_>, String>>()
                     });
-                    Some((total, rows.collect::<Result<Vec<_>, String>>()))
+                    Some((total, rows))
                 })
                 .await?
         }

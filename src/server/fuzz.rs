@@ -201,8 +201,8 @@ fn query_text(rng: &mut ChaCha8Rng, paths: &[String], typed: &[(String, FieldTyp
     q
 }
 
-/// A DuckDB table with `dt`'s columns and `modifiedDate`: a row of NULLs, a row of values.
-fn table(conn: &duckdb::Connection, dt: &DataType) -> duckdb::Result<()> {
+/// An empty DuckDB table `t` with `dt`'s columns and `modifiedDate`.
+fn empty_table(conn: &duckdb::Connection, dt: &DataType) -> duckdb::Result<()> {
     let mut columns: Vec<String> = dt
         .fields
         .iter()
@@ -210,9 +210,15 @@ fn table(conn: &duckdb::Connection, dt: &DataType) -> duckdb::Result<()> {
         .collect();
     columns.push(format!("\"{}\" TIMESTAMP", query::MODIFIED_DATE));
     conn.execute_batch(&format!(
-        "CREATE OR REPLACE TABLE t ({}); INSERT INTO t DEFAULT VALUES;",
+        "CREATE OR REPLACE TABLE t ({});",
         columns.join(", ")
-    ))?;
+    ))
+}
+
+/// A DuckDB table with `dt`'s columns and `modifiedDate`: a row of NULLs, a row of values.
+fn table(conn: &duckdb::Connection, dt: &DataType) -> duckdb::Result<()> {
+    empty_table(conn, dt)?;
+    conn.execute_batch("INSERT INTO t DEFAULT VALUES;")?;
     // a second row: every scalar column given a value of its type
     let values: Vec<String> = dt
         .fields
@@ -453,17 +459,7 @@ fn fuzz_served(n: usize, seed: u64) -> Result<(usize, usize), String> {
     ];
     for dt in &model.types {
         let ascii = rng.random_bool(0.5);
-        let columns: Vec<String> = dt
-            .fields
-            .iter()
-            .map(|f| format!("\"{}\" {}", f.name, f.duckdb_type()))
-            .chain([format!("\"{}\" TIMESTAMP", query::MODIFIED_DATE)])
-            .collect();
-        conn.execute_batch(&format!(
-            "CREATE OR REPLACE TABLE t ({});",
-            columns.join(", ")
-        ))
-        .map_err(|e| format!("{}: {e}", dt.name))?;
+        empty_table(&conn, dt).map_err(|e| format!("{}: {e}", dt.name))?;
         let rows = rng.random_range(20..=60);
         for r in 0..rows {
             let mut values: Vec<String> = dt
@@ -491,26 +487,38 @@ fn fuzz_served(n: usize, seed: u64) -> Result<(usize, usize), String> {
             .filter_map(|p| query::column(dt, p).ok().map(|c| (p.clone(), c.ty)))
             .collect();
         for _ in 0..per_type {
-            let mut q = String::new();
+            // a query's shape (fields, operators, joiners, braces), then values for it
+            let mut shape = Vec::new();
             for t in 0..rng.random_range(0..=4) {
-                if t > 0 {
-                    q.push_str([" && ", " || "][rng.random_range(0..2)]);
-                }
+                let joiner = if t > 0 {
+                    [" && ", " || "][rng.random_range(0..2)]
+                } else {
+                    ""
+                };
                 let (path, ty) = &typed[rng.random_range(0..typed.len())];
                 let ops: &[&str] = match ty {
                     FieldType::String => &["=", "!=", "~", ">", "<", ">=", "<="],
                     FieldType::Boolean => &["=", "!="],
                     _ => &["=", "!=", ">", "<", ">=", "<="],
                 };
-                let braced = rng.random_bool(0.2);
-                let term = format!(
-                    "{path}{}{}",
-                    ops[rng.random_range(0..ops.len())],
-                    near(&mut rng, *ty)
-                );
-                q.push_str(&if braced { format!("{{{term}}}") } else { term });
+                let op = ops[rng.random_range(0..ops.len())];
+                shape.push((joiner, path, *ty, op, rng.random_bool(0.2)));
             }
+            let valued = |rng: &mut ChaCha8Rng| -> String {
+                let mut q = String::new();
+                for (joiner, path, ty, op, braced) in &shape {
+                    let term = format!("{path}{op}{}", near(rng, *ty));
+                    q.push_str(joiner);
+                    q.push_str(&if *braced { format!("{{{term}}}") } else { term });
+                }
+                q
+            };
+            let q = valued(&mut rng);
+            // the same shape with other values: the same SQL, other parameters
+            let sibling = valued(&mut rng);
             let filter = query::parse(dt, &q).map_err(|e| format!("{}: {q:?}: {e}", dt.name))?;
+            let sibling =
+                query::parse(dt, &sibling).map_err(|e| format!("{}: {sibling:?}: {e}", dt.name))?;
             let spec = match rng.random_bool(0.3) {
                 true => None,
                 false => {
@@ -523,68 +531,87 @@ fn fuzz_served(n: usize, seed: u64) -> Result<(usize, usize), String> {
             };
             let ordering = query::Ordering::parse(dt, spec.as_deref())
                 .map_err(|e| format!("{}: {spec:?}: {e}", dt.name))?;
-            let (offset, limit) = (rng.random_range(0..8u64), rng.random_range(1..12u64));
-            let where_sql = match filter.sql.is_empty() {
-                true => String::new(),
-                false => format!("WHERE {}", filter.sql),
-            };
-            let params: Vec<&dyn duckdb::ToSql> = filter
-                .params
-                .iter()
-                .map(|p| p as &dyn duckdb::ToSql)
-                .collect();
-            let case = || {
-                format!(
-                    "{}: query {q:?}, orderBy {spec:?}, offset {offset}, limit {limit} (seed {seed})",
-                    dt.name
-                )
-            };
-            let sql = format!(
-                "SELECT \"id\" FROM t {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-                ordering.sql()
-            );
-            let want: Vec<String> = conn
-                .prepare(&sql)
-                .and_then(|mut s| {
-                    let rows = s.query_map(params.as_slice(), |r| r.get(0))?;
-                    rows.collect::<Result<Vec<String>, _>>()
-                })
-                .map_err(|e| format!("{}: {e}", case()))?;
-            let total: i64 = conn
-                .query_row(
-                    &format!("SELECT count(*) FROM t {where_sql}"),
-                    params.as_slice(),
-                    |r| r.get(0),
-                )
-                .map_err(|e| format!("{}: {e}", case()))?;
-            let Some((got_total, rows)) = served.page(&filter, &ordering, offset, limit, None)
-            else {
-                declined += 1;
-                continue;
-            };
-            answered += 1;
-            let id_column = served
-                .batch()
-                .column_by_name(crate::model::ID_FIELD)
-                .ok_or("no id column")?;
-            let ids = id_column
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .ok_or("the id column is not text")?;
-            let got: Vec<String> = rows.iter().map(|r| ids.value(*r).to_owned()).collect();
-            if got != want || got_total != total as u64 {
-                return Err(format!(
-                    "{}: from memory {got:?} of {got_total}, DuckDB {want:?} of {total}",
-                    case()
-                ));
-            }
-            // a record by id is found where DuckDB finds it
-            if let Some(id) = want.first() {
-                let row = served
-                    .row_of(id)
-                    .ok_or_else(|| format!("{}: {id:?} not found by id", case()))?;
-                if ids.value(row) != id {
-                    return Err(format!("{}: {id:?} found as {:?}", case(), ids.value(row)));
+            // pages of the listing, of its sibling, of the listing again: pages after the
+            // first are slices of the rows matched for them, which must not be mixed up
+            let pages = [
+                (
+                    &filter,
+                    rng.random_range(0..8u64),
+                    rng.random_range(1..12u64),
+                ),
+                (
+                    &sibling,
+                    rng.random_range(0..8u64),
+                    rng.random_range(1..12u64),
+                ),
+                (
+                    &filter,
+                    rng.random_range(0..20u64),
+                    rng.random_range(1..12u64),
+                ),
+            ];
+            for (filter, offset, limit) in pages {
+                let where_sql = match filter.sql.is_empty() {
+                    true => String::new(),
+                    false => format!("WHERE {}", filter.sql),
+                };
+                let params: Vec<&dyn duckdb::ToSql> = filter
+                    .params
+                    .iter()
+                    .map(|p| p as &dyn duckdb::ToSql)
+                    .collect();
+                let case = || {
+                    format!(
+                        "{}: query {q:?} (this page bound to {:?}), orderBy {spec:?}, offset {offset}, limit {limit} (seed {seed})",
+                        dt.name, filter.params
+                    )
+                };
+                let sql = format!(
+                    "SELECT \"id\" FROM t {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                    ordering.sql()
+                );
+                let want: Vec<String> = conn
+                    .prepare(&sql)
+                    .and_then(|mut s| {
+                        let rows = s.query_map(params.as_slice(), |r| r.get(0))?;
+                        rows.collect::<Result<Vec<String>, _>>()
+                    })
+                    .map_err(|e| format!("{}: {e}", case()))?;
+                let total: i64 = conn
+                    .query_row(
+                        &format!("SELECT count(*) FROM t {where_sql}"),
+                        params.as_slice(),
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| format!("{}: {e}", case()))?;
+                let Some((got_total, rows)) = served.page(filter, &ordering, offset, limit) else {
+                    declined += 1;
+                    continue;
+                };
+                answered += 1;
+                let id_column = served
+                    .batch()
+                    .column_by_name(crate::model::ID_FIELD)
+                    .ok_or("no id column")?;
+                let ids = id_column
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .ok_or("the id column is not text")?;
+                let got: Vec<String> = rows.iter().map(|r| ids.value(*r).to_owned()).collect();
+                if got != want || got_total != total as u64 {
+                    return Err(format!(
+                        "{}: from memory {got:?} of {got_total}, DuckDB {want:?} of {total}",
+                        case()
+                    ));
+                }
+                // a record by id is found where DuckDB finds it
+                if let Some(id) = want.first() {
+                    let row = served
+                        .row_of(id)
+                        .ok_or_else(|| format!("{}: {id:?} not found by id", case()))?;
+                    if ids.value(row) != id {
+                        return Err(format!("{}: {id:?} found as {:?}", case(), ids.value(row)));
+                    }
                 }
             }
         }

@@ -26,8 +26,18 @@ use crate::model::{DataType, Field, FieldType};
 enum Shape {
     Scalar(FieldType),
     /// Fields in the order they are written (byte order of their names).
-    Object(Vec<(String, Shape)>),
+    Object(Vec<Named>),
     List(Box<Shape>),
+}
+
+/// A field of an object as written: its name (and the name written as JSON, key and colon),
+/// where a column or struct made in the model's order holds it, and its shape.
+#[derive(Debug, Clone)]
+struct Named {
+    name: String,
+    key: Vec<u8>,
+    at: usize,
+    shape: Shape,
 }
 
 impl Shape {
@@ -48,9 +58,41 @@ impl Shape {
         if let Some((name, ty)) = extra {
             out.push((name.to_owned(), Shape::Scalar(ty)));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Shape::Object(out)
+        let mut named: Vec<Named> = out
+            .into_iter()
+            .enumerate()
+            .map(|(at, (name, shape))| {
+                let mut key = Vec::with_capacity(name.len() + 3);
+                write_str(&name, &mut key);
+                key.push(b':');
+                Named {
+                    name,
+                    key,
+                    at,
+                    shape,
+                }
+            })
+            .collect();
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        Shape::Object(named)
     }
+}
+
+/// The column of `fields` named `name`: the one at `at` when it has that name (columns made
+/// in the model's order), else found by name.
+fn field_column<'a>(
+    fields: &arrow::datatypes::Fields,
+    columns: &'a [arrow::array::ArrayRef],
+    named: &Named,
+) -> Option<&'a arrow::array::ArrayRef> {
+    if fields
+        .get(named.at)
+        .is_some_and(|f| f.name() == &named.name)
+    {
+        return columns.get(named.at);
+    }
+    let (at, _) = fields.find(&named.name)?;
+    columns.get(at)
 }
 
 /// Writes a data type's records as served JSON from record batches whose columns are named as
@@ -58,7 +100,7 @@ impl Shape {
 #[derive(Debug, Clone)]
 pub struct Renderer {
     name: String,
-    fields: Vec<(String, Shape)>,
+    fields: Vec<Named>,
 }
 
 impl Renderer {
@@ -78,21 +120,43 @@ impl Renderer {
 
     /// Row `row` of `batch` as the JSON object served, appended to `out`.
     pub fn write(&self, batch: &RecordBatch, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        self.write_row(&self.columns(batch)?, row, out)
+    }
+
+    /// The columns of `batch` each field is written from, in the order written: found once
+    /// for the rows of a page (see [`Renderer::write_row`]).
+    pub fn columns<'a>(&self, batch: &'a RecordBatch) -> Result<Vec<&'a dyn Array>, String> {
+        let schema = batch.schema();
+        self.fields
+            .iter()
+            .map(|named| {
+                field_column(schema.fields(), batch.columns(), named)
+                    .map(|c| c.as_ref())
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: the loaded table has no column for the field {:?}",
+                            self.name, named.name
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Row `row` of the columns [`Renderer::columns`] gave, as the JSON object served.
+    pub fn write_row(
+        &self,
+        columns: &[&dyn Array],
+        row: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         out.push(b'{');
-        for (i, (name, shape)) in self.fields.iter().enumerate() {
+        for (i, (named, column)) in self.fields.iter().zip(columns).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_str(name, out);
-            out.push(b':');
-            let column = batch.column_by_name(name).ok_or_else(|| {
-                format!(
-                    "{}: the loaded table has no column for the field {name:?}",
-                    self.name
-                )
-            })?;
-            write_value(shape, column.as_ref(), row, out)
-                .map_err(|e| format!("{}, field {name:?}: {e}", self.name))?;
+            out.extend_from_slice(&named.key);
+            write_value(&named.shape, *column, row, out)
+                .map_err(|e| format!("{}, field {:?}: {e}", self.name, named.name))?;
         }
         out.push(b'}');
         Ok(())
@@ -102,16 +166,25 @@ impl Renderer {
 impl Renderer {
     /// Every row of `batch` as the JSON object served, in order.
     pub fn write_all(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
+        let columns = self.columns(batch)?;
         (0..batch.num_rows())
             .map(|row| {
                 let mut out = Vec::with_capacity(2048);
-                self.write(batch, row, &mut out).map(|()| out)
+                self.write_row(&columns, row, &mut out).map(|()| out)
             })
             .collect()
     }
 }
 
 fn write_str(text: &str, out: &mut Vec<u8>) {
+    // (most text needs no escaping: copied as it is, the bytes serde_json would write)
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
 }
 
@@ -131,28 +204,36 @@ fn write_value(
                 .as_struct_opt()
                 .ok_or_else(|| format!("an object is stored as {}", array.data_type()))?;
             out.push(b'{');
-            for (k, (name, sub)) in fields.iter().enumerate() {
+            for (k, named) in fields.iter().enumerate() {
                 if k > 0 {
                     out.push(b',');
                 }
-                write_str(name, out);
-                out.push(b':');
-                let child = s
-                    .column_by_name(name)
-                    .ok_or_else(|| format!("its object has no field {name:?}"))?;
-                write_value(sub, child.as_ref(), i, out).map_err(|e| format!("{name}: {e}"))?;
+                out.extend_from_slice(&named.key);
+                let child = field_column(s.fields(), s.columns(), named)
+                    .ok_or_else(|| format!("its object has no field {:?}", named.name))?;
+                write_value(&named.shape, child.as_ref(), i, out)
+                    .map_err(|e| format!("{}: {e}", named.name))?;
             }
             out.push(b'}');
         }
         Shape::List(item) => {
-            let values = match array.data_type() {
-                ArrowType::List(_) => array.as_list::<i32>().value(i),
-                ArrowType::LargeList(_) => array.as_list::<i64>().value(i),
+            // (the elements are read in place in the list's values, not sliced out)
+            let (values, range) = match array.data_type() {
+                ArrowType::List(_) => {
+                    let list = array.as_list::<i32>();
+                    let offsets = list.value_offsets();
+                    (list.values(), offsets[i] as usize..offsets[i + 1] as usize)
+                }
+                ArrowType::LargeList(_) => {
+                    let list = array.as_list::<i64>();
+                    let offsets = list.value_offsets();
+                    (list.values(), offsets[i] as usize..offsets[i + 1] as usize)
+                }
                 other => return Err(format!("a list is stored as {other}")),
             };
             out.push(b'[');
-            for j in 0..values.len() {
-                if j > 0 {
+            for (n, j) in range.enumerate() {
+                if n > 0 {
                     out.push(b',');
                 }
                 write_value(item, values.as_ref(), j, out)?;
@@ -218,30 +299,58 @@ fn write_scalar(
             let at = micros
                 .and_then(chrono::DateTime::from_timestamp_micros)
                 .ok_or_else(|| "a date-time out of range".to_owned())?;
-            let _ = write!(
-                out,
-                "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\"",
-                at.year(),
-                at.month(),
-                at.day(),
-                at.hour(),
-                at.minute(),
-                at.second(),
-                at.nanosecond() / 1_000_000
-            );
+            if !(0..=9999).contains(&at.year()) {
+                let _ = write!(
+                    out,
+                    "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\"",
+                    at.year(),
+                    at.month(),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second(),
+                    at.nanosecond() / 1_000_000
+                );
+                return Ok(());
+            }
+            out.push(b'"');
+            write_padded(at.year() as u32, 4, out);
+            for (sep, v) in [
+                (b'-', at.month()),
+                (b'-', at.day()),
+                (b'T', at.hour()),
+                (b':', at.minute()),
+                (b':', at.second()),
+            ] {
+                out.push(sep);
+                write_padded(v, 2, out);
+            }
+            out.push(b'.');
+            write_padded(at.nanosecond() / 1_000_000, 3, out);
+            out.extend_from_slice(b"Z\"");
         }
         FieldType::Date => match array.data_type() {
             ArrowType::Date32 => {
                 let days = array.as_primitive::<dt::Date32Type>().value(i);
                 let date = chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
                     .ok_or_else(|| "a date out of range".to_owned())?;
-                let _ = write!(
-                    out,
-                    "\"{:04}-{:02}-{:02}\"",
-                    date.year(),
-                    date.month(),
-                    date.day()
-                );
+                if (0..=9999).contains(&date.year()) {
+                    out.push(b'"');
+                    write_padded(date.year() as u32, 4, out);
+                    out.push(b'-');
+                    write_padded(date.month(), 2, out);
+                    out.push(b'-');
+                    write_padded(date.day(), 2, out);
+                    out.push(b'"');
+                } else {
+                    let _ = write!(
+                        out,
+                        "\"{:04}-{:02}-{:02}\"",
+                        date.year(),
+                        date.month(),
+                        date.day()
+                    );
+                }
             }
             _ => return Err(unservable()),
         },
@@ -286,25 +395,55 @@ fn integer(array: &dyn Array, i: usize) -> Option<i128> {
 /// written, `-` for a negative value (`-0.50`, `12.00`, `7`).
 fn write_decimal(v: i128, scale: i8, out: &mut Vec<u8>) {
     if scale <= 0 {
-        let zeros = "0".repeat(scale.unsigned_abs() as usize);
-        let text = if v == 0 {
-            "0".to_owned()
-        } else {
-            format!("{v}{zeros}")
-        };
-        out.extend_from_slice(text.as_bytes());
+        let _ = write!(out, "{v}");
+        if v != 0 {
+            out.extend(std::iter::repeat_n(b'0', scale.unsigned_abs() as usize));
+        }
         return;
     }
     let scale = scale as usize;
-    let digits = v.unsigned_abs().to_string();
-    let digits = format!("{digits:0>width$}", width = scale + 1);
-    let (whole, fraction) = digits.split_at(digits.len() - scale);
+    // the digits, least significant first, at least one before the point
+    let mut digits = [0u8; 48];
+    let mut len = 0;
+    match u64::try_from(v.unsigned_abs()) {
+        // (64-bit division: an i128 one per digit costs several times more)
+        Ok(mut n) => {
+            while n > 0 || len <= scale {
+                digits[len] = b'0' + (n % 10) as u8;
+                n /= 10;
+                len += 1;
+            }
+        }
+        Err(_) => {
+            let mut n = v.unsigned_abs();
+            while n > 0 || len <= scale {
+                digits[len] = b'0' + (n % 10) as u8;
+                n /= 10;
+                len += 1;
+            }
+        }
+    }
     if v < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(whole.as_bytes());
-    out.push(b'.');
-    out.extend_from_slice(fraction.as_bytes());
+    for k in (0..len).rev() {
+        out.push(digits[k]);
+        if k == scale {
+            out.push(b'.');
+        }
+    }
+}
+
+/// `v` in decimal, at least `width` digits (zeros before).
+fn write_padded(v: u32, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (v, 0);
+    while n > 0 || len < width {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+    }
+    out.extend(digits[..len].iter().rev());
 }
 
 #[cfg(test)]
@@ -472,7 +611,12 @@ mod tests {
             .unwrap();
         let only_issue_date = Renderer {
             name: dt.name.clone(),
-            fields: vec![("issueDate".into(), Shape::Scalar(FieldType::Date))],
+            fields: vec![Named {
+                name: "issueDate".into(),
+                key: b"\"issueDate\":".to_vec(),
+                at: 5,
+                shape: Shape::Scalar(FieldType::Date),
+            }],
         };
         let e = only_issue_date
             .write(&batch, 0, &mut Vec::new())

@@ -40,6 +40,9 @@ pub struct Served {
     batch: RecordBatch,
     /// Per field sorted on (its path), the rows in its order.
     orders: Mutex<HashMap<Vec<String>, Arc<Sorted>>>,
+    /// The rows the last few listings (query and ordering) matched, in order, the most
+    /// recent last: the pages of a walk after its first are a slice of one.
+    listings: Mutex<Vec<(String, Arc<Vec<u32>>)>>,
     /// The id column.
     ids: arrow::array::StringArray,
     bytes: usize,
@@ -398,6 +401,7 @@ impl Served {
         Ok(Served {
             batch,
             orders: Mutex::new(HashMap::new()),
+            listings: Mutex::new(Vec::new()),
             ids,
             bytes,
         })
@@ -451,16 +455,50 @@ impl Served {
     }
 
     /// A page of the rows `filter` matches in `ordering`, skipping `offset` of them, at most
-    /// `limit`, and how many match in all (`known_total` when given, not counted again).
-    /// None when it cannot be answered here exactly as SQL would (see the module's header).
+    /// `limit`, and how many match in all. None when it cannot be answered here exactly as
+    /// SQL would (see the module's header).
     pub fn page(
         &self,
         filter: &query::Filter,
         ordering: &query::Ordering,
         offset: u64,
         limit: u64,
-        known_total: Option<u64>,
     ) -> Option<(u64, Vec<usize>)> {
+        let key = format!("{}\n{:?}\n{}", filter.sql, filter.params, ordering.sql());
+        let known = {
+            let listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+            listings
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, rows)| rows.clone())
+        };
+        let matched = match known {
+            Some(rows) => rows,
+            None => {
+                let rows = Arc::new(self.matching(filter, ordering)?);
+                let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+                listings.retain(|(k, _)| *k != key);
+                if listings.len() >= LISTINGS_KEPT {
+                    listings.remove(0);
+                }
+                listings.push((key, rows.clone()));
+                rows
+            }
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(matched.len());
+        let end = start
+            .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
+            .min(matched.len());
+        Some((
+            matched.len() as u64,
+            matched[start..end].iter().map(|r| *r as usize).collect(),
+        ))
+    }
+
+    /// Every row `filter` matches, in `ordering`.
+    fn matching(&self, filter: &query::Filter, ordering: &query::Ordering) -> Option<Vec<u32>> {
         let test = match &filter.expr {
             Some(expr) => Some(Test::compile(&self.batch, expr)?),
             None => None,
@@ -501,22 +539,18 @@ impl Served {
             false => Box::new(values.iter().chain(nulls.iter())),
             true => Box::new(values.iter().rev().chain(nulls.iter().rev())),
         };
-        let (mut matched, mut page) = (0u64, Vec::with_capacity(limit.min(1024) as usize));
-        for &row in order {
-            let row = row as usize;
-            if test.as_ref().is_some_and(|t| !t.holds(row)) {
-                continue;
-            }
-            matched += 1;
-            if matched > offset && (page.len() as u64) < limit {
-                page.push(row);
-            } else if known_total.is_some() && page.len() as u64 >= limit {
-                break;
-            }
-        }
-        Some((known_total.unwrap_or(matched), page))
+        Some(match &test {
+            Some(test) => order
+                .filter(|r| test.holds(**r as usize))
+                .copied()
+                .collect(),
+            None => order.copied().collect(),
+        })
     }
 }
+
+/// How many listings' matching rows a data type's rows in memory keep (4 bytes a row each).
+const LISTINGS_KEPT: usize = 4;
 
 /// What a data type's rows in memory are, for one snapshot.
 enum Entry {
