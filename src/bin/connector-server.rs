@@ -153,6 +153,11 @@ struct ServeArgs {
     /// from DuckDB). Default: 1GB, or a sixteenth of --memory-limit, which it counts in.
     #[arg(long, value_parser = bytes_or_zero)]
     served_memory: Option<u64>,
+    /// What the answers kept to send again to the same request may hold (`64MB`, bytes; 0:
+    /// none kept, every request is answered anew). Default: 64MB, or a sixteenth of
+    /// --memory-limit if that is less, which it counts in.
+    #[arg(long, value_parser = bytes_or_zero)]
+    answer_memory: Option<u64>,
     /// Rotate a device credential at check-in once it is this many seconds old.
     #[arg(long, default_value_t = 86_400)]
     rotate_after_secs: i64,
@@ -253,6 +258,7 @@ fn main() -> ExitCode {
                 delivery_lease_secs,
                 memory_limit,
                 served_memory,
+                answer_memory,
                 company_memory_limit,
                 company_threads,
                 keep_deleted_days,
@@ -300,6 +306,7 @@ fn main() -> ExitCode {
                 connector_silence_secs: connector_silence_secs.max(1),
                 memory_limit,
                 served_memory,
+                answer_memory,
                 leases: server::Leases {
                     ingest_ms: ingest_lease_secs.max(1) * 1000,
                     delivery_ms: delivery_lease_secs.max(1) * 1000,

@@ -98,6 +98,9 @@ pub struct ServeOptions {
     /// What the rows kept in memory to answer from may hold (bytes); None: the default
     /// ([`served::SERVED_BYTES`], or a sixteenth of the memory limit).
     pub served_memory: Option<u64>,
+    /// What the answers kept may hold (bytes); None: the default ([`api::ANSWER_BYTES`], or
+    /// a sixteenth of the memory limit if that is less).
+    pub answer_memory: Option<u64>,
 }
 
 /// How long a node holds what it claimed from a control plane shared with other nodes: a
@@ -702,9 +705,13 @@ pub(crate) fn emit(
     }
 }
 
-/// What the answers kept may hold under a memory limit of `limit` bytes.
-fn answer_bytes(limit: u64) -> u64 {
-    (api::ANSWER_BYTES as u64).min(limit / 16)
+/// What the answers kept may hold: as set, else 64 MiB or a sixteenth of the memory limit,
+/// whichever is less.
+fn answer_bytes(limit: Option<u64>, set: Option<u64>) -> u64 {
+    set.unwrap_or(match limit {
+        Some(limit) => (api::ANSWER_BYTES as u64).min(limit / 16),
+        None => api::ANSWER_BYTES as u64,
+    })
 }
 
 /// What the data types' rows kept in memory to answer from may hold: as set, else 1 GiB or
@@ -735,7 +742,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         // stay within it.
         live.budget = Some(
             (limit / 4 * 3)
-                .saturating_sub(answer_bytes(limit))
+                .saturating_sub(answer_bytes(options.memory_limit, options.answer_memory))
                 .saturating_sub(served_bytes(options.memory_limit, options.served_memory)),
         );
         let eighth = limit / 8;
@@ -765,9 +772,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         )),
     );
     state.naive = options.naive;
-    if let Some(limit) = options.memory_limit {
-        state.keep_answers(answer_bytes(limit) as usize);
-    }
+    state.keep_answers(answer_bytes(options.memory_limit, options.answer_memory) as usize);
     state.served = Arc::new(served::ServedSet::holding(served_bytes(
         options.memory_limit,
         options.served_memory,
