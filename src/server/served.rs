@@ -370,15 +370,39 @@ impl Served {
     /// Reads the rows of `view` (a data type's table, the columns `columns` give) in id
     /// order. An error says what kept them out of memory (DuckDB then answers).
     pub fn build(conn: &duckdb::Connection, view: &str, columns: &str) -> Result<Served, String> {
+        Served::build_within(conn, view, columns, usize::MAX).map_err(|e| e.to_string())
+    }
+
+    /// [`Served::build`], giving up as soon as the rows read take more than `max_bytes`.
+    fn build_within(
+        conn: &duckdb::Connection,
+        view: &str,
+        columns: &str,
+        max_bytes: usize,
+    ) -> Result<Served, NotRead> {
         let id = crate::model::ID_FIELD;
+        let failed = |e: &dyn std::fmt::Display| NotRead::Failed(e.to_string());
         let mut stmt = conn
             .prepare(&format!("SELECT {columns} FROM {view} ORDER BY \"{id}\""))
-            .map_err(|e| e.to_string())?;
-        let arrow = stmt.query_arrow([]).map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
+        let arrow = stmt.query_arrow([]).map_err(|e| failed(&e))?;
         let schema = arrow.get_schema();
-        let batches: Vec<RecordBatch> = arrow.collect();
-        let batch = arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
+        let (mut batches, mut read) = (Vec::new(), 0usize);
+        for batch in arrow {
+            read = read.saturating_add(batch.get_array_memory_size());
+            if read > max_bytes {
+                return Err(NotRead::TooBig(read));
+            }
+            batches.push(batch);
+        }
+        let batch = arrow::compute::concat_batches(&schema, &batches).map_err(|e| failed(&e))?;
         drop(batches);
+        Served::of(batch).map_err(NotRead::Failed)
+    }
+
+    /// Rows read in id order, checked.
+    fn of(batch: RecordBatch) -> Result<Served, String> {
+        let id = crate::model::ID_FIELD;
         let Some(Field {
             values: Values::Text(ids),
             ..
@@ -549,6 +573,23 @@ impl Served {
     }
 }
 
+/// Why a data type's rows were not read into memory.
+enum NotRead {
+    /// More than the budget: the bytes read when reading stopped.
+    TooBig(usize),
+    /// An error, said.
+    Failed(String),
+}
+
+impl std::fmt::Display for NotRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRead::TooBig(read) => write!(f, "more than the budget ({read} bytes read)"),
+            NotRead::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// How many listings' matching rows a data type's rows in memory keep (4 bytes a row each).
 const LISTINGS_KEPT: usize = 4;
 
@@ -652,14 +693,26 @@ impl ServedSet {
         drop(inner);
         let (set, live, columns) = (self.clone(), live.clone(), columns(data_type));
         let view = live.table(&data_type.name);
-        std::thread::spawn(move || {
-            let started = std::time::Instant::now();
-            let built = live
-                .connection()
-                .map_err(|e| e.to_string())
-                .and_then(|conn| Served::build(&conn, &view, &columns));
-            set.built(key, &live.snapshot_id, built, started);
-        });
+        let (capacity, snapshot) = (self.capacity, live.snapshot_id.clone());
+        let (set_then, key_then) = (set.clone(), key.clone());
+        let spawned = std::thread::Builder::new()
+            .name("rows-into-memory".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                // (a panic is an error like any other: the next read is never held up by it)
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let conn = live
+                        .connection()
+                        .map_err(|e| NotRead::Failed(e.to_string()))?;
+                    Served::build_within(&conn, &view, &columns, capacity)
+                }))
+                .unwrap_or_else(|_| Err(NotRead::Failed("reading the rows panicked".into())));
+                set.built(key, &live.snapshot_id, built, started);
+            });
+        if let Err(e) = spawned {
+            let failed = Err(NotRead::Failed(format!("no thread to read the rows: {e}")));
+            set_then.built(key_then, &snapshot, failed, std::time::Instant::now());
+        }
         None
     }
 
@@ -667,7 +720,7 @@ impl ServedSet {
         &self,
         key: (String, String),
         snapshot: &str,
-        built: Result<Served, String>,
+        built: Result<Served, NotRead>,
         started: std::time::Instant,
     ) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -688,7 +741,11 @@ impl ServedSet {
                 tracing::info!(company = %key.0, data_type = %key.1, snapshot, bytes = served.bytes(), budget = self.capacity, "A data type's rows are larger than the memory kept for them: DuckDB answers its pages.");
                 Entry::TooBig
             }
-            Err(e) => {
+            Err(NotRead::TooBig(read)) => {
+                tracing::info!(company = %key.0, data_type = %key.1, snapshot, bytes_read = read, budget = self.capacity, "A data type's rows are larger than the memory kept for them (reading stopped there): DuckDB answers its pages.");
+                Entry::TooBig
+            }
+            Err(NotRead::Failed(e)) => {
                 tracing::warn!(company = %key.0, data_type = %key.1, snapshot, error = %e, "Could not read a data type's rows into memory: DuckDB answers its pages.");
                 Entry::Failed(std::time::Instant::now())
             }
@@ -726,4 +783,33 @@ pub fn columns(dt: &DataType) -> String {
         .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_past_the_budget_stop_being_read_and_ids_out_of_order_are_refused() {
+        let conn = duckdb::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t AS SELECT 'r' || lpad(i::VARCHAR, 7, '0') AS id, i AS n, TIMESTAMP '2025-01-01' AS \"modifiedDate\" FROM range(200000) r(i);",
+        )
+        .unwrap();
+        let columns = "\"id\", \"n\", \"modifiedDate\"";
+        let whole = Served::build(&conn, "t", columns).unwrap();
+        assert_eq!(whole.batch().num_rows(), 200_000);
+        assert_eq!(whole.row_of("r0123456"), Some(123_456));
+        assert_eq!(whole.row_of("r9"), None);
+        match Served::build_within(&conn, "t", columns, whole.bytes() / 4) {
+            Err(NotRead::TooBig(read)) => assert!(read < whole.bytes(), "{read}"),
+            Err(NotRead::Failed(e)) => panic!("{e}"),
+            Ok(_) => panic!("read past the budget"),
+        }
+        // two rows with one id: not kept (a record by id would be ambiguous)
+        conn.execute_batch("INSERT INTO t VALUES ('r0000001', -1, NULL);")
+            .unwrap();
+        let e = Served::build(&conn, "t", columns).err().unwrap();
+        assert!(e.contains("strictly increasing"), "{e}");
+    }
 }
