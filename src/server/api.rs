@@ -1148,12 +1148,22 @@ fn snapshot_for(state: &AppState, company: &str, wanted: Option<&str>) -> ApiRes
     }
 }
 
-/// Whether `live` is the snapshot `company` serves now (not an older one a request named).
-fn is_newest(state: &AppState, company: &str, live: &Live) -> bool {
-    state
+/// The rows of `dt` in `live` kept in memory to answer from, if they are there (never for
+/// the naive peer). The first ask for the snapshot `company` serves now starts reading them.
+fn rows_in_memory(
+    state: &AppState,
+    company: &str,
+    live: &Arc<Live>,
+    dt: &crate::model::DataType,
+) -> Option<Arc<super::served::Served>> {
+    if state.naive {
+        return None;
+    }
+    let newest = state
         .live
         .live(company)
-        .is_some_and(|now| now.snapshot_id == live.snapshot_id)
+        .is_some_and(|now| now.snapshot_id == live.snapshot_id);
+    state.served.get(company, live, dt, newest)
 }
 
 fn data_type<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a crate::model::DataType> {
@@ -1299,13 +1309,7 @@ async fn list_records(
     };
     let renderer = super::render::Renderer::new(&dt);
     // From the data type's rows in memory when they are there, else from DuckDB.
-    let served = match naive {
-        true => None,
-        false => state
-            .served
-            .get(&id, &live, &dt, is_newest(&state, &id, &live)),
-    };
-    let from_memory = match served {
+    let from_memory = match rows_in_memory(&state, &id, &live, &dt) {
         Some(served) => {
             let (filter, ordering, renderer, live) = (
                 filter.clone(),
@@ -1793,13 +1797,7 @@ async fn get_record(
         return Ok(cache.answer_bytes(body));
     }
     let renderer = super::render::Renderer::new(&dt);
-    let served = match naive {
-        true => None,
-        false => state
-            .served
-            .get(&id, &live, &dt, is_newest(&state, &id, &live)),
-    };
-    if let Some(served) = served {
+    if let Some(served) = rows_in_memory(&state, &id, &live, &dt) {
         let row = served.row_of(&record_id).ok_or_else(|| {
             ApiError::not_found(format!("{dt_name} record {record_id:?} not found"))
         })?;

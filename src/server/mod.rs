@@ -705,21 +705,12 @@ pub(crate) fn emit(
     }
 }
 
-/// What the answers kept may hold: as set, else 64 MiB or a sixteenth of the memory limit,
-/// whichever is less.
-fn answer_bytes(limit: Option<u64>, set: Option<u64>) -> u64 {
+/// What one of the server's memories may hold: as `set`, else `default` or a sixteenth of
+/// the memory limit, whichever is less (the answers kept, the rows kept to answer from).
+fn share(limit: Option<u64>, set: Option<u64>, default: usize) -> u64 {
     set.unwrap_or(match limit {
-        Some(limit) => (api::ANSWER_BYTES as u64).min(limit / 16),
-        None => api::ANSWER_BYTES as u64,
-    })
-}
-
-/// What the data types' rows kept in memory to answer from may hold: as set, else 1 GiB or
-/// a sixteenth of the memory limit, whichever is less.
-fn served_bytes(limit: Option<u64>, set: Option<u64>) -> u64 {
-    set.unwrap_or(match limit {
-        Some(limit) => (served::SERVED_BYTES as u64).min(limit / 16),
-        None => served::SERVED_BYTES as u64,
+        Some(limit) => (default as u64).min(limit / 16),
+        None => default as u64,
     })
 }
 
@@ -733,6 +724,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Control(control::ControlError::Task(e.to_string())))??;
     let mut live = ingest::LiveSet::new(&options.state_dir, DataModel::embedded());
     live.limits = options.company_limits.clone();
+    let answer_bytes = share(
+        options.memory_limit,
+        options.answer_memory,
+        api::ANSWER_BYTES,
+    );
+    let served_bytes = share(
+        options.memory_limit,
+        options.served_memory,
+        served::SERVED_BYTES,
+    );
     if let Some(limit) = options.memory_limit {
         // The companies' data is kept to three quarters of the limit, less the answers kept
         // (64 MiB, or a sixteenth of the limit if that is less) and the rows kept in memory
@@ -742,8 +743,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         // stay within it.
         live.budget = Some(
             (limit / 4 * 3)
-                .saturating_sub(answer_bytes(options.memory_limit, options.answer_memory))
-                .saturating_sub(served_bytes(options.memory_limit, options.served_memory)),
+                .saturating_sub(answer_bytes)
+                .saturating_sub(served_bytes),
         );
         let eighth = limit / 8;
         if parse_bytes(&live.limits.memory).is_ok_and(|m| m > eighth) {
@@ -772,11 +773,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         )),
     );
     state.naive = options.naive;
-    state.keep_answers(answer_bytes(options.memory_limit, options.answer_memory) as usize);
-    state.served = Arc::new(served::ServedSet::holding(served_bytes(
-        options.memory_limit,
-        options.served_memory,
-    ) as usize));
+    state.keep_answers(answer_bytes as usize);
+    state.served = Arc::new(served::ServedSet::holding(served_bytes as usize));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -662,23 +662,19 @@ impl ServedSet {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.tick += 1;
         let tick = inner.tick;
-        if let Some((snapshot, entry)) = inner.entries.get_mut(&key) {
-            if *snapshot == live.snapshot_id {
-                match entry {
-                    Entry::Ready(served, used) => {
-                        *used = tick;
-                        return Some(served.clone());
-                    }
-                    Entry::Building | Entry::TooBig => return None,
-                    Entry::Failed(at) if at.elapsed() < RETRY => return None,
-                    Entry::Failed(_) => {}
+        match inner.entries.get_mut(&key) {
+            Some((snapshot, entry)) if *snapshot == live.snapshot_id => match entry {
+                Entry::Ready(served, used) => {
+                    *used = tick;
+                    return Some(served.clone());
                 }
-            } else if !newest {
-                return None;
-            }
-        }
-        if !newest && !inner.entries.contains_key(&key) {
-            return None;
+                Entry::Building | Entry::TooBig => return None,
+                Entry::Failed(at) if at.elapsed() < RETRY => return None,
+                Entry::Failed(_) => {}
+            },
+            // an older snapshot a request named is not read in place of the one kept
+            _ if !newest => return None,
+            _ => {}
         }
         if inner.building || self.capacity == 0 {
             return None;
@@ -780,7 +776,7 @@ pub fn columns(dt: &DataType) -> String {
         .iter()
         .map(|f| f.name.as_str())
         .chain([query::MODIFIED_DATE])
-        .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+        .map(crate::staging::ident)
         .collect::<Vec<_>>()
         .join(", ")
 }
